@@ -1,0 +1,7 @@
+/** Per-row sequence control data carried to the model (stateful models, later issue). */
+export interface SequenceControl {
+  id: string;
+  slot: number;
+  start: boolean;
+  end: boolean;
+}

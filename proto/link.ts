@@ -1,0 +1,68 @@
+/**
+ * Encoding of link messages into ZeroMQ frames and back:
+ * [Envelope, tensor frame, tensor frame, ...]. Tensor frames pass through
+ * untouched (no copy on send; decoded frames are the received buffers).
+ */
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import {
+  EnvelopeSchema,
+  TensorMetaSchema,
+  type Envelope,
+  type TensorMeta,
+} from './gen/link_pb';
+import { isDataType, type Tensor } from '../core/tensor';
+
+export * from './gen/link_pb';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Upper bound on the envelope frame, so a garbage frame can't make us allocate much. */
+export const MAX_ENVELOPE_BYTES = 1 << 20;
+
+export type EnvelopeKind = NonNullable<Envelope['kind']['case']>;
+
+export function toMeta(t: Tensor): TensorMeta {
+  return create(TensorMetaSchema, { name: t.name, datatype: t.datatype, shape: t.shape.map(BigInt) });
+}
+
+/** Encodes an envelope plus the tensors its message lists, in order. */
+export function encodeFrames(kind: Envelope['kind'], tensors: readonly Tensor[] = []): Buffer[] {
+  const env = create(EnvelopeSchema, { kind });
+  const head = toBinary(EnvelopeSchema, env);
+  const frames: Buffer[] = [Buffer.from(head.buffer, head.byteOffset, head.byteLength)];
+  for (const t of tensors) frames.push(t.data);
+  return frames;
+}
+
+export interface DecodedMessage {
+  envelope: Envelope;
+  /** Raw frames after the envelope. */
+  frames: Buffer[];
+}
+
+export class LinkDecodeError extends Error {}
+
+export function decodeFrames(frames: Buffer[]): DecodedMessage {
+  if (frames.length === 0) throw new LinkDecodeError('empty message');
+  const head = frames[0];
+  if (head.length > MAX_ENVELOPE_BYTES) throw new LinkDecodeError(`envelope of ${head.length} bytes is too large`);
+  let envelope: Envelope;
+  try {
+    envelope = fromBinary(EnvelopeSchema, head);
+  } catch (e) {
+    throw new LinkDecodeError(`bad envelope: ${(e as Error).message}`);
+  }
+  if (envelope.kind.case === undefined) throw new LinkDecodeError('envelope has no message');
+  return { envelope, frames: frames.slice(1) };
+}
+
+/** Pairs tensor metadata with its frames, checking datatype, count and byte size. */
+export function tensorsFromFrames(metas: readonly TensorMeta[], frames: readonly Buffer[]): Tensor[] {
+  if (metas.length !== frames.length) {
+    throw new LinkDecodeError(`${metas.length} tensors described but ${frames.length} frames sent`);
+  }
+  return metas.map((m, i) => {
+    if (!isDataType(m.datatype)) throw new LinkDecodeError(`tensor '${m.name}': unknown datatype '${m.datatype}'`);
+    return { name: m.name, datatype: m.datatype, shape: m.shape.map(Number), data: frames[i] };
+  });
+}

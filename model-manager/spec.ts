@@ -24,6 +24,12 @@ export interface ModelSpec {
   max_replicas: number;
   /** Process runtime only: argv, from models.yaml on disk only. Relative paths resolve against the file's folder. */
   command?: string[];
+  /**
+   * Process runtime only: the folder of the models.yaml that supplied `command`
+   * (absolute), to use as the child's cwd. Never stored in Redis nor accepted
+   * from the API; merged in by the registry together with `command`.
+   */
+  cwd?: string;
   env: Record<string, string>;
   /** Where the entry came from; entries from the API survive a restart (see README, precedence). */
   source: 'file' | 'api';

@@ -1,0 +1,11 @@
+/** Tensor Broker model SDK for Node: implement `Model`, call `serve(model)`. */
+export { serve, type ServeOptions } from './serve';
+export type {
+  Model, ModelMetadata, BatchContext, BatchItemInfo, SequenceInfo, EndSequenceReason, PredictOutput,
+  Tensor, TensorSpec, DataType,
+} from './types';
+export {
+  asNdarray, typedArray, tensorFrom, tensorFromNdarray, encodeBytes, decodeBytes, bytesElements, bytesTensor,
+  type NumericArray,
+} from './tensor-views';
+export { elementCount, elementSize, sliceRows } from '../../core/tensor';

@@ -1,0 +1,246 @@
+/** Runs a Model as a model copy: connects to the broker and answers batches (see proto/README.md). */
+import { create } from '@bufbuild/protobuf';
+import pino, { type Logger } from 'pino';
+import { Dealer } from 'zeromq';
+import { checkTensorData, type Tensor, type TensorSpec } from '../../core/tensor';
+import {
+  EndSequence_Reason, HeartbeatSchema, ItemStatusSchema, LinkDecodeError, PROTOCOL_VERSION,
+  ReadySchema, ResultSchema, ShutdownSchema, TensorSpecSchema, decodeFrames, encodeFrames,
+  tensorsFromFrames, toMeta, type Batch, type Envelope,
+} from '../../proto/link';
+import type { BatchContext, EndSequenceReason, Model, PredictOutput } from './types';
+
+export interface ServeOptions {
+  /** Default env TB_ENDPOINT. */
+  endpoint?: string;
+  /** Default env TB_COPY_ID. */
+  copyId?: string;
+  /** Default env TB_MODEL, then metadata.name. */
+  modelName?: string;
+  /** Default env TB_HEARTBEAT_MS, then 1000. */
+  heartbeatMs?: number;
+  logger?: Logger;
+  /** Called when serving ends (default process.exit). */
+  exit?: (code: number) => void;
+}
+
+const REASONS: Record<EndSequence_Reason, EndSequenceReason> = {
+  [EndSequence_Reason.UNSPECIFIED]: 'unspecified',
+  [EndSequence_Reason.END]: 'end',
+  [EndSequence_Reason.CANCELLED]: 'cancelled',
+  [EndSequence_Reason.IDLE]: 'idle',
+};
+
+function specToProto(s: TensorSpec) {
+  return create(TensorSpecSchema, { name: s.name, datatype: s.datatype, shape: s.shape.map(BigInt), optional: s.optional ?? false });
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Connects, loads the model, sends READY and serves until SHUTDOWN or SIGTERM/SIGINT. */
+export async function serve(model: Model, opts: ServeOptions = {}): Promise<void> {
+  const endpoint = opts.endpoint ?? process.env.TB_ENDPOINT;
+  const copyId = opts.copyId ?? process.env.TB_COPY_ID ?? `copy-${process.pid}`;
+  const modelName = opts.modelName ?? process.env.TB_MODEL ?? model.metadata.name ?? 'model';
+  const heartbeatMs = opts.heartbeatMs ?? (Number(process.env.TB_HEARTBEAT_MS) || 1000);
+  const log = opts.logger ?? pino({ base: { copyId, model: modelName } }, pino.destination({ dest: 2, sync: true }));
+  const exit = opts.exit ?? ((code: number) => process.exit(code));
+  if (!endpoint) throw new Error('TB_ENDPOINT is not set');
+
+  const sock = new Dealer({ routingId: copyId, linger: 200 });
+  sock.connect(endpoint);
+  log.info({ endpoint }, 'connected');
+
+  // zeromq allows one pending send per socket: chain sends.
+  let sendChain: Promise<void> = Promise.resolve();
+  const send = (kind: Envelope['kind'], tensors: Tensor[] = []): Promise<void> => {
+    const frames = encodeFrames(kind, tensors);
+    sendChain = sendChain.then(() => sock.send(frames)).catch((e) => log.error({ err: e }, 'send failed'));
+    return sendChain;
+  };
+
+  const inFlight = new Set<Promise<void>>();
+  let stopping = false;
+  let lastBrokerBeat = Date.now();
+  let beat: NodeJS.Timeout | undefined;
+
+  const stop = async (code: number, why: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ why, inFlight: inFlight.size }, 'shutting down');
+    clearInterval(beat);
+    await Promise.allSettled([...inFlight]);
+    await sendChain;
+    sock.close();
+    exit(code);
+  };
+
+  const onSignal = (sig: string) => {
+    if (stopping) return;
+    void send({ case: 'shutdown', value: create(ShutdownSchema, { reason: 'sigterm' }) });
+    void stop(0, sig);
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
+  const t0 = Date.now();
+  try {
+    await model.load?.();
+  } catch (e) {
+    log.error({ err: e }, 'load failed');
+    sock.close();
+    exit(1);
+    return;
+  }
+  if (stopping) return;
+  const md = model.metadata;
+  await send({
+    case: 'ready',
+    value: create(ReadySchema, {
+      protocolVersion: PROTOCOL_VERSION, model: modelName, version: md.version ?? '',
+      maxBatch: md.maxBatch, credits: md.credits ?? 1, pid: process.pid,
+      inputs: md.inputs.map(specToProto), outputs: md.outputs.map(specToProto),
+    }),
+  });
+  log.info({ loadMs: Date.now() - t0, maxBatch: md.maxBatch }, 'ready');
+
+  beat = setInterval(() => {
+    void send({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: BigInt(Date.now()) }) });
+  }, heartbeatMs);
+
+  const runTracked = (p: Promise<void>) => {
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+  };
+
+  for (;;) {
+    let frames: Buffer[];
+    try {
+      frames = await sock.receive();
+    } catch (e) {
+      if (stopping) return; // socket closed under us
+      log.error({ err: e }, 'receive failed');
+      await stop(1, 'receive failed');
+      return;
+    }
+    if (stopping && sock.closed) return;
+    let env: Envelope;
+    let rest: Buffer[];
+    try {
+      ({ envelope: env, frames: rest } = decodeFrames(frames));
+    } catch (e) {
+      log.warn({ err: errorText(e) }, 'dropped a bad message');
+      continue;
+    }
+    const k = env.kind;
+    switch (k.case) {
+      case 'batch':
+        if (stopping) {
+          log.warn({ batchId: String(k.value.batchId) }, 'batch after shutdown refused');
+          void send({ case: 'result', value: create(ResultSchema, { batchId: k.value.batchId, error: 'model copy is shutting down' }) });
+          break;
+        }
+        runTracked(runBatch(model, k.value, rest, log).then((r) => send(r.kind, r.tensors)));
+        break;
+      case 'heartbeat':
+        lastBrokerBeat = Date.now();
+        log.trace({ lastBrokerBeat }, 'broker heartbeat');
+        break;
+      case 'endSequence': {
+        const { id, reason } = k.value;
+        runTracked(Promise.resolve()
+          .then(() => model.endSequence?.(id, REASONS[reason] ?? 'unspecified'))
+          .catch((e) => log.error({ err: e, sequence: id }, 'endSequence failed')));
+        break;
+      }
+      case 'shutdown':
+        void stop(0, `broker shutdown: ${k.value.reason}`);
+        break;
+      default:
+        log.warn({ kind: k.case }, 'unexpected message');
+    }
+  }
+}
+
+interface Reply {
+  kind: Envelope['kind'];
+  tensors: Tensor[];
+}
+
+/** Runs one batch; always resolves to the RESULT to send. */
+async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: Logger): Promise<Reply> {
+  const batchId = batch.batchId;
+  const fail = (error: string): Reply => ({ kind: { case: 'result', value: create(ResultSchema, { batchId, error }) }, tensors: [] });
+  const log = rootLog.child({ batchId: String(batchId) });
+  let offset = 0;
+  const items = batch.items.map((it) => {
+    const item = { requestId: it.requestId, rows: it.rows, offset, sequence: it.sequence && { ...it.sequence } };
+    offset += it.rows;
+    return item;
+  });
+  const totalRows = offset;
+  const itemErrors: string[] = items.map(() => '');
+
+  let inputs: Record<string, Tensor>;
+  try {
+    inputs = {};
+    for (const t of tensorsFromFrames(batch.tensors, frames)) {
+      const bad = checkTensorData(t);
+      if (bad) return fail(bad);
+      if (t.shape[0] !== totalRows) return fail(`input '${t.name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      inputs[t.name] = t;
+    }
+  } catch (e) {
+    return fail(e instanceof LinkDecodeError ? e.message : `bad batch: ${errorText(e)}`);
+  }
+
+  const wanted = batch.outputs.length > 0 ? [...batch.outputs] : model.metadata.outputs.map((o) => o.name);
+  const ctx: BatchContext = {
+    batchId, items, totalRows, outputs: wanted, log,
+    failItem(index, message) {
+      if (!Number.isInteger(index) || index < 0 || index >= items.length) throw new RangeError(`no item ${index} in this batch`);
+      itemErrors[index] = message || 'failed';
+    },
+  };
+
+  const start = process.hrtime.bigint();
+  let out: PredictOutput;
+  try {
+    out = await model.predictBatch(inputs, ctx);
+  } catch (e) {
+    log.warn({ err: errorText(e) }, 'predictBatch threw');
+    return fail(errorText(e) || 'predictBatch failed');
+  }
+  const computeNs = process.hrtime.bigint() - start;
+
+  const produced = new Map<string, Tensor>();
+  if (Array.isArray(out)) for (const t of out) produced.set(t.name, t);
+  else if (out && typeof out === 'object') for (const [name, t] of Object.entries(out)) produced.set(name, { ...t, name });
+  else return fail('predictBatch returned no outputs');
+
+  const allFailed = itemErrors.every((e) => e !== '');
+  const tensors: Tensor[] = [];
+  if (!(allFailed && produced.size === 0)) {
+    for (const name of wanted) {
+      const t = produced.get(name);
+      if (!t) return fail(`model did not produce output '${name}'`);
+      if (t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      const bad = checkTensorData(t);
+      if (bad) return fail(bad.replace(/^input/, 'output'));
+      tensors.push(t);
+    }
+  }
+  return {
+    kind: {
+      case: 'result',
+      value: create(ResultSchema, {
+        batchId, computeNs,
+        items: itemErrors.map((error) => create(ItemStatusSchema, { error })),
+        tensors: tensors.map(toMeta),
+      }),
+    },
+    tensors,
+  };
+}

@@ -6,5 +6,5 @@ module.exports = {
   testMatch: ['**/*.test.ts'],
   testTimeout: 60000,
   globalSetup: '<rootDir>/tests/helpers/global-setup.ts',
-  transform: { '^.+\\.ts$': ['ts-jest', { isolatedModules: true }] },
+  transform: { '^.+\\.ts$': ['ts-jest', {}] },
 };

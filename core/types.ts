@@ -44,6 +44,11 @@ export interface ModelMetadata {
 
 export interface ModelReadiness {
   ready: boolean;
+  /**
+   * starting: no copy ready yet, none failed (requests queue through a cold start);
+   * failed: the last copy died or timed out and none is ready (requests fail at once with `reason`).
+   */
+  state?: 'ready' | 'starting' | 'failed' | 'stopped';
   /** Why not ready (starting, the last crash's exit code and log lines, ...). */
   reason?: string;
 }

@@ -1,0 +1,128 @@
+/**
+ * KServe v2 inference bodies <-> the broker's InferRequest / InferResult.
+ * JSON form, plus the binary tensor extension (a JSON header of
+ * Inference-Header-Content-Length bytes followed by raw tensor bytes).
+ */
+import { BrokerError } from '../../core/errors';
+import { isDataType, type Tensor } from '../../core/tensor';
+import type { InferRequest, InferResult } from '../../core/types';
+import { tensorFromJson, tensorToJson } from './json-tensors';
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+type Params = Record<string, unknown>;
+
+export interface ParsedInfer {
+  request: Omit<InferRequest, 'model' | 'version' | 'signal'>;
+  /** Output names wanted in binary form (Triton's binary_data); '*' = all. */
+  binaryOutputs: Set<string>;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function intParam(params: Params, key: string): number | undefined {
+  const v = params[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw invalid(`parameter '${key}' must be a non-negative integer`);
+  return v;
+}
+
+/**
+ * Parses a request body. `binary` is the bytes after the JSON header (binary
+ * extension), or undefined for a pure JSON body.
+ */
+export function parseInferBody(header: unknown, binary: Buffer | undefined, fallbackId: string): ParsedInfer {
+  if (!isObject(header)) throw invalid('the request body must be a JSON object');
+  const params: Params = isObject(header.parameters) ? header.parameters : {};
+  if (!Array.isArray(header.inputs) || header.inputs.length === 0) throw invalid("the request needs a non-empty 'inputs' array");
+  let offset = 0;
+  const inputs: Tensor[] = header.inputs.map((raw: unknown, i: number) => {
+    if (!isObject(raw)) throw invalid(`inputs[${i}] must be an object`);
+    const { name, datatype, shape } = raw;
+    if (typeof name !== 'string' || name === '') throw invalid(`inputs[${i}] needs a 'name'`);
+    if (!isDataType(datatype)) throw invalid(`input '${name}': unknown datatype ${JSON.stringify(datatype)}`);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+      throw invalid(`input '${name}': 'shape' must be an array of non-negative integers`);
+    }
+    const p = isObject(raw.parameters) ? raw.parameters : {};
+    const size = p.binary_data_size;
+    if (size !== undefined) {
+      if (!binary) throw invalid(`input '${name}' has binary_data_size but the request has no Inference-Header-Content-Length`);
+      if (typeof size !== 'number' || !Number.isInteger(size) || size < 0) throw invalid(`input '${name}': binary_data_size must be a non-negative integer`);
+      if (offset + size > binary.length) throw invalid(`input '${name}': binary_data_size ${size} runs past the end of the body`);
+      const data = binary.subarray(offset, offset + size);
+      offset += size;
+      return { name, datatype, shape: shape as number[], data };
+    }
+    if (raw.data === undefined) throw invalid(`input '${name}' has neither 'data' nor binary_data_size`);
+    return tensorFromJson(name, datatype, shape as number[], raw.data);
+  });
+  if (binary && offset !== binary.length) throw invalid(`the body has ${binary.length - offset} bytes after the last binary input`);
+
+  const binaryOutputs = new Set<string>();
+  if (params.binary_data_output === true) binaryOutputs.add('*');
+  let outputs: string[] | undefined;
+  if (header.outputs !== undefined) {
+    if (!Array.isArray(header.outputs)) throw invalid("'outputs' must be an array");
+    outputs = header.outputs.map((o: unknown, i: number) => {
+      if (!isObject(o) || typeof o.name !== 'string') throw invalid(`outputs[${i}] needs a 'name'`);
+      const op = isObject(o.parameters) ? o.parameters : {};
+      if (op.binary_data === true) binaryOutputs.add(o.name);
+      else if (op.binary_data === false) binaryOutputs.delete(o.name);
+      return o.name;
+    });
+  }
+
+  const timeoutUs = intParam(params, 'timeout');
+  const priority = intParam(params, 'priority');
+  const id = header.id === undefined ? fallbackId : String(header.id);
+  return {
+    request: {
+      id,
+      inputs,
+      outputs,
+      priority,
+      // KServe/Triton give `timeout` in microseconds.
+      timeoutMs: timeoutUs !== undefined && timeoutUs > 0 ? Math.max(1, Math.round(timeoutUs / 1000)) : undefined,
+    },
+    binaryOutputs,
+  };
+}
+
+/** Splits a binary-extension body into its JSON header and the raw bytes after it. */
+export function splitBinaryBody(body: Buffer, headerLength: number): { header: unknown; binary: Buffer } {
+  if (!Number.isInteger(headerLength) || headerLength < 0 || headerLength > body.length) {
+    throw invalid(`Inference-Header-Content-Length ${headerLength} does not fit a body of ${body.length} bytes`);
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(body.toString('utf8', 0, headerLength));
+  } catch (e) {
+    throw invalid(`the JSON header is malformed: ${(e as Error).message}`);
+  }
+  return { header, binary: body.subarray(headerLength) };
+}
+
+export interface EncodedResponse {
+  json: Record<string, unknown>;
+  /** Raw output bytes to append after the JSON (binary extension), in output order. */
+  binary: Buffer[];
+}
+
+export function encodeInferResult(result: InferResult, id: string | undefined, binaryOutputs: Set<string>): EncodedResponse {
+  const binary: Buffer[] = [];
+  const outputs = result.outputs.map((t) => {
+    const out: Record<string, unknown> = { name: t.name, datatype: t.datatype, shape: t.shape };
+    if (binaryOutputs.has('*') || binaryOutputs.has(t.name)) {
+      out.parameters = { binary_data_size: t.data.length };
+      binary.push(t.data);
+    } else out.data = tensorToJson(t);
+    return out;
+  });
+  const json: Record<string, unknown> = { model_name: result.model, model_version: result.version };
+  if (id !== undefined) json.id = id;
+  json.outputs = outputs;
+  return { json, binary };
+}

@@ -1,0 +1,166 @@
+/**
+ * JSON numbers <-> raw tensor bytes, for the KServe v2 JSON form. Only the
+ * REST bridge's JSON path pays for this; binary bodies skip it.
+ */
+import { BrokerError } from '../../core/errors';
+import { elementCount, elementSize, bytesOffsets, type DataType, type Tensor } from '../../core/tensor';
+import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from './half';
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+type IntArrayCtor = Int8ArrayConstructor | Uint8ArrayConstructor | Int16ArrayConstructor | Uint16ArrayConstructor | Int32ArrayConstructor | Uint32ArrayConstructor;
+type IntRange = [IntArrayCtor, number, number];
+
+const INT_TYPES: Partial<Record<DataType, IntRange>> = {
+  INT8: [Int8Array, -128, 127],
+  UINT8: [Uint8Array, 0, 255],
+  INT16: [Int16Array, -32768, 32767],
+  UINT16: [Uint16Array, 0, 65535],
+  INT32: [Int32Array, -2147483648, 2147483647],
+  UINT32: [Uint32Array, 0, 4294967295],
+};
+
+/** Flattens nested arrays (row-major) into `out`. */
+function flatten(data: unknown, out: unknown[]): void {
+  if (Array.isArray(data)) for (const d of data) flatten(d, out);
+  else out.push(data);
+}
+
+/** Encodes a JSON `data` array (flat or nested) into raw little-endian bytes. */
+export function tensorFromJson(name: string, datatype: DataType, shape: number[], data: unknown): Tensor {
+  if (!Array.isArray(data)) throw invalid(`input '${name}': 'data' must be an array`);
+  const values: unknown[] = [];
+  flatten(data, values);
+  const count = elementCount(shape);
+  if (values.length !== count) {
+    throw invalid(`input '${name}': shape ${JSON.stringify(shape)} needs ${count} elements, 'data' has ${values.length}`);
+  }
+  const bad = (i: number, what: string) =>
+    invalid(`input '${name}': element ${i} (${JSON.stringify(values[i])}) is not ${what}`);
+  const ints = INT_TYPES[datatype];
+  let bytes: Buffer;
+  if (ints) {
+    const [Ctor, min, max] = ints;
+    const arr = new Ctor(count);
+    for (let i = 0; i < count; i++) {
+      const v = values[i];
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw bad(i, `a ${datatype} integer`);
+      arr[i] = v;
+    }
+    bytes = Buffer.from(arr.buffer);
+  } else {
+    switch (datatype) {
+      case 'BOOL': {
+        const arr = new Uint8Array(count);
+        for (let i = 0; i < count; i++) {
+          const v = values[i];
+          if (v === true || v === 1) arr[i] = 1;
+          else if (v !== false && v !== 0) throw bad(i, 'a boolean');
+        }
+        bytes = Buffer.from(arr.buffer);
+        break;
+      }
+      case 'INT64':
+      case 'UINT64': {
+        const arr = datatype === 'INT64' ? new BigInt64Array(count) : new BigUint64Array(count);
+        for (let i = 0; i < count; i++) {
+          const v = values[i];
+          let b: bigint;
+          if (typeof v === 'number' && Number.isSafeInteger(v)) b = BigInt(v);
+          else if (typeof v === 'string' && /^-?\d+$/.test(v)) b = BigInt(v);
+          else throw bad(i, `a ${datatype} integer`);
+          const ok = datatype === 'INT64' ? b >= -(1n << 63n) && b < 1n << 63n : b >= 0n && b < 1n << 64n;
+          if (!ok) throw bad(i, `in the ${datatype} range`);
+          arr[i] = b;
+        }
+        bytes = Buffer.from(arr.buffer);
+        break;
+      }
+      case 'FP32':
+      case 'FP64':
+      case 'FP16':
+      case 'BF16': {
+        const arr = datatype === 'FP64' ? new Float64Array(count) : new Float32Array(count);
+        for (let i = 0; i < count; i++) {
+          const v = values[i];
+          if (typeof v !== 'number') throw bad(i, 'a number');
+          arr[i] = v;
+        }
+        if (datatype === 'FP16' || datatype === 'BF16') {
+          const half = new Uint16Array(count);
+          const conv = datatype === 'FP16' ? f32ToF16 : f32ToBf16;
+          for (let i = 0; i < count; i++) half[i] = conv(arr[i]);
+          bytes = Buffer.from(half.buffer);
+        } else bytes = Buffer.from(arr.buffer);
+        break;
+      }
+      case 'BYTES': {
+        const parts: Buffer[] = [];
+        for (let i = 0; i < count; i++) {
+          const v = values[i];
+          if (typeof v !== 'string') throw bad(i, 'a string');
+          const b = Buffer.from(v, 'utf8');
+          const len = Buffer.allocUnsafe(4);
+          len.writeUInt32LE(b.length);
+          parts.push(len, b);
+        }
+        bytes = Buffer.concat(parts);
+        break;
+      }
+      default:
+        throw invalid(`input '${name}': unsupported datatype ${datatype}`);
+    }
+  }
+  return { name, datatype, shape, data: bytes };
+}
+
+/** A typed view of the bytes; copies only when the buffer is not aligned for the element size. */
+function view<T>(data: Buffer, size: number, make: (ab: ArrayBufferLike, off: number, len: number) => T): T {
+  const len = data.length / size;
+  if (data.byteOffset % size === 0) return make(data.buffer, data.byteOffset, len);
+  const copy = new Uint8Array(data);
+  return make(copy.buffer, 0, len);
+}
+
+/** Decodes raw bytes into a flat JSON array of numbers, booleans or strings. */
+export function tensorToJson(t: Tensor): unknown[] {
+  const d = t.data;
+  switch (t.datatype) {
+    case 'BOOL':
+      return Array.from(d, (b) => b !== 0);
+    case 'UINT8':
+      return Array.from(d);
+    case 'INT8':
+      return Array.from(view(d, 1, (b, o, n) => new Int8Array(b, o, n)));
+    case 'INT16':
+      return Array.from(view(d, 2, (b, o, n) => new Int16Array(b, o, n)));
+    case 'UINT16':
+      return Array.from(view(d, 2, (b, o, n) => new Uint16Array(b, o, n)));
+    case 'INT32':
+      return Array.from(view(d, 4, (b, o, n) => new Int32Array(b, o, n)));
+    case 'UINT32':
+      return Array.from(view(d, 4, (b, o, n) => new Uint32Array(b, o, n)));
+    case 'FP32':
+      return Array.from(view(d, 4, (b, o, n) => new Float32Array(b, o, n)));
+    case 'FP64':
+      return Array.from(view(d, 8, (b, o, n) => new Float64Array(b, o, n)));
+    case 'INT64':
+      return Array.from(view(d, 8, (b, o, n) => new BigInt64Array(b, o, n)), Number);
+    case 'UINT64':
+      return Array.from(view(d, 8, (b, o, n) => new BigUint64Array(b, o, n)), Number);
+    case 'FP16':
+      return Array.from(view(d, 2, (b, o, n) => new Uint16Array(b, o, n)), f16ToF32);
+    case 'BF16':
+      return Array.from(view(d, 2, (b, o, n) => new Uint16Array(b, o, n)), bf16ToF32);
+    case 'BYTES': {
+      const count = elementCount(t.shape);
+      const offsets = bytesOffsets(d, count);
+      if (typeof offsets === 'string') throw new BrokerError('INTERNAL', `output '${t.name}': ${offsets}`);
+      const out = new Array<string>(count);
+      for (let i = 0; i < count; i++) out[i] = d.toString('utf8', offsets[i] + 4, offsets[i + 1]);
+      return out;
+    }
+  }
+}
+
+export { elementSize };

@@ -1,0 +1,151 @@
+import type { Logger } from 'pino';
+import type { ModelRegistry, ModelSpec, RegistryEvent } from '../model-manager/spec';
+import { BrokerError } from './errors';
+import type { CopyPool } from './pool';
+import { ModelScheduler, type SchedulerConfig, type SchedulerObserver } from './scheduler';
+import type { ModelStatistics } from './stats';
+import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
+
+/** What every bridge sees of the broker, and nothing more. */
+export interface BrokerApi {
+  infer(req: InferRequest): Promise<InferResult>;
+  /** Names and versions of every registered model. */
+  models(): { name: string; version: string }[];
+  spec(model: string, version?: string): ModelSpec;
+  metadata(model: string, version?: string): ModelMetadata;
+  modelReady(model: string, version?: string): ModelReadiness;
+  /** The server is ready when it accepts work and every model with min_replicas > 0 has a ready copy. */
+  ready(): ModelReadiness;
+  stats(model?: string, version?: string): ModelStatistics[];
+}
+
+export interface BrokerOptions {
+  registry: ModelRegistry;
+  pool: CopyPool;
+  logger: Logger;
+  observer?: SchedulerObserver;
+}
+
+/** Routes requests to one ModelScheduler per registered model and keeps them in step with the registry. */
+export class Broker implements BrokerApi {
+  private readonly schedulers = new Map<string, ModelScheduler>();
+  private accepting = true;
+  private readonly onChange = (e: RegistryEvent) => this.apply(e);
+  private readonly onCapacity = (model: string) => this.schedulers.get(model)?.pump();
+
+  constructor(private readonly opts: BrokerOptions) {
+    for (const spec of opts.registry.list()) this.apply({ type: 'put', name: spec.name, spec });
+    opts.registry.on('change', this.onChange);
+    opts.pool.on('capacity', this.onCapacity);
+  }
+
+  infer(req: InferRequest): Promise<InferResult> {
+    if (!this.accepting) return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+    let scheduler: ModelScheduler;
+    try {
+      this.spec(req.model, req.version);
+      scheduler = this.schedulers.get(req.model)!;
+      const readiness = this.opts.pool.readiness(req.model);
+      // A model whose copies keep failing answers at once; a starting one queues (cold start).
+      if (!readiness.ready && readiness.state === 'failed') {
+        throw new BrokerError('UNAVAILABLE', `model '${req.model}' is not ready: ${readiness.reason ?? 'no ready copy'}`);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return scheduler.submit(req);
+  }
+
+  models(): { name: string; version: string }[] {
+    return this.opts.registry.list().map((s) => ({ name: s.name, version: s.version }));
+  }
+
+  spec(model: string, version?: string): ModelSpec {
+    const spec = this.opts.registry.get(model);
+    if (!spec || !this.schedulers.has(model)) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
+    if (version !== undefined && version !== '' && version !== spec.version) {
+      throw new BrokerError('NOT_FOUND', `model '${model}' has no version '${version}' (serving version '${spec.version}')`);
+    }
+    return spec;
+  }
+
+  metadata(model: string, version?: string): ModelMetadata {
+    this.spec(model, version);
+    const meta = this.opts.pool.metadata(model);
+    if (!meta) {
+      const r = this.opts.pool.readiness(model);
+      throw new BrokerError('UNAVAILABLE', `model '${model}' has not reported its metadata yet: ${r.reason ?? 'no copy is ready'}`);
+    }
+    return meta;
+  }
+
+  modelReady(model: string, version?: string): ModelReadiness {
+    this.spec(model, version);
+    if (!this.accepting) return { ready: false, state: 'stopped', reason: 'the broker is shutting down' };
+    return this.opts.pool.readiness(model);
+  }
+
+  ready(): ModelReadiness {
+    if (!this.accepting) return { ready: false, reason: 'the broker is shutting down' };
+    const waiting = this.opts.registry
+      .list()
+      .filter((s) => s.min_replicas > 0 && !this.opts.pool.readiness(s.name).ready)
+      .map((s) => s.name);
+    return waiting.length === 0 ? { ready: true } : { ready: false, reason: `models not ready: ${waiting.join(', ')}` };
+  }
+
+  stats(model?: string, version?: string): ModelStatistics[] {
+    if (model !== undefined) {
+      const spec = this.spec(model, version);
+      return [this.schedulers.get(model)!.stats.snapshot(model, spec.version)];
+    }
+    return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.opts.registry.get(name)?.version ?? ''));
+  }
+
+  /** Queue depth and running requests per model, for metrics and autoscaling. */
+  load(): { model: string; queued: number; running: number }[] {
+    return [...this.schedulers.entries()].map(([model, s]) => ({ model, queued: s.depth, running: s.inFlight }));
+  }
+
+  /**
+   * Graceful stop: refuse new work, fail what is still queued, let running
+   * batches finish within graceMs, then fail whatever is left (the pool's
+   * close settles those).
+   */
+  async close(graceMs: number): Promise<void> {
+    this.accepting = false;
+    this.opts.registry.off('change', this.onChange);
+    this.opts.pool.off('capacity', this.onCapacity);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
+    // Queued requests may still be served while the copies run: they get the same grace.
+    await Promise.race([Promise.all([...this.schedulers.values()].map((s) => s.idle())), timeout]);
+    clearTimeout(timer);
+    for (const s of this.schedulers.values()) s.close(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+  }
+
+  private apply(e: RegistryEvent): void {
+    if (e.type === 'delete') {
+      this.schedulers.get(e.name)?.close(new BrokerError('NOT_FOUND', `model '${e.name}' was removed`));
+      this.schedulers.delete(e.name);
+      return;
+    }
+    const config = schedulerConfig(e.spec);
+    const existing = this.schedulers.get(e.name);
+    if (existing) existing.configure(config);
+    else {
+      const log = this.opts.logger.child({ model: e.name });
+      this.schedulers.set(e.name, new ModelScheduler(e.name, config, this.opts.pool, log, this.opts.observer));
+    }
+  }
+}
+
+function schedulerConfig(spec: ModelSpec): SchedulerConfig {
+  return {
+    version: spec.version,
+    batchSize: spec.batch_size,
+    maxWaitMs: spec.max_wait_ms,
+    queueCapacity: spec.queue_capacity,
+    timeoutMs: spec.timeout_ms,
+  };
+}

@@ -1,0 +1,64 @@
+import { BrokerError } from './errors';
+import { checkTensorData } from './tensor';
+import type { InferRequest, ModelMetadata } from './types';
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+/** Rows the request carries along the batch dimension (the first dimension of every input). */
+export function requestRows(req: InferRequest): number {
+  if (req.inputs.length === 0) throw invalid(`model '${req.model}': the request has no inputs`);
+  const names = new Set<string>();
+  let rows = -1;
+  for (const t of req.inputs) {
+    if (names.has(t.name)) throw invalid(`input '${t.name}' is given twice`);
+    names.add(t.name);
+    const err = checkTensorData(t);
+    if (err) throw invalid(err);
+    if (t.shape.length === 0) throw invalid(`input '${t.name}': a batching model needs a batch dimension (shape is [])`);
+    if (rows === -1) rows = t.shape[0];
+    else if (t.shape[0] !== rows) {
+      throw invalid(`inputs disagree on the batch dimension: '${req.inputs[0].name}' has ${rows} rows, '${t.name}' has ${t.shape[0]}`);
+    }
+  }
+  if (rows < 1) throw invalid('the batch dimension must be at least 1');
+  return rows;
+}
+
+/** Checks names, datatypes and shapes against what the model declared in READY. */
+export function validateAgainst(req: InferRequest, meta: ModelMetadata, rows: number, maxRows: number): void {
+  if (rows > maxRows) {
+    throw invalid(`model '${meta.name}' takes at most ${maxRows} rows per request, got ${rows}`);
+  }
+  const given = new Map(req.inputs.map((t) => [t.name, t]));
+  for (const spec of meta.inputs) {
+    const t = given.get(spec.name);
+    if (!t) {
+      if (spec.optional) continue;
+      throw invalid(`model '${meta.name}' needs input '${spec.name}', which is missing`);
+    }
+    given.delete(spec.name);
+    if (t.datatype !== spec.datatype) {
+      throw invalid(`input '${spec.name}': model '${meta.name}' expects datatype ${spec.datatype}, got ${t.datatype}`);
+    }
+    if (t.shape.length !== spec.shape.length || spec.shape.some((d, i) => i > 0 && d !== -1 && d !== t.shape[i])) {
+      throw invalid(`input '${spec.name}': shape ${JSON.stringify(t.shape)} does not match the model's ${JSON.stringify(spec.shape)}`);
+    }
+  }
+  const unknown = [...given.keys()];
+  if (unknown.length > 0) {
+    throw invalid(`model '${meta.name}' has no input named ${unknown.map((n) => `'${n}'`).join(', ')}`);
+  }
+  if (req.outputs) {
+    const known = new Set(meta.outputs.map((o) => o.name));
+    const bad = req.outputs.filter((o) => !known.has(o));
+    if (bad.length > 0) throw invalid(`model '${meta.name}' has no output named ${bad.map((n) => `'${n}'`).join(', ')}`);
+  }
+}
+
+/** Requests with equal keys may share a batch: same inputs, datatypes and non-batch dimensions. */
+export function shapeKey(req: InferRequest): string {
+  return req.inputs
+    .map((t) => `${t.name}:${t.datatype}:${t.shape.slice(1).join('x')}`)
+    .sort()
+    .join('|');
+}

@@ -1,0 +1,202 @@
+/** ModelScheduler against a fake pool: batching by rows, shapes, bounds, deadlines, exactly-once answers. */
+import { EventEmitter } from 'node:events';
+import pino from 'pino';
+import { BrokerError } from '../../core/errors';
+import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from '../../core/pool';
+import { ModelScheduler, type SchedulerConfig } from '../../core/scheduler';
+import type { Tensor } from '../../core/tensor';
+import type { InferRequest, ModelMetadata, ModelReadiness } from '../../core/types';
+
+const META: ModelMetadata = {
+  name: 'echo',
+  version: '1',
+  maxBatch: 8,
+  inputs: [{ name: 'X', datatype: 'INT32', shape: [-1, -1] }],
+  outputs: [{ name: 'Y', datatype: 'INT32', shape: [-1, -1] }],
+};
+
+type Handler = (b: BatchRequest) => Promise<BatchResponse>;
+
+/** Echo: Y = X. */
+const echo: Handler = async (b) => ({
+  itemErrors: b.items.map(() => undefined),
+  tensors: [{ ...b.tensors[0], name: 'Y' }],
+  computeNs: 1000,
+});
+
+class FakeCopy implements ModelCopy {
+  readonly model = 'echo';
+  inFlight = 0;
+  batches: BatchRequest[] = [];
+  constructor(readonly id: string, readonly metadata: ModelMetadata, private readonly pool: FakePool, public handler: Handler = echo, public credits = 1) {}
+  hasCapacity(): boolean {
+    return this.inFlight < this.credits;
+  }
+  execute(b: BatchRequest): Promise<BatchResponse> {
+    this.inFlight++;
+    this.batches.push(b);
+    return this.handler(b).finally(() => {
+      this.inFlight--;
+      queueMicrotask(() => this.pool.emit('capacity', 'echo'));
+    });
+  }
+}
+
+class FakePool extends EventEmitter implements CopyPool {
+  copies: FakeCopy[] = [];
+  available(): ModelCopy | undefined {
+    return this.copies.find((c) => c.hasCapacity());
+  }
+  metadata(): ModelMetadata | undefined {
+    return this.copies[0]?.metadata;
+  }
+  readiness(): ModelReadiness {
+    return { ready: this.copies.length > 0 };
+  }
+  add(copy: FakeCopy): FakeCopy {
+    this.copies.push(copy);
+    this.emit('capacity', 'echo');
+    return copy;
+  }
+}
+
+const config = (over: Partial<SchedulerConfig> = {}): SchedulerConfig => ({
+  version: '1', batchSize: 8, maxWaitMs: 0, queueCapacity: 100, timeoutMs: 10_000, ...over,
+});
+
+function int32(name: string, rows: number[][]): Tensor {
+  const flat = rows.flat();
+  return { name, datatype: 'INT32', shape: [rows.length, rows[0].length], data: Buffer.from(new Int32Array(flat).buffer) };
+}
+
+let n = 0;
+const req = (rows: number[][], extra: Partial<InferRequest> = {}): InferRequest => ({ id: `r${n++}`, model: 'echo', inputs: [int32('X', rows)], ...extra });
+const values = (t: Tensor) => Array.from(new Int32Array(new Uint8Array(t.data).buffer));
+
+function setup(over: Partial<SchedulerConfig> = {}) {
+  const pool = new FakePool();
+  const s = new ModelScheduler('echo', config(over), pool, pino({ level: 'silent' }));
+  pool.on('capacity', () => s.pump());
+  return { pool, s };
+}
+
+describe('ModelScheduler', () => {
+  test('cuts batches by rows, not requests, when a copy frees up', async () => {
+    const { pool, s } = setup({ batchSize: 4 });
+    const answers = [req([[1]]), req([[2], [3]]), req([[4]]), req([[5], [6]]), req([[7]])].map((r) => s.submit(r));
+    const copy = pool.add(new FakeCopy('c1', META, pool));
+    const results = await Promise.all(answers);
+    expect(results.map((r) => values(r.outputs[0]))).toEqual([[1], [2, 3], [4], [5, 6], [7]]);
+    expect(copy.batches.map((b) => b.items.map((i) => i.rows))).toEqual([[1, 2, 1], [2, 1]]);
+    expect(copy.batches[0].tensors[0].shape).toEqual([4, 1]);
+  });
+
+  test('requests whose non-batch shapes differ never share a batch', async () => {
+    const { pool, s } = setup();
+    const answers = [req([[1, 1]]), req([[2]]), req([[3, 3]]), req([[4]])].map((r) => s.submit(r));
+    const copy = pool.add(new FakeCopy('c1', META, pool));
+    await Promise.all(answers);
+    expect(copy.batches.map((b) => b.tensors[0].shape)).toEqual([[2, 2], [2, 1]]);
+  });
+
+  test('a full queue rejects at once with RESOURCE_EXHAUSTED and a retry hint', async () => {
+    const { s } = setup({ queueCapacity: 2 });
+    const a = s.submit(req([[1]]));
+    const b = s.submit(req([[2]]));
+    await expect(s.submit(req([[3]]))).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED', retryAfterMs: expect.any(Number) });
+    s.close(new BrokerError('UNAVAILABLE', 'bye'));
+    await expect(a).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(b).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+  });
+
+  test('a deadline fires from a timer while queued, and the request leaves the queue', async () => {
+    const { s } = setup();
+    await expect(s.submit(req([[1]], { timeoutMs: 30 }))).rejects.toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+    expect(s.depth).toBe(0);
+  });
+
+  test('a deadline fires while the model runs; the late answer is dropped', async () => {
+    const { pool, s } = setup();
+    let finish!: () => void;
+    pool.add(new FakeCopy('c1', META, pool, (b) => new Promise((r) => (finish = () => r({ itemErrors: [undefined], tensors: [{ ...b.tensors[0], name: 'Y' }], computeNs: 1 })))));
+    await expect(s.submit(req([[1]], { timeoutMs: 30 }))).rejects.toMatchObject({ code: 'DEADLINE_EXCEEDED', message: expect.stringContaining('running') });
+    finish();
+    await s.idle();
+  });
+
+  test('a cancelled request leaves the queue with CANCELLED', async () => {
+    const { s } = setup();
+    const ac = new AbortController();
+    const p = s.submit(req([[1]], { signal: ac.signal }));
+    expect(s.depth).toBe(1);
+    ac.abort();
+    await expect(p).rejects.toMatchObject({ code: 'CANCELLED' });
+    expect(s.depth).toBe(0);
+  });
+
+  test('a failed batch fails every member; an item error fails only its request', async () => {
+    const { pool, s } = setup();
+    const copy = pool.add(new FakeCopy('c1', META, pool, async () => { throw new BrokerError('INTERNAL', 'model error: boom'); }));
+    copy.credits = 0;
+    const batch = [s.submit(req([[1]])), s.submit(req([[2]]))];
+    copy.credits = 1;
+    pool.emit('capacity', 'echo');
+    for (const p of batch) await expect(p).rejects.toMatchObject({ code: 'INTERNAL', message: 'model error: boom' });
+
+    copy.handler = async (b) => ({ itemErrors: b.items.map((_, i) => (i === 1 ? 'bad row' : undefined)), tensors: [{ ...b.tensors[0], name: 'Y' }], computeNs: 1 });
+    copy.credits = 0;
+    const mixed = [s.submit(req([[1]])), s.submit(req([[2]])), s.submit(req([[3]]))];
+    copy.credits = 1;
+    pool.emit('capacity', 'echo');
+    const settled = await Promise.allSettled(mixed);
+    expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((settled[1] as PromiseRejectedResult).reason.message).toBe('model error: bad row');
+  });
+
+  test('validation against the model metadata gives INVALID_ARGUMENT', async () => {
+    const { pool, s } = setup();
+    pool.add(new FakeCopy('c1', META, pool));
+    await expect(s.submit({ id: 'x', model: 'echo', inputs: [int32('Z', [[1]])] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining("needs input 'X'") });
+    await expect(s.submit(req(Array.from({ length: 9 }, () => [1])))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('at most 8 rows') });
+    await expect(s.submit(req([[1]], { outputs: ['NOPE'] }))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  test('max_wait_ms holds a lone request for company, then sends it', async () => {
+    const { pool, s } = setup({ maxWaitMs: 40 });
+    const copy = pool.add(new FakeCopy('c1', META, pool));
+    const first = s.submit(req([[1]]));
+    const second = s.submit(req([[2]]));
+    await Promise.all([first, second]);
+    expect(copy.batches.map((b) => b.items.length)).toEqual([2]);
+  });
+
+  test('any arrival pattern: every request is answered exactly once with its own rows', async () => {
+    let seed = 42;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const { pool, s } = setup({ batchSize: 8, maxWaitMs: 1, queueCapacity: 10_000 });
+    const slow: Handler = async (b) => {
+      await new Promise((r) => setImmediate(r));
+      return echo(b);
+    };
+    pool.add(new FakeCopy('c1', META, pool, slow, 2));
+    pool.add(new FakeCopy('c2', { ...META, maxBatch: 5 }, pool, slow));
+    const expected: number[][] = [];
+    let totalRows = 0;
+    const answers: Promise<number[]>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const rows = 1 + Math.floor(rand() * 4);
+      const width = rand() < 0.5 ? 1 : 2;
+      const data = Array.from({ length: rows }, (_, r) => Array.from({ length: width }, () => i * 10 + r));
+      expected.push(data.flat());
+      totalRows += rows;
+      answers.push(s.submit(req(data)).then((res) => values(res.outputs[0])));
+      if (rand() < 0.3) await new Promise((r) => setImmediate(r));
+    }
+    expect(await Promise.all(answers)).toEqual(expected);
+    const stats = s.stats.snapshot('echo', '1');
+    expect(stats.inference_count).toBe(totalRows);
+    expect(stats.execution_count).toBeLessThan(300);
+    expect(s.depth).toBe(0);
+    expect(s.inFlight).toBe(0);
+  });
+});

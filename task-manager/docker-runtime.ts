@@ -1,0 +1,255 @@
+/**
+ * Runs model copies as Docker containers through the daemon's API (dockerode).
+ * Images are never pulled. Access to the Docker socket is root-equivalent.
+ */
+import Docker from 'dockerode';
+import type { Logger } from 'pino';
+import { BrokerError } from '../core/errors';
+import { SECRET_ENV, linkEnv, type CopyHandle, type CopyLaunch, type ExitInfo, type Runtime } from './runtime';
+
+export const LABEL_OWNER = 'tensorbroker.owner';
+export const LABEL_MODEL = 'tensorbroker.model';
+export const LABEL_COPY = 'tensorbroker.copy';
+/** Where the link socket directory is mounted inside containers. */
+export const CONTAINER_SOCKET_DIR = '/run/tensorbroker';
+
+export interface DockerRuntimeOptions {
+  /** Docker socket (default /var/run/docker.sock). Ignored when `docker` is given. */
+  socketPath?: string;
+  docker?: Docker;
+  /** Log lines read from a container when it ends (default 50). */
+  logLines?: number;
+  /** Extra env passed to every container (the broker's own env is NOT passed, unlike the process runtime). */
+  env?: Record<string, string>;
+  /** Memory limit per container in bytes (default none). */
+  memoryBytes?: number;
+  /** User to run containers as ("uid:gid"); default the image's. */
+  user?: string;
+  /**
+   * Host directory to mount at /run/tensorbroker instead of the link's socketDir.
+   * Set it when the broker itself runs in a container and the daemon sees the
+   * socket directory under another host path.
+   */
+  hostSocketDir?: string;
+  logger?: Logger;
+}
+
+interface Entry {
+  handle: CopyHandle;
+  exited: Promise<ExitInfo>;
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as { statusCode?: number }).statusCode;
+}
+
+function errText(err: unknown): string {
+  const e = err as { json?: { message?: string }; message?: string };
+  return e.json?.message ?? e.message ?? String(err);
+}
+
+/** Splits a multiplexed (non-TTY) docker log buffer into text; tolerates a raw (TTY) one. */
+export function demuxLogs(buf: Buffer): string {
+  const out: Buffer[] = [];
+  let pos = 0;
+  while (pos + 8 <= buf.length) {
+    const type = buf[pos];
+    if (!(type === 0 || type === 1 || type === 2) || buf[pos + 1] !== 0 || buf[pos + 2] !== 0 || buf[pos + 3] !== 0) {
+      return buf.toString('utf8'); // not multiplexed
+    }
+    const len = buf.readUInt32BE(pos + 4);
+    out.push(buf.subarray(pos + 8, pos + 8 + len));
+    pos += 8 + len;
+  }
+  return Buffer.concat(out).toString('utf8');
+}
+
+function sanitize(s: string): string {
+  return s.toLowerCase().replace(/[^a-z0-9_.-]+/g, '-').replace(/^[^a-z0-9]+/, '').slice(0, 40) || 'model';
+}
+
+export class DockerRuntime implements Runtime {
+  readonly kind = 'docker' as const;
+  readonly docker: Docker;
+  private readonly entries = new Map<string, Entry>();
+  private readonly logLines: number;
+
+  constructor(private readonly opts: DockerRuntimeOptions = {}) {
+    this.docker = opts.docker ?? new Docker({ socketPath: opts.socketPath ?? '/var/run/docker.sock' });
+    this.logLines = opts.logLines ?? 50;
+  }
+
+  async start(launch: CopyLaunch): Promise<CopyHandle> {
+    const image = launch.image;
+    if (!image) throw new BrokerError('INVALID_ARGUMENT', `model ${launch.model} has no image (the docker runtime needs one)`);
+    try {
+      await this.docker.getImage(image).inspect();
+    } catch (err) {
+      if (statusOf(err) === 404) {
+        throw new BrokerError('UNAVAILABLE', `image ${image} not found locally (pulls are not done in this version)`);
+      }
+      throw new BrokerError('UNAVAILABLE', `cannot inspect image ${image}: ${errText(err)}`);
+    }
+
+    const link = launch.link;
+    const ipc = link.endpoint.startsWith('ipc://');
+    let endpoint = link.endpoint;
+    const binds: string[] = [];
+    if (ipc) {
+      if (!link.socketDir || !link.socketName) throw new BrokerError('INTERNAL', 'ipc link without socketDir/socketName');
+      binds.push(`${this.opts.hostSocketDir ?? link.socketDir}:${CONTAINER_SOCKET_DIR}`);
+      endpoint = `ipc://${CONTAINER_SOCKET_DIR}/${link.socketName}`;
+    }
+    const env = { ...(this.opts.env ?? {}), ...launch.env, ...linkEnv(launch, endpoint) };
+    for (const k of Object.keys(this.opts.env ?? {})) if (SECRET_ENV.test(k)) delete env[k];
+
+    const hostConfig: Docker.ContainerCreateOptions['HostConfig'] = {
+      NetworkMode: ipc ? 'none' : 'host',
+      Binds: binds,
+      AutoRemove: false,
+      RestartPolicy: { Name: 'no' },
+    };
+    if (this.opts.memoryBytes) hostConfig.Memory = this.opts.memoryBytes;
+    if (launch.gpus && launch.gpus.length > 0) {
+      hostConfig.DeviceRequests = launch.gpus.includes('all')
+        ? [{ Driver: 'nvidia', Count: -1, Capabilities: [['gpu']] }]
+        : [{ Driver: 'nvidia', DeviceIDs: launch.gpus, Capabilities: [['gpu']] }];
+    }
+    const name = `tb-${sanitize(launch.model)}-${launch.copyId.slice(0, 12)}`;
+    let container: Docker.Container;
+    try {
+      container = await this.docker.createContainer({
+        name,
+        Image: image,
+        Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        Labels: { [LABEL_OWNER]: launch.owner, [LABEL_MODEL]: launch.model, [LABEL_COPY]: launch.copyId },
+        ...(this.opts.user ? { User: this.opts.user } : {}),
+        HostConfig: hostConfig,
+      });
+    } catch (err) {
+      throw new BrokerError('UNAVAILABLE', `cannot create container for model ${launch.model}: ${errText(err)}`);
+    }
+    try {
+      await container.start();
+    } catch (err) {
+      await container.remove({ force: true }).catch(() => undefined);
+      const text = errText(err);
+      if (/could not select device driver/i.test(text)) {
+        throw new BrokerError('UNAVAILABLE', `no GPU runtime on this host (model ${launch.model} asks for GPUs ${launch.gpus?.join(',')}): ${text}`);
+      }
+      throw new BrokerError('UNAVAILABLE', `cannot start container ${name}: ${text}`);
+    }
+    const handle: CopyHandle = {
+      kind: 'docker',
+      copyId: launch.copyId,
+      model: launch.model,
+      owner: launch.owner,
+      runtimeId: container.id,
+      name,
+    };
+    this.entries.set(launch.copyId, { handle, exited: this.watch(handle) });
+    return handle;
+  }
+
+  /** Waits for the container to end, reads its state and logs, removes it. Never rejects. */
+  private async watch(h: CopyHandle): Promise<ExitInfo> {
+    const c = this.docker.getContainer(h.runtimeId);
+    let code: number | null = null;
+    try {
+      const res = (await c.wait()) as { StatusCode?: number };
+      code = res.StatusCode ?? null;
+    } catch (err) {
+      this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'container wait failed');
+    }
+    let oomKilled: boolean | undefined;
+    try {
+      const st = await c.inspect();
+      oomKilled = st.State.OOMKilled;
+      code = st.State.ExitCode ?? code;
+    } catch {
+      // Already removed.
+    }
+    const lastLines = await this.readLogs(c, this.logLines);
+    await c.remove({ force: true }).catch(() => undefined);
+    this.entries.delete(h.copyId);
+    const reason = oomKilled ? `was OOM killed (exit code ${code})` : `exited (code ${code})`;
+    return { code, signal: null, oomKilled, reason, lastLines };
+  }
+
+  private async readLogs(c: Docker.Container, tail: number): Promise<string[]> {
+    try {
+      const buf = (await c.logs({ stdout: true, stderr: true, follow: false, tail })) as unknown as Buffer | string;
+      const text = Buffer.isBuffer(buf) ? demuxLogs(buf) : String(buf);
+      return text.split(/\r?\n/).filter((l, i, a) => l !== '' || i < a.length - 1).slice(-tail);
+    } catch {
+      return [];
+    }
+  }
+
+  async stop(h: CopyHandle, graceMs: number): Promise<void> {
+    const c = this.docker.getContainer(h.runtimeId);
+    try {
+      await c.stop({ t: Math.ceil(graceMs / 1000) });
+    } catch (err) {
+      const s = statusOf(err);
+      if (s !== 304 && s !== 404) this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'container stop failed');
+    }
+    const e = this.entries.get(h.copyId);
+    if (e) await e.exited;
+    await c.remove({ force: true }).catch(() => undefined);
+  }
+
+  async kill(h: CopyHandle): Promise<void> {
+    const c = this.docker.getContainer(h.runtimeId);
+    try {
+      await c.kill();
+    } catch (err) {
+      const s = statusOf(err);
+      if (s !== 409 && s !== 404 && s !== 304) this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'container kill failed');
+    }
+    const e = this.entries.get(h.copyId);
+    if (e) await e.exited;
+  }
+
+  exited(h: CopyHandle): Promise<ExitInfo> {
+    const e = this.entries.get(h.copyId);
+    if (!e) return Promise.resolve({ code: null, signal: null, reason: 'unknown container (already removed)', lastLines: [] });
+    return e.exited;
+  }
+
+  async logs(h: CopyHandle, tail: number): Promise<string[]> {
+    return this.readLogs(this.docker.getContainer(h.runtimeId), tail);
+  }
+
+  async list(owner: string): Promise<CopyHandle[]> {
+    const cs = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL_OWNER}=${owner}`] } });
+    return cs.map((c) => ({
+      kind: 'docker' as const,
+      copyId: c.Labels[LABEL_COPY] ?? '',
+      model: c.Labels[LABEL_MODEL] ?? '',
+      owner,
+      runtimeId: c.Id,
+      name: (c.Names[0] ?? '').replace(/^\//, ''),
+    }));
+  }
+
+  async removeStale(owner: string): Promise<number> {
+    const stale = await this.list(owner);
+    await Promise.all(
+      stale.map((h) =>
+        this.docker
+          .getContainer(h.runtimeId)
+          .remove({ force: true })
+          .catch((err) => this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'cannot remove stale container')),
+      ),
+    );
+    if (stale.length > 0) this.opts.logger?.info({ owner, containers: stale.map((h) => h.name) }, 'removed stale containers');
+    return stale.length;
+  }
+
+  /** Kills and removes every container this runtime started and still tracks. */
+  async close(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => this.kill(e.handle)));
+  }
+}
+

@@ -1,0 +1,144 @@
+/**
+ * Where model copies run. The task manager only ever talks to this interface;
+ * `ProcessRuntime` (child processes) and `DockerRuntime` (containers) implement it.
+ */
+
+/** How a copy reaches the broker's link server. */
+export interface LinkInfo {
+  /** The endpoint the broker bound, as seen from the host (ipc:///..., tcp://127.0.0.1:port). */
+  endpoint: string;
+  /** For ipc endpoints: the host directory holding the socket (bind-mounted into containers). */
+  socketDir?: string;
+  /** For ipc endpoints: the socket file name inside socketDir. */
+  socketName?: string;
+  heartbeatMs: number;
+}
+
+export interface CopyLaunch {
+  copyId: string;
+  model: string;
+  version: string;
+  /** Docker runtime: image to run (never pulled). */
+  image?: string;
+  /** Process runtime: argv, no shell. */
+  command?: string[];
+  /** Process runtime: working directory (default: the runtime's cwd option, else process.cwd()). */
+  cwd?: string;
+  /** The spec's env. */
+  env: Record<string, string>;
+  /** Broker id; containers are labelled with it. */
+  owner: string;
+  /** Host GPU ids to give the copy; ['all'] = every GPU. */
+  gpus?: string[];
+  /** Rows per batch from the registry, passed to the copy as TB_BATCH_SIZE. */
+  batchSize?: number;
+  link: LinkInfo;
+}
+
+export interface CopyHandle {
+  readonly kind: 'docker' | 'process';
+  readonly copyId: string;
+  readonly model: string;
+  readonly owner: string;
+  /** Container id or pid (as a string). */
+  readonly runtimeId: string;
+  /** Container name or the command's program. */
+  readonly name: string;
+  readonly pid?: number;
+}
+
+export interface ExitInfo {
+  /** Exit code, or null when killed by a signal (process runtime). */
+  code: number | null;
+  signal: string | null;
+  oomKilled?: boolean;
+  /** One line for humans: "exited with code 3", "killed by SIGKILL", "OOM killed", ... */
+  reason: string;
+  /** Last log lines of the copy (stdout and stderr interleaved), oldest first. */
+  lastLines: string[];
+}
+
+export interface Runtime {
+  readonly kind: 'docker' | 'process';
+  /** Starts a copy. Rejects with a clear message when it cannot (missing image, no GPU runtime, bad command). */
+  start(spec: CopyLaunch): Promise<CopyHandle>;
+  /** Asks the copy to stop (SIGTERM / docker stop), kills it after graceMs, and cleans it up. Idempotent. */
+  stop(h: CopyHandle, graceMs: number): Promise<void>;
+  /** Kills the copy at once. Idempotent. */
+  kill(h: CopyHandle): Promise<void>;
+  /** Resolves once, when the copy has ended (and its logs were read). Never rejects. */
+  exited(h: CopyHandle): Promise<ExitInfo>;
+  /** Last `tail` log lines. */
+  logs(h: CopyHandle, tail: number): Promise<string[]>;
+  /** Copies this runtime knows of that belong to `owner`. */
+  list(owner: string): Promise<CopyHandle[]>;
+  /** Removes leftovers of an earlier run of broker `owner` (containers labelled with it). Returns how many. */
+  removeStale(owner: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Env names never passed from the broker's environment to a copy. */
+export const SECRET_ENV = /(^TB_ADMIN_TOKEN$|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY)/i;
+
+/** The env every copy gets on top of the spec's env: how to reach the broker and who it is. */
+export function linkEnv(launch: CopyLaunch, endpoint: string): Record<string, string> {
+  const env: Record<string, string> = {
+    TB_ENDPOINT: endpoint,
+    TB_COPY_ID: launch.copyId,
+    TB_MODEL: launch.model,
+    TB_MODEL_VERSION: launch.version,
+    TB_HEARTBEAT_MS: String(launch.link.heartbeatMs),
+  };
+  if (launch.batchSize !== undefined) env.TB_BATCH_SIZE = String(launch.batchSize);
+  if (launch.gpus && launch.gpus.length > 0) {
+    env.NVIDIA_VISIBLE_DEVICES = launch.gpus.join(',');
+    if (!launch.gpus.includes('all')) env.CUDA_VISIBLE_DEVICES = launch.gpus.join(',');
+  }
+  return env;
+}
+
+/** Keeps the last `size` lines of a stream of chunks. */
+export class LineRing {
+  private readonly lines: string[] = [];
+  private partial = '';
+
+  constructor(private readonly size = 50) {}
+
+  push(chunk: Buffer | string): string[] {
+    const text = this.partial + chunk.toString();
+    const parts = text.split(/\r?\n/);
+    this.partial = parts.pop() ?? '';
+    if (this.partial.length > 4096) {
+      parts.push(this.partial);
+      this.partial = '';
+    }
+    for (const p of parts) this.add(p);
+    return parts;
+  }
+
+  /** Flushes a trailing line without newline. */
+  end(): void {
+    if (this.partial) this.add(this.partial);
+    this.partial = '';
+  }
+
+  tail(n = this.size): string[] {
+    const all = this.partial ? [...this.lines, this.partial] : this.lines;
+    return all.slice(Math.max(0, all.length - n));
+  }
+
+  private add(line: string): void {
+    if (line.length > 2000) line = line.slice(0, 2000) + '…';
+    this.lines.push(line);
+    if (this.lines.length > this.size) this.lines.shift();
+  }
+}
+
+/** The last non-empty line of a log tail, for error messages. */
+export function lastLine(lines: readonly string[]): string {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const l = lines[i].trim();
+    if (l) return l;
+  }
+  return '';
+}

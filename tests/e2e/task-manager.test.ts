@@ -1,0 +1,239 @@
+/**
+ * TaskManager end to end: ProcessRuntime + real zeromq link + a model process
+ * (the real examples/models/simple when built, else the fake model fixture).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { EventEmitter } from 'node:events';
+import pino from 'pino';
+import * as zmq from 'zeromq';
+import { create } from '@bufbuild/protobuf';
+import { BrokerError } from '../../core/errors';
+import type { BatchRequest } from '../../core/pool';
+import type { Tensor } from '../../core/tensor';
+import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
+import { HeartbeatSchema, decodeFrames, encodeFrames } from '../../proto/link';
+import { LinkServer } from '../../task-manager/link-server';
+import { ProcessRuntime } from '../../task-manager/process-runtime';
+import { TaskManager } from '../../task-manager/supervisor';
+import { FAKE_MODEL_ENV, fakeModelCommand } from './fixtures/build-fake-model';
+
+const logger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });
+
+function waitEvent<T extends unknown[]>(em: EventEmitter, event: string, filter: (...args: T) => boolean = () => true, ms = 15_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      em.off(event, on);
+      reject(new Error(`timed out waiting for '${event}'`));
+    }, ms);
+    const on = (...args: unknown[]) => {
+      if (!filter(...(args as T))) return;
+      clearTimeout(timer);
+      em.off(event, on);
+      resolve(args as T);
+    };
+    em.on(event, on);
+  });
+}
+
+function int32Tensor(name: string, rows: number, first: number): Tensor {
+  const a = new Int32Array(rows * 16);
+  for (let i = 0; i < a.length; i++) a[i] = i;
+  for (let r = 0; r < rows; r++) a[r * 16] = first;
+  return { name, datatype: 'INT32', shape: [rows, 16], data: Buffer.from(a.buffer) };
+}
+
+let nextBatch = 1n;
+function batch(model: string, rowsPerItem: number[], first = 5, deadlineMs = 10_000): BatchRequest {
+  const rows = rowsPerItem.reduce((a, b) => a + b, 0);
+  return {
+    batchId: nextBatch++,
+    model,
+    items: rowsPerItem.map((r, i) => ({ requestId: `r${i}`, rows: r })),
+    tensors: [int32Tensor('INPUT0', rows, first), int32Tensor('INPUT1', rows, 2)],
+    outputs: [],
+    deadline: Date.now() + deadlineMs,
+  };
+}
+
+function spec(name: string, env: Record<string, string> = {}, over: Partial<ModelSpec> = {}): ModelSpec {
+  return {
+    ...SPEC_DEFAULTS,
+    name,
+    batch_size: 4,
+    startup_timeout_ms: 10_000,
+    command: fakeModelCommand(),
+    env: { ...FAKE_MODEL_ENV, ...env },
+    source: 'file',
+    ...over,
+  };
+}
+
+describe('TaskManager with the process runtime', () => {
+  let dir: string;
+  let tm: TaskManager;
+  let link: LinkServer;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-tm-'));
+    link = new LinkServer({ socketDir: dir, heartbeatMs: 200, logger });
+    tm = new TaskManager({ runtime: new ProcessRuntime({ logger }), link, brokerId: 'test', logger, backoffInitialMs: 50, stopGraceMs: 2000 });
+  });
+
+  afterEach(async () => {
+    await tm.close(2000);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a copy starts, becomes ready, and runs a batch', async () => {
+    const ready = waitEvent<[string]>(tm, 'metadata', (m) => m === 'simple');
+    expect(tm.readiness('simple').ready).toBe(false);
+    await tm.reconcile([spec('simple')]);
+    await ready;
+    expect(tm.readiness('simple')).toEqual({ ready: true });
+    const meta = tm.metadata('simple')!;
+    expect(meta.maxBatch).toBe(4);
+    expect(meta.inputs.map((i) => [i.name, i.datatype, i.shape])).toEqual([
+      ['INPUT0', 'INT32', [-1, 16]],
+      ['INPUT1', 'INT32', [-1, 16]],
+    ]);
+    const copy = tm.available('simple')!;
+    expect(copy).toBeDefined();
+    const res = await copy.execute(batch('simple', [1, 2], 5));
+    expect(res.itemErrors).toEqual([undefined, undefined]);
+    const out = Buffer.from(res.tensors[0].data);
+    const sum = new Int32Array(out.buffer, out.byteOffset, out.length / 4);
+    expect(res.tensors.map((t) => [t.name, t.shape])).toEqual([
+      ['OUTPUT0', [3, 16]],
+      ['OUTPUT1', [3, 16]],
+    ]);
+    expect(sum[0]).toBe(7);
+    expect(sum[1]).toBe(1 + 1);
+    expect(sum[47]).toBe(47 + 47);
+    expect(tm.stats()[0].copies.ready).toBe(1);
+  });
+
+  test('model errors reject INTERNAL and item errors come back per item', async () => {
+    const ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('m')]);
+    await ready;
+    await expect(tm.available('m')!.execute(batch('m', [1], -1))).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringMatching(/model error: INPUT0 starts with -1/) });
+    const b = batch('m', [1, 1]);
+    new Int32Array(b.tensors[0].data.buffer, b.tensors[0].data.byteOffset, 32)[16] = -2;
+    const res = await tm.available('m')!.execute(b);
+    expect(res.itemErrors).toEqual([undefined, 'row starts with -2']);
+  });
+
+  test('a copy killed mid-batch rejects the batch with UNAVAILABLE and is replaced', async () => {
+    let ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('slow', { FAKE_DELAY_MS: '20000' })]);
+    await ready;
+    const [first] = tm.copies();
+    const pending = tm.available('slow')!.execute(batch('slow', [1], 5, 30_000));
+    expect(tm.available('slow')).toBeUndefined(); // its one credit is used
+    ready = waitEvent(tm, 'metadata');
+    process.kill(first.pid!, 'SIGKILL');
+    const err = (await pending.catch((e: unknown) => e)) as BrokerError;
+    expect(err).toBeInstanceOf(BrokerError);
+    expect(err.code).toBe('UNAVAILABLE');
+    expect(err.message).toMatch(new RegExp(`model copy ${first.id} of slow .*SIGKILL`));
+    await ready;
+    const [second] = tm.copies();
+    expect(second.id).not.toBe(first.id);
+    expect(second.state).toBe('ready');
+    expect(tm.readiness('slow').ready).toBe(true);
+  });
+
+  test('a crash names the exit code and the last log line', async () => {
+    const ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('crashy', { FAKE_CRASH_ON: '42' })]);
+    await ready;
+    const exit = waitEvent<[string, string]>(tm, 'copy-exit');
+    const err = (await tm.available('crashy')!.execute(batch('crashy', [2], 42)).catch((e: unknown) => e)) as BrokerError;
+    expect(err.code).toBe('UNAVAILABLE');
+    expect(err.message).toMatch(/exited with code 3: crashing on purpose: INPUT0\[0\] is 42/);
+    await exit;
+    expect(tm.readiness('crashy')).toEqual({ ready: false, reason: expect.stringMatching(/code 3/) });
+    await waitEvent(tm, 'metadata');
+    expect(tm.readiness('crashy').ready).toBe(true);
+  });
+
+  test('a copy that never sends READY times out with a reason and is retried', async () => {
+    const exit = waitEvent<[string, string]>(tm, 'copy-exit');
+    await tm.reconcile([spec('mute', { FAKE_MODE: 'never-ready' }, { startup_timeout_ms: 500 })]);
+    const [, msg] = await exit;
+    expect(msg).toMatch(/did not send READY within 500 ms/);
+    const r = tm.readiness('mute');
+    expect(r.ready).toBe(false);
+    expect(r.reason).toMatch(/did not send READY within 500 ms/);
+    await waitEvent(tm, 'copy-exit'); // retried with backoff, times out again
+    expect(tm.stats()[0].restarts).toBeGreaterThanOrEqual(1);
+  });
+
+  test('a hung copy fails the batch at its deadline and is restarted', async () => {
+    let ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('hung', { FAKE_DELAY_MS: '60000' })]);
+    await ready;
+    const [first] = tm.copies();
+    ready = waitEvent(tm, 'metadata');
+    await expect(tm.available('hung')!.execute(batch('hung', [1], 5, 300))).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/hung/) });
+    await ready;
+    expect(tm.copies()[0].id).not.toBe(first.id);
+  });
+
+  test('a silent copy (no heartbeats) is declared dead', async () => {
+    const ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('quiet', { FAKE_MODE: 'silent' })]);
+    await ready;
+    const [, msg] = await waitEvent<[string, string]>(tm, 'copy-exit');
+    expect(msg).toMatch(/sent no heartbeat/);
+  });
+
+  test('a changed spec replaces the copies; a removed model stops them', async () => {
+    let ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('v', {}, { version: '1' })]);
+    await ready;
+    const [first] = tm.copies();
+    ready = waitEvent(tm, 'metadata');
+    await tm.applyChange({ type: 'put', name: 'v', spec: spec('v', {}, { version: '2' }) });
+    await ready;
+    expect(tm.copies().map((c) => c.id)).not.toContain(first.id);
+    expect(tm.metadata('v')!.version).toBe('2');
+    await tm.reconcile([]);
+    expect(tm.copies()).toEqual([]);
+    expect(tm.readiness('v').ready).toBe(false);
+  });
+
+  test('close() settles the batches in flight and stops every copy', async () => {
+    const ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([spec('c', { FAKE_DELAY_MS: '20000' }), spec('d')]);
+    await ready;
+    await waitEvent(tm, 'metadata'); // both ready
+    const copy = tm.available('c')!;
+    const pending = copy.execute(batch('c', [1], 5, 30_000)).catch((e: unknown) => e);
+    const pid = tm.copies().find((c) => c.model === 'c')!.pid!;
+    await tm.close(300);
+    expect(((await pending) as BrokerError).code).toBe('UNAVAILABLE');
+    expect(tm.copies()).toEqual([]);
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
+describe('LinkServer', () => {
+  test('tells unknown copies to shut down and survives malformed messages', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-link-'));
+    const link = new LinkServer({ socketDir: dir, heartbeatMs: 100, logger });
+    await link.start();
+    expect((fs.statSync(path.join(dir, 'link.sock')).mode & 0o777).toString(8)).toBe('666');
+    const dealer = new zmq.Dealer({ routingId: 'stranger', linger: 0 });
+    dealer.connect(link.endpoint);
+    await dealer.send([Buffer.from([0xff, 0xff, 0xff])]);
+    await dealer.send(encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: 1n }) }));
+    const reply = decodeFrames(await dealer.receive());
+    expect(reply.envelope.kind.case).toBe('shutdown');
+    dealer.close();
+    await link.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});

@@ -17,8 +17,16 @@ export const imageTag = (model: string) => `tensorbroker/${model}:dev`;
 type Log = (msg: string) => void;
 const defaultLog: Log = (msg) => process.stderr.write(`[images] ${msg}\n`);
 
-/** Repository root: this file runs from dist/examples/. */
-const ROOT = path.resolve(__dirname, '..', '..');
+/** Repository root: the nearest package.json above this file (runs from examples/ or dist/examples/). */
+function findRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    if (dir === path.dirname(dir)) throw new Error('package.json not found');
+    dir = path.dirname(dir);
+  }
+  return dir;
+}
+const ROOT = findRoot();
 const DIST = path.join(ROOT, 'dist');
 
 function run(cmd: string, args: string[], log: Log, env: NodeJS.ProcessEnv = process.env): Promise<void> {

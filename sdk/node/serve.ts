@@ -64,7 +64,7 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   const inFlight = new Set<Promise<void>>();
   let stopping = false;
   let lastBrokerBeat = Date.now();
-  let beat: NodeJS.Timeout | undefined;
+  let beat: NodeJS.Timeout | undefined = undefined; // set after READY
 
   const stop = async (code: number, why: string) => {
     if (stopping) return;

@@ -1,0 +1,226 @@
+/**
+ * The Node SDK against a real ZeroMQ ROUTER: spawns the compiled simple example
+ * (run `npm run build` first) and plays the broker's side of the link.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { create } from '@bufbuild/protobuf';
+import { Router } from 'zeromq';
+import {
+  BatchSchema, ShutdownSchema, decodeFrames, encodeFrames, tensorsFromFrames, toMeta,
+  type Envelope, type Result,
+} from '../../proto/link';
+import type { Tensor } from '../../core/tensor';
+
+const MAIN = path.resolve(__dirname, '../../dist/examples/models/simple/main.js');
+const WAIT_MS = 10_000;
+const FAIL_ON = 999;
+
+interface Msg { envelope: Envelope; frames: Buffer[] }
+type Kind = NonNullable<Envelope['kind']['case']>;
+type ValueOf<K extends Kind> = Extract<Envelope['kind'], { case: K }>['value'];
+
+/** The broker side: a Router with a queue of decoded messages to wait on. */
+class FakeBroker {
+  readonly sock = new Router();
+  private queue: Msg[] = [];
+  private waiters: Array<() => void> = [];
+  copyId?: Buffer;
+
+  async bind(endpoint: string): Promise<void> {
+    await this.sock.bind(endpoint);
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for await (const [id, ...frames] of this.sock) {
+        this.copyId = id;
+        this.queue.push(decodeFrames(frames));
+        this.waiters.splice(0).forEach((w) => w());
+      }
+    } catch {
+      // socket closed
+    }
+  }
+
+  /** Next message of `kind`, skipping heartbeats. */
+  async next<K extends Kind>(kind: K, ms = WAIT_MS): Promise<Msg & { value: ValueOf<K> }> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const i = this.queue.findIndex((m) => m.envelope.kind.case !== 'heartbeat');
+      if (i >= 0) {
+        const [m] = this.queue.splice(i, 1);
+        if (m.envelope.kind.case !== kind) throw new Error(`expected ${kind}, got ${m.envelope.kind.case}`);
+        return { ...m, value: m.envelope.kind.value as ValueOf<K> } as Msg & { value: ValueOf<K> };
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no ${kind} within ${ms} ms`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => { clearTimeout(t); resolve(); });
+      });
+    }
+  }
+
+  async heartbeatSeen(ms = WAIT_MS): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!this.queue.some((m) => m.envelope.kind.case === 'heartbeat')) {
+      if (Date.now() > deadline) throw new Error('no heartbeat');
+      await new Promise<void>((resolve) => { const t = setTimeout(resolve, deadline - Date.now()); this.waiters.push(() => { clearTimeout(t); resolve(); }); });
+    }
+  }
+
+  async send(kind: Envelope['kind'], tensors: Tensor[] = []): Promise<void> {
+    if (!this.copyId) throw new Error('no copy connected');
+    await this.sock.send([this.copyId, ...encodeFrames(kind, tensors)]);
+  }
+
+  async batch(batchId: bigint, items: Array<[string, number]>, tensors: Tensor[]): Promise<Msg & { value: Result }> {
+    await this.send({
+      case: 'batch',
+      value: create(BatchSchema, { batchId, model: 'simple', items: items.map(([requestId, rows]) => ({ requestId, rows })), tensors: tensors.map(toMeta) }),
+    }, tensors);
+    const r = await this.next('result');
+    expect(r.value.batchId).toBe(batchId);
+    return r;
+  }
+}
+
+function int32(name: string, rows: number[][]): Tensor {
+  const a = Int32Array.from(rows.flat());
+  return { name, datatype: 'INT32', shape: [rows.length, rows[0].length], data: Buffer.from(a.buffer) };
+}
+
+function rowsOf(t: Tensor): number[][] {
+  const all = Array.from(new Int32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.length)));
+  const w = t.shape[1];
+  return Array.from({ length: t.shape[0] }, (_, r) => all.slice(r * w, (r + 1) * w));
+}
+
+const row = (start: number) => Array.from({ length: 16 }, (_, i) => start + i);
+
+function exitOf(child: ChildProcess, ms = WAIT_MS): Promise<number | null> {
+  return new Promise((resolve, reject) => {
+    if (child.exitCode !== null) return resolve(child.exitCode);
+    const t = setTimeout(() => reject(new Error('model did not exit')), ms);
+    child.once('exit', (code) => { clearTimeout(t); resolve(code); });
+  });
+}
+
+async function startModel(dir: string, name: string, env: Record<string, string> = {}) {
+  const endpoint = `ipc://${path.join(dir, `${name}.ipc`)}`;
+  const broker = new FakeBroker();
+  await broker.bind(endpoint);
+  let stderr = '';
+  const child = spawn(process.execPath, [MAIN], {
+    env: { ...process.env, TB_ENDPOINT: endpoint, TB_COPY_ID: name, TB_MODEL: 'simple', TB_HEARTBEAT_MS: '200', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr?.on('data', (b: Buffer) => { stderr += b.toString(); });
+  return { broker, child, stderr: () => stderr };
+}
+
+describe('Node SDK with the simple model', () => {
+  let dir: string;
+  let broker: FakeBroker;
+  let child: ChildProcess;
+  const others: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    if (!fs.existsSync(MAIN)) throw new Error(`${MAIN} is missing: run \`npm run build\` first`);
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-sdk-'));
+    ({ broker, child } = await startModel(dir, 'copy-1', { SIMPLE_FAIL_ON: String(FAIL_ON) }));
+  });
+
+  afterAll(() => {
+    for (const c of [child, ...others]) if (c && c.exitCode === null) c.kill('SIGKILL');
+    broker?.sock.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('sends READY with its metadata', async () => {
+    const ready = await broker.next('ready');
+    expect(ready.value).toMatchObject({ protocolVersion: 1, model: 'simple', maxBatch: 8, credits: 1, pid: child.pid });
+    expect(ready.value.inputs.map((s) => [s.name, s.datatype, s.shape.map(Number)])).toEqual([
+      ['INPUT0', 'INT32', [-1, 16]], ['INPUT1', 'INT32', [-1, 16]],
+    ]);
+    expect(ready.value.outputs.map((s) => s.name)).toEqual(['OUTPUT0', 'OUTPUT1']);
+  });
+
+  test('sends heartbeats', async () => {
+    await broker.heartbeatSeen();
+  });
+
+  test('adds and subtracts a batch of 3 rows in 2 items', async () => {
+    const a = [row(0), row(100), row(-50)];
+    const b = [row(1), row(1), row(10)];
+    const r = await broker.batch(1n, [['req-a', 1], ['req-b', 2]], [int32('INPUT0', a), int32('INPUT1', b)]);
+    expect(r.value.error).toBe('');
+    expect(r.value.items.map((i) => i.error)).toEqual(['', '']);
+    expect(r.value.computeNs).toBeGreaterThan(0n);
+    const out = tensorsFromFrames(r.value.tensors, r.frames);
+    expect(out.map((t) => [t.name, t.shape])).toEqual([['OUTPUT0', [3, 16]], ['OUTPUT1', [3, 16]]]);
+    expect(rowsOf(out[0])).toEqual(a.map((ra, i) => ra.map((x, j) => x + b[i][j])));
+    expect(rowsOf(out[1])).toEqual(a.map((ra, i) => ra.map((x, j) => x - b[i][j])));
+  });
+
+  test('a rejected row fails only its own item', async () => {
+    const a = [row(5), row(FAIL_ON), row(7)];
+    const r = await broker.batch(2n, [['ok', 1], ['bad', 1], ['ok2', 1]], [int32('INPUT0', a), int32('INPUT1', a)]);
+    expect(r.value.error).toBe('');
+    expect(r.value.items.map((i) => i.error)).toEqual(['', 'row rejected by model', '']);
+    expect(rowsOf(tensorsFromFrames(r.value.tensors, r.frames)[0])[2]).toEqual(row(7).map((x) => 2 * x));
+  });
+
+  test('a thrown error fails the batch and the copy lives on', async () => {
+    const narrow = int32('INPUT0', [[1, 2, 3]]);
+    const bad = await broker.batch(3n, [['r', 1]], [narrow, { ...narrow, name: 'INPUT1' }]);
+    expect(bad.value.error).toMatch(/16 columns/);
+    expect(bad.value.tensors).toHaveLength(0);
+    expect(bad.frames).toHaveLength(0);
+
+    const good = await broker.batch(4n, [['r', 1]], [int32('INPUT0', [row(1)]), int32('INPUT1', [row(2)])]);
+    expect(good.value.error).toBe('');
+    expect(rowsOf(tensorsFromFrames(good.value.tensors, good.frames)[0])).toEqual([row(1).map((x, j) => x + row(2)[j])]);
+    expect(child.exitCode).toBeNull();
+  });
+
+  test('a batch whose rows do not match its items is refused', async () => {
+    const r = await broker.batch(5n, [['r', 2]], [int32('INPUT0', [row(1)]), int32('INPUT1', [row(1)])]);
+    expect(r.value.error).toMatch(/batch dimension 1 but the batch has 2 rows/);
+  });
+
+  test('SIGTERM sends SHUTDOWN and exits 0', async () => {
+    const exited = exitOf(child);
+    child.kill('SIGTERM');
+    const bye = await broker.next('shutdown');
+    expect(bye.value.reason).toBe('sigterm');
+    expect(await exited).toBe(0);
+  });
+
+  test('a SHUTDOWN from the broker makes the copy exit 0', async () => {
+    const m = await startModel(dir, 'copy-2');
+    others.push(m.child);
+    await m.broker.next('ready');
+    const exited = exitOf(m.child);
+    await m.broker.send({ case: 'shutdown', value: create(ShutdownSchema, { graceMs: 1000, reason: 'test' }) });
+    expect(await exited).toBe(0);
+    m.broker.sock.close();
+  });
+
+  test('SIMPLE_CRASH_ON makes the process exit 3 mid-batch', async () => {
+    const m = await startModel(dir, 'copy-3', { SIMPLE_CRASH_ON: '13' });
+    others.push(m.child);
+    await m.broker.next('ready');
+    const exited = exitOf(m.child);
+    await m.broker.send({
+      case: 'batch',
+      value: create(BatchSchema, { batchId: 1n, items: [{ requestId: 'r', rows: 1 }], tensors: [toMeta(int32('INPUT0', [row(13)])), toMeta(int32('INPUT1', [row(13)]))] }),
+    }, [int32('INPUT0', [row(13)]), int32('INPUT1', [row(13)])]);
+    expect(await exited).toBe(3);
+    m.broker.sock.close();
+  });
+});

@@ -72,6 +72,9 @@ export class LinkServer implements LinkSender {
     const router = new zmq.Router({ mandatory: true, linger: 0, sendTimeout: 0, sendHighWaterMark: 10_000 });
     if (this.transport === 'ipc') {
       await fs.mkdir(this.socketDir, { recursive: true, mode: 0o755 });
+      // Copies running as another uid (containers) must be able to traverse the directory.
+      const st = await fs.stat(this.socketDir);
+      if ((st.mode & 0o011) !== 0o011) await fs.chmod(this.socketDir, (st.mode & 0o7777) | 0o011);
       const file = path.join(this.socketDir, this.socketName);
       await fs.rm(file, { force: true });
       await router.bind(`ipc://${file}`);

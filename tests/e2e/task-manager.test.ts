@@ -237,3 +237,72 @@ describe('LinkServer', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });
+
+const SIMPLE_JS = path.resolve(__dirname, '../../dist/examples/models/simple/main.js');
+const describeSimple = fs.existsSync(SIMPLE_JS) ? describe : describe.skip;
+
+describeSimple('TaskManager with the real simple model (dist/, process runtime)', () => {
+  let dir: string;
+  let tm: TaskManager;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-simple-'));
+    const link = new LinkServer({ socketDir: dir, heartbeatMs: 200, logger });
+    tm = new TaskManager({
+      runtime: new ProcessRuntime({ logger }),
+      link,
+      brokerId: 'test',
+      logger,
+      backoffInitialMs: 50,
+      cwd: path.resolve(__dirname, '../..'),
+    });
+  });
+
+  afterEach(async () => {
+    await tm.close(2000);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const simpleSpec = (env: Record<string, string> = {}): ModelSpec => ({
+    ...SPEC_DEFAULTS,
+    name: 'simple',
+    batch_size: 4,
+    command: ['node', 'dist/examples/models/simple/main.js'],
+    env,
+    source: 'file',
+  });
+
+  test('ready, a batch, a crash mid-batch rejects UNAVAILABLE, a new copy becomes ready', async () => {
+    let ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([simpleSpec({ SIMPLE_CRASH_ON: '77', SIMPLE_FAIL_ON: '66' })]);
+    await ready;
+    expect(tm.metadata('simple')!.maxBatch).toBe(4);
+    const res = await tm.available('simple')!.execute(batch('simple', [1, 1], 66));
+    expect(res.itemErrors).toEqual(['row rejected by model', 'row rejected by model']);
+    const [first] = tm.copies();
+    ready = waitEvent(tm, 'metadata');
+    const err = (await tm.available('simple')!.execute(batch('simple', [2], 77)).catch((e: unknown) => e)) as BrokerError;
+    expect(err.code).toBe('UNAVAILABLE');
+    expect(err.message).toMatch(new RegExp(`model copy ${first.id} of simple .*exited with code 3`));
+    await ready;
+    expect(tm.copies()[0].id).not.toBe(first.id);
+    const ok = await tm.available('simple')!.execute(batch('simple', [3], 1));
+    expect(ok.tensors[0].shape).toEqual([3, 16]);
+  });
+
+  test('SIGKILL while a batch is in flight on a busy copy rejects it, no hang', async () => {
+    let ready = waitEvent(tm, 'metadata');
+    await tm.reconcile([simpleSpec()]);
+    await ready;
+    const [first] = tm.copies();
+    ready = waitEvent(tm, 'metadata');
+    const pending = tm.available('simple')!.execute(batch('simple', [1], 5, 30_000)).then(
+      () => 'resolved',
+      (e: BrokerError) => e.code,
+    );
+    process.kill(first.pid!, 'SIGKILL');
+    // The result may or may not have left the copy before the kill: either way it settles.
+    expect(['resolved', 'UNAVAILABLE']).toContain(await pending);
+    await ready;
+  });
+});

@@ -107,6 +107,8 @@ export class RedisModelRegistry extends EventEmitter implements ModelRegistry {
       maxRetriesPerRequest: 1,
       retryStrategy: (times: number) => Math.min(100 * times, 2000),
       lazyConnect: true,
+      // On close during an outage ioredis waits this long for a dead socket to close (default 2 s).
+      disconnectTimeout: 200,
     };
     const redis = new Redis(opts.redisUrl, redisOpts);
     const sub = new Redis(opts.redisUrl, { ...redisOpts, maxRetriesPerRequest: null });
@@ -212,9 +214,12 @@ export class RedisModelRegistry extends EventEmitter implements ModelRegistry {
     if (this.closed) return;
     this.closed = true;
     await this.chain;
-    await Promise.allSettled([this.sub.quit(), this.redis.quit()]);
-    this.sub.disconnect();
-    this.redis.disconnect();
+    // QUIT only over a live connection: while Redis is down it would wait for a reconnect.
+    const end = async (c: Redis) => {
+      if (c.status === 'ready') await c.quit().catch(() => undefined);
+      if (c.status !== 'end') c.disconnect();
+    };
+    await Promise.all([end(this.sub), end(this.redis)]);
   }
 
   // ---- internals ----

@@ -13,7 +13,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
     } else {
       status = 500;
     }
-    if (status >= 500) req.log.error({ err: err.message, status }, 'request failed');
+    if (status >= 500 && status !== 503) req.log.error({ err: err.message, status }, 'request failed');
     else req.log.info({ err: err.message, status }, 'request rejected');
     reply.code(status).type('application/json').send({ error: err.message });
   });

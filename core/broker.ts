@@ -46,8 +46,8 @@ export class Broker implements BrokerApi {
       this.spec(req.model, req.version);
       scheduler = this.schedulers.get(req.model)!;
       const readiness = this.opts.pool.readiness(req.model);
-      // A model whose copies keep failing answers at once; a starting one queues (cold start).
-      if (!readiness.ready && readiness.state === 'failed') {
+      // A model whose copies failed (or that has none) answers at once; a starting one queues (cold start).
+      if (!readiness.ready && (readiness.state === 'failed' || readiness.state === 'stopped')) {
         throw new BrokerError('UNAVAILABLE', `model '${req.model}' is not ready: ${readiness.reason ?? 'no ready copy'}`);
       }
     } catch (e) {

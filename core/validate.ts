@@ -30,23 +30,22 @@ export function validateAgainst(req: InferRequest, meta: ModelMetadata, rows: nu
     throw invalid(`model '${meta.name}' takes at most ${maxRows} rows per request, got ${rows}`);
   }
   const given = new Map(req.inputs.map((t) => [t.name, t]));
+  const unknown = [...given.keys()].filter((n) => !meta.inputs.some((s) => s.name === n));
+  if (unknown.length > 0) {
+    throw invalid(`model '${meta.name}' has no input named ${unknown.map((n) => `'${n}'`).join(', ')}`);
+  }
   for (const spec of meta.inputs) {
     const t = given.get(spec.name);
     if (!t) {
       if (spec.optional) continue;
       throw invalid(`model '${meta.name}' needs input '${spec.name}', which is missing`);
     }
-    given.delete(spec.name);
     if (t.datatype !== spec.datatype) {
       throw invalid(`input '${spec.name}': model '${meta.name}' expects datatype ${spec.datatype}, got ${t.datatype}`);
     }
     if (t.shape.length !== spec.shape.length || spec.shape.some((d, i) => i > 0 && d !== -1 && d !== t.shape[i])) {
       throw invalid(`input '${spec.name}': shape ${JSON.stringify(t.shape)} does not match the model's ${JSON.stringify(spec.shape)}`);
     }
-  }
-  const unknown = [...given.keys()];
-  if (unknown.length > 0) {
-    throw invalid(`model '${meta.name}' has no input named ${unknown.map((n) => `'${n}'`).join(', ')}`);
   }
   if (req.outputs) {
     const known = new Set(meta.outputs.map((o) => o.name));

@@ -162,14 +162,15 @@ export class TaskManager extends EventEmitter implements CopyPool {
 
   readiness(model: string): ModelReadiness {
     const ms = this.models.get(model);
-    if (!ms) return { ready: false, reason: `model ${model} is not running here` };
+    if (!ms) return { ready: false, state: 'stopped', reason: `model ${model} is not running here` };
     const recs = [...ms.copies.values()];
-    if (recs.some((r) => r.conn.state === 'ready' && !r.stopping)) return { ready: true };
-    if (ms.lastReason) return { ready: false, reason: ms.lastReason };
-    if (recs.some((r) => r.conn.state === 'starting')) return { ready: false, reason: 'starting: waiting for a copy to send READY' };
-    if (ms.spec.min_replicas === 0) return { ready: false, reason: 'no copies (min_replicas is 0)' };
-    return { ready: false, reason: 'no copy running' };
+    if (recs.some((r) => r.conn.state === 'ready' && !r.stopping)) return { ready: true, state: 'ready' };
+    if (ms.lastReason) return { ready: false, state: 'failed', reason: ms.lastReason };
+    if (recs.some((r) => r.conn.state === 'starting')) return { ready: false, state: 'starting', reason: 'starting: waiting for a copy to send READY' };
+    if (ms.spec.min_replicas === 0) return { ready: false, state: 'stopped', reason: 'no copies (min_replicas is 0)' };
+    return { ready: false, state: 'starting', reason: 'no copy running' };
   }
+
 
   // ---- metrics ----
 

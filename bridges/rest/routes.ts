@@ -78,6 +78,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
 
   both(app, 'POST', '/infer', async (req, reply) => {
     const { model, version } = req.params;
+    broker.spec(model, version); // 404 before looking at the body
     const body = req.body;
     if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
     const headerLength = req.headers['inference-header-content-length'];

@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+/** The `tensorbroker` command line. */
+import { Command } from 'commander';
+import { OPTIONS, resolveConfig } from './config';
+import { startBroker, VERSION } from './server';
+
+const program = new Command('tensorbroker').version(VERSION).description('Inference broker for computer-vision models');
+
+const serve = program.command('serve').description('serve the models of models.yaml over KServe v2 REST');
+for (const [flag, env, def, , help] of Object.values(OPTIONS)) {
+  serve.option(flag, `${help} [env ${env}, default ${def}]`);
+}
+serve.action(async (flags: Record<string, string>) => {
+  let config;
+  try {
+    config = resolveConfig(flags);
+  } catch (e) {
+    process.stderr.write(`tensorbroker: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  const running = await startBroker(config).catch((e: Error) => {
+    process.stderr.write(`tensorbroker: failed to start: ${e.message}\n`);
+    process.exit(1);
+  });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    running.logger.info({ signal }, 'signal received');
+    running.close().then(
+      () => process.exit(0),
+      (e: Error) => {
+        running.logger.error({ err: e.message }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+});
+
+program.parseAsync(process.argv);

@@ -1,0 +1,143 @@
+/**
+ * The composition root: the only module that knows every component. It wires
+ * registry -> task manager (copies) -> broker (batchers) -> bridges, and owns
+ * start-up and graceful shutdown.
+ */
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import { Broker } from '../core/broker';
+import { restRoutes } from '../bridges/rest/routes';
+import { adminRoutes } from '../model-manager/admin-api';
+import { loadModelsFile } from '../model-manager/models-file';
+import { RedisModelRegistry } from '../model-manager/redis-registry';
+import type { RegistryEvent } from '../model-manager/spec';
+import { DockerRuntime } from '../task-manager/docker-runtime';
+import { LinkServer } from '../task-manager/link-server';
+import { ProcessRuntime } from '../task-manager/process-runtime';
+import type { Runtime } from '../task-manager/runtime';
+import { TaskManager } from '../task-manager/supervisor';
+import type { BrokerConfig } from './config';
+import { installErrorHandlers } from './http-errors';
+import { Metrics } from './metrics';
+
+/** The package version, from the package.json above this file (source or dist). */
+export const VERSION: string = (() => {
+  for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file)) return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
+  }
+  return '0.0.0';
+})();
+
+export interface RunningBroker {
+  config: BrokerConfig;
+  broker: Broker;
+  registry: RedisModelRegistry;
+  tasks: TaskManager;
+  http: FastifyInstance;
+  /** Ports actually bound (useful with port 0). */
+  ports: { http: number; metrics: number };
+  logger: Logger;
+  /** Graceful stop: refuse new work, finish or fail in-flight requests, stop copies. */
+  close(): Promise<void>;
+}
+
+/** Docker when its socket answers a ping, else local processes. */
+async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime> {
+  if (config.runtime === 'process') return new ProcessRuntime({ logger: log });
+  if (config.runtime === 'docker') return new DockerRuntime({ socketPath: config.dockerSocket, logger: log });
+  if (await dockerAnswers(config.dockerSocket)) {
+    log.info({ socket: config.dockerSocket }, 'runtime: docker (the Docker socket answers)');
+    return new DockerRuntime({ socketPath: config.dockerSocket, logger: log });
+  }
+  log.info({ socket: config.dockerSocket }, 'runtime: process (no Docker daemon answers on the socket)');
+  return new ProcessRuntime({ logger: log });
+}
+
+function dockerAnswers(socketPath: string): Promise<boolean> {
+  if (!fs.existsSync(socketPath)) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const req = http.get({ socketPath, path: '/_ping', timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+  });
+}
+
+export async function startBroker(config: BrokerConfig, logger?: Logger): Promise<RunningBroker> {
+  const log = logger ?? pino({ level: config.logLevel, base: { broker: config.brokerId } });
+
+  const file = await loadModelsFile(config.modelsPath);
+  for (const err of file.errors) log.error({ file: file.path }, err);
+  const registry = await RedisModelRegistry.open({
+    redisUrl: config.redisUrl,
+    prefix: config.redisPrefix,
+    logger: log,
+    file: file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined,
+  });
+
+  const runtime = await chooseRuntime(config, log);
+  const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
+  const tasks = new TaskManager({ runtime, link, brokerId: config.brokerId, logger: log, heartbeatMs: config.heartbeatMs, cwd: file.dir });
+  const metrics = new Metrics();
+  const broker = new Broker({ registry, pool: tasks, logger: log, observer: metrics });
+
+  const onChange = (e: RegistryEvent) => {
+    tasks.applyChange(e).catch((err: Error) => log.error({ model: e.name, err: err.message }, 'applying a registry change failed'));
+  };
+  registry.on('change', onChange);
+  // Copies start in the background: the HTTP side answers (and queues) meanwhile.
+  const reconciled = tasks.reconcile(registry.list()).catch((err: Error) => log.error({ err: err.message }, 'starting model copies failed'));
+
+  const app = Fastify({
+    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: config.bodyLimit,
+    requestIdHeader: 'x-request-id',
+    genReqId: requestIds(),
+  });
+  installErrorHandlers(app);
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit });
+  await app.register(adminRoutes, { registry, token: config.adminToken, logger: log });
+  await app.listen({ host: config.host, port: config.httpPort });
+  const httpPort = (app.server.address() as { port: number }).port;
+
+  const refreshCopies = () => metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
+    const row = acc.find((r) => r.model === c.model && r.state === c.state);
+    if (row) row.count++;
+    else acc.push({ model: c.model, state: c.state, count: 1 });
+    return acc;
+  }, []));
+  const metricsServer: http.Server = await metrics.serve(config.host, config.metricsPort, refreshCopies);
+  const metricsPort = (metricsServer.address() as { port: number }).port;
+  log.info({ http: httpPort, metrics: metricsPort, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      log.info('shutting down');
+      registry.off('change', onChange);
+      await broker.close(config.shutdownGraceMs);
+      await app.close();
+      await new Promise<void>((r) => metricsServer.close(() => r()));
+      await reconciled;
+      await tasks.close(config.shutdownGraceMs);
+      await registry.close();
+      await runtime.close();
+      log.info('stopped');
+    })());
+
+  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, metrics: metricsPort }, logger: log, close };
+}
+
+/** Request ids: the client's x-request-id when given, else a short process-unique one. */
+function requestIds() {
+  let n = 0;
+  const prefix = Date.now().toString(36);
+  return () => `${prefix}-${(++n).toString(36)}`;
+}

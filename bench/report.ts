@@ -1,0 +1,121 @@
+/** Turns a benchmark result into markdown, and writes it where it belongs. */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { StatsDelta } from './broker-proc';
+import type { DirectPoint } from './direct';
+import type { HttpPoint } from './http-load';
+
+export interface Machine {
+  cpu: string;
+  cores: number;
+  node: string;
+  platform: string;
+  loadavg: number[];
+}
+
+export interface SimpleRow {
+  concurrency: number;
+  broker: HttpPoint & { server: StatsDelta; brokerCpuPct?: number };
+  direct: DirectPoint;
+  /** A bare node:http server answering the same bytes (absent with BENCH_HTTP_FLOOR=0). */
+  floor?: HttpPoint;
+  addedP50Ms: number;
+  throughputRatio: number;
+}
+
+export interface SleepyRow {
+  model: string;
+  batchSize: number;
+  concurrency: number;
+  point: HttpPoint & { server: StatsDelta; brokerCpuPct?: number };
+  idealReqPerS: number;
+  pctOfIdeal: number;
+}
+
+export interface BenchResult {
+  date: string;
+  machine: Machine;
+  settings: { seconds: number; warmupSeconds: number; concurrency: number[]; sleepyConcurrency: number; sleepyA_ms: number; sleepyB_ms: number };
+  directCredits: number;
+  simple: SimpleRow[];
+  sleepy: SleepyRow[];
+  targets: { addedP50AtC1Ms: number; addedP50AtC1Pass: boolean | null; sleepyPctOfIdeal: number; sleepyPass: boolean | null };
+}
+
+const f = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : '—');
+const int = (v: number) => (Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '—');
+const pass = (ok: boolean | null) => (ok === null ? 'n/a' : ok ? '**pass**' : '**FAIL**');
+
+export function toMarkdown(r: BenchResult): string {
+  const m = r.machine;
+  const s = r.settings;
+  const out: string[] = [];
+  out.push(`Run ${r.date} on ${m.cpu}, ${m.cores} cores, Node ${m.node} (${m.platform}, load avg ${m.loadavg.map((x) => x.toFixed(2)).join(' ')}).`);
+  out.push(`${s.seconds} s per point after ${s.warmupSeconds} s of warm-up; broker = child process (process runtime) with its own redis-server; everything on 127.0.0.1; load from autocannon in the bench process.`);
+  out.push('');
+  out.push('**1. `simple`, one row per request: REST → broker → copy vs. the copy called directly over ZeroMQ**');
+  out.push('');
+  out.push('| concurrency | broker req/s | broker p50 ms | broker p99 ms | direct req/s | direct p50 ms | direct p99 ms | added p50 ms | req/s ratio broker/direct | HTTP floor req/s | HTTP floor p50 ms | rows/batch | broker CPU |');
+  out.push('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const row of r.simple) {
+    const b = row.broker;
+    const d = row.direct;
+    out.push(
+      `| ${row.concurrency} | ${int(b.throughput)} | ${f(b.latency.p50, 3)} | ${f(b.latency.p99, 3)} | ${int(d.throughput)} | ${f(d.latency.p50, 3)} | ${f(d.latency.p99, 3)} | ${f(row.addedP50Ms, 3)} | ${f(row.throughputRatio)} | ${row.floor ? int(row.floor.throughput) : '—'} | ${row.floor ? f(row.floor.latency.p50, 3) : '—'} | ${f(b.server.meanRowsPerBatch)} | ${b.brokerCpuPct === undefined ? '—' : `${Math.round(b.brokerCpuPct)} %`} |`,
+    );
+  }
+  out.push('');
+  out.push(
+    `Direct = the bench's own ROUTER → one \`simple\` copy, one row per BATCH, no batching; the copy grants ${r.directCredits} credit(s), so at most ${r.directCredits} batch(es) are outstanding at the copy and the other callers queue in the bench (their latency includes that wait). ` +
+      'Added p50 = broker p50 − direct p50: HTTP + JSON + scheduling + the broker\'s ZeroMQ hop. ' +
+      'HTTP floor = a bare node:http server in its own process answering the same reply bytes, loaded by the same client: the part of "added" no HTTP broker in Node can avoid. ' +
+      'Broker CPU = broker process CPU time / wall time (100 % = one core).',
+  );
+  out.push('');
+  out.push(`**2. \`sleepy\` (a = ${s.sleepyA_ms} ms, b = ${s.sleepyB_ms} ms per row) through the broker at concurrency ${s.sleepyConcurrency}, max_wait_ms 0**`);
+  out.push('');
+  out.push('| batch_size | req/s | ideal B/(a+b·B) | % of ideal | mean rows/batch | p50 ms | p99 ms | errors |');
+  out.push('|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const row of r.sleepy) {
+    const p = row.point;
+    out.push(
+      `| ${row.batchSize} | ${int(p.throughput)} | ${int(row.idealReqPerS)} | ${f(row.pctOfIdeal, 1)} % | ${f(p.server.meanRowsPerBatch)} | ${f(p.latency.p50, 2)} | ${f(p.latency.p99, 2)} | ${p.non2xx + p.errors + p.timeouts} |`,
+    );
+  }
+  out.push('');
+  out.push('Mean rows/batch = Δinference_count / Δexecution_count from `/v2/models/{model}/stats` over the measured window.');
+  out.push('');
+  const t = r.targets;
+  out.push(`Targets: added p50 at concurrency 1 < 0.3 ms: ${pass(t.addedP50AtC1Pass)} (${f(t.addedP50AtC1Ms, 3)} ms); sleepy batch 32 ≥ 90 % of ideal: ${pass(t.sleepyPass)} (${f(t.sleepyPctOfIdeal, 1)} %).`);
+  return out.join('\n') + '\n';
+}
+
+export const MARK_START = '<!-- bench:start -->';
+export const MARK_END = '<!-- bench:end -->';
+
+/** Writes bench/results/latest.{json,md}; returns the paths. */
+export async function writeResults(root: string, r: BenchResult, md: string): Promise<string[]> {
+  const dir = path.join(root, 'bench', 'results');
+  await mkdir(dir, { recursive: true });
+  const json = path.join(dir, 'latest.json');
+  const mdPath = path.join(dir, 'latest.md');
+  await writeFile(json, JSON.stringify(r, null, 2) + '\n');
+  await writeFile(mdPath, `# Tensor Broker benchmark — latest run\n\n${md}`);
+  return [json, mdPath];
+}
+
+/**
+ * Replaces what lies between the bench markers of README.md. Returns a note
+ * when the README or its markers are missing (then the file is left alone).
+ */
+export async function updateReadme(readme: string, md: string): Promise<string> {
+  if (!existsSync(readme)) return `${readme} does not exist: add a section with ${MARK_START} … ${MARK_END} to have the results inserted.`;
+  const text = await readFile(readme, 'utf8');
+  const a = text.indexOf(MARK_START);
+  const b = a < 0 ? -1 : text.indexOf(MARK_END, a + MARK_START.length);
+  if (a < 0 || b < 0) return `${readme} has no ${MARK_START} … ${MARK_END} markers: left unchanged.`;
+  const next = text.slice(0, a + MARK_START.length) + '\n' + md + text.slice(b);
+  if (next !== text) await writeFile(readme, next);
+  return `${readme}: benchmark section updated.`;
+}

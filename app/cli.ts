@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** The `tensorbroker` command line. */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { OPTIONS, resolveConfig } from './config';
 import { startBroker, VERSION } from './server';
 
@@ -10,7 +10,11 @@ const serve = program.command('serve').description('serve the models of models.y
 for (const [flag, env, def, , help] of Object.values(OPTIONS)) {
   serve.option(flag, `${help} [env ${env}, default ${def}]`);
 }
-serve.action(async (flags: Record<string, string>) => {
+serve.action(async (opts: Record<string, string>) => {
+  // Commander names each value after its flag (--models -> models); the config keys may differ.
+  const flags = Object.fromEntries(
+    Object.entries(OPTIONS).map(([key, [flag]]) => [key, opts[new Option(flag).attributeName()]]),
+  );
   let config;
   try {
     config = resolveConfig(flags);

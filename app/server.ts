@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
@@ -96,12 +96,20 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
 
   const app = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // One line per request would dominate the log at 10k req/s: errors are logged by the error handler.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimit,
     requestIdHeader: 'x-request-id',
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
+  // While draining, close each connection after its answer: keep-alive sockets
+  // would otherwise hold app.close() open for fastify's 72 s keep-alive timeout.
+  let draining = false;
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (draining) reply.header('connection', 'close');
+    return payload;
+  });
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit });
   await app.register(adminRoutes, { registry, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
@@ -121,14 +129,18 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   const close = () =>
     (closing ??= (async () => {
       log.info('shutting down');
+      const t0 = Date.now();
       registry.off('change', onChange);
+      draining = true;
       await broker.close(config.shutdownGraceMs);
+      log.info({ ms: Date.now() - t0 }, 'requests drained');
       await app.close();
+      log.info({ ms: Date.now() - t0 }, 'http closed');
       await new Promise<void>((r) => metricsServer.close(() => r()));
       await reconciled;
       await tasks.close(config.shutdownGraceMs);
-      await registry.close();
-      await runtime.close();
+      log.info({ ms: Date.now() - t0 }, 'model copies stopped');
+      await registry.close(); // tasks.close() closed the link and the runtime
       log.info('stopped');
     })());
 

@@ -29,6 +29,8 @@ export interface BrokerOptions {
 /** Routes requests to one ModelScheduler per registered model and keeps them in step with the registry. */
 export class Broker implements BrokerApi {
   private readonly schedulers = new Map<string, ModelScheduler>();
+  /** Specs as of the last registry event: read per request, so kept here rather than copied from the registry. */
+  private readonly specs = new Map<string, ModelSpec>();
   private accepting = true;
   private readonly onChange = (e: RegistryEvent) => this.apply(e);
   private readonly onCapacity = (model: string) => this.schedulers.get(model)?.pump();
@@ -57,12 +59,12 @@ export class Broker implements BrokerApi {
   }
 
   models(): { name: string; version: string }[] {
-    return this.opts.registry.list().map((s) => ({ name: s.name, version: s.version }));
+    return [...this.specs.values()].map((s) => ({ name: s.name, version: s.version }));
   }
 
   spec(model: string, version?: string): ModelSpec {
-    const spec = this.opts.registry.get(model);
-    if (!spec || !this.schedulers.has(model)) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
+    const spec = this.specs.get(model);
+    if (!spec) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
     if (version !== undefined && version !== '' && version !== spec.version) {
       throw new BrokerError('NOT_FOUND', `model '${model}' has no version '${version}' (serving version '${spec.version}')`);
     }
@@ -87,8 +89,7 @@ export class Broker implements BrokerApi {
 
   ready(): ModelReadiness {
     if (!this.accepting) return { ready: false, reason: 'the broker is shutting down' };
-    const waiting = this.opts.registry
-      .list()
+    const waiting = [...this.specs.values()]
       .filter((s) => s.min_replicas > 0 && !this.opts.pool.readiness(s.name).ready)
       .map((s) => s.name);
     return waiting.length === 0 ? { ready: true } : { ready: false, reason: `models not ready: ${waiting.join(', ')}` };
@@ -99,7 +100,7 @@ export class Broker implements BrokerApi {
       const spec = this.spec(model, version);
       return [this.schedulers.get(model)!.stats.snapshot(model, spec.version)];
     }
-    return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.opts.registry.get(name)?.version ?? ''));
+    return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.specs.get(name)?.version ?? ''));
   }
 
   /** Queue depth and running requests per model, for metrics and autoscaling. */
@@ -115,12 +116,12 @@ export class Broker implements BrokerApi {
   async close(graceMs: number): Promise<void> {
     this.accepting = false;
     this.opts.registry.off('change', this.onChange);
-    this.opts.pool.off('capacity', this.onCapacity);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
     // Queued requests may still be served while the copies run: they get the same grace.
     await Promise.race([Promise.all([...this.schedulers.values()].map((s) => s.idle())), timeout]);
     clearTimeout(timer);
+    this.opts.pool.off('capacity', this.onCapacity);
     for (const s of this.schedulers.values()) s.close(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
   }
 
@@ -128,8 +129,10 @@ export class Broker implements BrokerApi {
     if (e.type === 'delete') {
       this.schedulers.get(e.name)?.close(new BrokerError('NOT_FOUND', `model '${e.name}' was removed`));
       this.schedulers.delete(e.name);
+      this.specs.delete(e.name);
       return;
     }
+    this.specs.set(e.name, e.spec);
     const config = schedulerConfig(e.spec);
     const existing = this.schedulers.get(e.name);
     if (existing) existing.configure(config);

@@ -223,13 +223,13 @@ export class ModelScheduler {
       for (const p of batch) this.settle(p, toBrokerError(e));
       return;
     }
-    const log = this.log.child({ batchId: String(request.batchId), copy: copy.id });
-    log.debug({ rows, requests: batch.length }, 'batch dispatched');
+    const batchId = String(request.batchId);
+    if (this.log.isLevelEnabled('debug')) this.log.debug({ batchId, copy: copy.id, rows, requests: batch.length }, 'batch dispatched');
     copy.execute(request).then(
-      (res) => this.debatch(batch, rows, res, log),
+      (res) => this.debatch(batch, rows, res, batchId),
       (err) => {
         const e = toBrokerError(err);
-        log.warn({ err: e.message, code: e.code }, 'batch failed');
+        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code }, 'batch failed');
         for (const p of batch) this.settle(p, e);
       },
     );
@@ -262,7 +262,7 @@ export class ModelScheduler {
     };
   }
 
-  private debatch(batch: Pending[], rows: number, res: BatchResponse, log: Logger): void {
+  private debatch(batch: Pending[], rows: number, res: BatchResponse, batchId: string): void {
     const computeNs = res.computeNs;
     this.stats.execution(rows, computeNs);
     this.observer?.batch(this.model, rows, computeNs / 1e9);
@@ -271,7 +271,7 @@ export class ModelScheduler {
       const msg = bad
         ? `model returned output '${bad.name}' with ${bad.shape[0]} rows for a batch of ${rows}`
         : `model returned ${res.itemErrors.length} item statuses for ${batch.length} requests`;
-      log.error(msg);
+      this.log.error({ batchId }, msg);
       for (const p of batch) this.settle(p, new BrokerError('INTERNAL', msg));
       return;
     }

@@ -162,7 +162,7 @@ export class TaskManager extends EventEmitter implements CopyPool {
 
   readiness(model: string): ModelReadiness {
     const ms = this.models.get(model);
-    if (!ms) return { ready: false, state: 'stopped', reason: `model ${model} is not running here` };
+    if (!ms) return { ready: false, state: 'starting', reason: `model ${model} has no copy yet` };
     const recs = [...ms.copies.values()];
     if (recs.some((r) => r.conn.state === 'ready' && !r.stopping)) return { ready: true, state: 'ready' };
     if (ms.lastReason) return { ready: false, state: 'failed', reason: ms.lastReason };

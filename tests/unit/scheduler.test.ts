@@ -156,7 +156,8 @@ describe('ModelScheduler', () => {
   test('validation against the model metadata gives INVALID_ARGUMENT', async () => {
     const { pool, s } = setup();
     pool.add(new FakeCopy('c1', META, pool));
-    await expect(s.submit({ id: 'x', model: 'echo', inputs: [int32('Z', [[1]])] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining("needs input 'X'") });
+    await expect(s.submit({ id: 'x', model: 'echo', inputs: [int32('Z', [[1]])] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining("no input named 'Z'") });
+    await expect(s.submit({ id: 'x', model: 'echo', inputs: [{ ...int32('X', [[1]]), datatype: 'INT16', data: Buffer.alloc(2) }] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('expects datatype INT32') });
     await expect(s.submit(req(Array.from({ length: 9 }, () => [1])))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('at most 8 rows') });
     await expect(s.submit(req([[1]], { outputs: ['NOPE'] }))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });

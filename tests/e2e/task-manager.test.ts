@@ -91,7 +91,7 @@ describe('TaskManager with the process runtime', () => {
     expect(tm.readiness('simple').ready).toBe(false);
     await tm.reconcile([spec('simple')]);
     await ready;
-    expect(tm.readiness('simple')).toEqual({ ready: true });
+    expect(tm.readiness('simple')).toEqual({ ready: true, state: 'ready' });
     const meta = tm.metadata('simple')!;
     expect(meta.maxBatch).toBe(4);
     expect(meta.inputs.map((i) => [i.name, i.datatype, i.shape])).toEqual([
@@ -154,7 +154,7 @@ describe('TaskManager with the process runtime', () => {
     expect(err.code).toBe('UNAVAILABLE');
     expect(err.message).toMatch(/exited with code 3: crashing on purpose: INPUT0\[0\] is 42/);
     await exit;
-    expect(tm.readiness('crashy')).toEqual({ ready: false, reason: expect.stringMatching(/code 3/) });
+    expect(tm.readiness('crashy')).toEqual({ ready: false, state: 'failed', reason: expect.stringMatching(/code 3/) });
     await waitEvent(tm, 'metadata');
     expect(tm.readiness('crashy').ready).toBe(true);
   });

@@ -56,6 +56,39 @@ describe('REST bridge, process runtime', () => {
     expect((await postJson(`${b.url}/v2/models/simple/versions/7/infer`, body)).status).toBe(404);
   });
 
+  test('binary tensor extension: raw input bytes in, binary outputs out', async () => {
+    const a = new Int32Array(row(16, 10));
+    const c = new Int32Array(row(16, 1));
+    const header = Buffer.from(JSON.stringify({
+      inputs: [
+        { name: 'INPUT0', datatype: 'INT32', shape: [1, 16], parameters: { binary_data_size: 64 } },
+        { name: 'INPUT1', datatype: 'INT32', shape: [1, 16], parameters: { binary_data_size: 64 } },
+      ],
+      outputs: [{ name: 'OUTPUT0', parameters: { binary_data: true } }, { name: 'OUTPUT1' }],
+    }));
+    const res = await fetch(`${b.url}/v2/models/simple/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(header.length) },
+      body: Buffer.concat([header, Buffer.from(a.buffer), Buffer.from(c.buffer)]),
+    });
+    expect(res.status).toBe(200);
+    const jsonLength = Number(res.headers.get('inference-header-content-length'));
+    const body = Buffer.from(await res.arrayBuffer());
+    const head = JSON.parse(body.subarray(0, jsonLength).toString());
+    const [out0, out1] = head.outputs;
+    expect(out0).toMatchObject({ name: 'OUTPUT0', datatype: 'INT32', shape: [1, 16], parameters: { binary_data_size: 64 } });
+    const sums = new Int32Array(new Uint8Array(body.subarray(jsonLength, jsonLength + 64)).buffer);
+    expect(Array.from(sums)).toEqual(Array.from(a, (v, i) => v + c[i]));
+    expect(out1.data).toEqual(Array.from(a, (v, i) => v - c[i]));
+    // A binary size that runs past the body is a 400.
+    const short = await fetch(`${b.url}/v2/models/simple/infer`, {
+      method: 'POST',
+      headers: { 'inference-header-content-length': String(header.length) },
+      body: Buffer.concat([header, Buffer.from(a.buffer)]),
+    });
+    expect(short.status).toBe(400);
+  });
+
   test('64 concurrent requests are batched: execution_count < inference_count', async () => {
     const before = (await getJson(`${b.url}/v2/models/batched/stats`)).model_stats[0];
     const results = await Promise.all(Array.from({ length: 64 }, (_, i) => infer('batched', simpleBody([row(16, i)], [row(16)]))));

@@ -13,8 +13,9 @@ export function installErrorHandlers(app: FastifyInstance): void {
     } else {
       status = 500;
     }
-    if (status >= 500 && status !== 503) req.log.error({ err: err.message, status }, 'request failed');
-    else req.log.info({ err: err.message, status }, 'request rejected');
+    const model = (req.params as { model?: string } | undefined)?.model;
+    if (status >= 500 && status !== 503) req.log.error({ model, err: err.message, status }, 'request failed');
+    else req.log.info({ model, err: err.message, status }, 'request rejected');
     reply.code(status).type('application/json').send({ error: err.message });
   });
   app.setNotFoundHandler((req, reply) => {

@@ -23,6 +23,11 @@ export interface BrokerConfig {
   socketDir: string;
   dockerSocket: string;
   bodyLimit: number;
+  /** Largest gRPC message, each way (gRPC's own default is 4 MiB: too small for images). */
+  grpcMaxMessageBytes: number;
+  maxTensors: number;
+  maxElements: number;
+  maxStringBytes: number;
   heartbeatMs: number;
   shutdownGraceMs: number;
   logLevel: string;
@@ -44,6 +49,10 @@ export const OPTIONS = {
   socketDir: ['--socket-dir <dir>', 'TB_SOCKET_DIR', path.join(os.tmpdir(), 'tensorbroker'), String, 'folder of the model-link ipc socket'],
   dockerSocket: ['--docker-socket <path>', 'TB_DOCKER_SOCKET', '/var/run/docker.sock', String, 'Docker API socket'],
   bodyLimit: ['--body-limit <bytes>', 'TB_BODY_LIMIT', 64 * 1024 * 1024, parsePositive, 'largest request body (413 beyond)'],
+  grpcMaxMessageBytes: ['--grpc-max-message-bytes <bytes>', 'TB_GRPC_MAX_MESSAGE_BYTES', 64 * 1024 * 1024, parsePositive, 'largest gRPC message each way'],
+  maxTensors: ['--max-tensors <n>', 'TB_MAX_TENSORS', 64, parsePositive, 'input tensors per request'],
+  maxElements: ['--max-elements <n>', 'TB_MAX_ELEMENTS', 64 * 1024 * 1024, parsePositive, 'elements per input tensor'],
+  maxStringBytes: ['--max-string-bytes <n>', 'TB_MAX_STRING_BYTES', 16 * 1024 * 1024, parsePositive, 'bytes per BYTES element'],
   heartbeatMs: ['--heartbeat-ms <ms>', 'TB_HEARTBEAT_MS', 1000, parsePositive, 'link heartbeat interval'],
   shutdownGraceMs: ['--shutdown-grace-ms <ms>', 'TB_SHUTDOWN_GRACE_MS', 10_000, parsePositive, 'time in-flight requests get on SIGTERM'],
   logLevel: ['--log-level <level>', 'TB_LOG_LEVEL', 'info', String, 'pino log level'],

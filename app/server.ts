@@ -85,7 +85,14 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
   const tasks = new TaskManager({ runtime, link, brokerId: config.brokerId, logger: log, heartbeatMs: config.heartbeatMs, cwd: file.dir });
   const metrics = new Metrics();
-  const broker = new Broker({ registry, pool: tasks, logger: log, observer: metrics });
+  const broker = new Broker({
+    registry,
+    pool: tasks,
+    control: tasks,
+    logger: log,
+    observer: metrics,
+    limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
+  });
 
   const onChange = (e: RegistryEvent) => {
     tasks.applyChange(e).catch((err: Error) => log.error({ model: e.name, err: err.message }, 'applying a registry change failed'));

@@ -1,10 +1,19 @@
 import type { Logger } from 'pino';
 import type { ModelRegistry, ModelSpec, RegistryEvent } from '../model-manager/spec';
 import { BrokerError } from './errors';
-import type { CopyPool } from './pool';
+import type { CopyPool, ModelControl } from './pool';
 import { ModelScheduler, type SchedulerConfig, type SchedulerObserver } from './scheduler';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
+import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';
+
+/** One row of the repository index (KServe/Triton model repository extension). */
+export interface RepositoryEntry {
+  name: string;
+  version: string;
+  state: 'READY' | 'LOADING' | 'UNAVAILABLE' | 'UNLOADED';
+  reason: string;
+}
 
 /** What every bridge sees of the broker, and nothing more. */
 export interface BrokerApi {
@@ -17,6 +26,11 @@ export interface BrokerApi {
   /** The server is ready when it accepts work and every model with min_replicas > 0 has a ready copy. */
   ready(): ModelReadiness;
   stats(model?: string, version?: string): ModelStatistics[];
+  repositoryIndex(): RepositoryEntry[];
+  /** Starts a model's copies (repository extension); resolves when one is ready. */
+  loadModel(model: string): Promise<void>;
+  /** Stops a model's copies; it stays registered and answers 503 until loaded. */
+  unloadModel(model: string): Promise<void>;
 }
 
 export interface BrokerOptions {
@@ -24,6 +38,8 @@ export interface BrokerOptions {
   pool: CopyPool;
   logger: Logger;
   observer?: SchedulerObserver;
+  control?: ModelControl;
+  limits?: RequestLimits;
 }
 
 /** Routes requests to one ModelScheduler per registered model and keeps them in step with the registry. */
@@ -46,6 +62,7 @@ export class Broker implements BrokerApi {
     let scheduler: ModelScheduler;
     try {
       this.spec(req.model, req.version);
+      checkLimits(req, this.opts.limits ?? DEFAULT_LIMITS);
       scheduler = this.schedulers.get(req.model)!;
       const readiness = this.opts.pool.readiness(req.model);
       // A model whose copies failed (or that has none) answers at once; a starting one queues (cold start).
@@ -101,6 +118,26 @@ export class Broker implements BrokerApi {
       return [this.schedulers.get(model)!.stats.snapshot(model, spec.version)];
     }
     return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.specs.get(name)?.version ?? ''));
+  }
+
+  repositoryIndex(): RepositoryEntry[] {
+    return [...this.specs.values()].map((s) => {
+      const r = this.opts.pool.readiness(s.name);
+      const state = r.ready ? 'READY' : r.state === 'starting' ? 'LOADING' : r.reason === 'unloaded' ? 'UNLOADED' : 'UNAVAILABLE';
+      return { name: s.name, version: s.version, state, reason: r.ready ? '' : (r.reason ?? '') };
+    });
+  }
+
+  async loadModel(model: string): Promise<void> {
+    this.spec(model);
+    if (!this.opts.control) throw new BrokerError('UNAVAILABLE', 'this broker cannot load models');
+    await this.opts.control.load(model);
+  }
+
+  async unloadModel(model: string): Promise<void> {
+    this.spec(model);
+    if (!this.opts.control) throw new BrokerError('UNAVAILABLE', 'this broker cannot unload models');
+    await this.opts.control.unload(model);
   }
 
   /** Queue depth and running requests per model, for metrics and autoscaling. */

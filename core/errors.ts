@@ -39,6 +39,20 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   DEADLINE_EXCEEDED: 504,
 };
 
+/** gRPC status codes (numeric, so core needs no gRPC import). */
+export const GRPC_STATUS: Record<ErrorCode, number> = {
+  CANCELLED: 1,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  PAYLOAD_TOO_LARGE: 8,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
+};
+
 export function toBrokerError(err: unknown): BrokerError {
   if (err instanceof BrokerError) return err;
   const message = err instanceof Error ? err.message : String(err);

@@ -50,3 +50,11 @@ export interface CopyPool extends EventEmitter {
   metadata(model: string): ModelMetadata | undefined;
   readiness(model: string): ModelReadiness;
 }
+
+/** Load/unload of a model's copies (the repository extension). The task manager implements it. */
+export interface ModelControl {
+  /** Starts the model's copies; resolves when one is ready. */
+  load(model: string): Promise<void>;
+  /** Stops every copy; the model stays registered and answers 503 until loaded. */
+  unload(model: string): Promise<void>;
+}

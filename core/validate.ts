@@ -61,3 +61,37 @@ export function shapeKey(req: InferRequest): string {
     .sort()
     .join('|');
 }
+
+/** Per-request limits, the same for every bridge. */
+export interface RequestLimits {
+  /** Input tensors per request. */
+  maxTensors: number;
+  /** Elements per input tensor. */
+  maxElements: number;
+  /** Bytes per BYTES element. */
+  maxStringBytes: number;
+}
+
+export const DEFAULT_LIMITS: RequestLimits = { maxTensors: 64, maxElements: 64 * 1024 * 1024, maxStringBytes: 16 * 1024 * 1024 };
+
+/** Checks a request against the limits; call before any per-element work where possible. */
+export function checkLimits(req: InferRequest, limits: RequestLimits): void {
+  if (req.inputs.length > limits.maxTensors) {
+    throw invalid(`the request has ${req.inputs.length} input tensors; the limit is ${limits.maxTensors}`);
+  }
+  for (const t of req.inputs) {
+    const count = t.shape.reduce((n, d) => n * d, 1);
+    if (count > limits.maxElements) {
+      throw invalid(`input '${t.name}' has ${count} elements; the limit is ${limits.maxElements}`);
+    }
+    if (t.datatype === 'BYTES') {
+      for (let pos = 0; pos + 4 <= t.data.length;) {
+        const len = t.data.readUInt32LE(pos);
+        if (len > limits.maxStringBytes) {
+          throw invalid(`input '${t.name}' has a ${len}-byte BYTES element; the limit is ${limits.maxStringBytes}`);
+        }
+        pos += 4 + len;
+      }
+    }
+  }
+}

@@ -5,7 +5,8 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { CopyPool, ModelCopy } from '../core/pool';
+import { BrokerError } from '../core/errors';
+import type { CopyPool, ModelControl, ModelCopy } from '../core/pool';
 import type { ModelMetadata, ModelReadiness } from '../core/types';
 import type { ModelSpec, RegistryEvent } from '../model-manager/spec';
 import { CopyConnection, type CopyState } from './copy-connection';
@@ -84,13 +85,15 @@ interface ModelState {
   restartTimer?: NodeJS.Timeout;
   restarts: number;
   lastReason?: string;
+  /** Unloaded through the repository API: no copies until loaded again. */
+  unloaded?: boolean;
 }
 
 function fingerprint(s: ModelSpec): string {
   return JSON.stringify([s.image ?? null, s.command ?? null, s.env, s.version, s.run_on_gpu]);
 }
 
-export class TaskManager extends EventEmitter implements CopyPool {
+export class TaskManager extends EventEmitter implements CopyPool, ModelControl {
   private readonly models = new Map<string, ModelState>();
   private readonly runtime: Runtime;
   private readonly link: LinkServer;
@@ -164,6 +167,7 @@ export class TaskManager extends EventEmitter implements CopyPool {
     const ms = this.models.get(model);
     if (!ms) return { ready: false, state: 'starting', reason: `model ${model} has no copy yet` };
     const recs = [...ms.copies.values()];
+    if (ms.unloaded) return { ready: false, state: 'stopped', reason: 'unloaded' };
     if (recs.some((r) => r.conn.state === 'ready' && !r.stopping)) return { ready: true, state: 'ready' };
     if (ms.lastReason) return { ready: false, state: 'failed', reason: ms.lastReason };
     if (recs.some((r) => r.conn.state === 'starting')) return { ready: false, state: 'starting', reason: 'starting: waiting for a copy to send READY' };
@@ -270,9 +274,46 @@ export class TaskManager extends EventEmitter implements CopyPool {
     await Promise.all([...ms.copies.values()].map((r) => this.stopCopy(r, this.stopGraceMs, 'model removed')));
   }
 
+  /** Repository API: stop every copy of the model and keep it stopped until load(). */
+  async unload(model: string): Promise<void> {
+    const ms = this.models.get(model);
+    if (!ms) return;
+    ms.unloaded = true;
+    clearTimeout(ms.restartTimer);
+    ms.restartTimer = undefined;
+    this.log.info({ model }, 'model unloaded: stopping its copies');
+    await Promise.all([...ms.copies.values()].map((r) => this.stopCopy(r, this.stopGraceMs, 'model unloaded')));
+  }
+
+  /** Repository API: (re)start the model's copies; resolves when one is ready, rejects with the reason if none gets there. */
+  async load(model: string): Promise<void> {
+    const ms = this.models.get(model);
+    if (!ms) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
+    ms.unloaded = false;
+    ms.lastReason = undefined;
+    ms.backoffMs = this.backoffInitialMs;
+    if (ms.spec.min_replicas === 0 && ![...ms.copies.values()].some((r) => !r.stopping)) this.startCopy(ms);
+    this.ensureReplicas(model);
+    if (this.readiness(model).ready) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => done(new BrokerError('UNAVAILABLE', `model '${model}' did not become ready within ${ms.spec.startup_timeout_ms} ms`)), ms.spec.startup_timeout_ms + 1000);
+      const onMeta = (m: string) => m === model && done();
+      const onExit = (m: string, message: string) => m === model && done(new BrokerError('UNAVAILABLE', `model '${model}' failed to load: ${message}`));
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        this.off('metadata', onMeta);
+        this.off('copy-exit', onExit);
+        if (err) reject(err);
+        else resolve();
+      };
+      this.on('metadata', onMeta);
+      this.on('copy-exit', onExit);
+    });
+  }
+
   private ensureReplicas(model: string): void {
     const ms = this.models.get(model);
-    if (!ms || this.closing || ms.restartTimer) return;
+    if (!ms || this.closing || ms.restartTimer || ms.unloaded) return;
     const live = [...ms.copies.values()].filter((r) => !r.stopping && r.conn.state !== 'failed' && r.conn.state !== 'stopped');
     const target = Math.min(Math.max(0, ms.spec.min_replicas), Math.max(1, ms.spec.max_replicas));
     for (let i = live.length; i < target; i++) this.startCopy(ms);

@@ -6,6 +6,7 @@
 import { BrokerError } from '../../core/errors';
 import { isDataType, type Tensor } from '../../core/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
+import { requestOptions } from '../shared/parameters';
 import { tensorFromJson, tensorToJson } from './json-tensors';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -20,13 +21,6 @@ export interface ParsedInfer {
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function intParam(params: Params, key: string): number | undefined {
-  const v = params[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw invalid(`parameter '${key}' must be a non-negative integer`);
-  return v;
 }
 
 /**
@@ -75,18 +69,9 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     });
   }
 
-  const timeoutUs = intParam(params, 'timeout');
-  const priority = intParam(params, 'priority');
   const id = header.id === undefined ? fallbackId : String(header.id);
   return {
-    request: {
-      id,
-      inputs,
-      outputs,
-      priority,
-      // KServe/Triton give `timeout` in microseconds.
-      timeoutMs: timeoutUs !== undefined && timeoutUs > 0 ? Math.max(1, Math.round(timeoutUs / 1000)) : undefined,
-    },
+    request: { id, inputs, outputs, ...requestOptions(params) },
     binaryOutputs,
   };
 }

@@ -9,3 +9,4 @@ export {
   type NumericArray,
 } from './tensor-views';
 export { elementCount, elementSize, sliceRows } from '../../core/tensor';
+export { ZmqClient, ZmqClientError, type ZmqClientOptions, type ZmqInferOptions, type ZmqInferResult, type ParameterValue } from './zmq-client';

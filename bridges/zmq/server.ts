@@ -1,0 +1,292 @@
+/**
+ * The ZeroMQ client bridge: one ROUTER socket for requests and replies
+ * (clients connect a DEALER), protocol in proto/client.proto and
+ * proto/README.md. It knows the broker's BrokerApi only.
+ *
+ * zeromq.js allows one pending send and one pending receive per socket, so
+ * the bridge runs one receive loop and one send loop fed by a queue. Requests
+ * are handed to the broker as they arrive (many per client, pipelined);
+ * replies are queued as they complete.
+ */
+import type { Logger } from 'pino';
+import { Router } from 'zeromq';
+import type { BrokerApi } from '../../core/broker';
+import { BrokerError, toBrokerError } from '../../core/errors';
+import type { InferRequest as CoreRequest, InferResult } from '../../core/types';
+import {
+  ClientDecodeError, InferReplySchema, InferRequestSchema, StatusSchema, decodeHeader, encodeFrames,
+  parametersFromProto, peekId, tensorsFromFrames, toMeta, type InferRequest,
+} from '../../proto/client';
+import { create } from '@bufbuild/protobuf';
+import { requestOptions } from '../shared/parameters';
+
+export interface ZmqBridgeOptions {
+  broker: BrokerApi;
+  /** Address to bind (e.g. 127.0.0.1, 0.0.0.0, ::1). */
+  host: string;
+  /** TCP port; 0 = a free port chosen by the OS. */
+  port: number;
+  /** Largest request accepted, all frames together, in bytes. Also the socket's ZMQ_MAXMSGSIZE (per frame). */
+  maxMessageBytes: number;
+  logger: Logger;
+  /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
+  closeGraceMs?: number;
+}
+
+export interface ZmqBridge {
+  port: number;
+  /** The bound endpoint, e.g. tcp://127.0.0.1:7787. */
+  endpoint: string;
+  /** Answers what is in flight (within closeGraceMs), then closes the socket. */
+  close(): Promise<void>;
+}
+
+type Outgoing = { frames: Buffer[]; peer: string } | { flushed: () => void };
+
+const EMPTY = Buffer.alloc(0);
+/** Replies a client can leave unread before further replies to it are dropped (EAGAIN). */
+const SEND_HWM = 10_000;
+/** Client ids remembered as gone (their remaining replies are dropped quietly). */
+const GONE_LIMIT = 10_000;
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+function bindAddress(host: string, port: number): string {
+  const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  return `tcp://${h}:${port === 0 ? '*' : port}`;
+}
+
+export async function startZmqBridge(opts: ZmqBridgeOptions): Promise<ZmqBridge> {
+  const bridge = new ZmqBridgeServer(opts);
+  await bridge.start();
+  return bridge;
+}
+
+class ZmqBridgeServer implements ZmqBridge {
+  port = 0;
+  endpoint = '';
+  private readonly router: Router;
+  private readonly log: Logger;
+  private readonly queue: Outgoing[] = [];
+  private wake?: () => void;
+  /** Requests handed to the broker, per client (routing id, hex): cancelled when the client is found gone. */
+  private readonly pending = new Map<string, Set<AbortController>>();
+  private readonly gone = new Set<string>();
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private seq = 0;
+  private closing = false;
+  private closed = false;
+  private closePromise?: Promise<void>;
+  private loops: Promise<void>[] = [];
+
+  constructor(private readonly opts: ZmqBridgeOptions) {
+    this.log = opts.logger.child({ bridge: 'zmq' });
+    this.router = new Router({
+      mandatory: true, // unroutable replies fail with EHOSTUNREACH instead of vanishing
+      sendTimeout: 0, // never block the send loop on one slow client: EAGAIN instead
+      sendHighWaterMark: SEND_HWM,
+      maxMessageSize: opts.maxMessageBytes,
+      linger: 500,
+      // ZMTP heartbeats: half-open connections are dropped, so replies to dead clients fail fast.
+      heartbeatInterval: 5000,
+      heartbeatTimeout: 15_000,
+      ipv6: opts.host.includes(':'),
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.router.bind(bindAddress(this.opts.host, this.opts.port));
+    this.endpoint = this.router.lastEndpoint ?? bindAddress(this.opts.host, this.opts.port);
+    const m = /:(\d+)$/.exec(this.endpoint);
+    this.port = m ? Number(m[1]) : this.opts.port;
+    this.loops = [this.receiveLoop(), this.sendLoop()];
+    this.log.info({ endpoint: this.endpoint, maxMessageBytes: this.opts.maxMessageBytes }, 'zmq bridge bound');
+  }
+
+  close(): Promise<void> {
+    this.closePromise ??= this.shutdown();
+    return this.closePromise;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.closing = true; // requests arriving from now on are answered UNAVAILABLE
+    const grace = this.opts.closeGraceMs ?? 5000;
+    if (this.inFlight > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((r) => this.idleWaiters.push(r)),
+        new Promise<void>((r) => (timer = setTimeout(r, grace))),
+      ]);
+      clearTimeout(timer);
+      if (this.inFlight > 0) {
+        this.log.warn({ inFlight: this.inFlight }, 'zmq bridge closing: cancelling requests still in flight');
+        for (const set of this.pending.values()) for (const ac of set) ac.abort();
+      }
+    }
+    // Let the replies queued so far reach the socket, then close it (linger flushes them to the wire).
+    await new Promise<void>((flushed) => this.push({ flushed }));
+    this.closed = true;
+    this.wake?.();
+    this.router.close();
+    await Promise.allSettled(this.loops);
+    this.log.info('zmq bridge closed');
+  }
+
+  private push(item: Outgoing): void {
+    this.queue.push(item);
+    this.wake?.();
+  }
+
+  private async sendLoop(): Promise<void> {
+    while (!this.closed) {
+      const item = this.queue.shift();
+      if (!item) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = undefined;
+        continue;
+      }
+      if ('flushed' in item) {
+        item.flushed();
+        continue;
+      }
+      if (this.gone.has(item.peer)) {
+        this.log.debug({ client: item.peer }, 'zmq: reply to a client that is gone dropped');
+        continue;
+      }
+      try {
+        await this.router.send(item.frames);
+      } catch (err) {
+        if (this.closed) return;
+        this.undelivered(item.peer, err);
+      }
+    }
+  }
+
+  /** A reply could not be sent: the client disconnected (EHOSTUNREACH) or stopped reading (EAGAIN). */
+  private undelivered(peer: string, err: unknown): void {
+    const code = (err as { code?: string }).code;
+    if (code === 'EHOSTUNREACH') {
+      const set = this.pending.get(peer);
+      this.log.warn({ client: peer, cancelled: set?.size ?? 0 }, 'zmq: client disconnected; reply dropped, its queued requests cancelled');
+      if (this.gone.size >= GONE_LIMIT) this.gone.clear();
+      this.gone.add(peer);
+      if (set) for (const ac of set) ac.abort();
+    } else if (code === 'EAGAIN') {
+      this.log.warn({ client: peer }, `zmq: client has ${SEND_HWM} unread replies; reply dropped`);
+    } else {
+      this.log.error({ client: peer, err }, 'zmq: reply not sent');
+    }
+  }
+
+  private async receiveLoop(): Promise<void> {
+    while (!this.closed) {
+      let frames: Buffer[];
+      try {
+        frames = await this.router.receive();
+      } catch (err) {
+        if (this.closed) return;
+        this.log.error({ err }, 'zmq: receive failed');
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      try {
+        this.handle(frames);
+      } catch (err) {
+        // handle() answers every error it expects; this is a last line against a crash.
+        this.log.error({ err }, 'zmq: unexpected error handling a message');
+      }
+    }
+  }
+
+  private handle(frames: Buffer[]): void {
+    const rid = frames[0];
+    const peer = rid.toString('hex');
+    this.gone.delete(peer);
+    let body = frames.slice(1);
+    // A REQ client puts an empty delimiter frame first; echo it so the reply reaches it.
+    const prefix = body.length >= 2 && body[0].length === 0 ? [rid, EMPTY] : [rid];
+    if (prefix.length === 2) body = body.slice(1);
+
+    let total = 0;
+    for (const f of body) total += f.length;
+    if (total > this.opts.maxMessageBytes) {
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${total} bytes; the limit is ${this.opts.maxMessageBytes}`));
+    }
+    let header: InferRequest;
+    try {
+      header = decodeHeader(InferRequestSchema, body[0]);
+    } catch (err) {
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid((err as Error).message));
+    }
+    const id = header.id !== '' ? header.id : `zmq-${++this.seq}`;
+    const ctx = { id, model: header.model, version: header.version };
+    if (this.closing) return this.fail(prefix, peer, ctx, new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+    let req: CoreRequest;
+    try {
+      req = this.toRequest(header, id, body.slice(1));
+    } catch (err) {
+      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(err.message) : toBrokerError(err));
+    }
+    this.run(prefix, peer, req);
+  }
+
+  private toRequest(h: InferRequest, id: string, frames: Buffer[]): CoreRequest {
+    if (h.model === '') throw invalid('the request names no model');
+    if (h.sourceId !== '' || h.start || h.end) {
+      throw invalid('sequence control (source_id, start, end) is not supported by this broker yet');
+    }
+    this.opts.broker.spec(h.model, h.version); // NOT_FOUND before looking at the tensors
+    const inputs = tensorsFromFrames(h.inputs, frames);
+    if (inputs.length === 0) throw invalid('the request has no input tensors');
+    return {
+      id,
+      model: h.model,
+      version: h.version !== '' ? h.version : undefined,
+      inputs,
+      outputs: h.outputs.length > 0 ? [...h.outputs] : undefined,
+      ...requestOptions(parametersFromProto(h.parameters)),
+    };
+  }
+
+  private run(prefix: Buffer[], peer: string, req: CoreRequest): void {
+    const ac = new AbortController();
+    let set = this.pending.get(peer);
+    if (!set) this.pending.set(peer, (set = new Set()));
+    set.add(ac);
+    this.inFlight++;
+    this.opts.broker.infer({ ...req, signal: ac.signal }).then(
+      (result) => this.succeed(prefix, peer, result),
+      (err: unknown) => this.fail(prefix, peer, req, toBrokerError(err)),
+    ).finally(() => {
+      set.delete(ac);
+      if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
+      if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    });
+  }
+
+  private succeed(prefix: Buffer[], peer: string, r: InferResult): void {
+    const header = create(InferReplySchema, {
+      id: r.id, model: r.model, version: r.version,
+      status: create(StatusSchema, { code: 'OK' }),
+      outputs: r.outputs.map(toMeta),
+    });
+    // Output frames are the broker's buffers (views of the model's reply): no copy.
+    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)], peer });
+  }
+
+  private fail(prefix: Buffer[], peer: string, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {
+    if (err.code === 'INVALID_ARGUMENT' || err.code === 'NOT_FOUND') {
+      this.log.debug({ client: peer, id: ctx.id, model: ctx.model, code: err.code, err: err.message }, 'zmq: request refused');
+    }
+    const header = create(InferReplySchema, {
+      id: ctx.id, model: ctx.model ?? '', version: ctx.version ?? '',
+      status: create(StatusSchema, {
+        code: err.code,
+        message: err.message,
+        retryAfterMs: err.retryAfterMs !== undefined ? Math.max(0, Math.ceil(err.retryAfterMs)) : 0,
+      }),
+    });
+    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header)], peer });
+  }
+}

@@ -258,7 +258,10 @@ class ZmqBridgeServer implements ZmqBridge {
     this.opts.broker.infer({ ...req, signal: ac.signal }).then(
       (result) => this.succeed(prefix, peer, result),
       (err: unknown) => this.fail(prefix, peer, req, toBrokerError(err)),
-    ).finally(() => {
+    ).catch((err: unknown) => {
+      this.log.error({ err, client: peer, id: req.id }, 'zmq: reply could not be encoded');
+      this.fail(prefix, peer, req, new BrokerError('INTERNAL', 'the reply could not be encoded'));
+    }).finally(() => {
       set.delete(ac);
       if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();

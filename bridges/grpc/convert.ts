@@ -1,0 +1,196 @@
+/**
+ * KServe v2 gRPC messages <-> the broker's InferRequest / InferResult.
+ * Inputs arrive as `raw_input_contents` (one blob per input, tritonclient's
+ * default; kept as views, no copy) or as typed `InferTensorContents` (turned
+ * into raw little-endian bytes here). Outputs always leave as
+ * `raw_output_contents`.
+ */
+import { create } from '@bufbuild/protobuf';
+import { BrokerError } from '../../core/errors';
+import { elementCount, isDataType, type DataType, type Tensor } from '../../core/tensor';
+import type { InferRequest, InferResult } from '../../core/types';
+import {
+  ModelInferResponseSchema,
+  type InferParameter,
+  type InferTensorContents,
+  type ModelInferRequest,
+  type ModelInferResponse,
+} from '../../proto/gen/grpc_service_pb';
+import { requestOptions } from '../shared/parameters';
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+export interface ParsedInfer {
+  request: Omit<InferRequest, 'signal'>;
+  /** The client's id, echoed in the answer ('' when it gave none, as Triton does). */
+  clientId: string;
+}
+
+/** InferParameter map -> plain values (bool, bigint, string or number) for requestOptions(). */
+export function parameterValues(params: { [key: string]: InferParameter }): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, p] of Object.entries(params)) out[key] = p.parameterChoice.value;
+  return out;
+}
+
+function shapeOf(name: string, shape: bigint[]): number[] {
+  return shape.map((d) => {
+    if (d < 0n || d > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw invalid(`input '${name}': shape [${shape.join(',')}] has an invalid dimension`);
+    }
+    return Number(d);
+  });
+}
+
+const view = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+type ContentField = Exclude<keyof InferTensorContents, '$typeName' | '$unknown'>;
+
+/** Which typed field carries each datatype (FP16/BF16 have none). */
+const FIELD: Record<Exclude<DataType, 'FP16' | 'BF16'>, ContentField> = {
+  BOOL: 'boolContents',
+  INT8: 'intContents', INT16: 'intContents', INT32: 'intContents',
+  INT64: 'int64Contents',
+  UINT8: 'uintContents', UINT16: 'uintContents', UINT32: 'uintContents',
+  UINT64: 'uint64Contents',
+  FP32: 'fp32Contents',
+  FP64: 'fp64Contents',
+  BYTES: 'bytesContents',
+};
+
+const SNAKE: Record<ContentField, string> = {
+  boolContents: 'bool_contents', intContents: 'int_contents', int64Contents: 'int64_contents',
+  uintContents: 'uint_contents', uint64Contents: 'uint64_contents', fp32Contents: 'fp32_contents',
+  fp64Contents: 'fp64_contents', bytesContents: 'bytes_contents',
+};
+
+const INT_RANGE: Partial<Record<DataType, [number, number, Int8ArrayConstructor | Int16ArrayConstructor | Uint8ArrayConstructor | Uint16ArrayConstructor]>> = {
+  INT8: [-128, 127, Int8Array],
+  INT16: [-32768, 32767, Int16Array],
+  UINT8: [0, 255, Uint8Array],
+  UINT16: [0, 65535, Uint16Array],
+};
+
+/** Typed contents -> raw little-endian bytes (BYTES: 4-byte LE length + bytes per element). */
+export function contentsToRaw(name: string, datatype: DataType, shape: number[], c: InferTensorContents): Buffer {
+  if (datatype === 'FP16' || datatype === 'BF16') {
+    throw invalid(`input '${name}': ${datatype} has no typed contents field; send it in raw_input_contents`);
+  }
+  const field = FIELD[datatype];
+  const values = c[field];
+  const count = elementCount(shape);
+  if (values.length !== count) {
+    const other = (Object.keys(SNAKE) as ContentField[]).find((f) => f !== field && c[f].length > 0);
+    const hint = values.length === 0 && other ? ` (${datatype} takes ${SNAKE[field]}, the request filled ${SNAKE[other]})` : '';
+    throw invalid(`input '${name}': shape [${shape.join(',')}] needs ${count} elements, ${SNAKE[field]} has ${values.length}${hint}`);
+  }
+  const range = INT_RANGE[datatype];
+  if (range) {
+    const [min, max, Ctor] = range;
+    const ints = values as number[];
+    const arr = new Ctor(count);
+    for (let i = 0; i < count; i++) {
+      const v = ints[i];
+      if (v < min || v > max) throw invalid(`input '${name}': element ${i} (${v}) is out of the ${datatype} range`);
+      arr[i] = v;
+    }
+    return view(arr);
+  }
+  switch (datatype) {
+    case 'BOOL':
+      return view(Uint8Array.from(values as boolean[], (b) => (b ? 1 : 0)));
+    case 'INT32':
+      return view(Int32Array.from(values as number[]));
+    case 'UINT32':
+      return view(Uint32Array.from(values as number[]));
+    case 'INT64':
+      return view(BigInt64Array.from(values as bigint[]));
+    case 'UINT64':
+      return view(BigUint64Array.from(values as bigint[]));
+    case 'FP32':
+      return view(Float32Array.from(values as number[]));
+    case 'FP64':
+      return view(Float64Array.from(values as number[]));
+    case 'BYTES': {
+      const items = values as Uint8Array[];
+      let size = 0;
+      for (const b of items) size += 4 + b.length;
+      const out = Buffer.allocUnsafe(size);
+      let pos = 0;
+      for (const b of items) {
+        out.writeUInt32LE(b.length, pos);
+        out.set(b, pos + 4);
+        pos += 4 + b.length;
+      }
+      return out;
+    }
+    default:
+      throw invalid(`input '${name}': unsupported datatype ${datatype}`);
+  }
+}
+
+const hasContents = (c: InferTensorContents | undefined) =>
+  c !== undefined && (Object.keys(SNAKE) as ContentField[]).some((f) => c[f].length > 0);
+
+/** ModelInferRequest -> InferRequest (without the abort signal). Throws INVALID_ARGUMENT. */
+export function parseInferRequest(msg: ModelInferRequest, fallbackId: string): ParsedInfer {
+  if (msg.modelName === '') throw invalid('the request needs a model_name');
+  if (msg.inputs.length === 0) throw invalid('the request has no inputs');
+  const raw = msg.rawInputContents;
+  if (raw.length > 0 && raw.length !== msg.inputs.length) {
+    throw invalid(`raw_input_contents has ${raw.length} entries for ${msg.inputs.length} inputs; give one per input, in order`);
+  }
+  const inputs: Tensor[] = msg.inputs.map((t, i) => {
+    const name = t.name;
+    if (name === '') throw invalid(`inputs[${i}] needs a name`);
+    if (!isDataType(t.datatype)) throw invalid(`input '${name}': unknown datatype ${JSON.stringify(t.datatype)}`);
+    const shape = shapeOf(name, t.shape);
+    if (raw.length > 0) {
+      if (hasContents(t.contents)) throw invalid(`input '${name}' has typed contents while the request uses raw_input_contents`);
+      return { name, datatype: t.datatype, shape, data: view(raw[i]) };
+    }
+    if (!t.contents) throw invalid(`input '${name}' has no data: give its contents or raw_input_contents`);
+    return { name, datatype: t.datatype, shape, data: contentsToRaw(name, t.datatype, shape, t.contents) };
+  });
+  const outputs = msg.outputs.length > 0 ? msg.outputs.map((o) => o.name) : undefined;
+  return {
+    request: {
+      id: msg.id !== '' ? msg.id : fallbackId,
+      model: msg.modelName,
+      version: msg.modelVersion !== '' ? msg.modelVersion : undefined,
+      inputs,
+      outputs,
+      ...requestOptions(parameterValues(msg.parameters)),
+    },
+    clientId: msg.id,
+  };
+}
+
+/**
+ * Milliseconds left until the call's deadline (epoch ms or a Date; Infinity =
+ * none), or undefined without one. Throws DEADLINE_EXCEEDED when it has passed.
+ */
+export function deadlineMs(deadline: Date | number, now = Date.now()): number | undefined {
+  const at = deadline instanceof Date ? deadline.getTime() : deadline;
+  if (!Number.isFinite(at)) return undefined;
+  const left = at - now;
+  if (left <= 0) throw new BrokerError('DEADLINE_EXCEEDED', 'the call deadline passed before the request was queued');
+  return Math.max(1, Math.floor(left));
+}
+
+/** The request's timeout: the smaller of the client's deadline and its `timeout` parameter. */
+export function withDeadline<T extends { timeoutMs?: number }>(req: T, deadline: Date | number): T {
+  const left = deadlineMs(deadline);
+  if (left === undefined) return req;
+  return { ...req, timeoutMs: req.timeoutMs === undefined ? left : Math.min(req.timeoutMs, left) };
+}
+
+export function toInferResponse(result: InferResult, clientId: string): ModelInferResponse {
+  return create(ModelInferResponseSchema, {
+    modelName: result.model,
+    modelVersion: result.version,
+    id: clientId,
+    outputs: result.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape.map((d) => BigInt(d)) })),
+    rawOutputContents: result.outputs.map((t) => t.data),
+  });
+}

@@ -1,0 +1,30 @@
+/**
+ * BrokerError -> gRPC status, in one place (GRPC_STATUS of core/errors.ts).
+ * The message goes out as the status details; RESOURCE_EXHAUSTED also carries
+ * a `retry-after` trailer (seconds), like the REST bridge's header.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { BrokerError, GRPC_STATUS, toBrokerError } from '../../core/errors';
+
+export type GrpcStatus = Partial<grpc.StatusObject> & { code: grpc.status; details: string };
+
+export function grpcStatus(e: BrokerError): GrpcStatus {
+  const metadata = new grpc.Metadata();
+  if (e.code === 'RESOURCE_EXHAUSTED' && e.retryAfterMs !== undefined) {
+    metadata.set('retry-after', String(Math.max(1, Math.ceil(e.retryAfterMs / 1000))));
+  }
+  return { code: GRPC_STATUS[e.code] as grpc.status, details: e.message, metadata };
+}
+
+/** Maps any error; an unexpected one (INTERNAL) is logged with its stack. */
+export function toGrpcStatus(err: unknown, log: Logger, rpc: string): GrpcStatus {
+  const e = toBrokerError(err);
+  if (e.code === 'INTERNAL') {
+    // A model's own error is a BrokerError; anything else is a bug here: keep its stack.
+    const stack = err instanceof BrokerError || !(err instanceof Error) ? undefined : err.stack;
+    log.warn({ rpc, err: e.message, stack }, 'gRPC call failed');
+  }
+  else log.debug({ rpc, code: e.code, err: e.message }, 'gRPC call refused');
+  return grpcStatus(e);
+}

@@ -2,15 +2,34 @@
  * A content-type parser that reads the body into one Buffer sized from
  * Content-Length: no chunk list, no concat, one copy of each byte. Chunked
  * bodies (no Content-Length) fall back to collecting chunks, under the limit.
+ * A gzip or deflate Content-Encoding is undone after reading (media.ts), the
+ * decoded size bounded by the same limit; other encodings are a 415.
  */
 import type { FastifyRequest } from 'fastify';
 import type { IncomingMessage } from 'node:http';
 import { BrokerError } from '../../core/errors';
+import { bodyEncoding, decodeBody, type BodyEncoding } from './media';
 
 type Done = (err: Error | null, body?: Buffer) => void;
 
+/** Wraps `done` so a complete body is decompressed (zlib's thread pool) before the handler sees it. */
+function decoding(encoding: BodyEncoding, limit: number, done: Done): Done {
+  return (err, body) => {
+    if (err || !body) return done(err);
+    decodeBody(body, encoding, limit).then((decoded) => done(null, decoded), (e: Error) => done(e));
+  };
+}
+
 export function rawBodyParser(limit: number) {
-  return (req: FastifyRequest, payload: IncomingMessage, done: Done): void => {
+  return (req: FastifyRequest, payload: IncomingMessage, rawDone: Done): void => {
+    let encoding: BodyEncoding | undefined;
+    try {
+      encoding = bodyEncoding(req.headers['content-encoding']);
+    } catch (e) {
+      payload.resume();
+      return rawDone(e as Error);
+    }
+    const done = encoding ? decoding(encoding, limit, rawDone) : rawDone;
     const tooLarge = () => new BrokerError('PAYLOAD_TOO_LARGE', `the body is larger than the limit of ${limit} bytes`);
     const declared = req.headers['content-length'];
     if (declared !== undefined) {

@@ -1,23 +1,34 @@
 /**
- * The KServe v2 REST bridge: health, metadata, config, statistics and infer.
+ * The KServe v2 REST bridge: health, metadata, config, statistics, the model
+ * repository, and infer (JSON, binary extension, raw body, image uploads).
  * It knows the broker's BrokerApi only.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError } from '../../core/errors';
 import { tritonConfig, PLATFORM } from '../shared/model-config';
-import { encodeInferResult, parseInferBody, splitBinaryBody } from './infer-body';
+import multipart from '@fastify/multipart';
+import { DEFAULT_LIMITS } from '../../core/validate';
+import type { ModelMetadata } from '../../core/types';
+import { requestOptions } from '../shared/parameters';
+import { imageInput, imageOptions, imagesTensor } from './images';
+import { encodeInferResult, parseInferBody, splitBinaryBody, type ParsedInfer } from './infer-body';
+import { bodyEncoding, IMAGE_TYPES, isJsonType, mediaType, UnsupportedMediaType } from './media';
 import { rawBodyParser } from './raw-body';
+import { rawInputTensor } from './raw-input';
+import { repositoryRoutes } from './repository';
 
 export interface RestOptions {
   broker: BrokerApi;
   version: string;
-  /** Largest request body accepted, in bytes (413 beyond). */
+  /** Largest request body accepted, in bytes (413 beyond); also bounds decompressed and multipart bodies. */
   bodyLimit: number;
+  /** Elements per input tensor (the broker's limit); bounds decoded images before they are decoded. Default 64 Mi. */
+  maxElements?: number;
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
-export const EXTENSIONS = ['binary_tensor_data', 'model_configuration', 'statistics', 'schedule_policy'];
+export const EXTENSIONS = ['binary_tensor_data', 'model_configuration', 'statistics', 'schedule_policy', 'model_repository'];
 
 type ModelParams = { model: string; version?: string };
 
@@ -29,11 +40,21 @@ function both(app: FastifyInstance, method: 'GET' | 'POST', path: string, handle
 
 export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promise<void> {
   const { broker } = opts;
+  const maxElements = opts.maxElements ?? DEFAULT_LIMITS.maxElements;
 
-  // Every body arrives as one Buffer; JSON is parsed in the handler so the
-  // binary extension and plain JSON share one path.
+  // Every body arrives as one Buffer (gzip/deflate undone); JSON is parsed in
+  // the handler so the binary extension, raw bodies, images and plain JSON
+  // share one path. multipart/form-data is streamed by @fastify/multipart:
+  // registered in this context after the catch-all, its parser wins for that type.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { bodyLimit: opts.bodyLimit }, rawBodyParser(opts.bodyLimit));
+  await app.register(multipart, {
+    limits: { fileSize: opts.bodyLimit, files: MAX_IMAGES, fields: 16, fieldSize: 64 * 1024, parts: MAX_IMAGES + 16, headerPairs: 64 },
+    // A part is a file when it has a filename or a non-text type (fetch's Blob parts, curl -F x=@file).
+    isPartAFile: (_field, contentType, fileName) => fileName !== undefined || (contentType !== undefined && !contentType.startsWith('text/')),
+  });
+
+  repositoryRoutes(app, broker);
 
   app.get('/v2', async () => ({ name: 'tensorbroker', version: opts.version, extensions: EXTENSIONS }));
   app.get('/v2/health/live', async (_req, reply) => reply.code(200).send());
@@ -79,28 +100,50 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   both(app, 'POST', '/infer', async (req, reply) => {
     const { model, version } = req.params;
     broker.spec(model, version); // 404 before looking at the body
-    const body = req.body;
-    if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
-    const headerLength = req.headers['inference-header-content-length'];
-    let header: unknown;
-    let binary: Buffer | undefined;
-    if (headerLength !== undefined) {
-      ({ header, binary } = splitBinaryBody(body, Number(headerLength)));
+    const query = (req.query ?? {}) as Record<string, unknown>;
+    const type = mediaType(req.headers['content-type']);
+    let parsed: ParsedInfer;
+    let clientId: string | undefined;
+    if (req.isMultipart()) {
+      if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
+        throw new UnsupportedMediaType('a multipart body cannot have a Content-Encoding (images are compressed already)');
+      }
+      const files = await readImageParts(req, opts.bodyLimit);
+      parsed = await imageRequest(broker.metadata(model, version), files, query, String(req.id), maxElements);
     } else {
-      try {
-        header = JSON.parse(body.toString('utf8'));
-      } catch (e) {
-        throw new BrokerError('INVALID_ARGUMENT', `the body is not valid JSON: ${(e as Error).message}`);
+      const body = req.body;
+      if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
+      const rawLength = req.headers['inference-header-content-length'];
+      const headerLength = Array.isArray(rawLength) ? rawLength[0] : rawLength;
+      if (headerLength !== undefined && headerLength.trim() === '0') {
+        const input = rawInputTensor(broker.metadata(model, version), body);
+        parsed = { request: { id: String(req.id), inputs: [input], ...requestOptions(query) }, binaryOutputs: new Set(['*']) };
+      } else if (headerLength !== undefined) {
+        const { header, binary } = splitBinaryBody(body, Number(headerLength));
+        parsed = parseInferBody(header, binary, String(req.id));
+        if ((header as { id?: unknown }).id !== undefined) clientId = parsed.request.id;
+      } else if (IMAGE_TYPES.has(type)) {
+        parsed = await imageRequest(broker.metadata(model, version), [{ label: 'the body', bytes: body }], query, String(req.id), maxElements);
+      } else if (!isJsonType(type)) {
+        throw new UnsupportedMediaType(`Content-Type '${type}' is not accepted: send application/json (KServe v2), ` +
+          'the binary extension (Inference-Header-Content-Length), image/jpeg, image/png, image/webp or multipart/form-data with images');
+      } else {
+        let header: unknown;
+        try {
+          header = JSON.parse(body.toString('utf8'));
+        } catch (e) {
+          throw new BrokerError('INVALID_ARGUMENT', `the body is not valid JSON: ${(e as Error).message}`);
+        }
+        parsed = parseInferBody(header, undefined, String(req.id));
+        if ((header as { id?: unknown }).id !== undefined) clientId = parsed.request.id;
       }
     }
-    const parsed = parseInferBody(header, binary, String(req.id));
     const aborted = new AbortController();
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) aborted.abort();
     });
     req.log.debug({ model, requestId: parsed.request.id }, 'infer');
     const result = await broker.infer({ ...parsed.request, model, version, signal: aborted.signal });
-    const clientId = (header as { id?: unknown }).id !== undefined ? parsed.request.id : undefined;
     const enc = encodeInferResult(result, clientId, parsed.binaryOutputs);
     if (enc.binary.length === 0) return reply.send(enc.json);
     const json = Buffer.from(JSON.stringify(enc.json));
@@ -109,4 +152,59 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
       .header('Inference-Header-Content-Length', json.length)
       .send(Buffer.concat([json, ...enc.binary]));
   });
+}
+
+/** The most images one multipart request may carry (the model's batch size limits it further). */
+const MAX_IMAGES = 64;
+
+/**
+ * Reads the image parts of a multipart body, in order, as Buffers; the total
+ * is bounded by the body limit (413). Parts that are not files are refused:
+ * options travel in the query string.
+ */
+async function readImageParts(req: FastifyRequest, limit: number): Promise<{ label: string; bytes: Buffer }[]> {
+  const files: { label: string; bytes: Buffer }[] = [];
+  let total = 0;
+  try {
+    for await (const part of req.parts()) {
+      const label = `part ${files.length + 1} ('${part.type === 'file' && part.filename ? part.filename : part.fieldname}')`;
+      if (part.type !== 'file') {
+        throw new BrokerError('INVALID_ARGUMENT', `multipart ${label} is not a file: options go in the query string (?input=, ?width=, ?height=, ?fit=)`);
+      }
+      const type = mediaType(part.mimetype);
+      if (type !== '' && type !== 'application/octet-stream' && !IMAGE_TYPES.has(type)) {
+        part.file.resume();
+        throw new UnsupportedMediaType(`multipart ${label} is ${type}: uploads take image/jpeg, image/png or image/webp`);
+      }
+      const chunks: Buffer[] = [];
+      for await (const chunk of part.file as AsyncIterable<Buffer>) {
+        total += chunk.length;
+        if (total > limit) throw new BrokerError('PAYLOAD_TOO_LARGE', `the multipart body is larger than the limit of ${limit} bytes`);
+        chunks.push(chunk);
+      }
+      if (part.file.truncated) throw new BrokerError('PAYLOAD_TOO_LARGE', `multipart ${label} is larger than the limit of ${limit} bytes`);
+      files.push({ label, bytes: Buffer.concat(chunks) });
+    }
+  } catch (e) {
+    if (e instanceof BrokerError || e instanceof UnsupportedMediaType) throw e;
+    // busboy's and @fastify/multipart's own errors: limits are 413s, the rest a malformed body.
+    const message = (e as Error).message;
+    if ((e as { statusCode?: number }).statusCode === 413) throw new BrokerError('PAYLOAD_TOO_LARGE', message);
+    throw new BrokerError('INVALID_ARGUMENT', `malformed multipart body: ${message}`);
+  }
+  return files;
+}
+
+/** An infer request from uploaded images: one UINT8 [N, H, W, 3] tensor, outputs as JSON. */
+async function imageRequest(
+  meta: ModelMetadata,
+  files: { label: string; bytes: Buffer }[],
+  query: Record<string, unknown>,
+  id: string,
+  maxElements: number,
+): Promise<ParsedInfer> {
+  const options = imageOptions(query);
+  const spec = imageInput(meta, options.input);
+  const tensor = await imagesTensor(files, spec, options, maxElements);
+  return { request: { id, inputs: [tensor], ...requestOptions(query) }, binaryOutputs: new Set() };
 }

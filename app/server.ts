@@ -10,6 +10,8 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
+import { startGrpcBridge } from '../bridges/grpc/server';
+import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
@@ -39,7 +41,7 @@ export interface RunningBroker {
   tasks: TaskManager;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
-  ports: { http: number; metrics: number };
+  ports: { http: number; grpc: number; metrics: number; zmq: number };
   logger: Logger;
   /** Graceful stop: refuse new work, finish or fail in-flight requests, stop copies. */
   close(): Promise<void>;
@@ -117,7 +119,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit });
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
   await app.register(adminRoutes, { registry, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
@@ -130,7 +132,16 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   }, []));
   const metricsServer: http.Server = await metrics.serve(config.host, config.metricsPort, refreshCopies);
   const metricsPort = (metricsServer.address() as { port: number }).port;
-  log.info({ http: httpPort, metrics: metricsPort, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
+  const grpc = await startGrpcBridge({
+    broker,
+    host: config.host,
+    port: config.grpcPort,
+    maxMessageBytes: config.grpcMaxMessageBytes,
+    logger: log.child({ component: 'grpc-bridge' }),
+    version: VERSION,
+  });
+  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq-bridge' }) });
+  log.info({ http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;
   const close = () =>
@@ -141,8 +152,8 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
       draining = true;
       await broker.close(config.shutdownGraceMs);
       log.info({ ms: Date.now() - t0 }, 'requests drained');
-      await app.close();
-      log.info({ ms: Date.now() - t0 }, 'http closed');
+      await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
+      log.info({ ms: Date.now() - t0 }, 'bridges closed');
       await new Promise<void>((r) => metricsServer.close(() => r()));
       await reconciled;
       await tasks.close(config.shutdownGraceMs);
@@ -151,7 +162,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
       log.info('stopped');
     })());
 
-  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, metrics: metricsPort }, logger: log, close };
+  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** Request ids: the client's x-request-id when given, else a short process-unique one. */

@@ -206,7 +206,9 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
               if (gone) return; // the client cancelled the stream: nobody to answer
               const e = toBrokerError(err);
               toGrpcStatus(e, log, 'ModelStreamInfer');
-              write(create(ModelStreamInferResponseSchema, { errorMessage: e.message, inferResponse: echo }));
+              // A stream answer has only a message; the code rides along as a response parameter.
+              const coded = { ...echo, parameters: { error_code: { parameterChoice: { case: 'stringParam' as const, value: e.code } } } };
+              write(create(ModelStreamInferResponseSchema, { errorMessage: e.message, inferResponse: coded }));
             },
           )
           .finally(() => {

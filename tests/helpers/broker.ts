@@ -19,6 +19,8 @@ export interface TestBroker {
   running: RunningBroker;
   url: string;
   metricsUrl: string;
+  /** tcp:// endpoint of the ZeroMQ client bridge. */
+  zmqEndpoint: string;
   redis: RedisHandle;
   dir: string;
   config: BrokerConfig;
@@ -55,6 +57,8 @@ export async function startTestBroker(opts: StartOptions): Promise<TestBroker> {
     runtime: opts.runtime ?? 'process',
     httpPort: 0,
     metricsPort: 0,
+    zmqPort: 0,
+    grpcPort: 0,
     brokerId: id,
     socketDir: path.join(dir, 'sock'),
     heartbeatMs: 250,
@@ -71,6 +75,7 @@ export async function startTestBroker(opts: StartOptions): Promise<TestBroker> {
     running,
     url: `http://127.0.0.1:${running.ports.http}`,
     metricsUrl: `http://127.0.0.1:${running.ports.metrics}/metrics`,
+    zmqEndpoint: `tcp://127.0.0.1:${running.ports.zmq}`,
     redis,
     dir,
     config,

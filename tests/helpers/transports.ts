@@ -6,6 +6,12 @@
 import { tensorToJson } from '../../bridges/rest/json-tensors';
 import { HTTP_STATUS, type ErrorCode } from '../../core/errors';
 import type { DataType, Tensor } from '../../core/tensor';
+import type { ServiceError } from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
+import { GRPC_STATUS } from '../../core/errors';
+import { ModelInferRequestSchema, type ModelInferResponse } from '../../proto/gen/grpc_service_pb';
+import { ZmqClient, ZmqClientError } from '../../sdk/node';
+import { GrpcTestClient, type InferInit } from './grpc-client';
 import type { TestBroker } from './broker';
 
 export type Outcome =
@@ -113,4 +119,113 @@ export const restBinary: TransportFactory = {
   },
 };
 
-export const TRANSPORTS: TransportFactory[] = [restJson, restBinary];
+/** The ZeroMQ client bridge, through the Node SDK's ZmqClient. */
+export const zmqTransport: TransportFactory = {
+  name: 'ZeroMQ',
+  async open(b) {
+    const client = new ZmqClient(b.zmqEndpoint, { window: 64 });
+    return {
+      name: 'ZeroMQ',
+      async infer(model, inputs, opts) {
+        try {
+          const res = await client.infer(model, inputs, {
+            outputs: opts.outputs,
+            version: opts.version,
+            parameters: opts.timeoutUs !== undefined ? { timeout: opts.timeoutUs } : undefined,
+          });
+          return decoded(res.outputs);
+        } catch (e) {
+          if (e instanceof ZmqClientError) return { ok: false, code: e.code, message: e.message };
+          throw e;
+        }
+      },
+      close: () => client.close(),
+    };
+  },
+};
+
+const FROM_GRPC = new Map<number, ErrorCode>(
+  (Object.entries(GRPC_STATUS) as [ErrorCode, number][]).filter(([code]) => code !== 'PAYLOAD_TOO_LARGE').map(([code, n]) => [n, code]),
+);
+
+function grpcRequest(model: string, inputs: Tensor[], opts: InferOptions, id: string): InferInit {
+  return create(ModelInferRequestSchema, {
+    modelName: model,
+    modelVersion: opts.version ?? '',
+    id,
+    inputs: inputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape.map(BigInt) })),
+    rawInputContents: inputs.map((t) => t.data),
+    outputs: (opts.outputs ?? []).map((name) => ({ name })),
+    parameters: opts.timeoutUs !== undefined ? { timeout: { parameterChoice: { case: 'int64Param', value: BigInt(opts.timeoutUs) } } } : {},
+  });
+}
+
+function grpcOutputs(res: ModelInferResponse): Outcome {
+  return decoded(res.outputs.map((o, i) => ({
+    name: o.name,
+    datatype: o.datatype as DataType,
+    shape: o.shape.map(Number),
+    data: Buffer.from(res.rawOutputContents[i]),
+  })));
+}
+
+/** gRPC ModelInfer (unary), raw contents both ways (tritonclient's default). */
+export const grpcUnary: TransportFactory = {
+  name: 'gRPC unary',
+  async open(b) {
+    const client = new GrpcTestClient(b.running.ports.grpc);
+    let n = 0;
+    return {
+      name: 'gRPC unary',
+      async infer(model, inputs, opts) {
+        try {
+          return grpcOutputs(await client.unary('modelInfer', grpcRequest(model, inputs, opts, `u${++n}`)));
+        } catch (e) {
+          const err = e as ServiceError;
+          return { ok: false, code: FROM_GRPC.get(err.code) ?? `gRPC ${err.code}`, message: err.details };
+        }
+      },
+      async close() {
+        client.close();
+      },
+    };
+  },
+};
+
+/** gRPC ModelStreamInfer: one stream, many requests, answers matched by id. */
+export const grpcStream: TransportFactory = {
+  name: 'gRPC stream',
+  async open(b) {
+    const client = new GrpcTestClient(b.running.ports.grpc);
+    const stream = client.stream();
+    const waiting = new Map<string, (o: Outcome) => void>();
+    stream.on('data', (msg) => {
+      const id = msg.inferResponse?.id ?? '';
+      const done = waiting.get(id);
+      if (!done) return;
+      waiting.delete(id);
+      if (msg.errorMessage) {
+        const code = msg.inferResponse?.parameters.error_code?.parameterChoice;
+        done({ ok: false, code: code?.case === 'stringParam' ? code.value : 'UNKNOWN', message: msg.errorMessage });
+      } else done(grpcOutputs(msg.inferResponse!));
+    });
+    stream.on('error', () => undefined);
+    let n = 0;
+    return {
+      name: 'gRPC stream',
+      infer(model, inputs, opts) {
+        const id = `s${++n}`;
+        return new Promise<Outcome>((resolve) => {
+          waiting.set(id, resolve);
+          stream.write(grpcRequest(model, inputs, opts, id));
+        });
+      },
+      async close() {
+        stream.end();
+        client.close();
+      },
+    };
+  },
+};
+
+export const TRANSPORTS: TransportFactory[] = [restJson, restBinary, grpcUnary, grpcStream, zmqTransport];

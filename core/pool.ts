@@ -36,16 +36,28 @@ export interface ModelCopy {
   /** True while the copy accepts another batch (in flight < credits). */
   hasCapacity(): boolean;
   execute(batch: BatchRequest): Promise<BatchResponse>;
+  /** Sequence slots of a stateful model's copy (READY max_sequences, else the registry's, else max batch). */
+  readonly maxSequences: number;
+  /** Tells the copy a sequence is over so it drops its state (EndSequence on the link). */
+  endSequence(id: string, slot: number, reason: SequenceEndReason): void;
 }
+
+export type SequenceEndReason = 'end' | 'cancelled' | 'idle';
 
 /**
  * The core's view of the running copies. Implemented by the task manager.
  * Emits 'capacity' (model: string) whenever a copy of `model` may take a batch
- * (it became READY or finished one), and 'metadata' (model, ModelMetadata).
+ * (it became READY or finished one), 'metadata' (model, ModelMetadata), and
+ * 'copy-gone' (model, copyId, reason) when a copy that was ready dies or stops
+ * (its sequences are lost with it).
  */
 export interface CopyPool extends EventEmitter {
   /** A ready copy of `model` with a free credit, least loaded first. */
   available(model: string): ModelCopy | undefined;
+  /** Every ready copy of `model` (busy or not): where new sequences can be placed. */
+  readyCopies(model: string): ModelCopy[];
+  /** Asks for one more copy (stateful models out of slots); false when max_replicas is reached. */
+  scaleUp(model: string, reason: string): boolean;
   /** Metadata from the last READY of any copy of this model, if one was seen. */
   metadata(model: string): ModelMetadata | undefined;
   readiness(model: string): ModelReadiness;

@@ -39,6 +39,34 @@ export const ENTRY_FIELDS = {
   env: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean()]), {
     description: 'a map of NAME: value (string, number or boolean)',
   }),
+  max_sequences: int(1),
+  sequence_idle_ms: int(1),
+  sequence_backlog: int(0),
+  sequence_scale_up: Type.Boolean({ description: 'a boolean (true or false)' }),
+  gpus_per_copy: int(1),
+  gpus: Type.Array(Type.Union([Type.String({ pattern: '^[A-Za-z0-9-]+$' }), Type.Integer({ minimum: 0 })]), {
+    minItems: 1,
+    description: 'a non-empty list of GPU ids (e.g. [0, 1] or ["GPU-uuid"])',
+  }),
+  pull_policy: Type.Union([Type.Literal('always'), Type.Literal('if-missing'), Type.Literal('never')], {
+    description: 'one of always, if-missing, never',
+  }),
+  pull_timeout_ms: int(1),
+  heartbeat_timeout_ms: int(1),
+  batch_timeout_ms: int(1),
+  batch_timeout_per_row_ms: int(0),
+  retry_on_failure: Type.Boolean({ description: 'a boolean (true or false)' }),
+  max_failures: int(1),
+  failure_window_ms: int(1),
+  scale_up_queue_per_copy: int(1),
+  scale_up_cooldown_ms: int(0),
+  scale_down_cooldown_ms: int(0),
+  idle_ttl_ms: int(1),
+  memory_mb: int(4),
+  cpus: Type.Number({ exclusiveMinimum: 0, description: 'a number > 0 (CPU cores)' }),
+  read_only_root: Type.Boolean({ description: 'a boolean (true or false)' }),
+  tmpfs_mb: int(0),
+  pids_limit: int(1),
 } satisfies Record<string, TSchema>;
 
 /** The entry as written (all fields optional here; cross-field rules live in validateEntry). */
@@ -153,8 +181,31 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
     min_replicas: e.min_replicas ?? SPEC_DEFAULTS.min_replicas,
     max_replicas: e.max_replicas ?? SPEC_DEFAULTS.max_replicas,
     env: Object.fromEntries(Object.entries(e.env ?? {}).map(([k, v]) => [k, String(v)])),
+    sequence_idle_ms: e.sequence_idle_ms ?? SPEC_DEFAULTS.sequence_idle_ms,
+    sequence_backlog: e.sequence_backlog ?? SPEC_DEFAULTS.sequence_backlog,
+    sequence_scale_up: e.sequence_scale_up ?? SPEC_DEFAULTS.sequence_scale_up,
+    gpus_per_copy: e.gpus_per_copy ?? SPEC_DEFAULTS.gpus_per_copy,
+    pull_policy: e.pull_policy ?? SPEC_DEFAULTS.pull_policy,
+    pull_timeout_ms: e.pull_timeout_ms ?? SPEC_DEFAULTS.pull_timeout_ms,
+    heartbeat_timeout_ms: e.heartbeat_timeout_ms ?? SPEC_DEFAULTS.heartbeat_timeout_ms,
+    batch_timeout_per_row_ms: e.batch_timeout_per_row_ms ?? SPEC_DEFAULTS.batch_timeout_per_row_ms,
+    retry_on_failure: e.retry_on_failure ?? SPEC_DEFAULTS.retry_on_failure,
+    max_failures: e.max_failures ?? SPEC_DEFAULTS.max_failures,
+    failure_window_ms: e.failure_window_ms ?? SPEC_DEFAULTS.failure_window_ms,
+    scale_up_queue_per_copy: e.scale_up_queue_per_copy ?? SPEC_DEFAULTS.scale_up_queue_per_copy,
+    scale_up_cooldown_ms: e.scale_up_cooldown_ms ?? SPEC_DEFAULTS.scale_up_cooldown_ms,
+    scale_down_cooldown_ms: e.scale_down_cooldown_ms ?? SPEC_DEFAULTS.scale_down_cooldown_ms,
+    idle_ttl_ms: e.idle_ttl_ms ?? SPEC_DEFAULTS.idle_ttl_ms,
+    read_only_root: e.read_only_root ?? SPEC_DEFAULTS.read_only_root,
+    tmpfs_mb: e.tmpfs_mb ?? SPEC_DEFAULTS.tmpfs_mb,
+    pids_limit: e.pids_limit ?? SPEC_DEFAULTS.pids_limit,
     source: opts.source ?? 'file',
   };
+  if (e.max_sequences !== undefined) spec.max_sequences = e.max_sequences;
+  if (e.gpus !== undefined) spec.gpus = e.gpus.map(String);
+  if (e.batch_timeout_ms !== undefined) spec.batch_timeout_ms = e.batch_timeout_ms;
+  if (e.memory_mb !== undefined) spec.memory_mb = e.memory_mb;
+  if (e.cpus !== undefined) spec.cpus = e.cpus;
   const image = e.image ?? e.address;
   if (image !== undefined) spec.image = image;
   if (e.command !== undefined) spec.command = parseCommand(e.command);

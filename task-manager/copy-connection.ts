@@ -12,6 +12,8 @@ import type { ModelMetadata } from '../core/types';
 import {
   BatchItemSchema,
   BatchSchema,
+  EndSequenceSchema,
+  EndSequence_Reason,
   SequenceControlSchema,
   ShutdownSchema,
   encodeFrames,
@@ -36,6 +38,8 @@ export interface CopyConnectionOptions {
   heartbeatMs?: number;
   /** Idle heartbeat silence beyond missedHeartbeats × heartbeatMs = dead (default 5). */
   missedHeartbeats?: number;
+  /** The registry's max_sequences, used when READY gives none. */
+  maxSequences?: number;
   logger?: Logger;
 }
 
@@ -206,6 +210,16 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     return readyMax > 0 ? Math.min(readyMax, this.batchSize) : this.batchSize;
   }
 
+  /** Sequence slots: READY's max_sequences, else the registry's, else the max batch. */
+  maxSequences = 0;
+
+  /** Sends EndSequence: the copy drops the sequence's state. */
+  endSequence(id: string, slot: number, reason: 'end' | 'cancelled' | 'idle'): void {
+    if (this.state !== 'ready' && this.state !== 'draining') return;
+    const value = create(EndSequenceSchema, { id, slot, reason: END_REASON[reason] });
+    this.opts.link.send(this.id, encodeFrames({ case: 'endSequence', value }));
+  }
+
   private onReady(r: Ready): void {
     if (this.state !== 'starting') {
       this.opts.logger?.warn({ copy: this.id, state: this.state }, 'duplicate READY ignored');
@@ -220,6 +234,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       inputs: r.inputs.map(toSpec),
       outputs: r.outputs.map(toSpec),
     };
+    this.maxSequences = r.maxSequences || this.opts.maxSequences || this.meta.maxBatch;
     this.state = 'ready';
     this.emit('ready', this.meta);
     this.emit('capacity');
@@ -276,6 +291,12 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     }
   }
 }
+
+const END_REASON = {
+  end: EndSequence_Reason.END,
+  cancelled: EndSequence_Reason.CANCELLED,
+  idle: EndSequence_Reason.IDLE,
+} as const;
 
 function toSpec(s: WireTensorSpec): TensorSpec {
   return {

@@ -71,6 +71,8 @@ interface CopyRecord {
   startupTimer?: NodeJS.Timeout;
   /** Stop was asked for (replace, scale-down, close): its exit is not a crash. */
   stopping: boolean;
+  /** 'copy-gone' was emitted. */
+  gone?: boolean;
   /** Settles when the copy is gone and cleaned up. */
   done: Promise<void>;
   markDone: () => void;
@@ -157,6 +159,30 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       if (!rec.stopping && c.hasCapacity() && (!best || c.inFlight < best.inFlight)) best = c;
     }
     return best;
+  }
+
+  readyCopies(model: string): ModelCopy[] {
+    const ms = this.models.get(model);
+    if (!ms) return [];
+    return [...ms.copies.values()].filter((r) => !r.stopping && r.conn.state === 'ready').map((r) => r.conn);
+  }
+
+  scaleUp(model: string, reason: string): boolean {
+    const ms = this.models.get(model);
+    if (!ms || this.closing || ms.unloaded) return false;
+    const live = [...ms.copies.values()].filter((r) => !r.stopping && r.conn.state !== 'failed' && r.conn.state !== 'stopped');
+    if (live.length >= ms.spec.max_replicas) return false;
+    if (live.some((r) => r.conn.state === 'starting')) return true; // one is on its way
+    this.log.info({ model, copies: live.length, maxReplicas: ms.spec.max_replicas, reason }, 'scaling up');
+    this.startCopy(ms);
+    return true;
+  }
+
+  /** Tells the core once that a copy is gone (its sequences with it). */
+  private gone(rec: CopyRecord, reason: string): void {
+    if (rec.gone || !rec.readyAt) return;
+    rec.gone = true;
+    this.emit('copy-gone', rec.model, rec.id, reason);
   }
 
   metadata(model: string): ModelMetadata | undefined {
@@ -349,6 +375,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       batchSize: spec.batch_size,
       heartbeatMs: this.heartbeatMs,
       missedHeartbeats: this.opts.missedHeartbeats,
+      maxSequences: spec.max_sequences,
       logger: this.log,
     });
     let markDone!: () => void;
@@ -382,7 +409,9 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     conn.on('capacity', () => {
       if (!rec.stopping) this.emit('capacity', model);
     });
+    conn.on('leaving', () => this.gone(rec, `model copy ${id} of ${model} is shutting down`));
     conn.on('failed', (reason: string) => {
+      this.gone(rec, `model copy ${id} of ${model} ${reason}`);
       log.warn({ reason }, 'copy failed; killing it');
       if (rec.handle) void this.runtime.kill(rec.handle).catch((err) => log.error({ err }, 'kill failed'));
     });
@@ -430,6 +459,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     let message = `model copy ${rec.id} of ${rec.model} ${failReason ? `${failReason}; ` : ''}${what}`;
     if (last) message += `: ${last}`;
     rec.conn.ended(message);
+    this.gone(rec, message);
     this.link.unregister(rec.id);
     const ms = this.models.get(rec.model);
     if (ms && ms.copies.get(rec.id) === rec) ms.copies.delete(rec.id);

@@ -28,6 +28,8 @@ class FakeCopy implements ModelCopy {
   readonly model = 'echo';
   inFlight = 0;
   batches: BatchRequest[] = [];
+  readonly maxSequences = 4;
+  endSequence(): void {}
   constructor(readonly id: string, readonly metadata: ModelMetadata, private readonly pool: FakePool, public handler: Handler = echo, public credits = 1) {}
   hasCapacity(): boolean {
     return this.inFlight < this.credits;
@@ -49,6 +51,12 @@ class FakePool extends EventEmitter implements CopyPool {
   }
   metadata(): ModelMetadata | undefined {
     return this.copies[0]?.metadata;
+  }
+  readyCopies(): ModelCopy[] {
+    return this.copies;
+  }
+  scaleUp(): boolean {
+    return false;
   }
   readiness(): ModelReadiness {
     return { ready: this.copies.length > 0 };

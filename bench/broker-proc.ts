@@ -11,6 +11,10 @@ import { LOOPBACK, freePort, sleep, spawnChild, waitUntil, type ChildHandle } fr
 
 export interface BrokerProc {
   url: string;
+  /** KServe v2 gRPC port on 127.0.0.1. */
+  grpcPort: number;
+  /** The ZeroMQ client bridge, e.g. tcp://127.0.0.1:41234. */
+  zmqEndpoint: string;
   pid: number | undefined;
   stop(): Promise<void>;
   output(): string;
@@ -50,6 +54,9 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
   await writeFile(modelsPath, stringify({ models: o.models }));
   const httpPort = await freePort();
   const metricsPort = await freePort();
+  // Free ports for every listener: the defaults (8001, 7787) may be taken by other brokers on the box.
+  const grpcPort = await freePort();
+  const zmqPort = await freePort();
   // BENCH_BROKER_NODE_ARGS: extra node flags for the broker only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
   const args = [
@@ -61,6 +68,8 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
     '--host', LOOPBACK,
     '--http-port', String(httpPort),
     '--metrics-port', String(metricsPort),
+    '--grpc-port', String(grpcPort),
+    '--zmq-port', String(zmqPort),
     '--broker-id', `bench-${process.pid}`,
     '--socket-dir', path.join(o.dir, 'sock'),
     '--shutdown-grace-ms', '3000',
@@ -70,6 +79,8 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
   const copies = new Set<number>();
   const proc: BrokerProc = {
     url,
+    grpcPort,
+    zmqEndpoint: `tcp://${LOOPBACK}:${zmqPort}`,
     pid: h.child.pid,
     output: h.output,
     alive: () => !h.exited(),

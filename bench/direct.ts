@@ -16,16 +16,9 @@ import { Router } from 'zeromq';
 import type { Tensor } from '../core/tensor';
 import { BatchItemSchema, BatchSchema, ShutdownSchema, decodeFrames, encodeFrames, toMeta, type Envelope } from '../proto/link';
 import { spawnChild, type ChildHandle } from './procs';
-import { Samples, type LatencySummary } from './samples';
+import { closedLoop, type LoopPoint } from './loop';
 
-export interface DirectPoint {
-  connections: number;
-  seconds: number;
-  ok: number;
-  errors: number;
-  throughput: number;
-  latency: LatencySummary;
-}
+export type DirectPoint = LoopPoint;
 
 interface Waiter {
   resolve(tensors: Buffer[]): void;
@@ -163,26 +156,8 @@ export class DirectCopy {
   }
 
   /** `connections` closed-loop callers for `seconds`; counts requests completed inside the window. */
-  async runPoint(tensors: Tensor[], connections: number, seconds: number): Promise<DirectPoint> {
-    const samples = new Samples();
-    let errors = 0;
-    const start = process.hrtime.bigint();
-    const end = start + BigInt(Math.round(seconds * 1e9));
-    const caller = async () => {
-      while (process.hrtime.bigint() < end) {
-        const t0 = process.hrtime.bigint();
-        try {
-          await this.infer(tensors);
-        } catch {
-          errors++;
-          continue;
-        }
-        const t1 = process.hrtime.bigint();
-        if (t1 <= end) samples.add(Number(t1 - t0) / 1e6);
-      }
-    };
-    await Promise.all(Array.from({ length: connections }, caller));
-    return { connections, seconds, ok: samples.count, errors, throughput: samples.count / seconds, latency: samples.summary() };
+  runPoint(tensors: Tensor[], connections: number, seconds: number): Promise<DirectPoint> {
+    return closedLoop(() => this.infer(tensors), connections, seconds);
   }
 
   async close(): Promise<void> {

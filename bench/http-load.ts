@@ -10,9 +10,11 @@ import { Samples, type LatencySummary } from './samples';
 
 export interface HttpPointOptions {
   url: string;
-  body: string;
+  body: string | Buffer;
   connections: number;
   seconds: number;
+  /** Request headers; default `content-type: application/json`. */
+  headers?: Record<string, string>;
 }
 
 export interface HttpPoint {
@@ -34,7 +36,7 @@ export function runHttpPoint(opts: HttpPointOptions): Promise<HttpPoint> {
       {
         url: opts.url,
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: opts.headers ?? { 'content-type': 'application/json' },
         body: opts.body,
         connections: opts.connections,
         pipelining: 1,

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { StatsDelta } from './broker-proc';
 import type { DirectPoint } from './direct';
 import type { HttpPoint } from './http-load';
+import type { LatencySummary } from './samples';
 
 export interface Machine {
   cpu: string;
@@ -33,6 +34,36 @@ export interface SleepyRow {
   pctOfIdeal: number;
 }
 
+/** One measured point of any transport through the broker, with the broker's counters over the same window. */
+export interface BrokerPoint {
+  connections: number;
+  seconds: number;
+  ok: number;
+  errors: number;
+  throughput: number;
+  latency: LatencySummary;
+  server: StatsDelta;
+  brokerCpuPct?: number;
+  /** CPU time of the bench process (the load generator / client) / wall time. */
+  clientCpuPct?: number;
+  firstError?: string;
+}
+
+export type Bridge = 'REST JSON' | 'REST binary' | 'gRPC' | 'ZeroMQ';
+
+export interface BridgeRow {
+  concurrency: number;
+  direct: DirectPoint;
+  bridges: { bridge: Bridge; point: BrokerPoint; addedP50Ms: number; throughputVsRestJson: number }[];
+}
+
+export type ImageForm = 'JSON numbers' | 'binary tensor' | 'JPEG upload';
+
+export interface ImageRow {
+  concurrency: number;
+  forms: { form: ImageForm; bodyBytes: number; point: BrokerPoint; throughputVsJson: number }[];
+}
+
 export interface BenchResult {
   date: string;
   machine: Machine;
@@ -40,7 +71,23 @@ export interface BenchResult {
   directCredits: number;
   simple: SimpleRow[];
   sleepy: SleepyRow[];
-  targets: { addedP50AtC1Ms: number; addedP50AtC1Pass: boolean | null; sleepyPctOfIdeal: number; sleepyPass: boolean | null };
+  bridges: BridgeRow[];
+  bridgeSettings: { seconds: number; concurrency: number[] };
+  images: ImageRow[];
+  imageSettings: { seconds: number; concurrency: number[]; width: number; height: number; jpegQuality: number; jpegBytes: number; batchSize: number };
+  targets: {
+    addedP50AtC1Ms: number;
+    addedP50AtC1Pass: boolean | null;
+    sleepyPctOfIdeal: number;
+    sleepyPass: boolean | null;
+    /** ZeroMQ added p50 < REST JSON added p50, both at concurrency 1 (same direct baseline). */
+    zmqAddedP50AtC1Ms: number;
+    restAddedP50AtC1Ms: number;
+    zmqBelowRestPass: boolean | null;
+    /** Binary-tensor images/s ÷ JSON images/s at each image concurrency; pass = ≥ 5 at every one. */
+    imageBinaryOverJson: { concurrency: number; ratio: number }[];
+    imageBinaryPass: boolean | null;
+  };
 }
 
 const f = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : '—');
@@ -86,8 +133,62 @@ export function toMarkdown(r: BenchResult): string {
   out.push('');
   out.push('Mean rows/batch = Δinference_count / Δexecution_count from `/v2/models/{model}/stats` over the measured window.');
   out.push('');
+  const cpu = (p: BrokerPoint) => (p.brokerCpuPct === undefined ? '—' : `${Math.round(p.brokerCpuPct)} %`);
+  const errs = (p: BrokerPoint) => p.errors;
+  const ccpu = (p: BrokerPoint) => (p.clientCpuPct === undefined ? '—' : `${Math.round(p.clientCpuPct)} %`);
+  if (r.bridges.length > 0) {
+    const bs = r.bridgeSettings;
+    out.push(`**3. \`simple\`, one row per request, through each bridge** (${bs.seconds} s per point; added p50 = bridge p50 − direct p50 of the same concurrency)`);
+    out.push('');
+    out.push('| concurrency | path | req/s | p50 ms | p99 ms | added p50 ms | req/s vs REST JSON | rows/batch | broker CPU | client CPU | errors |');
+    out.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const row of r.bridges) {
+      const d = row.direct;
+      out.push(`| ${row.concurrency} | direct ZeroMQ → copy | ${int(d.throughput)} | ${f(d.latency.p50, 3)} | ${f(d.latency.p99, 3)} | — | — | 1.00 | — | — | ${d.errors} |`);
+      for (const b of row.bridges) {
+        const p = b.point;
+        out.push(
+          `| ${row.concurrency} | ${b.bridge} | ${int(p.throughput)} | ${f(p.latency.p50, 3)} | ${f(p.latency.p99, 3)} | ${f(b.addedP50Ms, 3)} | ${f(b.throughputVsRestJson)} | ${f(p.server.meanRowsPerBatch)} | ${cpu(p)} | ${ccpu(p)} | ${errs(p)} |`,
+        );
+      }
+    }
+    out.push('');
+    out.push(
+      'REST JSON = the row of table 1 (same run, same direct baseline). REST binary = the binary tensor extension both ways (inputs after an `Inference-Header-Content-Length` JSON header, `binary_data_output: true`). ' +
+        'gRPC = unary `ModelInfer` with `raw_input_contents`, grpc-js, all calls on one channel (concurrency = calls outstanding). ' +
+        'ZeroMQ = `ZmqClient` (one DEALER, window = concurrency) to the broker\'s ROUTER over TCP. All clients run in the bench process; client CPU = its CPU time / wall time (100 % = one core).',
+    );
+    out.push('');
+  }
+  if (r.images.length > 0) {
+    const is = r.imageSettings;
+    out.push(`**4. A ${is.width}×${is.height} RGB picture to \`image-info\` through REST, three encodings** (${is.seconds} s per point; batch_size ${is.batchSize}, max_wait_ms 0; JPEG quality ${is.jpegQuality}, ${int(is.jpegBytes)} bytes)`);
+    out.push('');
+    out.push('| concurrency | body | body bytes | images/s | p50 ms | p99 ms | images/s vs JSON | rows/batch | broker CPU | client CPU | errors |');
+    out.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const row of r.images) {
+      for (const x of row.forms) {
+        const p = x.point;
+        out.push(
+          `| ${row.concurrency} | ${x.form} | ${int(x.bodyBytes)} | ${f(p.throughput, 1)} | ${f(p.latency.p50, 2)} | ${f(p.latency.p99, 2)} | ${f(x.throughputVsJson)} | ${f(p.server.meanRowsPerBatch)} | ${cpu(p)} | ${ccpu(p)} | ${errs(p)} |`,
+        );
+      }
+    }
+    out.push('');
+    out.push(
+      'JSON numbers = KServe v2 JSON, IMAGE UINT8 `[1,480,640,3]` as a flat `data` array. Binary tensor = the same bytes after an `Inference-Header-Content-Length` header (`binary_data_size`). ' +
+        'JPEG upload = `Content-Type: image/jpeg`, decoded by the broker with sharp into UINT8 `[1,H,W,3]`. Replies are JSON in all three (three small outputs).',
+    );
+    out.push('');
+  }
   const t = r.targets;
-  out.push(`Targets: added p50 at concurrency 1 < 0.3 ms: ${pass(t.addedP50AtC1Pass)} (${f(t.addedP50AtC1Ms, 3)} ms); sleepy batch 32 ≥ 90 % of ideal: ${pass(t.sleepyPass)} (${f(t.sleepyPctOfIdeal, 1)} %).`);
+  const ratios = t.imageBinaryOverJson.map((x) => `${f(x.ratio, 1)}× at c=${x.concurrency}`).join(', ');
+  out.push(
+    `Targets: added p50 at concurrency 1 < 0.3 ms: ${pass(t.addedP50AtC1Pass)} (${f(t.addedP50AtC1Ms, 3)} ms); ` +
+      `sleepy batch 32 ≥ 90 % of ideal: ${pass(t.sleepyPass)} (${f(t.sleepyPctOfIdeal, 1)} %); ` +
+      `ZeroMQ added p50 at concurrency 1 below REST's: ${pass(t.zmqBelowRestPass)} (${f(t.zmqAddedP50AtC1Ms, 3)} vs ${f(t.restAddedP50AtC1Ms, 3)} ms); ` +
+      `image binary ≥ 5× JSON images/s: ${pass(t.imageBinaryPass)} (${ratios || '—'}).`,
+  );
   return out.join('\n') + '\n';
 }
 

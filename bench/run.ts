@@ -3,7 +3,12 @@
  *  1. REST → broker → `simple` vs. the `simple` copy driven directly over ZeroMQ,
  *     at each concurrency of BENCH_CONCURRENCY (default 1,16,64);
  *  2. `sleepy` (t = a + b·n) through the broker at BENCH_SLEEPY_CONCURRENCY (64)
- *     with batch_size 32 and 1, against the ideal B / (a + b·B).
+ *     with batch_size 32 and 1, against the ideal B / (a + b·B);
+ *  3. `simple` through each bridge (REST JSON, REST binary extension, gRPC
+ *     ModelInfer with raw contents, ZeroMQ ZmqClient) at BENCH_BRIDGE_CONCURRENCY
+ *     (1,64), against the same direct baseline;
+ *  4. a 640×480 RGB picture to `image-info` as JSON numbers, as a binary tensor
+ *     and as a JPEG upload at BENCH_IMAGE_CONCURRENCY (1,16).
  * Progress goes to stderr, the markdown table to stdout; results are written to
  * bench/results/latest.{json,md} and between the bench markers of README.md.
  * See bench/README.md.
@@ -13,10 +18,15 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Tensor } from '../core/tensor';
 import { modelStats, startBrokerProc, statsDelta, type BrokerProc, type StatsDelta } from './broker-proc';
-import { DirectCopy } from './direct';
+import { GrpcInferClient, ZmqClient, binaryBody, grpcRawRequest, int32Values, splitBinaryReply } from './clients';
+import { DirectCopy, type DirectPoint } from './direct';
 import { runHttpPoint, type HttpPoint } from './http-load';
+import { makeImageBodies, meanRgb, type ImageBodies } from './images';
+import { closedLoop, type LoopPoint } from './loop';
 import { LOOPBACK, cpuMs, spawnChild, startRedis, waitUntil, type RedisProc } from './procs';
-import { toMarkdown, updateReadme, writeResults, type BenchResult, type SimpleRow, type SleepyRow } from './report';
+import {
+  toMarkdown, updateReadme, writeResults, type BenchResult, type BridgeRow, type BrokerPoint, type ImageForm, type ImageRow, type SimpleRow, type SleepyRow,
+} from './report';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const modelMain = (m: string) => path.join(ROOT, 'dist', 'examples', 'models', m, 'main.js');
@@ -29,13 +39,25 @@ function envNum(name: string, dflt: number): number {
   return n;
 }
 
+/** A comma-separated list of positive integers; `0` (alone) = an empty list, i.e. skip. */
+function envList(name: string, dflt: string): number[] {
+  const v = (process.env[name] || dflt).trim();
+  if (v === '0') return [];
+  return v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: '${s}' is not a positive integer`);
+    return n;
+  });
+}
+
 const SECONDS = envNum('BENCH_SECONDS', 5);
 const WARMUP = envNum('BENCH_WARMUP_SECONDS', 1);
-const CONCURRENCY = (process.env.BENCH_CONCURRENCY || '1,16,64').split(',').map((s) => {
-  const n = Number(s.trim());
-  if (!Number.isInteger(n) || n < 1) throw new Error(`BENCH_CONCURRENCY: '${s}' is not a positive integer`);
-  return n;
-});
+const CONCURRENCY = envList('BENCH_CONCURRENCY', '1,16,64');
+const BRIDGE_C = envList('BENCH_BRIDGE_CONCURRENCY', '1,64');
+const BRIDGE_SECONDS = envNum('BENCH_BRIDGE_SECONDS', SECONDS);
+const IMAGE_C = envList('BENCH_IMAGE_CONCURRENCY', '1,16');
+const IMAGE_SECONDS = envNum('BENCH_IMAGE_SECONDS', 3);
+const IMAGE_BATCH = 8;
 const SLEEPY_C = envNum('BENCH_SLEEPY_CONCURRENCY', 64);
 const HTTP_FLOOR = process.env.BENCH_HTTP_FLOOR !== '0';
 const SLEEPY_A = 5;
@@ -95,20 +117,93 @@ async function startHttpFloor(reply: string, cleanups: (() => Promise<void>)[]):
  */
 const settle = () => new Promise((r) => setTimeout(r, 300));
 
-/** An HTTP point with the broker's own counters and CPU over the same window. */
-async function brokerPoint(broker: BrokerProc, model: string, body: string, connections: number): Promise<HttpPoint & { server: StatsDelta; brokerCpuPct?: number }> {
-  const url = `${broker.url}/v2/models/${model}/infer`;
-  await runHttpPoint({ url, body, connections, seconds: WARMUP });
-  await settle();
+/** Runs `run` with the broker's counters and CPU time read around it. */
+async function brokerWindow<P extends { seconds: number }>(
+  broker: BrokerProc, model: string, run: () => Promise<P>,
+): Promise<P & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }> {
   const before = await modelStats(broker.url, model);
   const cpu0 = cpuMs(broker.pid);
-  const p = await runHttpPoint({ url, body, connections, seconds: SECONDS });
+  const own0 = process.cpuUsage();
+  const p = await run();
+  const own = process.cpuUsage(own0);
   const cpu1 = cpuMs(broker.pid);
   await settle();
   const after = await modelStats(broker.url, model);
   const brokerCpuPct = cpu0 !== undefined && cpu1 !== undefined ? ((cpu1 - cpu0) / (p.seconds * 1000)) * 100 : undefined;
+  const clientCpuPct = ((own.user + own.system) / 1000 / (p.seconds * 1000)) * 100;
+  return { ...p, server: statsDelta(before, after), brokerCpuPct, clientCpuPct };
+}
+
+/** An HTTP point with the broker's own counters and CPU over the same window. */
+async function brokerPoint(
+  broker: BrokerProc, model: string, body: string | Buffer, connections: number,
+  seconds = SECONDS, headers?: Record<string, string>,
+): Promise<HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }> {
+  const url = `${broker.url}/v2/models/${model}/infer`;
+  await runHttpPoint({ url, body, headers, connections, seconds: WARMUP });
+  await settle();
+  const p = await brokerWindow(broker, model, () => runHttpPoint({ url, body, headers, connections, seconds }));
   if (p.non2xx + p.errors + p.timeouts > 0) log(`  ${model} c=${connections}: ${p.non2xx} non-2xx, ${p.errors} errors, ${p.timeouts} timeouts`);
-  return { ...p, server: statsDelta(before, after), brokerCpuPct };
+  return p;
+}
+
+/** An HTTP point in the common shape of every transport (errors = non-2xx + errors + timeouts). */
+function fromHttp(p: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }): BrokerPoint {
+  return {
+    connections: p.connections, seconds: p.seconds, ok: p.ok, errors: p.non2xx + p.errors + p.timeouts,
+    throughput: p.throughput, latency: p.latency, server: p.server, brokerCpuPct: p.brokerCpuPct, clientCpuPct: p.clientCpuPct,
+  };
+}
+
+/** A closed-loop point of a non-HTTP client (gRPC, ZeroMQ) with the broker's counters and CPU. */
+async function loopPoint(broker: BrokerProc, model: string, call: () => Promise<unknown>, connections: number, seconds: number): Promise<BrokerPoint> {
+  await closedLoop(call, connections, WARMUP);
+  await settle();
+  const p: LoopPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number } = await brokerWindow(broker, model, () => closedLoop(call, connections, seconds));
+  if (p.errors > 0) log(`  ${model} c=${connections}: ${p.errors} errors (first: ${p.firstError})`);
+  return p;
+}
+
+const fmt = (p: { throughput: number; latency: { p50: number; p99: number } }, unit = 'req/s') =>
+  `${p.throughput >= 100 ? Math.round(p.throughput) : p.throughput.toFixed(1)} ${unit}, p50 ${p.latency.p50.toFixed(3)} ms, p99 ${p.latency.p99.toFixed(3)} ms`;
+
+const expectOutput0 = row0.map((x) => x + 1).join();
+
+/** One REST binary-extension request to `simple`, checked (binary outputs). */
+async function checkRestBinary(url: string, body: Buffer, headerLength: number): Promise<void> {
+  const res = await fetch(`${url}/v2/models/simple/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(headerLength) },
+    body,
+  });
+  const bytes = Buffer.from(await res.arrayBuffer());
+  if (res.status !== 200) throw new Error(`simple (binary): infer answered ${res.status}: ${bytes.toString().slice(0, 300)}`);
+  const { header, binary } = splitBinaryReply(bytes, Number(res.headers.get('inference-header-content-length')));
+  let off = 0;
+  for (const o of header.outputs) {
+    const n = o.parameters?.binary_data_size ?? 0;
+    if (o.name === 'OUTPUT0') {
+      const got = int32Values(binary.subarray(off, off + n)).join();
+      if (got !== expectOutput0) throw new Error(`simple (binary): OUTPUT0 = ${got}`);
+      return;
+    }
+    off += n;
+  }
+  throw new Error(`simple (binary): no binary OUTPUT0 in ${JSON.stringify(header)}`);
+}
+
+/** One image-info request, checked: 480×640 and the channel means (within `tol`). */
+async function checkImage(url: string, what: string, body: string | Buffer, headers: Record<string, string>, img: ImageBodies, tol: number): Promise<void> {
+  const res = await fetch(`${url}/v2/models/image-info/infer`, { method: 'POST', headers, body });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`image-info (${what}): infer answered ${res.status}: ${text.slice(0, 300)}`);
+  const outs = (JSON.parse(text) as { outputs: { name: string; data: number[] }[] }).outputs;
+  const get = (n: string) => outs.find((o) => o.name === n)?.data ?? [];
+  const want = meanRgb(img.rgb);
+  const mean = get('MEAN_RGB');
+  if (get('HEIGHT')[0] !== img.height || get('WIDTH')[0] !== img.width || mean.length !== 3 || mean.some((m, i) => Math.abs(m - want[i]) > tol)) {
+    throw new Error(`image-info (${what}): unexpected reply ${text.slice(0, 300)} (want means ${want.map((m) => m.toFixed(2)).join()})`);
+  }
 }
 
 async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
@@ -133,6 +228,9 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
     simple: { command: [process.execPath, modelMain('simple')], batch_size: 8, max_wait_ms: 0, queue_capacity: 1024, timeout_ms: 10_000 },
   };
   for (const b of SLEEPY_BATCHES) models[sleepyName(b)] = sleepyModel(b);
+  if (IMAGE_C.length > 0) {
+    models['image-info'] = { command: [process.execPath, modelMain('image-info')], batch_size: IMAGE_BATCH, max_wait_ms: 0, queue_capacity: 1024, timeout_ms: 60_000 };
+  }
 
   log(`starting the broker (process runtime) with ${Object.keys(models).join(', ')}`);
   const broker = await startBrokerProc({ root: ROOT, dir, redisUrl: redis.url, models, waitFor: Object.keys(models) });
@@ -148,8 +246,52 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
   const simpleReply = await checkRest(broker.url, 'simple', simpleBody, (o) => o.find((t) => t.name === 'OUTPUT0')?.data.join() === row0.map((x) => x + 1).join());
   await checkRest(broker.url, sleepyName(32), sleepyBody, (o) => o[0]?.data.length === WIDTH);
   const out = await direct.infer(simpleTensors);
-  const sum = new Int32Array(out[0].buffer.slice(out[0].byteOffset, out[0].byteOffset + out[0].byteLength));
-  if ([...sum].join() !== row0.map((x) => x + 1).join()) throw new Error(`direct copy returned ${[...sum].join()}`);
+  const sum = int32Values(out[0]).join();
+  if (sum !== expectOutput0) throw new Error(`direct copy returned ${sum}`);
+
+  // The other bridges on `simple`, each checked once (gRPC and ZeroMQ bind after HTTP: retry until they answer).
+  const bin = binaryBody(simpleTensors, true);
+  const binHeaders = { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(bin.headerLength) };
+  const grpcReq = grpcRawRequest('simple', simpleTensors);
+  const grpcClient = new GrpcInferClient(broker.grpcPort);
+  cleanups.push(async () => grpcClient.close());
+  if (BRIDGE_C.length > 0) {
+    await checkRestBinary(broker.url, bin.body, bin.headerLength);
+    let lastErr = '';
+    await waitUntil(async () => {
+      try {
+        const r = await grpcClient.infer(grpcReq, 2000);
+        const i = r.outputs.findIndex((o) => o.name === 'OUTPUT0');
+        const got = i < 0 ? `no OUTPUT0 in ${r.outputs.map((o) => o.name).join()}` : int32Values(r.rawOutputContents[i]).join();
+        if (got !== expectOutput0) throw new Error(`gRPC OUTPUT0 = ${got}`);
+        return true;
+      } catch (e) {
+        lastErr = (e as Error).message;
+        return false;
+      }
+    }, 'a gRPC answer', 15_000, broker.alive).catch((e: Error) => {
+      throw new Error(`${e.message}: ${lastErr}`);
+    });
+    const zc = new ZmqClient(broker.zmqEndpoint, { window: 1, timeoutMs: 2000 });
+    try {
+      await waitUntil(async () => {
+        try {
+          const r = await zc.infer('simple', simpleTensors);
+          const o = r.outputs.find((t) => t.name === 'OUTPUT0');
+          const got = o ? int32Values(o.data).join() : 'no OUTPUT0';
+          if (got !== expectOutput0) throw new Error(`ZeroMQ OUTPUT0 = ${got}`);
+          return true;
+        } catch (e) {
+          lastErr = (e as Error).message;
+          return false;
+        }
+      }, 'a ZeroMQ answer', 15_000, broker.alive).catch((e: Error) => {
+        throw new Error(`${e.message}: ${lastErr}`);
+      });
+    } finally {
+      await zc.close();
+    }
+  }
 
   const floorUrl = HTTP_FLOOR ? await startHttpFloor(simpleReply, cleanups) : undefined;
 
@@ -158,22 +300,57 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
   await direct.runPoint(simpleTensors, 16, WARMUP * 2);
 
   const simple: SimpleRow[] = [];
-  for (const c of CONCURRENCY) {
+  const bridges: BridgeRow[] = [];
+  const allC = [...new Set([...CONCURRENCY, ...BRIDGE_C])].sort((a, b) => a - b);
+  for (const c of allC) {
     log(`simple c=${c}: direct ZeroMQ`);
     await direct.runPoint(simpleTensors, c, WARMUP);
-    const d = await direct.runPoint(simpleTensors, c, SECONDS);
-    log(`  direct  ${Math.round(d.throughput)} req/s, p50 ${d.latency.p50.toFixed(3)} ms, p99 ${d.latency.p99.toFixed(3)} ms`);
-    let floor: HttpPoint | undefined;
-    if (floorUrl) {
-      log(`simple c=${c}: HTTP floor (bare node:http server, fixed reply)`);
-      await runHttpPoint({ url: floorUrl, body: simpleBody, connections: c, seconds: WARMUP });
-      floor = await runHttpPoint({ url: floorUrl, body: simpleBody, connections: c, seconds: SECONDS });
-      log(`  floor   ${Math.round(floor.throughput)} req/s, p50 ${floor.latency.p50.toFixed(3)} ms, p99 ${floor.latency.p99.toFixed(3)} ms`);
+    const d: DirectPoint = await direct.runPoint(simpleTensors, c, SECONDS);
+    log(`  direct  ${fmt(d)}`);
+    let restJson: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number };
+    if (!CONCURRENCY.includes(c)) {
+      log(`simple c=${c}: REST JSON → broker`);
+      restJson = await brokerPoint(broker, 'simple', simpleBody, c, BRIDGE_SECONDS);
+      log(`  REST    ${fmt(restJson)}`);
+    } else {
+      let floor: HttpPoint | undefined;
+      if (floorUrl) {
+        log(`simple c=${c}: HTTP floor (bare node:http server, fixed reply)`);
+        await runHttpPoint({ url: floorUrl, body: simpleBody, connections: c, seconds: WARMUP });
+        floor = await runHttpPoint({ url: floorUrl, body: simpleBody, connections: c, seconds: SECONDS });
+        log(`  floor   ${Math.round(floor.throughput)} req/s, p50 ${floor.latency.p50.toFixed(3)} ms, p99 ${floor.latency.p99.toFixed(3)} ms`);
+      }
+      log(`simple c=${c}: REST → broker`);
+      const b = await brokerPoint(broker, 'simple', simpleBody, c);
+      log(`  broker  ${Math.round(b.throughput)} req/s, p50 ${b.latency.p50.toFixed(3)} ms, p99 ${b.latency.p99.toFixed(3)} ms, ${b.server.meanRowsPerBatch.toFixed(2)} rows/batch`);
+      simple.push({ concurrency: c, broker: b, direct: d, floor, addedP50Ms: b.latency.p50 - d.latency.p50, throughputRatio: b.throughput / d.throughput });
+      restJson = b;
     }
-    log(`simple c=${c}: REST → broker`);
-    const b = await brokerPoint(broker, 'simple', simpleBody, c);
-    log(`  broker  ${Math.round(b.throughput)} req/s, p50 ${b.latency.p50.toFixed(3)} ms, p99 ${b.latency.p99.toFixed(3)} ms, ${b.server.meanRowsPerBatch.toFixed(2)} rows/batch`);
-    simple.push({ concurrency: c, broker: b, direct: d, floor, addedP50Ms: b.latency.p50 - d.latency.p50, throughputRatio: b.throughput / d.throughput });
+    if (!BRIDGE_C.includes(c)) continue;
+
+    log(`simple c=${c}: REST binary extension → broker`);
+    const rb = fromHttp(await brokerPoint(broker, 'simple', bin.body, c, BRIDGE_SECONDS, binHeaders));
+    log(`  binary  ${fmt(rb)}`);
+    log(`simple c=${c}: gRPC ModelInfer (raw contents, one channel) → broker`);
+    const g = await loopPoint(broker, 'simple', () => grpcClient.infer(grpcReq), c, BRIDGE_SECONDS);
+    log(`  gRPC    ${fmt(g)}`);
+    log(`simple c=${c}: ZeroMQ ZmqClient (window ${c}) → broker`);
+    const zc = new ZmqClient(broker.zmqEndpoint, { window: c, timeoutMs: 30_000 });
+    let z: BrokerPoint;
+    try {
+      z = await loopPoint(broker, 'simple', () => zc.infer('simple', simpleTensors), c, BRIDGE_SECONDS);
+    } finally {
+      await zc.close();
+    }
+    log(`  ZeroMQ  ${fmt(z)}`);
+    const rj = fromHttp(restJson);
+    bridges.push({
+      concurrency: c,
+      direct: d,
+      bridges: ([['REST JSON', rj], ['REST binary', rb], ['gRPC', g], ['ZeroMQ', z]] as const).map(([bridge, point]) => ({
+        bridge, point, addedP50Ms: point.latency.p50 - d.latency.p50, throughputVsRestJson: point.throughput / rj.throughput,
+      })),
+    });
   }
 
   const sleepy: SleepyRow[] = [];
@@ -186,8 +363,37 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
     sleepy.push({ model, batchSize: B, concurrency: SLEEPY_C, point: p, idealReqPerS: ideal, pctOfIdeal: (p.throughput / ideal) * 100 });
   }
 
+  const images: ImageRow[] = [];
+  let img: ImageBodies | undefined;
+  if (IMAGE_C.length > 0) {
+    img = await makeImageBodies();
+    const forms: { form: ImageForm; body: string | Buffer; headers: Record<string, string>; tol: number }[] = [
+      { form: 'JSON numbers', body: img.json, headers: { 'content-type': 'application/json' }, tol: 0.01 },
+      { form: 'binary tensor', body: img.binary, headers: { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(img.binaryHeaderLength) }, tol: 0.01 },
+      { form: 'JPEG upload', body: img.jpeg, headers: { 'content-type': 'image/jpeg' }, tol: 3 },
+    ];
+    log(`image: ${img.width}×${img.height} RGB; JSON ${img.json.length} B, binary ${img.binary.length} B, JPEG q${img.jpegQuality} ${img.jpeg.length} B`);
+    for (const x of forms) await checkImage(broker.url, x.form, x.body, x.headers, img, x.tol);
+    for (const c of IMAGE_C) {
+      const row: ImageRow = { concurrency: c, forms: [] };
+      for (const x of forms) {
+        log(`image-info c=${c}: ${x.form}`);
+        const p = fromHttp(await brokerPoint(broker, 'image-info', x.body, c, IMAGE_SECONDS, x.headers));
+        log(`  ${fmt(p, 'images/s')}, ${p.server.meanRowsPerBatch.toFixed(2)} rows/batch`);
+        row.forms.push({ form: x.form, bodyBytes: typeof x.body === 'string' ? Buffer.byteLength(x.body) : x.body.length, point: p, throughputVsJson: NaN });
+      }
+      const json = row.forms[0].point.throughput;
+      for (const x of row.forms) x.throughputVsJson = x.point.throughput / json;
+      images.push(row);
+    }
+  }
+
   const c1 = simple.find((r) => r.concurrency === 1);
   const s32 = sleepy.find((r) => r.batchSize === 32);
+  const b1 = bridges.find((r) => r.concurrency === 1);
+  const zmqC1 = b1?.bridges.find((x) => x.bridge === 'ZeroMQ')?.addedP50Ms ?? NaN;
+  const restC1 = b1?.bridges.find((x) => x.bridge === 'REST JSON')?.addedP50Ms ?? NaN;
+  const imageRatios = images.map((r) => ({ concurrency: r.concurrency, ratio: r.forms.find((x) => x.form === 'binary tensor')?.throughputVsJson ?? NaN }));
   const result: BenchResult = {
     date: new Date().toISOString(),
     machine: m,
@@ -195,15 +401,31 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
     directCredits: direct.credits,
     simple,
     sleepy,
+    bridges,
+    bridgeSettings: { seconds: BRIDGE_SECONDS, concurrency: BRIDGE_C },
+    images,
+    imageSettings: {
+      seconds: IMAGE_SECONDS, concurrency: IMAGE_C, width: img?.width ?? 0, height: img?.height ?? 0,
+      jpegQuality: img?.jpegQuality ?? 0, jpegBytes: img?.jpeg.length ?? 0, batchSize: IMAGE_BATCH,
+    },
     targets: {
       addedP50AtC1Ms: c1?.addedP50Ms ?? NaN,
       addedP50AtC1Pass: c1 ? c1.addedP50Ms < 0.3 : null,
       sleepyPctOfIdeal: s32?.pctOfIdeal ?? NaN,
       sleepyPass: s32 ? s32.pctOfIdeal >= 90 : null,
+      zmqAddedP50AtC1Ms: zmqC1,
+      restAddedP50AtC1Ms: restC1,
+      zmqBelowRestPass: b1 ? zmqC1 < restC1 : null,
+      imageBinaryOverJson: imageRatios,
+      imageBinaryPass: imageRatios.length > 0 ? imageRatios.every((r) => r.ratio >= 5) : null,
     },
   };
   const md = toMarkdown(result);
   process.stdout.write(md);
+  if (process.env.BENCH_WRITE === '0') {
+    log('BENCH_WRITE=0: results not written, README.md left alone');
+    return;
+  }
   for (const p of await writeResults(ROOT, result, md)) log(`wrote ${path.relative(ROOT, p)}`);
   log(await updateReadme(path.join(ROOT, 'README.md'), md));
 }

@@ -1,4 +1,4 @@
-/** Per-row sequence control data carried to the model (stateful models, later issue). */
+/** Per-row sequence control data carried to the model (stateful models): link SequenceControl. */
 export interface SequenceControl {
   id: string;
   slot: number;

@@ -2,7 +2,8 @@ import type { Logger } from 'pino';
 import type { ModelRegistry, ModelSpec, RegistryEvent } from '../model-manager/spec';
 import { BrokerError } from './errors';
 import type { CopyPool, ModelControl } from './pool';
-import { ModelScheduler, type SchedulerConfig, type SchedulerObserver } from './scheduler';
+import { ModelScheduler, type SchedulerObserver } from './scheduler';
+import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequences';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';
@@ -26,6 +27,8 @@ export interface BrokerApi {
   /** The server is ready when it accepts work and every model with min_replicas > 0 has a ready copy. */
   ready(): ModelReadiness;
   stats(model?: string, version?: string): ModelStatistics[];
+  /** Slots and sequences of a stateful model (INVALID_ARGUMENT for a stateless one). */
+  sequences(model: string, version?: string): SequenceStatus;
   repositoryIndex(): RepositoryEntry[];
   /** Starts a model's copies (repository extension); resolves when one is ready. */
   loadModel(model: string): Promise<void>;
@@ -43,25 +46,39 @@ export interface BrokerOptions {
 }
 
 /** Routes requests to one ModelScheduler per registered model and keeps them in step with the registry. */
+type Scheduler = ModelScheduler | SequenceScheduler;
+
 export class Broker implements BrokerApi {
-  private readonly schedulers = new Map<string, ModelScheduler>();
+  private readonly schedulers = new Map<string, Scheduler>();
   /** Specs as of the last registry event: read per request, so kept here rather than copied from the registry. */
   private readonly specs = new Map<string, ModelSpec>();
   private accepting = true;
   private readonly onChange = (e: RegistryEvent) => this.apply(e);
-  private readonly onCapacity = (model: string) => this.schedulers.get(model)?.pump();
+  private readonly onCapacity = (model: string) => {
+    const s = this.schedulers.get(model);
+    if (s instanceof SequenceScheduler) s.capacity();
+    else s?.pump();
+  };
+  private readonly onCopyGone = (model: string, copyId: string, reason: string) => {
+    const s = this.schedulers.get(model);
+    if (s instanceof SequenceScheduler) s.copyGone(copyId, reason);
+  };
 
   constructor(private readonly opts: BrokerOptions) {
     for (const spec of opts.registry.list()) this.apply({ type: 'put', name: spec.name, spec });
     opts.registry.on('change', this.onChange);
     opts.pool.on('capacity', this.onCapacity);
+    opts.pool.on('copy-gone', this.onCopyGone);
   }
 
   infer(req: InferRequest): Promise<InferResult> {
     if (!this.accepting) return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
-    let scheduler: ModelScheduler;
+    let scheduler: Scheduler;
     try {
-      this.spec(req.model, req.version);
+      const spec = this.spec(req.model, req.version);
+      if (spec.stateless && req.sequence) {
+        throw new BrokerError('INVALID_ARGUMENT', `model '${req.model}' is stateless: sequence_id, sequence_start and sequence_end are not accepted`);
+      }
       checkLimits(req, this.opts.limits ?? DEFAULT_LIMITS);
       scheduler = this.schedulers.get(req.model)!;
       const readiness = this.opts.pool.readiness(req.model);
@@ -120,6 +137,13 @@ export class Broker implements BrokerApi {
     return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.specs.get(name)?.version ?? ''));
   }
 
+  sequences(model: string, version?: string): SequenceStatus {
+    this.spec(model, version);
+    const s = this.schedulers.get(model);
+    if (!(s instanceof SequenceScheduler)) throw new BrokerError('INVALID_ARGUMENT', `model '${model}' is stateless: it has no sequences`);
+    return s.status();
+  }
+
   repositoryIndex(): RepositoryEntry[] {
     return [...this.specs.values()].map((s) => {
       const r = this.opts.pool.readiness(s.name);
@@ -159,6 +183,7 @@ export class Broker implements BrokerApi {
     await Promise.race([Promise.all([...this.schedulers.values()].map((s) => s.idle())), timeout]);
     clearTimeout(timer);
     this.opts.pool.off('capacity', this.onCapacity);
+    this.opts.pool.off('copy-gone', this.onCopyGone);
     for (const s of this.schedulers.values()) s.close(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
   }
 
@@ -172,20 +197,31 @@ export class Broker implements BrokerApi {
     this.specs.set(e.name, e.spec);
     const config = schedulerConfig(e.spec);
     const existing = this.schedulers.get(e.name);
-    if (existing) existing.configure(config);
-    else {
-      const log = this.opts.logger.child({ model: e.name });
-      this.schedulers.set(e.name, new ModelScheduler(e.name, config, this.opts.pool, log, this.opts.observer));
+    const stateful = !e.spec.stateless;
+    if (existing && (existing instanceof SequenceScheduler) === stateful) {
+      existing.configure(config);
+      return;
     }
+    // New model, or it changed between stateless and stateful: a new scheduler; what was queued fails.
+    existing?.close(new BrokerError('UNAVAILABLE', `model '${e.name}' changed between stateless and stateful`));
+    const log = this.opts.logger.child({ model: e.name });
+    const { pool, observer } = this.opts;
+    this.schedulers.set(e.name, stateful
+      ? new SequenceScheduler(e.name, config, pool, log, observer)
+      : new ModelScheduler(e.name, config, pool, log, observer));
   }
 }
 
-function schedulerConfig(spec: ModelSpec): SchedulerConfig {
+function schedulerConfig(spec: ModelSpec): SequenceConfig {
   return {
     version: spec.version,
     batchSize: spec.batch_size,
     maxWaitMs: spec.max_wait_ms,
     queueCapacity: spec.queue_capacity,
     timeoutMs: spec.timeout_ms,
+    maxSequences: spec.max_sequences,
+    idleMs: spec.sequence_idle_ms,
+    backlog: spec.sequence_backlog,
+    scaleUp: spec.sequence_scale_up,
   };
 }

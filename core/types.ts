@@ -1,10 +1,18 @@
 import type { Tensor, TensorSpec } from './tensor';
 
-/** Control data of a request that belongs to a sequence (stateful models; later issue). */
+/** Control data of a request that belongs to a sequence (stateful models, core/sequences.ts). */
 export interface SequenceRef {
+  /** The correlation id (KServe `sequence_id`, ZeroMQ `source_id`); never empty. */
   id: string;
+  /** First request of the sequence: takes a slot (or restarts an active sequence in place). */
   start: boolean;
+  /** Last request: once it is answered the model is told (EndSequence, reason end) and the slot is freed. */
   end: boolean;
+  /**
+   * Aborted when the client feeding this sequence goes away (a gRPC stream, a
+   * video upload, a ZeroMQ peer): the sequence is cancelled and the model told.
+   */
+  owner?: AbortSignal;
 }
 
 /** The one internal form every bridge turns a client request into. */

@@ -1,0 +1,306 @@
+/**
+ * The life of an accepted request, shared by the stateless batcher
+ * (scheduler.ts) and the sequence batcher (sequences.ts): admission checks,
+ * the deadline timer, cancellation, building a batch for a copy, splitting
+ * the answer back by rows, statistics, and settle() — the one place a
+ * request ends. Subclasses own the queue structure and when batches are cut.
+ */
+import type { Logger } from 'pino';
+import type { SequenceControl } from './batch';
+import { BrokerError, toBrokerError } from './errors';
+import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from './pool';
+import { ModelStats } from './stats';
+import { sliceRows, type Tensor } from './tensor';
+import type { InferRequest, InferResult, ModelMetadata } from './types';
+import { requestRows, shapeKey, validateAgainst } from './validate';
+
+export interface SchedulerConfig {
+  version: string;
+  batchSize: number;
+  maxWaitMs: number;
+  queueCapacity: number;
+  timeoutMs: number;
+}
+
+export type Outcome = 'success' | 'error' | 'rejected' | 'timeout' | 'cancelled';
+
+/** What the scheduler reports as it works; metrics implement it. */
+export interface SchedulerObserver {
+  queueDepth(model: string, depth: number): void;
+  finished(model: string, outcome: Outcome, queueSeconds: number | undefined, totalSeconds: number): void;
+  batch(model: string, rows: number, computeSeconds: number): void;
+  /** Stateful models: sequences holding a slot, and sequences waiting for one. Optional. */
+  sequences?(model: string, active: number, backlog: number): void;
+}
+
+/** An accepted request. `ext` is what the subclass attached at admission. */
+export interface Pending<X = undefined> {
+  req: InferRequest;
+  rows: number;
+  key: string;
+  enqueuedNs: bigint;
+  startedNs?: bigint;
+  state: 'queued' | 'running' | 'done';
+  timer?: NodeJS.Timeout;
+  onAbort?: () => void;
+  ext: X;
+  resolve(r: InferResult): void;
+  reject(e: BrokerError): void;
+}
+
+let nextBatchId = 1n;
+
+export abstract class SchedulerBase<X = undefined> {
+  readonly stats = new ModelStats();
+  /** Requests accepted and not yet dispatched. */
+  protected queued = 0;
+  protected queuedRows = 0;
+  protected readonly running = new Set<Pending<X>>();
+  protected closed?: BrokerError;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly model: string,
+    protected config: SchedulerConfig,
+    protected readonly pool: CopyPool,
+    protected readonly log: Logger,
+    protected readonly observer?: SchedulerObserver,
+  ) {}
+
+  configure(config: SchedulerConfig): void {
+    this.config = config;
+    this.pump();
+  }
+
+  get depth(): number {
+    return this.queued;
+  }
+
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  submit(req: InferRequest): Promise<InferResult> {
+    try {
+      return this.admit(req);
+    } catch (e) {
+      return Promise.reject(toBrokerError(e));
+    }
+  }
+
+  /** Resolves when this model has nothing queued and nothing running. */
+  idle(): Promise<void> {
+    if (this.running.size === 0 && this.queued === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Called when a copy of this model may take work (and after each arrival). */
+  abstract pump(): void;
+
+  /** Fails every queued request; running batches finish or fail on their own. */
+  abstract close(reason: BrokerError): void;
+
+  /** Checks that depend on the scheduler kind; throws to refuse. Returns the request's `ext`. */
+  protected abstract prepare(req: InferRequest, rows: number): X;
+
+  /** Puts an accepted request in the queue structure (must not throw). */
+  protected abstract enqueue(p: Pending<X>): void;
+
+  /** A request ended; `wasQueued` when it never reached a copy. */
+  protected onSettled(_p: Pending<X>, _wasQueued: boolean): void {}
+
+  /** The error a failed batch gives each of its requests. */
+  protected batchError(e: BrokerError): BrokerError {
+    return e;
+  }
+
+  /** The client went away (its AbortSignal fired). */
+  protected onAbort(p: Pending<X>): void {
+    this.settle(p, new BrokerError('CANCELLED', 'the client cancelled the request'));
+  }
+
+  private admit(req: InferRequest): Promise<InferResult> {
+    if (this.closed) throw this.closed;
+    const rows = requestRows(req);
+    const meta = this.pool.metadata(this.model);
+    if (meta) validateAgainst(req, meta, rows, this.maxRows(meta));
+    else if (rows > this.config.batchSize) {
+      throw new BrokerError('INVALID_ARGUMENT', `model '${this.model}' takes at most ${this.config.batchSize} rows per request, got ${rows}`);
+    }
+    if (req.signal?.aborted) throw new BrokerError('CANCELLED', 'the client cancelled the request');
+    if (this.queued >= this.config.queueCapacity) {
+      this.reject(`model '${this.model}' queue is full (${this.config.queueCapacity} requests waiting)`);
+    }
+    const ext = this.prepare(req, rows);
+    return new Promise<InferResult>((resolve, reject) => {
+      const p: Pending<X> = {
+        req, rows, key: shapeKey(req), enqueuedNs: process.hrtime.bigint(), state: 'queued', ext, resolve, reject,
+      };
+      const timeoutMs = req.timeoutMs ?? this.config.timeoutMs;
+      if (timeoutMs > 0 && Number.isFinite(timeoutMs)) {
+        p.timer = setTimeout(() => this.expire(p, timeoutMs), timeoutMs);
+      }
+      if (req.signal) {
+        p.onAbort = () => this.onAbort(p);
+        req.signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      this.queued++;
+      this.queuedRows += p.rows;
+      this.observer?.queueDepth(this.model, this.queued);
+      this.enqueue(p);
+      this.pump();
+    });
+  }
+
+  /** Refuses a request for overload: counted as rejected, RESOURCE_EXHAUSTED with a Retry-After hint. */
+  protected reject(message: string): never {
+    this.stats.fail(0);
+    this.observer?.finished(this.model, 'rejected', undefined, 0);
+    throw new BrokerError('RESOURCE_EXHAUSTED', message, this.retryAfterMs());
+  }
+
+  protected maxRows(meta: ModelMetadata): number {
+    return meta.maxBatch > 0 ? Math.min(meta.maxBatch, this.config.batchSize) : this.config.batchSize;
+  }
+
+  /**
+   * Sends `batch` to `copy`. `control` gives each request's sequence control
+   * data; `after` runs once the copy answered or failed (after every request settled).
+   */
+  protected dispatch(copy: ModelCopy, batch: Pending<X>[], control?: (p: Pending<X>) => SequenceControl | undefined, after?: () => void): void {
+    const now = process.hrtime.bigint();
+    let rows = 0;
+    for (const p of batch) {
+      p.state = 'running';
+      p.startedNs = now;
+      rows += p.rows;
+      this.running.add(p);
+    }
+    this.queued -= batch.length;
+    this.queuedRows -= rows;
+    this.observer?.queueDepth(this.model, this.queued);
+
+    let request: BatchRequest;
+    try {
+      request = this.buildBatch(copy, batch, control);
+    } catch (e) {
+      for (const p of batch) this.settle(p, toBrokerError(e));
+      after?.();
+      return;
+    }
+    const batchId = String(request.batchId);
+    if (this.log.isLevelEnabled('debug')) this.log.debug({ batchId, copy: copy.id, rows, requests: batch.length }, 'batch dispatched');
+    copy.execute(request).then(
+      (res) => this.debatch(batch, rows, res, batchId),
+      (err) => {
+        const e = this.batchError(toBrokerError(err));
+        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code }, 'batch failed');
+        for (const p of batch) this.settle(p, e);
+      },
+    ).finally(() => after?.());
+  }
+
+  private buildBatch(copy: ModelCopy, batch: Pending<X>[], control?: (p: Pending<X>) => SequenceControl | undefined): BatchRequest {
+    const meta = copy.metadata;
+    const first = batch[0].req;
+    const totalRows = batch.reduce((n, p) => n + p.rows, 0);
+    const names = meta.inputs.map((s) => s.name).filter((n) => first.inputs.some((t) => t.name === n));
+    const tensors: Tensor[] = names.map((name) => {
+      const parts = batch.map((p) => p.req.inputs.find((t) => t.name === name)!);
+      if (parts.length === 1) return parts[0];
+      return {
+        name,
+        datatype: parts[0].datatype,
+        shape: [totalRows, ...parts[0].shape.slice(1)],
+        data: Buffer.concat(parts.map((t) => t.data)),
+      };
+    });
+    const wantAll = batch.some((p) => !p.req.outputs);
+    const outputs = wantAll ? [] : [...new Set(batch.flatMap((p) => p.req.outputs!))];
+    return {
+      batchId: nextBatchId++,
+      model: this.model,
+      items: batch.map((p) => {
+        const sequence = control?.(p);
+        return sequence ? { requestId: p.req.id, rows: p.rows, sequence } : { requestId: p.req.id, rows: p.rows };
+      }),
+      tensors,
+      outputs,
+      deadline: Date.now() + this.config.timeoutMs,
+    };
+  }
+
+  private debatch(batch: Pending<X>[], rows: number, res: BatchResponse, batchId: string): void {
+    const computeNs = res.computeNs;
+    this.stats.execution(rows, computeNs);
+    this.observer?.batch(this.model, rows, computeNs / 1e9);
+    const bad = res.tensors.find((t) => t.shape[0] !== rows);
+    if (bad || res.itemErrors.length !== batch.length) {
+      const msg = bad
+        ? `model returned output '${bad.name}' with ${bad.shape[0]} rows for a batch of ${rows}`
+        : `model returned ${res.itemErrors.length} item statuses for ${batch.length} requests`;
+      this.log.error({ batchId }, msg);
+      for (const p of batch) this.settle(p, new BrokerError('INTERNAL', msg));
+      return;
+    }
+    let offset = 0;
+    batch.forEach((p, i) => {
+      const from = offset;
+      offset += p.rows;
+      const itemError = res.itemErrors[i];
+      if (itemError !== undefined) {
+        this.settle(p, new BrokerError('INTERNAL', `model error: ${itemError}`));
+        return;
+      }
+      const wanted = p.req.outputs ? new Set(p.req.outputs) : undefined;
+      let outputs: Tensor[];
+      try {
+        outputs = res.tensors.filter((t) => !wanted || wanted.has(t.name)).map((t) => sliceRows(t, from, p.rows));
+      } catch (e) {
+        this.settle(p, toBrokerError(e));
+        return;
+      }
+      this.settle(p, { id: p.req.id, model: this.model, version: this.config.version, outputs }, computeNs);
+    });
+  }
+
+  private expire(p: Pending<X>, timeoutMs: number): void {
+    const where = p.state === 'queued' ? 'in the queue' : 'while the model was running it';
+    this.settle(p, new BrokerError('DEADLINE_EXCEEDED', `deadline of ${timeoutMs} ms passed ${where}`));
+  }
+
+  /** The one place a request ends. Later calls for the same request are ignored. */
+  protected settle(p: Pending<X>, outcome: InferResult | BrokerError, computeNs = 0): void {
+    if (p.state === 'done') return;
+    const wasQueued = p.state === 'queued';
+    p.state = 'done';
+    clearTimeout(p.timer);
+    if (p.onAbort) p.req.signal?.removeEventListener('abort', p.onAbort);
+    this.running.delete(p);
+    if (wasQueued) {
+      this.queued--;
+      this.queuedRows -= p.rows;
+      this.observer?.queueDepth(this.model, this.queued);
+    }
+    if (this.running.size === 0 && this.queued === 0) for (const w of this.idleWaiters.splice(0)) w();
+    const end = process.hrtime.bigint();
+    const totalNs = Number(end - p.enqueuedNs);
+    const queueNs = p.startedNs !== undefined ? Number(p.startedNs - p.enqueuedNs) : undefined;
+    if (outcome instanceof BrokerError) {
+      this.stats.fail(totalNs);
+      const kind: Outcome = outcome.code === 'DEADLINE_EXCEEDED' ? 'timeout' : outcome.code === 'CANCELLED' ? 'cancelled' : 'error';
+      this.observer?.finished(this.model, kind, queueNs !== undefined ? queueNs / 1e9 : undefined, totalNs / 1e9);
+      p.reject(outcome);
+    } else {
+      this.stats.success(p.rows, totalNs, queueNs ?? 0, computeNs);
+      this.observer?.finished(this.model, 'success', (queueNs ?? 0) / 1e9, totalNs / 1e9);
+      p.resolve(outcome);
+    }
+    this.onSettled(p, wasQueued);
+  }
+
+  /** A hint for Retry-After: the time to work off the queue at the recent batch rate, at least 1 s. */
+  protected retryAfterMs(): number {
+    return Math.max(1000, Math.min(30_000, Math.round(this.stats.meanBatchMs() * (this.queued / Math.max(1, this.config.batchSize)))));
+  }
+}

@@ -32,6 +32,14 @@ export interface BrokerConfig {
   shutdownGraceMs: number;
   logLevel: string;
   adminToken?: string;
+  /** GPU ids used when nvidia-smi is absent (TB_GPUS=0,1,2,3). */
+  gpus: string[];
+  /** 'fake': GPU requests are recorded on containers but not sent (tests on hosts without a GPU runtime). */
+  gpuMode: 'nvidia' | 'fake';
+  /** Global caps: copies and memory (MB, sum of memory_mb) on this box; 0 = none. */
+  maxCopies: number;
+  maxMemoryMb: number;
+  autoscaleIntervalMs: number;
 }
 
 /** Flag name, env variable, default, parser. */
@@ -56,6 +64,11 @@ export const OPTIONS = {
   heartbeatMs: ['--heartbeat-ms <ms>', 'TB_HEARTBEAT_MS', 1000, parsePositive, 'link heartbeat interval'],
   shutdownGraceMs: ['--shutdown-grace-ms <ms>', 'TB_SHUTDOWN_GRACE_MS', 10_000, parsePositive, 'time in-flight requests get on SIGTERM'],
   logLevel: ['--log-level <level>', 'TB_LOG_LEVEL', 'info', String, 'pino log level'],
+  gpus: ['--gpus <ids>', 'TB_GPUS', [] as string[], parseList, 'GPU ids when nvidia-smi is absent, e.g. 0,1,2,3'],
+  gpuMode: ['--gpu-mode <mode>', 'TB_GPU_MODE', 'nvidia', parseGpuMode, 'nvidia | fake (record GPU requests without sending them: tests only)'],
+  maxCopies: ['--max-copies <n>', 'TB_MAX_COPIES', 0, parseCount, 'global cap on model copies (0 = none)'],
+  maxMemoryMb: ['--max-memory-mb <mb>', 'TB_MAX_MEMORY_MB', 0, parseCount, 'global cap on the sum of memory_mb of copies (0 = none)'],
+  autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
 } as const;
 
 type Key = keyof typeof OPTIONS;
@@ -63,6 +76,21 @@ type Key = keyof typeof OPTIONS;
 function parseRuntime(v: string): RuntimeKind {
   if (v !== 'docker' && v !== 'process' && v !== 'auto') throw new Error(`runtime must be docker, process or auto (got '${v}')`);
   return v;
+}
+
+function parseList(v: string): string[] {
+  return [...new Set(v.split(',').map((s) => s.trim()).filter(Boolean))];
+}
+
+function parseGpuMode(v: string): 'nvidia' | 'fake' {
+  if (v !== 'nvidia' && v !== 'fake') throw new Error(`gpu mode must be nvidia or fake (got '${v}')`);
+  return v;
+}
+
+function parseCount(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`'${v}' is not a whole number >= 0`);
+  return n;
 }
 
 function parsePort(v: string): number {

@@ -52,6 +52,37 @@ export class Metrics implements SchedulerObserver {
     registers: [this.registry],
   });
 
+  readonly unavailable = new Gauge({
+    name: 'tb_model_unavailable',
+    help: 'Models marked unavailable after repeated copy failures (1 = unavailable; the reason is in /v2/models/{m}/ready and /admin/models/{m}).',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+  readonly copyFailures = new Counter({
+    name: 'tb_copy_failures_total',
+    help: 'Model copies that died or were killed, by kind (crash, oom, hung, heartbeat, startup, start).',
+    labelNames: ['model', 'kind'],
+    registers: [this.registry],
+  });
+  readonly scaleEvents = new Counter({
+    name: 'tb_scale_events_total',
+    help: 'Scaling decisions acted upon, by direction (up, down) and trigger.',
+    labelNames: ['model', 'direction'],
+    registers: [this.registry],
+  });
+  readonly scaleRefused = new Counter({
+    name: 'tb_scale_refused_total',
+    help: 'Copy starts refused by a global cap (copies, memory).',
+    labelNames: ['model', 'cap'],
+    registers: [this.registry],
+  });
+  readonly gpusInUse = new Gauge({
+    name: 'tb_gpus_in_use',
+    help: 'GPUs held by a copy, by model.',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'tb_process_' });
   }

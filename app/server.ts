@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
@@ -17,6 +18,8 @@ import { loadModelsFile } from '../model-manager/models-file';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
 import type { RegistryEvent } from '../model-manager/spec';
 import { DockerRuntime } from '../task-manager/docker-runtime';
+import { detectGpus } from '../task-manager/gpu-allocator';
+import { RedisPlacementStore } from '../task-manager/placement-store';
 import { LinkServer } from '../task-manager/link-server';
 import { ProcessRuntime } from '../task-manager/process-runtime';
 import type { Runtime } from '../task-manager/runtime';
@@ -50,10 +53,11 @@ export interface RunningBroker {
 /** Docker when its socket answers a ping, else local processes. */
 async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime> {
   if (config.runtime === 'process') return new ProcessRuntime({ logger: log });
-  if (config.runtime === 'docker') return new DockerRuntime({ socketPath: config.dockerSocket, logger: log });
+  const docker = () => new DockerRuntime({ socketPath: config.dockerSocket, logger: log, gpuMode: config.gpuMode });
+  if (config.runtime === 'docker') return docker();
   if (await dockerAnswers(config.dockerSocket)) {
     log.info({ socket: config.dockerSocket }, 'runtime: docker (the Docker socket answers)');
-    return new DockerRuntime({ socketPath: config.dockerSocket, logger: log });
+    return docker();
   }
   log.info({ socket: config.dockerSocket }, 'runtime: process (no Docker daemon answers on the socket)');
   return new ProcessRuntime({ logger: log });
@@ -85,7 +89,21 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
 
   const runtime = await chooseRuntime(config, log);
   const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
-  const tasks = new TaskManager({ runtime, link, brokerId: config.brokerId, logger: log, heartbeatMs: config.heartbeatMs, cwd: file.dir });
+  const inventory = await detectGpus(config.gpus);
+  if (inventory.gpus.length > 0) log.info({ gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
+  const store = new RedisPlacementStore(new Redis(config.redisUrl, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true);
+  const tasks = new TaskManager({
+    runtime,
+    link,
+    brokerId: config.brokerId,
+    logger: log,
+    heartbeatMs: config.heartbeatMs,
+    cwd: file.dir,
+    gpus: inventory.gpus,
+    store,
+    caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
+    autoscaleIntervalMs: config.autoscaleIntervalMs,
+  });
   const metrics = new Metrics();
   const broker = new Broker({
     registry,
@@ -95,6 +113,10 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
   });
+  tasks.setLoadSource(() => broker.load());
+  tasks.on('copy-failure', (model: string, kind: string) => metrics.copyFailures.inc({ model, kind }));
+  tasks.on('scale', (model: string, direction: string) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
+  tasks.on('scale-refused', (model: string, cap: string) => metrics.scaleRefused.inc({ model, cap }));
 
   const onChange = (e: RegistryEvent) => {
     tasks.applyChange(e).catch((err: Error) => log.error({ model: e.name, err: err.message }, 'applying a registry change failed'));
@@ -120,11 +142,18 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     return payload;
   });
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
-  await app.register(adminRoutes, { registry, token: config.adminToken, logger: log });
+  await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
 
-  const refreshCopies = () => metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
+  const refreshCopies = () => {
+    metrics.unavailable.reset();
+    for (const s of registry.list()) metrics.unavailable.set({ model: s.name }, tasks.unavailableModels().includes(s.name) ? 1 : 0);
+    metrics.gpusInUse.reset();
+    for (const g of tasks.gpuUsage()) if (g.model) metrics.gpusInUse.inc({ model: g.model });
+    refreshCopyStates();
+  };
+  const refreshCopyStates = () => metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
     const row = acc.find((r) => r.model === c.model && r.state === c.state);
     if (row) row.count++;
     else acc.push({ model: c.model, state: c.state, count: 1 });

@@ -44,6 +44,8 @@ export interface Pending<X = undefined> {
   timer?: NodeJS.Timeout;
   onAbort?: () => void;
   ext: X;
+  /** Put back in the queue once after its copy died (task manager's retryable error). */
+  retried?: boolean;
   resolve(r: InferResult): void;
   reject(e: BrokerError): void;
 }
@@ -194,8 +196,24 @@ export abstract class SchedulerBase<X = undefined> {
       (res) => this.debatch(batch, rows, res, batchId),
       (err) => {
         const e = this.batchError(toBrokerError(err));
-        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code }, 'batch failed');
-        for (const p of batch) this.settle(p, e);
+        // The copy died or hung with the batch: the task manager flags it retryable when the
+        // model allows it (retry_on_failure, stateless rows). Each request goes back in the queue once.
+        const retry = (err as { retryable?: boolean }).retryable === true && !this.closed;
+        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code, retry }, 'batch failed');
+        for (const p of batch) {
+          if (retry && p.state === 'running' && !p.retried) {
+            p.retried = true;
+            p.state = 'queued';
+            this.running.delete(p);
+            this.queued++;
+            this.queuedRows += p.rows;
+            this.enqueue(p);
+          } else this.settle(p, e);
+        }
+        if (retry) {
+          this.observer?.queueDepth(this.model, this.queued);
+          this.pump();
+        }
       },
     ).finally(() => after?.());
   }

@@ -6,6 +6,11 @@
  *   PUT    /admin/models/:name    full entry; 201 created / 200 replaced
  *   PATCH  /admin/models/:name    JSON merge patch onto the current entry, then full validation; 404 if unknown
  *   DELETE /admin/models/:name    204; 404 if unknown
+ *   POST   /admin/models/:name/scale  {"replicas": n}: run n copies now (task manager)
+ *   GET    /admin/instances      every copy of this broker: model, state, container, GPUs (no token needed)
+ *
+ * With a task manager attached, GET /admin/models/:name also carries `status`
+ * (readiness, copies, failures, the "unavailable" reason, the last scaling decision).
  *
  * Changes need `Authorization: Bearer <TB_ADMIN_TOKEN>` (401 otherwise); with
  * no token configured they answer 403. Errors are `{"error": "..."}`.
@@ -26,8 +31,16 @@ export interface AdminRegistry extends ModelRegistry {
   hasFileCommand(name: string): boolean;
 }
 
+/** What the admin API needs of the task manager (TaskManager provides it). */
+export interface AdminTasks {
+  instances(): { broker: string; gpus: unknown[]; instances: unknown[] };
+  status(model: string): unknown;
+  scale(model: string, replicas: number, by: string): { from: number; to: number };
+}
+
 export interface AdminRoutesOptions {
   registry: AdminRegistry;
+  tasks?: AdminTasks;
   /** TB_ADMIN_TOKEN; empty or undefined disables changes (403). */
   token?: string;
   logger: Logger;
@@ -102,7 +115,33 @@ export const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, o
   app.get<NameParams>('/admin/models/:name', async (req, reply) => {
     const spec = registry.get(req.params.name);
     if (!spec) return sendError(reply, 404, `model "${req.params.name}" not found`);
-    return present(spec, authOf(req) === 'ok');
+    const out = present(spec, authOf(req) === 'ok');
+    const status = opts.tasks?.status(spec.name);
+    return status ? { ...out, status } : out;
+  });
+
+  app.get('/admin/instances', async (_req, reply) => {
+    if (!opts.tasks) return sendError(reply, 404, 'no task manager attached');
+    return opts.tasks.instances();
+  });
+
+  app.post<NameParams>('/admin/models/:name/scale', async (req, reply) => {
+    if (!mayChange(req, reply)) return reply;
+    const { name } = req.params;
+    if (!opts.tasks) return sendError(reply, 404, 'no task manager attached');
+    if (!registry.get(name)) return sendError(reply, 404, `model "${name}" not found`);
+    const body: unknown = req.body;
+    const replicas = isObject(body) ? body.replicas : undefined;
+    if (typeof replicas !== 'number' || !Number.isInteger(replicas)) {
+      return sendError(reply, 400, `model "${name}": the body must be {"replicas": <integer>}`);
+    }
+    try {
+      const r = opts.tasks.scale(name, replicas, `admin api (${req.ip})`);
+      log.info({ model: name, ...r, ip: req.ip }, 'manual scale');
+      return { model: name, ...r };
+    } catch (err) {
+      return handleError(reply, err);
+    }
   });
 
   app.put<NameParams>('/admin/models/:name', async (req, reply) => {

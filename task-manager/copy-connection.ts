@@ -40,7 +40,32 @@ export interface CopyConnectionOptions {
   missedHeartbeats?: number;
   /** The registry's max_sequences, used when READY gives none. */
   maxSequences?: number;
+  /** Idle heartbeat silence beyond this = dead (overrides missedHeartbeats × heartbeatMs). */
+  heartbeatTimeoutMs?: number;
+  /** Hang timeout of one batch by its rows (default: the batch's own deadline). */
+  batchTimeoutMs?: (rows: number, leftToDeadlineMs: number) => number;
+  /** Batches lost with the copy (crash, hang) are rejected as retryable when they carry no sequence. */
+  retryOnFailure?: boolean;
+  /**
+   * An adopted copy (broker restart): it already sent READY to the previous
+   * broker. The first message heard from it makes it ready with this metadata.
+   */
+  adopted?: { metadata: ModelMetadata; credits: number; maxSequences?: number };
   logger?: Logger;
+}
+
+/**
+ * A batch lost because its copy died or hung. `retryable` tells the core's
+ * scheduler it may put the requests back in the queue once (stateless rows of
+ * a model with retry_on_failure).
+ */
+export class CopyLostError extends BrokerError {
+  constructor(
+    message: string,
+    readonly retryable: boolean,
+  ) {
+    super('UNAVAILABLE', message);
+  }
 }
 
 interface Pending {
@@ -62,6 +87,8 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
   credits = 1;
   connected = false;
   lastSeen = Date.now();
+  /** Last time a batch was sent or settled (idle TTL). */
+  lastActiveAt = Date.now();
   /** Why the copy failed or stopped, once it did. */
   reason?: string;
   private meta?: ModelMetadata;
@@ -132,8 +159,11 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     } catch (err) {
       return Promise.reject(new BrokerError('INTERNAL', `cannot encode batch: ${(err as Error).message}`));
     }
+    this.lastActiveAt = Date.now();
     return new Promise<BatchResponse>((resolve, reject) => {
-      const wait = Math.max(0, batch.deadline - Date.now());
+      const rows = batch.items.reduce((n, it) => n + it.rows, 0);
+      const left = Math.max(0, batch.deadline - Date.now());
+      const wait = this.opts.batchTimeoutMs ? this.opts.batchTimeoutMs(rows, left) : left;
       const timer = setTimeout(() => this.onHang(batch.batchId), wait);
       this.inflight.set(batch.batchId, { batch, resolve, reject, timer });
       this.opts.link.send(this.id, frames);
@@ -144,6 +174,12 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     this.connected = true;
     this.lastSeen = Date.now();
     const kind = msg.envelope.kind;
+    const adopted = this.opts.adopted;
+    if (adopted && this.state === 'starting' && kind.case !== 'ready' && kind.case !== 'shutdown') {
+      // First sign of life of a copy started by an earlier broker: it is ready as it was.
+      this.opts.logger?.info({ copy: this.id, via: kind.case }, 'adopted copy is alive');
+      this.becomeReady(adopted.metadata, adopted.credits, adopted.metadata.maxBatch, adopted.maxSequences);
+    }
     switch (kind.case) {
       case 'ready':
         this.onReady(kind.value);
@@ -166,7 +202,8 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
   tick(now: number): void {
     if ((this.state === 'ready' || this.state === 'draining') && this.inflight.size === 0) {
       const silent = now - this.lastSeen;
-      if (silent > this.missed * this.heartbeatMs) this.fail(`sent no heartbeat for ${silent} ms`);
+      const limit = this.opts.heartbeatTimeoutMs ?? this.missed * this.heartbeatMs;
+      if (silent > limit) this.fail(`sent no heartbeat for ${silent} ms (heartbeat timeout ${limit} ms)`);
     }
   }
 
@@ -225,19 +262,31 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       this.opts.logger?.warn({ copy: this.id, state: this.state }, 'duplicate READY ignored');
       return;
     }
-    this.readyMaxBatch = r.maxBatch;
-    this.credits = Math.max(1, r.credits);
-    this.meta = {
+    const meta: ModelMetadata = {
       name: r.model || this.model,
       version: r.version,
-      maxBatch: this.capBatch(r.maxBatch),
+      maxBatch: r.maxBatch,
       inputs: r.inputs.map(toSpec),
       outputs: r.outputs.map(toSpec),
     };
-    this.maxSequences = r.maxSequences || this.opts.maxSequences || this.meta.maxBatch;
+    this.becomeReady(meta, r.credits, r.maxBatch, r.maxSequences);
+  }
+
+  private becomeReady(meta: ModelMetadata, credits: number, readyMaxBatch: number, maxSequences?: number): void {
+    this.readyMaxBatch = readyMaxBatch;
+    this.credits = Math.max(1, credits);
+    this.meta = { ...meta, maxBatch: this.capBatch(readyMaxBatch) };
+    this.maxSequences = maxSequences || this.opts.maxSequences || this.meta.maxBatch;
     this.state = 'ready';
+    this.lastActiveAt = Date.now();
     this.emit('ready', this.meta);
     this.emit('capacity');
+  }
+
+  /** What a restarted broker needs to adopt this copy: READY's data. */
+  get readyInfo(): { metadata: ModelMetadata; credits: number; maxSequences: number } | undefined {
+    if (!this.meta) return undefined;
+    return { metadata: { ...this.meta, maxBatch: this.readyMaxBatch ?? this.meta.maxBatch }, credits: this.credits, maxSequences: this.maxSequences };
   }
 
   private onResult(r: Result, frames: Buffer[]): void {
@@ -270,7 +319,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     const p = this.inflight.get(batchId);
     if (!p) return;
     this.settle(batchId);
-    p.reject(new BrokerError('UNAVAILABLE', `model copy ${this.id} of ${this.model} did not answer batch ${batchId} in time (hung)`));
+    p.reject(this.lostError(`model copy ${this.id} of ${this.model} did not answer batch ${batchId} in time (hung)`, p.batch));
     this.fail(`did not answer batch ${batchId} before its deadline (hung)`);
   }
 
@@ -279,6 +328,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     if (!p) return;
     clearTimeout(p.timer);
     this.inflight.delete(batchId);
+    this.lastActiveAt = Date.now();
     this.emit('settled');
     if (this.hasCapacity()) this.emit('capacity');
   }
@@ -287,8 +337,13 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     const all = [...this.inflight.entries()];
     for (const [id, p] of all) {
       this.settle(id);
-      p.reject(new BrokerError('UNAVAILABLE', message));
+      p.reject(this.lostError(message, p.batch));
     }
+  }
+
+  private lostError(message: string, batch: BatchRequest): CopyLostError {
+    const retryable = !!this.opts.retryOnFailure && batch.items.every((it) => !it.sequence);
+    return new CopyLostError(message, retryable);
   }
 }
 

@@ -1,15 +1,20 @@
 /**
  * Runs model copies as Docker containers through the daemon's API (dockerode).
- * Images are never pulled. Access to the Docker socket is root-equivalent.
+ * Images are pulled per pull_policy (image-puller.ts). Access to the Docker socket is root-equivalent.
  */
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
-import { SECRET_ENV, linkEnv, type CopyHandle, type CopyLaunch, type ExitInfo, type Runtime } from './runtime';
+import { ImagePuller } from './image-puller';
+import { SECRET_ENV, linkEnv, type CopyHandle, type CopyLaunch, type CopyLimits, type ExitInfo, type Runtime } from './runtime';
 
 export const LABEL_OWNER = 'tensorbroker.owner';
 export const LABEL_MODEL = 'tensorbroker.model';
 export const LABEL_COPY = 'tensorbroker.copy';
+export const LABEL_FINGERPRINT = 'tensorbroker.fingerprint';
+export const LABEL_GPUS = 'tensorbroker.gpus';
+/** gpuMode 'fake' only: the device request the copy would have had, as JSON. */
+export const LABEL_FAKE_DEVICES = 'tensorbroker.fake-device-requests';
 /** Where the link socket directory is mounted inside containers. */
 export const CONTAINER_SOCKET_DIR = '/run/tensorbroker';
 
@@ -21,8 +26,17 @@ export interface DockerRuntimeOptions {
   logLines?: number;
   /** Extra env passed to every container (the broker's own env is NOT passed, unlike the process runtime). */
   env?: Record<string, string>;
-  /** Memory limit per container in bytes (default none). */
+  /** Memory limit per container in bytes when the launch gives none (default none). */
   memoryBytes?: number;
+  /**
+   * 'nvidia' (default): GPU copies get HostConfig.DeviceRequests. 'fake' (tests on
+   * hosts without a GPU runtime): the request is recorded in the label
+   * tensorbroker.fake-device-requests and NVIDIA_VISIBLE_DEVICES is still set,
+   * but no device is requested, so the container starts.
+   */
+  gpuMode?: 'nvidia' | 'fake';
+  /** Environment used for registry credentials (default process.env). */
+  credentialsEnv?: NodeJS.ProcessEnv;
   /** User to run containers as ("uid:gid"); default the image's. */
   user?: string;
   /**
@@ -68,28 +82,43 @@ function sanitize(s: string): string {
   return s.toLowerCase().replace(/[^a-z0-9_.-]+/g, '-').replace(/^[^a-z0-9]+/, '').slice(0, 40) || 'model';
 }
 
+const SAFE_LIMITS: CopyLimits = { readOnlyRoot: true, tmpfsMb: 64, pidsLimit: 512 };
+
+/** HostConfig hardening: limits, no-new-privileges, no capabilities, read-only root + tmpfs, pids limit. */
+export function hardenedHostConfig(limits: CopyLimits = SAFE_LIMITS, defaultMemoryBytes?: number): Docker.HostConfig {
+  const hc: Docker.HostConfig = {
+    SecurityOpt: ['no-new-privileges:true'],
+    CapDrop: ['ALL'],
+    ReadonlyRootfs: limits.readOnlyRoot,
+    PidsLimit: limits.pidsLimit,
+  };
+  const mem = limits.memoryMb !== undefined ? limits.memoryMb * 1024 * 1024 : defaultMemoryBytes;
+  if (mem) {
+    hc.Memory = mem;
+    hc.MemorySwap = mem; // no swap on top
+  }
+  if (limits.cpus !== undefined) hc.NanoCpus = Math.round(limits.cpus * 1e9);
+  if (limits.readOnlyRoot && limits.tmpfsMb > 0) hc.Tmpfs = { '/tmp': `rw,nosuid,nodev,noexec,size=${limits.tmpfsMb}m` };
+  return hc;
+}
+
 export class DockerRuntime implements Runtime {
   readonly kind = 'docker' as const;
   readonly docker: Docker;
+  readonly puller: ImagePuller;
   private readonly entries = new Map<string, Entry>();
   private readonly logLines: number;
 
   constructor(private readonly opts: DockerRuntimeOptions = {}) {
     this.docker = opts.docker ?? new Docker({ socketPath: opts.socketPath ?? '/var/run/docker.sock' });
     this.logLines = opts.logLines ?? 50;
+    this.puller = new ImagePuller(this.docker, opts.logger, opts.credentialsEnv);
   }
 
   async start(launch: CopyLaunch): Promise<CopyHandle> {
     const image = launch.image;
     if (!image) throw new BrokerError('INVALID_ARGUMENT', `model ${launch.model} has no image (the docker runtime needs one)`);
-    try {
-      await this.docker.getImage(image).inspect();
-    } catch (err) {
-      if (statusOf(err) === 404) {
-        throw new BrokerError('UNAVAILABLE', `image ${image} not found locally (pulls are not done in this version)`);
-      }
-      throw new BrokerError('UNAVAILABLE', `cannot inspect image ${image}: ${errText(err)}`);
-    }
+    await this.puller.ensure(image, launch.pullPolicy ?? 'if-missing', launch.pullTimeoutMs ?? 600_000);
 
     const link = launch.link;
     const ipc = link.endpoint.startsWith('ipc://');
@@ -97,23 +126,31 @@ export class DockerRuntime implements Runtime {
     const binds: string[] = [];
     if (ipc) {
       if (!link.socketDir || !link.socketName) throw new BrokerError('INTERNAL', 'ipc link without socketDir/socketName');
+      // The only host path a copy sees: the link socket's directory.
       binds.push(`${this.opts.hostSocketDir ?? link.socketDir}:${CONTAINER_SOCKET_DIR}`);
       endpoint = `ipc://${CONTAINER_SOCKET_DIR}/${link.socketName}`;
     }
     const env = { ...(this.opts.env ?? {}), ...launch.env, ...linkEnv(launch, endpoint) };
     for (const k of Object.keys(this.opts.env ?? {})) if (SECRET_ENV.test(k)) delete env[k];
+    // Inside the container the visible GPUs are renumbered from 0: a host index here would hide them.
+    delete env.CUDA_VISIBLE_DEVICES;
 
     const hostConfig: Docker.ContainerCreateOptions['HostConfig'] = {
+      ...hardenedHostConfig(launch.limits, this.opts.memoryBytes),
       NetworkMode: ipc ? 'none' : 'host',
       Binds: binds,
       AutoRemove: false,
       RestartPolicy: { Name: 'no' },
     };
-    if (this.opts.memoryBytes) hostConfig.Memory = this.opts.memoryBytes;
+    const labels: Record<string, string> = { [LABEL_OWNER]: launch.owner, [LABEL_MODEL]: launch.model, [LABEL_COPY]: launch.copyId };
+    if (launch.fingerprint) labels[LABEL_FINGERPRINT] = launch.fingerprint;
     if (launch.gpus && launch.gpus.length > 0) {
-      hostConfig.DeviceRequests = launch.gpus.includes('all')
+      labels[LABEL_GPUS] = launch.gpus.join(',');
+      const req = launch.gpus.includes('all')
         ? [{ Driver: 'nvidia', Count: -1, Capabilities: [['gpu']] }]
         : [{ Driver: 'nvidia', DeviceIDs: launch.gpus, Capabilities: [['gpu']] }];
+      if (this.opts.gpuMode === 'fake') labels[LABEL_FAKE_DEVICES] = JSON.stringify(req);
+      else hostConfig.DeviceRequests = req;
     }
     const name = `tb-${sanitize(launch.model)}-${launch.copyId.slice(0, 12)}`;
     let container: Docker.Container;
@@ -122,7 +159,7 @@ export class DockerRuntime implements Runtime {
         name,
         Image: image,
         Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-        Labels: { [LABEL_OWNER]: launch.owner, [LABEL_MODEL]: launch.model, [LABEL_COPY]: launch.copyId },
+        Labels: labels,
         ...(this.opts.user ? { User: this.opts.user } : {}),
         HostConfig: hostConfig,
       });
@@ -146,9 +183,25 @@ export class DockerRuntime implements Runtime {
       owner: launch.owner,
       runtimeId: container.id,
       name,
+      running: true,
+      fingerprint: launch.fingerprint,
+      gpus: launch.gpus,
     };
     this.entries.set(launch.copyId, { handle, exited: this.watch(handle) });
     return handle;
+  }
+
+  adopt(h: CopyHandle): void {
+    if (this.entries.has(h.copyId)) return;
+    this.entries.set(h.copyId, { handle: h, exited: this.watch(h) });
+  }
+
+  async remove(h: CopyHandle): Promise<void> {
+    const c = this.docker.getContainer(h.runtimeId);
+    await this.unpause(c);
+    await c.remove({ force: true }).catch((err) => {
+      if (statusOf(err) !== 404) this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'cannot remove container');
+    });
   }
 
   /** Waits for the container to end, reads its state and logs, removes it. Never rejects. */
@@ -186,8 +239,19 @@ export class DockerRuntime implements Runtime {
     }
   }
 
+  /** A paused (frozen) container cannot be stopped or killed: thaw it first. */
+  private async unpause(c: Docker.Container): Promise<void> {
+    try {
+      const st = await c.inspect();
+      if (st.State.Paused) await c.unpause();
+    } catch {
+      // Gone already.
+    }
+  }
+
   async stop(h: CopyHandle, graceMs: number): Promise<void> {
     const c = this.docker.getContainer(h.runtimeId);
+    await this.unpause(c);
     try {
       await c.stop({ t: Math.ceil(graceMs / 1000) });
     } catch (err) {
@@ -201,6 +265,7 @@ export class DockerRuntime implements Runtime {
 
   async kill(h: CopyHandle): Promise<void> {
     const c = this.docker.getContainer(h.runtimeId);
+    await this.unpause(c);
     try {
       await c.kill();
     } catch (err) {
@@ -230,19 +295,15 @@ export class DockerRuntime implements Runtime {
       owner,
       runtimeId: c.Id,
       name: (c.Names[0] ?? '').replace(/^\//, ''),
+      running: c.State === 'running',
+      fingerprint: c.Labels[LABEL_FINGERPRINT],
+      gpus: c.Labels[LABEL_GPUS] ? c.Labels[LABEL_GPUS].split(',') : undefined,
     }));
   }
 
   async removeStale(owner: string): Promise<number> {
-    const stale = await this.list(owner);
-    await Promise.all(
-      stale.map((h) =>
-        this.docker
-          .getContainer(h.runtimeId)
-          .remove({ force: true })
-          .catch((err) => this.opts.logger?.warn({ container: h.name, err: errText(err) }, 'cannot remove stale container')),
-      ),
-    );
+    const stale = (await this.list(owner)).filter((h) => !this.entries.has(h.copyId));
+    await Promise.all(stale.map((h) => this.remove(h)));
     if (stale.length > 0) this.opts.logger?.info({ owner, containers: stale.map((h) => h.name) }, 'removed stale containers');
     return stale.length;
   }
@@ -252,4 +313,3 @@ export class DockerRuntime implements Runtime {
     await Promise.all([...this.entries.values()].map((e) => this.kill(e.handle)));
   }
 }
-

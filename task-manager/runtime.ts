@@ -18,8 +18,16 @@ export interface CopyLaunch {
   copyId: string;
   model: string;
   version: string;
-  /** Docker runtime: image to run (never pulled). */
+  /** Docker runtime: image to run. */
   image?: string;
+  /** Docker runtime: when to pull the image (default if-missing). */
+  pullPolicy?: 'always' | 'if-missing' | 'never';
+  /** Docker runtime: time a pull may take (default 10 min). */
+  pullTimeoutMs?: number;
+  /** Docker runtime: container limits and hardening (safe defaults when absent). */
+  limits?: CopyLimits;
+  /** What makes this copy (image, version, env...): stored as a label, compared on adoption. */
+  fingerprint?: string;
   /** Process runtime: argv, no shell. */
   command?: string[];
   /** Process runtime: working directory (default: the runtime's cwd option, else process.cwd()). */
@@ -35,6 +43,15 @@ export interface CopyLaunch {
   link: LinkInfo;
 }
 
+export interface CopyLimits {
+  memoryMb?: number;
+  cpus?: number;
+  readOnlyRoot: boolean;
+  /** tmpfs at /tmp (MB) when the root is read-only; 0 = none. */
+  tmpfsMb: number;
+  pidsLimit: number;
+}
+
 export interface CopyHandle {
   readonly kind: 'docker' | 'process';
   readonly copyId: string;
@@ -45,6 +62,11 @@ export interface CopyHandle {
   /** Container name or the command's program. */
   readonly name: string;
   readonly pid?: number;
+  /** list(): whether the container is running (adoptable) or exited/created (stale). */
+  readonly running?: boolean;
+  /** list(): the fingerprint and GPUs labels the copy was started with. */
+  readonly fingerprint?: string;
+  readonly gpus?: string[];
 }
 
 export interface ExitInfo {
@@ -74,6 +96,10 @@ export interface Runtime {
   list(owner: string): Promise<CopyHandle[]>;
   /** Removes leftovers of an earlier run of broker `owner` (containers labelled with it). Returns how many. */
   removeStale(owner: string): Promise<number>;
+  /** Takes over a running copy found by list() (broker restart): watches it like one it started. */
+  adopt?(h: CopyHandle): void;
+  /** Stops (if running) and removes one copy found by list(). */
+  remove?(h: CopyHandle): Promise<void>;
   close(): Promise<void>;
 }
 

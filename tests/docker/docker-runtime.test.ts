@@ -123,11 +123,12 @@ describe.each(['ipc', 'tcp'] as const)('DockerRuntime (%s link)', (transport) =>
     expect(await owned()).toEqual([]);
   });
 
-  test('a missing image gives a clear reason and is never pulled', async () => {
+  test('a missing image with pull_policy never gives a clear reason', async () => {
     const exit = waitEvent<[string, string]>(tm, 'copy-exit');
-    await tm.reconcile([spec('ghost', { image: 'tensorbroker/does-not-exist:never' })]);
+    // pull_policy never: a test must not reach a registry.
+    await tm.reconcile([spec('ghost', { image: 'tensorbroker/does-not-exist:never', pull_policy: 'never' })]);
     const [, msg] = await exit;
-    expect(msg).toMatch(/image tensorbroker\/does-not-exist:never not found locally \(pulls are not done in this version\)/);
+    expect(msg).toMatch(/image tensorbroker\/does-not-exist:never not found locally and pull_policy is never/);
     expect(tm.readiness('ghost').reason).toMatch(/not found locally/);
   });
 });

@@ -44,6 +44,8 @@ export interface ModelState {
   restartTimer?: NodeJS.Timeout;
   restarts: number;
   lastReason?: string;
+  /** The last failed copy never sent READY: requests are refused at once, not queued. */
+  failedBeforeReady?: boolean;
   /** Why a wanted copy cannot be placed now (no free GPU, a global cap). */
   waiting?: string;
   unloaded?: boolean;

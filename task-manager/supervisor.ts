@@ -234,6 +234,8 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     if (recs.some(isServing)) return { ready: true, state: 'ready' };
     if (ms.health.unavailable) return { ready: false, state: 'failed', reason: ms.health.unavailable.reason };
     if (ms.waiting) return { ready: false, state: 'starting', reason: `waiting: ${ms.waiting}` };
+    // A copy that died before READY (bad image, load error): answer at once with the reason rather than queue.
+    if (ms.lastReason && ms.failedBeforeReady) return { ready: false, state: 'failed', reason: ms.lastReason };
     if (ms.restartTimer) return { ready: false, state: 'starting', reason: `restarting after a failure: ${ms.lastReason}` };
     if (recs.some((r) => isLive(r))) {
       return { ready: false, state: 'starting', reason: ms.lastReason ? `starting again after: ${ms.lastReason}` : 'starting: waiting for a copy to send READY' };
@@ -702,6 +704,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       return;
     }
     ms.lastReason = message;
+    ms.failedBeforeReady = !rec.readyAt;
     if (rec.readyAt && Date.now() - rec.readyAt >= this.backoffResetMs) ms.health.resetBackoff();
     const verdict = ms.health.record(
       { at: Date.now(), message, exitCode: info.code, oomKilled: info.oomKilled, lastLines: info.lastLines },

@@ -1,0 +1,48 @@
+/**
+ * Test-only images on top of the example images (never pulled):
+ *   tensorbroker/test-hog:dev   tests/fixtures/hog-model.ts on tensorbroker/simple:dev's tree
+ *   tensorbroker/simple:v2      tensorbroker/simple:dev tagged again (a "new version" for rolls)
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ts from 'typescript';
+import { ensureTestImages } from './images';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+export const HOG_IMAGE = 'tensorbroker/test-hog:dev';
+export const SIMPLE_V2 = 'tensorbroker/simple:v2';
+
+function exists(tag: string): boolean {
+  try {
+    execFileSync('docker', ['image', 'inspect', tag], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+let built: Promise<void> | undefined;
+
+export function ensureTaskManagerImages(): Promise<void> {
+  built ??= (async () => {
+    await ensureTestImages(['simple', 'sleepy']);
+    if (!exists(SIMPLE_V2)) execFileSync('docker', ['tag', 'tensorbroker/simple:dev', SIMPLE_V2]);
+    if (exists(HOG_IMAGE) && process.env.TB_REBUILD_IMAGES !== '1') return;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-hog-'));
+    try {
+      const src = fs.readFileSync(path.join(ROOT, 'tests/fixtures/hog-model.ts'), 'utf8');
+      const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText;
+      fs.writeFileSync(path.join(dir, 'hog-model.js'), js);
+      fs.writeFileSync(
+        path.join(dir, 'Dockerfile'),
+        'FROM tensorbroker/simple:dev\nCOPY hog-model.js /app/dist/tests/fixtures/hog-model.js\nCMD ["node", "dist/tests/fixtures/hog-model.js"]\n',
+      );
+      execFileSync('docker', ['build', '--pull=false', '-q', '-t', HOG_IMAGE, dir], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, stdio: 'ignore' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  })();
+  return built;
+}

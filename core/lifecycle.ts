@@ -59,6 +59,8 @@ export abstract class SchedulerBase<X = undefined> {
   protected queuedRows = 0;
   protected readonly running = new Set<Pending<X>>();
   protected closed?: BrokerError;
+  /** Whether a batch the task manager flags retryable goes back in the queue (never for sequences: their state died). */
+  protected readonly retriesBatches: boolean = true;
   private idleWaiters: (() => void)[] = [];
 
   constructor(
@@ -198,7 +200,7 @@ export abstract class SchedulerBase<X = undefined> {
         const e = this.batchError(toBrokerError(err));
         // The copy died or hung with the batch: the task manager flags it retryable when the
         // model allows it (retry_on_failure, stateless rows). Each request goes back in the queue once.
-        const retry = (err as { retryable?: boolean }).retryable === true && !this.closed;
+        const retry = this.retriesBatches && (err as { retryable?: boolean }).retryable === true && !this.closed;
         this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code, retry }, 'batch failed');
         for (const p of batch) {
           if (retry && p.state === 'running' && !p.retried) {

@@ -90,6 +90,7 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
   private backlogged = 0;
   private waitTimer?: NodeJS.Timeout;
   private pumpQueued = false;
+  protected override readonly retriesBatches = false;
   private capacityQueued = false;
 
   constructor(model: string, private cfg: SequenceConfig, pool: CopyPool, log: Logger, observer?: SchedulerObserver) {

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-export const EXAMPLE_MODELS = ['simple', 'sleepy', 'image-info'];
+export const EXAMPLE_MODELS = ['simple', 'sleepy', 'image-info', 'motion'];
 export const OFFLINE_BASE = 'tb-node-base:local';
 export const imageTag = (model: string) => `tensorbroker/${model}:dev`;
 

@@ -49,7 +49,7 @@ const instanceKind = (name: string) => enumValue<ModelInstanceGroup_Kind>(ModelI
 const u64 = (n: number) => BigInt(Math.max(0, Math.round(n)));
 
 /** The config document of tritonConfig() as Triton's ModelConfig message. */
-export function configMessage(c: TritonModelConfig & { sequence_batching?: { max_sequence_idle_microseconds?: number } }): ModelConfig {
+export function configMessage(c: TritonModelConfig): ModelConfig {
   const init: MessageInitShape<typeof ModelConfigSchema> = {
     name: c.name,
     platform: c.platform,
@@ -77,8 +77,13 @@ export function configMessage(c: TritonModelConfig & { sequence_batching?: { max
       },
     };
   } else if (c.sequence_batching) {
+    const sb = c.sequence_batching;
     const value = create(ModelSequenceBatchingSchema, {
-      maxSequenceIdleMicroseconds: u64(c.sequence_batching.max_sequence_idle_microseconds ?? 0),
+      maxSequenceIdleMicroseconds: u64(sb.max_sequence_idle_microseconds),
+      strategyChoice: {
+        case: 'direct',
+        value: { maxQueueDelayMicroseconds: u64(sb.direct.max_queue_delay_microseconds), minimumSlotUtilization: sb.direct.minimum_slot_utilization },
+      },
     });
     init.schedulingChoice = { case: 'sequenceBatching', value };
   }

@@ -6,9 +6,11 @@ import type * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import type { BrokerApi } from '../../core/broker';
+import type { InferResult } from '../../core/types';
 import { BrokerError, toBrokerError } from '../../core/errors';
 import { EXTENSIONS } from '../rest/routes';
 import { tritonConfig } from '../shared/model-config';
+import { SequenceOrder } from '../shared/sequence-order';
 import {
   ModelConfigResponseSchema,
   ModelReadyResponseSchema,
@@ -150,7 +152,11 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
       let answered = false;
       const aborted = new AbortController();
       call.on('cancelled', () => {
-        if (!answered) aborted.abort();
+        // A passed deadline also cancels the call: that is the broker's DEADLINE_EXCEEDED,
+        // not the client going away (which would cancel the request's whole sequence).
+        const deadline = call.getDeadline();
+        const at = deadline instanceof Date ? deadline.getTime() : deadline;
+        if (!answered && !(Number.isFinite(at) && at <= Date.now())) aborted.abort();
       });
       const answer: grpc.sendUnaryData<ModelInferResponse> = (err, res) => {
         answered = true;
@@ -171,15 +177,20 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
 
     ModelStreamInfer(call) {
       // One controller per request (a shared signal would collect a listener per queued
-      // request); cancelling the stream aborts every one still pending.
+      // request); cancelling the stream aborts every one still pending, and `owner`
+      // cancels the sequences this stream fed (the model is told, reason cancelled).
       const inFlight = new Set<AbortController>();
+      const owner = new AbortController();
+      const order = new SequenceOrder();
       let ended = false;
       let closed = false;
       let gone = false;
       const abortAll = () => {
+        if (closed && !gone) return; // 'cancelled' after a normal close: nothing to cancel
         gone = true;
         closed = true;
         for (const a of inFlight) a.abort();
+        owner.abort();
       };
       const finish = () => {
         if (ended && inFlight.size === 0 && !closed) {
@@ -195,26 +206,33 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
         const aborted = new AbortController();
         inFlight.add(aborted);
         const echo = { modelName: req.modelName, modelVersion: req.modelVersion, id: req.id };
-        Promise.resolve()
-          .then(() => {
-            const parsed = parseInferRequest(req, nextId());
-            return broker.infer({ ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal });
-          })
-          .then(
-            (result) => write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id) })),
-            (err: unknown) => {
-              if (gone) return; // the client cancelled the stream: nobody to answer
-              const e = toBrokerError(err);
-              toGrpcStatus(e, log, 'ModelStreamInfer');
-              // A stream answer has only a message; the code rides along as a response parameter.
-              const coded = { ...echo, parameters: { error_code: { parameterChoice: { case: 'stringParam' as const, value: e.code } } } };
-              write(create(ModelStreamInferResponseSchema, { errorMessage: e.message, inferResponse: coded }));
-            },
-          )
-          .finally(() => {
-            inFlight.delete(aborted);
-            finish();
-          });
+        let key: string | undefined;
+        let work: Promise<InferResult>;
+        try {
+          const parsed = parseInferRequest(req, nextId());
+          const seq = parsed.request.sequence;
+          if (seq) key = `${parsed.request.model}\0${seq.id}`;
+          const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
+          work = broker.infer({ ...withDeadline(request, call.getDeadline()), signal: aborted.signal });
+        } catch (e) {
+          work = Promise.reject(e);
+        }
+        // Answers of one sequence leave in arrival order.
+        void order.run(key, work, (result, err) => {
+          if (result) {
+            write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id) }));
+            return;
+          }
+          if (gone) return; // the client cancelled the stream: nobody to answer
+          const e = toBrokerError(err);
+          toGrpcStatus(e, log, 'ModelStreamInfer');
+          // A stream answer has only a message; the code rides along as a response parameter.
+          const coded = { ...echo, parameters: { error_code: { parameterChoice: { case: 'stringParam' as const, value: e.code } } } };
+          write(create(ModelStreamInferResponseSchema, { errorMessage: e.message, inferResponse: coded }));
+        }).finally(() => {
+          inFlight.delete(aborted);
+          finish();
+        });
       });
       // The client half-closed: answer what is pending, then close. (A cancel also shows as 'end' first.)
       call.on('end', () => {

@@ -28,7 +28,7 @@ export interface RestOptions {
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
-export const EXTENSIONS = ['binary_tensor_data', 'model_configuration', 'statistics', 'schedule_policy', 'model_repository'];
+export const EXTENSIONS = ['binary_tensor_data', 'model_configuration', 'statistics', 'schedule_policy', 'model_repository', 'sequence'];
 
 type ModelParams = { model: string; version?: string };
 
@@ -96,6 +96,9 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   });
 
   both(app, 'GET', '/stats', async (req) => ({ model_stats: broker.stats(req.params.model, req.params.version) }));
+
+  // Not KServe: slots, active and backlogged sequences of a stateful model, ends by reason.
+  both(app, 'GET', '/sequences', async (req) => broker.sequences(req.params.model, req.params.version));
 
   both(app, 'POST', '/infer', async (req, reply) => {
     const { model, version } = req.params;

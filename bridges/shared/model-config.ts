@@ -25,6 +25,11 @@ export interface TritonModelConfig {
     priority_levels: number;
     default_priority_level: number;
   };
+  /** Stateful models: Triton's sequence batcher with the Direct strategy (the broker's behaviour). */
+  sequence_batching?: {
+    max_sequence_idle_microseconds: number;
+    direct: { max_queue_delay_microseconds: number; minimum_slot_utilization: number };
+  };
   instance_group: { kind: string; count: number }[];
   parameters: Record<string, { string_value: string }>;
 }
@@ -56,6 +61,13 @@ export function tritonConfig(spec: ModelSpec, meta: ModelMetadata | undefined): 
       priority_levels: 0,
       default_priority_level: 0,
     };
+  } else {
+    config.sequence_batching = {
+      max_sequence_idle_microseconds: spec.sequence_idle_ms * 1000,
+      direct: { max_queue_delay_microseconds: spec.max_wait_ms * 1000, minimum_slot_utilization: 0 },
+    };
+    config.parameters.max_sequences = { string_value: String(spec.max_sequences ?? maxBatch) };
+    config.parameters.sequence_backlog = { string_value: String(spec.sequence_backlog) };
   }
   return config;
 }

@@ -19,6 +19,7 @@ import {
 } from '../../proto/client';
 import { create } from '@bufbuild/protobuf';
 import { requestOptions } from '../shared/parameters';
+import { SequenceOrder } from '../shared/sequence-order';
 
 export interface ZmqBridgeOptions {
   broker: BrokerApi;
@@ -72,6 +73,9 @@ class ZmqBridgeServer implements ZmqBridge {
   /** Requests handed to the broker, per client (routing id, hex): cancelled when the client is found gone. */
   private readonly pending = new Map<string, Set<AbortController>>();
   private readonly gone = new Set<string>();
+  /** Per client: aborted when it is found gone, which cancels its sequences. */
+  private readonly owners = new Map<string, AbortController>();
+  private readonly order = new SequenceOrder();
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private seq = 0;
@@ -172,6 +176,8 @@ class ZmqBridgeServer implements ZmqBridge {
       if (this.gone.size >= GONE_LIMIT) this.gone.clear();
       this.gone.add(peer);
       if (set) for (const ac of set) ac.abort();
+      this.owners.get(peer)?.abort();
+      this.owners.delete(peer);
     } else if (code === 'EAGAIN') {
       this.log.warn({ client: peer }, `zmq: client has ${SEND_HWM} unread replies; reply dropped`);
     } else {
@@ -224,29 +230,45 @@ class ZmqBridgeServer implements ZmqBridge {
     if (this.closing) return this.fail(prefix, peer, ctx, new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
     let req: CoreRequest;
     try {
-      req = this.toRequest(header, id, body.slice(1));
+      req = this.toRequest(header, id, body.slice(1), peer);
     } catch (err) {
       return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(err.message) : toBrokerError(err));
     }
     this.run(prefix, peer, req);
   }
 
-  private toRequest(h: InferRequest, id: string, frames: Buffer[]): CoreRequest {
+  private toRequest(h: InferRequest, id: string, frames: Buffer[], peer: string): CoreRequest {
     if (h.model === '') throw invalid('the request names no model');
-    if (h.sourceId !== '' || h.start || h.end) {
-      throw invalid('sequence control (source_id, start, end) is not supported by this broker yet');
-    }
     this.opts.broker.spec(h.model, h.version); // NOT_FOUND before looking at the tensors
     const inputs = tensorsFromFrames(h.inputs, frames);
     if (inputs.length === 0) throw invalid('the request has no input tensors');
+    const options = requestOptions(parametersFromProto(h.parameters));
+    // Sequence control: source_id + start/end (fields 16-18), or the KServe parameters; not both.
+    if (h.sourceId !== '' || h.start || h.end) {
+      if (options.sequence) throw invalid('give the sequence either as source_id/start/end or as sequence_* parameters, not both');
+      if (h.sourceId === '') throw invalid('start / end need a source_id');
+      if (h.sourceId.length > 256) throw invalid('source_id is longer than 256 characters');
+      options.sequence = { id: h.sourceId, start: h.start, end: h.end };
+    }
+    if (options.sequence) options.sequence = { ...options.sequence, owner: this.owner(peer).signal };
     return {
       id,
       model: h.model,
       version: h.version !== '' ? h.version : undefined,
       inputs,
       outputs: h.outputs.length > 0 ? [...h.outputs] : undefined,
-      ...requestOptions(parametersFromProto(h.parameters)),
+      ...options,
     };
+  }
+
+  /** Aborted when the client is found gone: cancels the sequences it fed. */
+  private owner(peer: string): AbortController {
+    let ac = this.owners.get(peer);
+    if (!ac) {
+      if (this.owners.size >= GONE_LIMIT) this.owners.clear();
+      this.owners.set(peer, (ac = new AbortController()));
+    }
+    return ac;
   }
 
   private run(prefix: Buffer[], peer: string, req: CoreRequest): void {
@@ -255,10 +277,12 @@ class ZmqBridgeServer implements ZmqBridge {
     if (!set) this.pending.set(peer, (set = new Set()));
     set.add(ac);
     this.inFlight++;
-    this.opts.broker.infer({ ...req, signal: ac.signal }).then(
-      (result) => this.succeed(prefix, peer, result),
-      (err: unknown) => this.fail(prefix, peer, req, toBrokerError(err)),
-    ).catch((err: unknown) => {
+    // Replies go out as they complete; those of one sequence in arrival order.
+    const key = req.sequence ? `${peer}\0${req.model}\0${req.sequence.id}` : undefined;
+    this.order.run(key, this.opts.broker.infer({ ...req, signal: ac.signal }), (result, err) => {
+      if (result) this.succeed(prefix, peer, result);
+      else this.fail(prefix, peer, req, toBrokerError(err));
+    }).catch((err: unknown) => {
       this.log.error({ err, client: peer, id: req.id }, 'zmq: reply could not be encoded');
       this.fail(prefix, peer, req, new BrokerError('INTERNAL', 'the reply could not be encoded'));
     }).finally(() => {

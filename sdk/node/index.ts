@@ -1,5 +1,6 @@
 /** Tensor Broker model SDK for Node: implement `Model`, call `serve(model)`. */
 export { serve, type ServeOptions } from './serve';
+export { SequenceStates } from './sequence-state';
 export type {
   Model, ModelMetadata, BatchContext, BatchItemInfo, SequenceInfo, EndSequenceReason, PredictOutput,
   Tensor, TensorSpec, DataType,

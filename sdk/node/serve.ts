@@ -8,6 +8,7 @@ import {
   ReadySchema, ResultSchema, ShutdownSchema, TensorSpecSchema, decodeFrames, encodeFrames,
   tensorsFromFrames, toMeta, type Batch, type Envelope,
 } from '../../proto/link';
+import { SequenceStates } from './sequence-state';
 import type { BatchContext, EndSequenceReason, Model, PredictOutput } from './types';
 
 export interface ServeOptions {
@@ -100,7 +101,7 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
     case: 'ready',
     value: create(ReadySchema, {
       protocolVersion: PROTOCOL_VERSION, model: modelName, version: md.version ?? '',
-      maxBatch: md.maxBatch, credits: md.credits ?? 1, pid: process.pid,
+      maxBatch: md.maxBatch, credits: md.credits ?? 1, maxSequences: md.maxSequences ?? 0, pid: process.pid,
       inputs: md.inputs.map(specToProto), outputs: md.outputs.map(specToProto),
     }),
   });
@@ -109,6 +110,8 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   beat = setInterval(() => {
     void send({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: BigInt(Date.now()) }) });
   }, heartbeatMs);
+
+  const states = new SequenceStates<object>((seq) => model.createState?.(seq) ?? {});
 
   const runTracked = (p: Promise<void>) => {
     inFlight.add(p);
@@ -142,16 +145,19 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
           void send({ case: 'result', value: create(ResultSchema, { batchId: k.value.batchId, error: 'model copy is shutting down' }) });
           break;
         }
-        runTracked(runBatch(model, k.value, rest, log).then((r) => send(r.kind, r.tensors)));
+        runTracked(runBatch(model, k.value, rest, log, states).then((r) => send(r.kind, r.tensors)));
         break;
       case 'heartbeat':
         lastBrokerBeat = Date.now();
         log.trace({ lastBrokerBeat }, 'broker heartbeat');
         break;
       case 'endSequence': {
-        const { id, reason } = k.value;
+        const { id, slot, reason } = k.value;
+        // Dropped at once: a batch that follows on the link never sees the old state.
+        const state = states.drop(id, slot);
+        log.debug({ sequence: id, slot, reason: REASONS[reason], sequences: states.size }, 'sequence ended');
         runTracked(Promise.resolve()
-          .then(() => model.endSequence?.(id, REASONS[reason] ?? 'unspecified'))
+          .then(() => model.endSequence?.(id, REASONS[reason] ?? 'unspecified', { slot, state }))
           .catch((e) => log.error({ err: e, sequence: id }, 'endSequence failed')));
         break;
       }
@@ -170,7 +176,7 @@ interface Reply {
 }
 
 /** Runs one batch; always resolves to the RESULT to send. */
-async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: Logger): Promise<Reply> {
+async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: Logger, states: SequenceStates<object>): Promise<Reply> {
   const batchId = batch.batchId;
   const fail = (error: string): Reply => ({ kind: { case: 'result', value: create(ResultSchema, { batchId, error }) }, tensors: [] });
   const log = rootLog.child({ batchId: String(batchId) });
@@ -197,8 +203,18 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
   }
 
   const wanted = batch.outputs.length > 0 ? [...batch.outputs] : model.metadata.outputs.map((o) => o.name);
+  try {
+    for (const it of items) if (it.sequence?.start) states.reset(it.sequence);
+  } catch (e) {
+    return fail(`createState failed: ${errorText(e)}`);
+  }
   const ctx: BatchContext = {
     batchId, items, totalRows, outputs: wanted, log,
+    state<S extends object>(index: number): S {
+      const seq = items[index]?.sequence;
+      if (!seq) throw new RangeError(`item ${index} of this batch is not in a sequence`);
+      return states.get(seq) as S;
+    },
     failItem(index, message) {
       if (!Number.isInteger(index) || index < 0 || index >= items.length) throw new RangeError(`no item ${index} in this batch`);
       itemErrors[index] = message || 'failed';

@@ -15,12 +15,19 @@ export interface ModelMetadata {
   outputs: TensorSpec[];
   /** Batches accepted in flight (1 or 2); default 1. */
   credits?: number;
+  /** Stateful models: sequence slots of this copy (READY max_sequences); default the registry's max_sequences, else maxBatch. */
+  maxSequences?: number;
 }
 
+/** Per-row control data of a stateful model's request (link SequenceControl). */
 export interface SequenceInfo {
+  /** The sequence (correlation) id the client gave. */
   id: string;
+  /** The batch slot the broker gave the sequence on this copy: 0 … maxSequences-1, fixed for its life. */
   slot: number;
+  /** First request of the sequence: start from a fresh state. */
   start: boolean;
+  /** Last request: the broker sends EndSequence (reason end) once it is answered. */
   end: boolean;
 }
 
@@ -43,6 +50,13 @@ export interface BatchContext {
   outputs: string[];
   /** Fails one item alone; its rows in the outputs are ignored (fill them with anything). */
   failItem(index: number, message: string): void;
+  /**
+   * Stateful models: the state object of item `index`'s sequence — the same
+   * object for every request of the sequence, a fresh one (`Model.createState`,
+   * default `{}`) when the item has the start flag, dropped when the broker ends
+   * the sequence. Throws for an item that is not in a sequence.
+   */
+  state<S extends object = Record<string, unknown>>(index: number): S;
   log: Logger;
 }
 
@@ -53,6 +67,11 @@ export interface Model {
   load?(): Promise<void> | void;
   /** Inputs keyed by name, batch dimension first. Outputs must cover ctx.totalRows rows. */
   predictBatch(inputs: Record<string, Tensor>, ctx: BatchContext): Promise<PredictOutput> | PredictOutput;
-  /** A sequence is over: drop its state (stateful models). */
-  endSequence?(id: string, reason: EndSequenceReason): Promise<void> | void;
+  /** Stateful models: the initial state of a sequence (default `{}`); see BatchContext.state. */
+  createState?(seq: SequenceInfo): object;
+  /**
+   * A sequence is over (stateful models). The SDK has already dropped its state
+   * object and passes it here (undefined if the copy had none) to free what it holds.
+   */
+  endSequence?(id: string, reason: EndSequenceReason, info: { slot: number; state?: object }): Promise<void> | void;
 }

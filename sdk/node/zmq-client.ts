@@ -39,6 +39,11 @@ export interface ZmqInferOptions {
   id?: string;
   /** Overrides the client's timeoutMs for this request. */
   timeoutMs?: number;
+  /**
+   * Stateful models: the stream this request belongs to (header fields
+   * source_id / start / end). `start` on its first request, `end` on its last.
+   */
+  sequence?: { id: string; start?: boolean; end?: boolean };
 }
 
 export interface ZmqInferResult {
@@ -127,6 +132,7 @@ export class ZmqClient {
         inputs: inputs.map(toMeta),
         parameters: parametersToProto(params),
         outputs: opts.outputs ?? [],
+        ...(opts.sequence ? { sourceId: opts.sequence.id, start: opts.sequence.start ?? false, end: opts.sequence.end ?? false } : {}),
       });
       frames = encodeFrames(InferRequestSchema, header, inputs);
     } catch (e) {

@@ -228,10 +228,12 @@ describe('ZeroMQ bridge, process runtime', () => {
       await stillServing();
     });
 
-    test('sequence fields are reserved: INVALID_ARGUMENT until sequences are supported', async () => {
+    test('sequence fields on a stateless model: INVALID_ARGUMENT, as on every bridge', async () => {
       const seq = await exchange([header({ id: 's-1', model: 'simple', inputs: simpleMetas, sourceId: 'cam-1', start: true }), frame64(), frame64()]);
       expect(seq.reply).toMatchObject({ id: 's-1', status: { code: 'INVALID_ARGUMENT' } });
-      expect(seq.reply.status!.message).toContain('source_id');
+      expect(seq.reply.status!.message).toContain('stateless');
+      const noSource = await exchange([header({ id: 's-2', model: 'simple', inputs: simpleMetas, start: true }), frame64(), frame64()]);
+      expect(noSource.reply).toMatchObject({ id: 's-2', status: { code: 'INVALID_ARGUMENT' } });
     });
 
     test('parameters travel as KServe InferParameter values', async () => {

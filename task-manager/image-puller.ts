@@ -113,19 +113,26 @@ export class ImagePuller {
     log?.info({ timeoutMs }, 'pulling image');
     const t0 = Date.now();
     const hint = auth ? ' (credentials were sent: check them)' : ' (no credentials found: set TB_REGISTRY_USERNAME/TB_REGISTRY_PASSWORD or docker login)';
-    let stream: NodeJS.ReadableStream & { destroy?: () => void };
+    let stream: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
     let timer: NodeJS.Timeout | undefined;
+    // Aborting the API request makes the daemon give the pull up too.
+    const abort = new AbortController();
     const timedOut = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new BrokerError('UNAVAILABLE', `pull of image ${image} timed out after ${timeoutMs} ms (pull_timeout_ms)`)), timeoutMs);
+      timer = setTimeout(() => {
+        abort.abort();
+        reject(new BrokerError('UNAVAILABLE', `pull of image ${image} timed out after ${timeoutMs} ms (pull_timeout_ms)`));
+      }, timeoutMs);
     });
     try {
-      const opened = this.docker.pull(image, auth ? { authconfig: auth } : {}) as Promise<NodeJS.ReadableStream>;
-      stream = await Promise.race([opened, timedOut]);
+      const opened = this.docker.pull(image, { ...(auth ? { authconfig: auth } : {}), abortSignal: abort.signal }) as Promise<NodeJS.ReadableStream>;
+      opened.catch(() => undefined); // settled by the race below
+      const s = await Promise.race([opened, timedOut]);
+      stream = s;
       const done = new Promise<void>((resolve, reject) => {
         let last = 0;
         let layersDone = 0;
         this.docker.modem.followProgress(
-          stream,
+          s,
           (err: Error | null, out: Progress[]) => {
             const bad = (out ?? []).find((o) => o.error);
             if (err || bad) reject(new Error(err?.message ?? bad?.errorDetail?.message ?? bad?.error));
@@ -144,14 +151,14 @@ export class ImagePuller {
       await Promise.race([done, timedOut]);
       log?.info({ ms: Date.now() - t0 }, 'image pulled');
     } catch (err) {
-      (stream! as { destroy?: () => void } | undefined)?.destroy?.();
+      stream?.destroy?.();
       if (err instanceof BrokerError) {
         log?.error({ err: err.message }, 'pull failed');
         throw err;
       }
       const e = err as { statusCode?: number; json?: { message?: string }; message?: string };
       const text = e.json?.message ?? e.message ?? String(err);
-      const authish = e.statusCode === 401 || e.statusCode === 403 || /unauthorized|denied|authentication/i.test(text);
+      const authish = e.statusCode === 401 || e.statusCode === 403 || /unauthorized|denied|authentication|credentials/i.test(text);
       const missing = e.statusCode === 404 || /not found|manifest unknown/i.test(text);
       const msg = authish
         ? `cannot pull image ${image}: access denied by the registry${hint}: ${text}`

@@ -9,7 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 export const REGISTRY_BIN = process.env.TB_DOCKER_REGISTRY ?? '/usr/bin/docker-registry';
-export const hasRegistry = fs.existsSync(REGISTRY_BIN);
+/** Both Debian packages are needed: docker-registry and apache2-utils (htpasswd). The pull tests skip without them. */
+export const hasRegistry = fs.existsSync(REGISTRY_BIN) && ['/usr/bin/htpasswd', '/usr/sbin/htpasswd'].some((f) => fs.existsSync(f));
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -234,10 +234,14 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
           finish();
         });
       });
-      // The client half-closed: answer what is pending, then close. (A cancel also shows as 'end' first.)
+      // The client half-closed: answer what is pending, then close. A cancel also shows as
+      // 'end' first, its 'cancelled' following within the same turn: wait for it (setImmediate)
+      // so that a cancelled stream is not mistaken for a finished one (its sequences get cancelled).
       call.on('end', () => {
-        ended = true;
-        finish();
+        setImmediate(() => {
+          ended = true;
+          finish();
+        });
       });
       // Also fires after a normal close, when nothing is pending any more: harmless then.
       call.on('cancelled', abortAll);

@@ -22,6 +22,8 @@ export interface InferOptions {
   outputs?: string[];
   version?: string;
   timeoutUs?: number;
+  /** Stateful models: KServe sequence_id/start/end (REST, gRPC), source_id/start/end (ZeroMQ). */
+  sequence?: { id: string | number; start?: boolean; end?: boolean };
 }
 
 export interface Transport {
@@ -50,7 +52,10 @@ function modelPath(b: TestBroker, model: string, version?: string) {
 }
 
 function parameters(opts: InferOptions) {
-  return opts.timeoutUs !== undefined ? { timeout: opts.timeoutUs } : undefined;
+  const p: Record<string, unknown> = {};
+  if (opts.timeoutUs !== undefined) p.timeout = opts.timeoutUs;
+  if (opts.sequence) Object.assign(p, { sequence_id: opts.sequence.id, sequence_start: !!opts.sequence.start, sequence_end: !!opts.sequence.end });
+  return Object.keys(p).length > 0 ? p : undefined;
 }
 
 async function httpOutcome(res: Response, parse: (body: Buffer, headerLength: number | undefined) => Outcome): Promise<Outcome> {
@@ -132,6 +137,7 @@ export const zmqTransport: TransportFactory = {
             outputs: opts.outputs,
             version: opts.version,
             parameters: opts.timeoutUs !== undefined ? { timeout: opts.timeoutUs } : undefined,
+            sequence: opts.sequence && { id: String(opts.sequence.id), start: opts.sequence.start, end: opts.sequence.end },
           });
           return decoded(res.outputs);
         } catch (e) {
@@ -156,8 +162,22 @@ function grpcRequest(model: string, inputs: Tensor[], opts: InferOptions, id: st
     inputs: inputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape.map(BigInt) })),
     rawInputContents: inputs.map((t) => t.data),
     outputs: (opts.outputs ?? []).map((name) => ({ name })),
-    parameters: opts.timeoutUs !== undefined ? { timeout: { parameterChoice: { case: 'int64Param', value: BigInt(opts.timeoutUs) } } } : {},
+    parameters: grpcParameters(opts),
   });
+}
+
+function grpcParameters(opts: InferOptions): InferInit['parameters'] {
+  const p: NonNullable<InferInit['parameters']> = {};
+  if (opts.timeoutUs !== undefined) p.timeout = { parameterChoice: { case: 'int64Param', value: BigInt(opts.timeoutUs) } };
+  const seq = opts.sequence;
+  if (seq) {
+    p.sequence_id = typeof seq.id === 'number'
+      ? { parameterChoice: { case: 'int64Param', value: BigInt(seq.id) } }
+      : { parameterChoice: { case: 'stringParam', value: seq.id } };
+    p.sequence_start = { parameterChoice: { case: 'boolParam', value: !!seq.start } };
+    p.sequence_end = { parameterChoice: { case: 'boolParam', value: !!seq.end } };
+  }
+  return p;
 }
 
 function grpcOutputs(res: ModelInferResponse): Outcome {

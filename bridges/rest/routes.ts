@@ -17,6 +17,8 @@ import { bodyEncoding, IMAGE_TYPES, isJsonType, mediaType, UnsupportedMediaType 
 import { rawBodyParser } from './raw-body';
 import { rawInputTensor } from './raw-input';
 import { repositoryRoutes } from './repository';
+import { inferVideo, VIDEO_TYPES, type VideoRequest } from './video';
+import type { Readable } from 'node:stream';
 
 export interface RestOptions {
   broker: BrokerApi;
@@ -25,6 +27,8 @@ export interface RestOptions {
   bodyLimit: number;
   /** Elements per input tensor (the broker's limit); bounds decoded images before they are decoded. Default 64 Mi. */
   maxElements?: number;
+  /** Largest video upload in bytes (streamed, never held in memory; 413 beyond). Default 1 GiB. */
+  maxVideoBytes?: number;
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
@@ -41,6 +45,7 @@ function both(app: FastifyInstance, method: 'GET' | 'POST', path: string, handle
 export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promise<void> {
   const { broker } = opts;
   const maxElements = opts.maxElements ?? DEFAULT_LIMITS.maxElements;
+  const maxVideoBytes = opts.maxVideoBytes ?? 1024 * 1024 * 1024;
 
   // Every body arrives as one Buffer (gzip/deflate undone); JSON is parsed in
   // the handler so the binary extension, raw bodies, images and plain JSON
@@ -48,6 +53,8 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   // registered in this context after the catch-all, its parser wins for that type.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { bodyLimit: opts.bodyLimit }, rawBodyParser(opts.bodyLimit));
+  // Videos are streamed to ffmpeg as they arrive: the handler gets the request stream itself.
+  app.addContentTypeParser([...VIDEO_TYPES], (_req, payload, done) => done(null, payload));
   await app.register(multipart, {
     limits: { fileSize: opts.bodyLimit, files: MAX_IMAGES, fields: 16, fieldSize: 64 * 1024, parts: MAX_IMAGES + 16, headerPairs: 64 },
     // A part is a file when it has a filename or a non-text type (fetch's Blob parts, curl -F x=@file).
@@ -107,12 +114,21 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     const type = mediaType(req.headers['content-type']);
     let parsed: ParsedInfer;
     let clientId: string | undefined;
+    const video = (body: Readable, videoType: string) => {
+      if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
+        body.resume();
+        throw new UnsupportedMediaType('a video upload cannot have a Content-Encoding (videos are compressed already)');
+      }
+      return videoReply(req, reply, { broker, model, version, body, mediaType: videoType, query, requestId: String(req.id), maxBytes: maxVideoBytes, maxElements });
+    };
+    if (VIDEO_TYPES.has(type)) return video(req.body as Readable, type);
     if (req.isMultipart()) {
       if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
         throw new UnsupportedMediaType('a multipart body cannot have a Content-Encoding (images are compressed already)');
       }
-      const files = await readImageParts(req, opts.bodyLimit);
-      parsed = await imageRequest(broker.metadata(model, version), files, query, String(req.id), maxElements);
+      const parts = await readUploadParts(req, opts.bodyLimit);
+      if ('video' in parts) return video(parts.video, parts.type);
+      parsed = await imageRequest(broker.metadata(model, version), parts.images, query, String(req.id), maxElements);
     } else {
       const body = req.body;
       if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
@@ -129,7 +145,8 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
         parsed = await imageRequest(broker.metadata(model, version), [{ label: 'the body', bytes: body }], query, String(req.id), maxElements);
       } else if (!isJsonType(type)) {
         throw new UnsupportedMediaType(`Content-Type '${type}' is not accepted: send application/json (KServe v2), ` +
-          'the binary extension (Inference-Header-Content-Length), image/jpeg, image/png, image/webp or multipart/form-data with images');
+          'the binary extension (Inference-Header-Content-Length), image/jpeg, image/png, image/webp, a video ' +
+          `(${[...VIDEO_TYPES].join(', ')}) or multipart/form-data with images or a video`);
       } else {
         let header: unknown;
         try {
@@ -161,23 +178,33 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
 const MAX_IMAGES = 64;
 
 /**
- * Reads the image parts of a multipart body, in order, as Buffers; the total
- * is bounded by the body limit (413). Parts that are not files are refused:
- * options travel in the query string.
+ * Reads the parts of a multipart body: a video (the first part, when it is
+ * one: handed over as a stream, never read here) or image parts, in order, as
+ * Buffers, their total bounded by the body limit (413). Parts that are not
+ * files are refused: options travel in the query string.
  */
-async function readImageParts(req: FastifyRequest, limit: number): Promise<{ label: string; bytes: Buffer }[]> {
+async function readUploadParts(req: FastifyRequest, limit: number): Promise<{ video: Readable; type: string } | { images: { label: string; bytes: Buffer }[] }> {
   const files: { label: string; bytes: Buffer }[] = [];
   let total = 0;
+  // Iterated by hand: leaving a for-await would end the iterator and with it a video part's stream.
+  const parts = req.parts()[Symbol.asyncIterator]();
   try {
-    for await (const part of req.parts()) {
+    for (;;) {
+      const next = await parts.next();
+      if (next.done) break;
+      const part = next.value;
       const label = `part ${files.length + 1} ('${part.type === 'file' && part.filename ? part.filename : part.fieldname}')`;
       if (part.type !== 'file') {
-        throw new BrokerError('INVALID_ARGUMENT', `multipart ${label} is not a file: options go in the query string (?input=, ?width=, ?height=, ?fit=)`);
+        throw new BrokerError('INVALID_ARGUMENT', `multipart ${label} is not a file: options go in the query string (?input=, ?width=, ?height=, ?fit=, ?fps=)`);
       }
       const type = mediaType(part.mimetype);
+      if (VIDEO_TYPES.has(type)) {
+        if (files.length > 0) throw new BrokerError('INVALID_ARGUMENT', `multipart ${label} is a video after images: send one video, or images only`);
+        return { video: part.file, type };
+      }
       if (type !== '' && type !== 'application/octet-stream' && !IMAGE_TYPES.has(type)) {
         part.file.resume();
-        throw new UnsupportedMediaType(`multipart ${label} is ${type}: uploads take image/jpeg, image/png or image/webp`);
+        throw new UnsupportedMediaType(`multipart ${label} is ${type}: uploads take image/jpeg, image/png, image/webp, or one video (${[...VIDEO_TYPES].join(', ')})`);
       }
       const chunks: Buffer[] = [];
       for await (const chunk of part.file as AsyncIterable<Buffer>) {
@@ -195,7 +222,22 @@ async function readImageParts(req: FastifyRequest, limit: number): Promise<{ lab
     if ((e as { statusCode?: number }).statusCode === 413) throw new BrokerError('PAYLOAD_TOO_LARGE', message);
     throw new BrokerError('INVALID_ARGUMENT', `malformed multipart body: ${message}`);
   }
-  return files;
+  return { images: files };
+}
+
+/** Runs a video upload; the answer is NDJSON once the first frame's result is ready (errors before that are plain HTTP errors). */
+async function videoReply(req: FastifyRequest, reply: FastifyReply, v: Omit<VideoRequest, 'signal'>): Promise<FastifyReply> {
+  const aborted = new AbortController();
+  reply.raw.on('close', () => {
+    if (!reply.raw.writableFinished) aborted.abort();
+  });
+  req.log.debug({ model: v.model, requestId: v.requestId, type: v.mediaType }, 'video infer');
+  const res = await inferVideo({ ...v, signal: aborted.signal });
+  return reply
+    .header('Content-Type', 'application/x-ndjson')
+    .header('Cache-Control', 'no-store')
+    .header('X-Sequence-Id', res.sequenceId)
+    .send(res.stream);
 }
 
 /** An infer request from uploaded images: one UINT8 [N, H, W, 3] tensor, outputs as JSON. */

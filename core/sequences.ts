@@ -68,6 +68,8 @@ interface Sequence {
   onOwnerAbort?: () => void;
   /** Removed from the scheduler (ended or lost): late events about it are ignored. */
   gone: boolean;
+  /** Its start request never ran: the next request takes the start flag. */
+  carryStart?: boolean;
 }
 
 interface SeqExt {
@@ -204,6 +206,10 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
       this.recent.delete(seq.id);
       this.place(seq);
     }
+    if (seq.carryStart) {
+      p.ext.start = true;
+      seq.carryStart = false;
+    }
     if (start) seq.closed = false;
     if (end) seq.closed = true;
     clearTimeout(seq.idleTimer);
@@ -223,7 +229,27 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
   }
 
   protected override onSettled(p: Req, wasQueued: boolean): void {
-    if (wasQueued) this.maybeFinish(p.ext.seq);
+    if (!wasQueued) return;
+    if (p.ext.start) this.carryStart(p);
+    this.maybeFinish(p.ext.seq);
+  }
+
+  /**
+   * A start request left the queue without running (its deadline, say, while the
+   * sequence waited for a slot): the next request of the sequence carries the start
+   * flag instead, so the model always sees the start of what it gets.
+   */
+  private carryStart(p: Req): void {
+    const seq = p.ext.seq;
+    let behind = false;
+    for (const q of seq.queue) {
+      if (q === p) behind = true;
+      else if (behind && q.state === 'queued') {
+        q.ext.start = true;
+        return;
+      }
+    }
+    if (behind && !seq.gone) seq.carryStart = true;
   }
 
   protected override batchError(e: BrokerError): BrokerError {

@@ -300,3 +300,17 @@ test('close() fails what is queued and forgets every sequence', async () => {
   expect(await code(a)).toBe('OK'); // running batches finish on their own
   expect(s.status()).toMatchObject({ active: 0, backlog: 0 });
 });
+
+test('a start request that expires while its sequence waits for a slot hands the start flag to the next request', async () => {
+  const { pool, send } = setup(1, 1);
+  pool.copies[0].auto = false;
+  const a = send('a', 1, { start: true, end: true });
+  const bStart = send('b', 10, { start: true, timeoutMs: 20 }); // backlogged behind 'a'
+  const b2 = send('b', 11);
+  expect(await code(bStart)).toBe('DEADLINE_EXCEEDED');
+  const b3 = send('b', 12, { end: true });
+  pool.copies[0].auto = true;
+  pool.copies[0].complete();
+  await Promise.all([a, b2, b3]);
+  expect(pool.rows.filter((r) => r.seq === 'b').map((r) => [r.value, r.start, r.end])).toEqual([[11, true, false], [12, false, true]]);
+});

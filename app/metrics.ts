@@ -45,6 +45,18 @@ export class Metrics implements SchedulerObserver {
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
     registers: [this.registry],
   });
+  private readonly activeSequences = new Gauge({
+    name: 'tb_sequences_active',
+    help: 'Sequences holding a slot on a copy (stateful models).',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+  private readonly sequenceBacklog = new Gauge({
+    name: 'tb_sequences_backlog',
+    help: 'Sequences waiting for a free slot (stateful models).',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
   readonly copies = new Gauge({
     name: 'tb_copies',
     help: 'Model copies by state (starting, ready, busy, draining, failed).',
@@ -95,6 +107,11 @@ export class Metrics implements SchedulerObserver {
     this.requests.inc({ model, outcome });
     if (queueSeconds !== undefined) this.queueTime.observe({ model }, queueSeconds);
     if (outcome !== 'rejected') this.requestTime.observe({ model, outcome }, totalSeconds);
+  }
+
+  sequences(model: string, active: number, backlog: number): void {
+    this.activeSequences.set({ model }, active);
+    this.sequenceBacklog.set({ model }, backlog);
   }
 
   batch(model: string, rows: number, computeSeconds: number): void {

@@ -132,6 +132,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
   }
 
   execute(batch: BatchRequest): Promise<BatchResponse> {
+    for (const it of batch.items) if (it.sequence) this.sequences.add(it.sequence.id);
     if (!this.hasCapacity()) {
       return Promise.reject(
         new BrokerError('UNAVAILABLE', `model copy ${this.id} of ${this.model} cannot take a batch (${this.state}, ${this.inflight.size}/${this.credits} in flight)`),
@@ -249,9 +250,12 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
 
   /** Sequence slots: READY's max_sequences, else the registry's, else the max batch. */
   maxSequences = 0;
+  /** Sequences with state on this copy (seen in a batch, not yet ended): a copy holding any is not idle. */
+  readonly sequences = new Set<string>();
 
   /** Sends EndSequence: the copy drops the sequence's state. */
   endSequence(id: string, slot: number, reason: 'end' | 'cancelled' | 'idle'): void {
+    this.sequences.delete(id);
     if (this.state !== 'ready' && this.state !== 'draining') return;
     const value = create(EndSequenceSchema, { id, slot, reason: END_REASON[reason] });
     this.opts.link.send(this.id, encodeFrames({ case: 'endSequence', value }));

@@ -546,7 +546,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       if (live.length <= other.spec.min_replicas) continue;
       const load = this.loadOf(other.spec.name);
       if (load.queued > 0) continue;
-      const victim = live.find((r) => isServing(r) && r.conn.inFlight === 0 && now - r.conn.lastActiveAt >= other.spec.idle_ttl_ms && usable(r));
+      const victim = live.find((r) => isServing(r) && r.conn.inFlight === 0 && r.conn.sequences.size === 0 && now - r.conn.lastActiveAt >= other.spec.idle_ttl_ms && usable(r));
       if (!victim) continue;
       this.log.info(
         { model: ms.spec.name, evicted: other.spec.name, copy: victim.id, gpus: victim.gpus, idleMs: now - victim.conn.lastActiveAt, idleTtlMs: other.spec.idle_ttl_ms, otherCopies: live.length, otherMin: other.spec.min_replicas },
@@ -791,7 +791,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
         minReplicas: ms.spec.min_replicas, maxReplicas: ms.spec.max_replicas, queuePerCopy: ms.spec.scale_up_queue_per_copy,
         upCooldownMs: ms.spec.scale_up_cooldown_ms, downCooldownMs: ms.spec.scale_down_cooldown_ms, idleTtlMs: ms.spec.idle_ttl_ms,
         lastScaleUpAt: ms.lastScaleUpAt, lastScaleDownAt: ms.lastScaleDownAt,
-        idle: serving.filter((r) => r.conn.inFlight === 0).map((r) => ({ copyId: r.id, idleSinceMs: now - r.conn.lastActiveAt })),
+        idle: serving.filter((r) => r.conn.inFlight === 0 && r.conn.sequences.size === 0).map((r) => ({ copyId: r.id, idleSinceMs: now - r.conn.lastActiveAt })),
       };
       const d = decideScale(input);
       if (d.action !== 'none') this.applyDecision(ms, d, load, input);

@@ -68,6 +68,15 @@ const cases: Case[] = [
   },
   { name: 'too many rows', model: 'identity', inputs: [tensor('IN_UINT8', 'UINT8', [17, 1], Array(17).fill(1))], outputs: ['OUT_UINT8'], expect: { error: 'INVALID_ARGUMENT' } },
   { name: 'unknown output', model: 'identity', inputs: [tensor('IN_UINT8', 'UINT8', [1, 1], [1])], outputs: ['OUT_NOPE'], expect: { error: 'INVALID_ARGUMENT' } },
+  {
+    name: 'more input tensors than --max-tensors',
+    model: 'identity',
+    inputs: (['UINT8', 'INT8', 'UINT16', 'INT16', 'INT32'] as DataType[]).map((dt) => tensor(`IN_${dt}`, dt, [1, 1], [1])),
+    outputs: ['OUT_UINT8'],
+    expect: { error: 'INVALID_ARGUMENT' },
+  },
+  { name: 'more elements than --max-elements', model: 'identity', inputs: [tensor('IN_UINT8', 'UINT8', [1, 1001], Array(1001).fill(1))], outputs: ['OUT_UINT8'], expect: { error: 'INVALID_ARGUMENT' } },
+  { name: 'a string longer than --max-string-bytes', model: 'identity', inputs: [tensor('IN_BYTES', 'BYTES', [1, 1], ['y'.repeat(401)])], outputs: ['OUT_BYTES'], expect: { error: 'INVALID_ARGUMENT' } },
   { name: 'model error', model: 'failing', inputs: [tensor('IN_UINT8', 'UINT8', [1, 1], [1])], outputs: ['OUT_UINT8'], expect: { error: 'INTERNAL' } },
   { name: 'deadline', model: 'slow', inputs: [tensor('INPUT0', 'FP32', [1, 1], [1])], timeoutUs: 50_000, expect: { error: 'DEADLINE_EXCEEDED' } },
   { name: 'queue full', model: 'slow', inputs: [tensor('INPUT0', 'FP32', [1, 1], [1])], concurrent: 5, expect: { someError: 'RESOURCE_EXHAUSTED' } },
@@ -93,7 +102,8 @@ describe('every bridge gives the same answers', () => {
   const live: Transport[] = [];
 
   beforeAll(async () => {
-    b = await startTestBroker({ models });
+    // Small limits, so each limit is reached by a modest request (the samples stay within them).
+    b = await startTestBroker({ models, config: { maxTensors: 4, maxElements: 1000, maxStringBytes: 400 } });
     await Promise.all(Object.keys(models).map((m) => waitReady(b, m)));
     for (const t of TRANSPORTS) live.push(await t.open(b));
   });

@@ -5,7 +5,6 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { EventEmitter } from 'node:events';
 import Docker from 'dockerode';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
@@ -15,28 +14,13 @@ import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
 import { DockerRuntime, LABEL_COPY, LABEL_MODEL, LABEL_OWNER } from '../../task-manager/docker-runtime';
 import { LinkServer } from '../../task-manager/link-server';
 import { TaskManager } from '../../task-manager/supervisor';
+import { waitEvent } from '../helpers/events';
 import { ensureTestImages } from '../helpers/images';
 
 jest.setTimeout(300_000);
 
 const logger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });
 const IMAGE = 'tensorbroker/simple:dev';
-
-function waitEvent<T extends unknown[]>(em: EventEmitter, event: string, filter: (...args: T) => boolean = () => true, ms = 30_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      em.off(event, on);
-      reject(new Error(`timed out waiting for '${event}'`));
-    }, ms);
-    const on = (...args: unknown[]) => {
-      if (!filter(...(args as T))) return;
-      clearTimeout(timer);
-      em.off(event, on);
-      resolve(args as T);
-    };
-    em.on(event, on);
-  });
-}
 
 function int32Tensor(name: string, rows: number, first: number): Tensor {
   const a = new Int32Array(rows * 16).map((_, i) => i);

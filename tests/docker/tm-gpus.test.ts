@@ -10,7 +10,8 @@
 import type Docker from 'dockerode';
 import { LABEL_FAKE_DEVICES, LABEL_GPUS } from '../../task-manager/docker-runtime';
 import { ensureTaskManagerImages } from '../helpers/test-images';
-import { docker, dockerTm, modelSpec, once, until, type DockerTm } from '../helpers/tm-docker';
+import { waitEvent } from '../helpers/events';
+import { docker, dockerTm, modelSpec, until, type DockerTm } from '../helpers/tm-docker';
 
 jest.setTimeout(180_000);
 const IMAGE = 'tensorbroker/simple:dev';
@@ -60,7 +61,7 @@ describe('GPU placement (fake mode: copies run)', () => {
     expect(tm.copies().filter((c) => c.model === 'gpu-b')).toEqual([]);
 
     // Removing gpu-a frees its four GPUs; gpu-b gets one.
-    const ready = once(tm, 'metadata', (m: string) => m === 'gpu-b', 60_000);
+    const ready = waitEvent(tm, 'metadata', (m: string) => m === 'gpu-b', 60_000);
     await tm.applyChange({ type: 'delete', name: 'gpu-a', previous: modelSpec('gpu-a', IMAGE) });
     await ready;
     const b = tm.copies().find((c) => c.model === 'gpu-b')!;
@@ -95,7 +96,7 @@ describe('GPU placement (nvidia mode: real device requests, no GPU runtime here)
       created.push(await c.inspect());
       return c;
     });
-    const unavailable = once<[string, { reason: string }]>(tm, 'model-unavailable', (m: string) => m === 'g4', 60_000);
+    const unavailable = waitEvent<[string, { reason: string }]>(tm, 'model-unavailable', (m: string) => m === 'g4', 60_000);
     await tm.reconcile([modelSpec('g4', IMAGE, { run_on_gpu: true, min_replicas: 4, max_replicas: 4, max_failures: 4 })]);
     const [, verdict] = await unavailable;
     spy.mockRestore();

@@ -9,7 +9,8 @@ import { BrokerError } from '../../core/errors';
 import { DockerRuntime } from '../../task-manager/docker-runtime';
 import { freePort, hasRegistry, pushLocal, startLocalRegistry, type LocalRegistry } from '../helpers/local-registry';
 import { ensureTaskManagerImages } from '../helpers/test-images';
-import { dockerTm, modelSpec, once, type DockerTm } from '../helpers/tm-docker';
+import { waitEvent } from '../helpers/events';
+import { dockerTm, modelSpec, type DockerTm } from '../helpers/tm-docker';
 
 jest.setTimeout(180_000);
 const d = hasRegistry ? describe : describe.skip;
@@ -37,7 +38,7 @@ d('image pulls from a local registry (127.0.0.1)', () => {
     const t: DockerTm = dockerTm({ runtime: { logger } });
     try {
       const image = `${reg.host}/tb/simple:pull`;
-      const ready = once(t.tm, 'metadata', () => true, 60_000);
+      const ready = waitEvent(t.tm, 'metadata', () => true, 60_000);
       await t.tm.reconcile([modelSpec('pulled', image, { pull_policy: 'if-missing' })]);
       await ready;
       expect(lines.some((l) => l.msg === 'pulling image' && l.image === image)).toBe(true);

@@ -2,11 +2,12 @@
  * `tensorbroker serve` as a user runs it: the compiled CLI, the root
  * models.yaml, the process runtime; then SIGTERM for a graceful stop.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { getJson, postJson, ROOT, row, simpleBody, waitFor } from '../helpers/broker';
+import { startCliBroker } from '../helpers/cli-broker';
 import { startRedis, type RedisHandle } from '../helpers/redis';
 
 const alive = (pid: number) => {
@@ -22,35 +23,18 @@ describe('tensorbroker serve (CLI)', () => {
   let redis: RedisHandle;
   let dir: string;
   let child: ChildProcess;
-  const lines: Record<string, unknown>[] = [];
+  let lines: Record<string, unknown>[] = [];
   let url = '';
 
   beforeAll(async () => {
     redis = await startRedis();
     dir = await mkdtemp(path.join(os.tmpdir(), 'tb-cli-'));
-    child = spawn(process.execPath, [
-      path.join(ROOT, 'dist/app/cli.js'), 'serve',
+    ({ child, lines, url } = await startCliBroker([
       '--runtime', 'process', '--models', path.join(ROOT, 'models.yaml'),
       '--redis-url', redis.url, '--redis-prefix', `cli-${process.pid}:`,
-      '--http-port', '0', '--metrics-port', '0', '--socket-dir', path.join(dir, 'sock'), '--broker-id', `cli-${process.pid}`,
-    ], { cwd: dir, env: { ...process.env, TB_LOG_LEVEL: 'info', TB_ADMIN_TOKEN: 'secret-admin-token' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          lines.push(JSON.parse(line));
-        } catch {
-          lines.push({ raw: line });
-        }
-      }
-    });
-    await waitFor(() => lines.some((l) => l.msg === 'tensorbroker serving'), 20_000, 'serving log line');
+      '--socket-dir', path.join(dir, 'sock'), '--broker-id', `cli-${process.pid}`,
+    ], { TB_ADMIN_TOKEN: 'secret-admin-token' }, { cwd: dir, servingMs: 20_000 }));
     const serving = lines.find((l) => l.msg === 'tensorbroker serving')!;
-    url = `http://127.0.0.1:${serving.http}`;
     expect(serving.runtime).toBe('process');
     await waitFor(async () => (await fetch(`${url}/v2/health/ready`)).status === 200, 30_000, 'server ready');
   });

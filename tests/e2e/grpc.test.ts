@@ -11,16 +11,9 @@ import { startGrpcBridge, type GrpcBridge } from '../../bridges/grpc/server';
 import { INFERENCE_SERVICE } from '../../bridges/grpc/service-definition';
 import { DataType, ModelInstanceGroup_Kind } from '../../proto/gen/model_config_pb';
 import type { ModelStreamInferResponse } from '../../proto/gen/grpc_service_pb';
-import { modelMain, row, startTestBroker, waitFor, type TestBroker } from '../helpers/broker';
+import { row, simpleModel, sleepyModel, startTestBroker, waitFor, type TestBroker } from '../helpers/broker';
 import { GrpcTestClient, int32Values, simpleRaw, type InferInit } from '../helpers/grpc-client';
 
-const simple = (extra: Record<string, unknown> = {}) => ({ command: ['node', modelMain('simple')], batch_size: 8, ...extra });
-const sleepy = (aMs: number, extra: Record<string, unknown> = {}) => ({
-  command: ['node', modelMain('sleepy')],
-  batch_size: 1,
-  env: { SLEEPY_A_MS: String(aMs), SLEEPY_B_MS: '0' },
-  ...extra,
-});
 const fp32Request = (model: string, values: number[], extra: Record<string, unknown> = {}): InferInit =>
   ({
     modelName: model,
@@ -41,14 +34,14 @@ describe('gRPC bridge, process runtime', () => {
   beforeAll(async () => {
     b = await startTestBroker({
       models: {
-        simple: simple(),
-        failing: simple({ env: { SIMPLE_FAIL_ON: '999' } }),
-        loadable: simple(),
-        echo: sleepy(20, { batch_size: 8 }),
-        full: sleepy(400, { queue_capacity: 1 }),
-        sleepy: sleepy(300),
-        slowcancel: sleepy(1500),
-        big: sleepy(1),
+        simple: simpleModel(),
+        failing: simpleModel({ env: { SIMPLE_FAIL_ON: '999' } }),
+        loadable: simpleModel(),
+        echo: sleepyModel(20, { batch_size: 8 }),
+        full: sleepyModel(400, { queue_capacity: 1 }),
+        sleepy: sleepyModel(300),
+        slowcancel: sleepyModel(1500),
+        big: sleepyModel(1),
         broken: { command: ['node', '-e', 'process.exit(7)'], startup_timeout_ms: 5000 },
       },
     });

@@ -3,15 +3,8 @@
  * processes (process runtime): answers, batching, every error status, a
  * killed copy, registry changes at run time.
  */
-import { getJson, modelMain, postJson, row, simpleBody, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
+import { getJson, modelMain, postJson, row, simpleBody, simpleModel, sleepyModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
-const simple = (extra: Record<string, unknown> = {}) => ({ command: ['node', modelMain('simple')], batch_size: 8, ...extra });
-const sleepy = (aMs: number, extra: Record<string, unknown> = {}) => ({
-  command: ['node', modelMain('sleepy')],
-  batch_size: 1,
-  env: { SLEEPY_A_MS: String(aMs), SLEEPY_B_MS: '0' },
-  ...extra,
-});
 const fp32 = (rows: number) => ({ inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [rows, 2], data: Array.from({ length: rows * 2 }, (_, i) => i / 2) }] });
 
 describe('REST bridge, process runtime', () => {
@@ -23,11 +16,11 @@ describe('REST bridge, process runtime', () => {
       adminToken: 'test-token',
       config: { bodyLimit: 64 * 1024 },
       models: {
-        simple: simple(),
-        batched: simple({ max_wait_ms: 5 }),
-        failing: simple({ env: { SIMPLE_FAIL_ON: '999' } }),
-        slow: sleepy(400, { queue_capacity: 2 }),
-        sleepy: sleepy(300),
+        simple: simpleModel(),
+        batched: simpleModel({ max_wait_ms: 5 }),
+        failing: simpleModel({ env: { SIMPLE_FAIL_ON: '999' } }),
+        slow: sleepyModel(400, { queue_capacity: 2 }),
+        sleepy: sleepyModel(300),
         broken: { command: ['node', '-e', 'console.error("cannot load weights"); process.exit(7)'], startup_timeout_ms: 5000 },
       },
     });

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { BatchSchema, EndSequenceSchema, EndSequence_Reason, tensorsFromFrames, toMeta } from '../../proto/link';
 import type { Tensor } from '../../core/tensor';
-import { startCopy, type FakeLinkBroker } from '../helpers/fake-link';
+import { startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 import type { ChildProcess } from 'node:child_process';
 
 const MAIN = path.resolve(__dirname, '../../dist/examples/models/motion/main.js');
@@ -29,7 +29,7 @@ describe('Node SDK: sequences (motion model)', () => {
   beforeAll(async () => {
     if (!fs.existsSync(MAIN)) throw new Error(`${MAIN} is missing: run \`npm run build\` first`);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-sdkseq-'));
-    ({ broker, child } = await startCopy(dir, MAIN, 'm1', { TB_MODEL: 'motion', MOTION_MAX_SEQUENCES: '4' }));
+    ({ broker, child } = await startCopy(dir, [process.execPath, MAIN], 'm1', { TB_MODEL: 'motion', MOTION_MAX_SEQUENCES: '4' }));
   });
   afterAll(() => {
     if (child && child.exitCode === null) child.kill('SIGKILL');

@@ -2,92 +2,17 @@
  * The Node SDK against a real ZeroMQ ROUTER: spawns the compiled simple example
  * (run `npm run build` first) and plays the broker's side of the link.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
-import { Router } from 'zeromq';
-import {
-  BatchSchema, ShutdownSchema, decodeFrames, encodeFrames, tensorsFromFrames, toMeta,
-  type Envelope, type Result,
-} from '../../proto/link';
+import { BatchSchema, ShutdownSchema, tensorsFromFrames, toMeta } from '../../proto/link';
 import type { Tensor } from '../../core/tensor';
+import { exitOf, startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 
 const MAIN = path.resolve(__dirname, '../../dist/examples/models/simple/main.js');
-const WAIT_MS = 10_000;
 const FAIL_ON = 999;
-
-interface Msg { envelope: Envelope; frames: Buffer[] }
-type Kind = NonNullable<Envelope['kind']['case']>;
-type ValueOf<K extends Kind> = Extract<Envelope['kind'], { case: K }>['value'];
-
-/** The broker side: a Router with a queue of decoded messages to wait on. */
-class FakeBroker {
-  readonly sock = new Router();
-  private queue: Msg[] = [];
-  private waiters: Array<() => void> = [];
-  copyId?: Buffer;
-
-  async bind(endpoint: string): Promise<void> {
-    await this.sock.bind(endpoint);
-    void this.loop();
-  }
-
-  private async loop(): Promise<void> {
-    try {
-      for await (const [id, ...frames] of this.sock) {
-        this.copyId = id;
-        this.queue.push(decodeFrames(frames));
-        this.waiters.splice(0).forEach((w) => w());
-      }
-    } catch {
-      // socket closed
-    }
-  }
-
-  /** Next message of `kind`, skipping heartbeats. */
-  async next<K extends Kind>(kind: K, ms = WAIT_MS): Promise<Msg & { value: ValueOf<K> }> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const i = this.queue.findIndex((m) => m.envelope.kind.case !== 'heartbeat');
-      if (i >= 0) {
-        const [m] = this.queue.splice(i, 1);
-        if (m.envelope.kind.case !== kind) throw new Error(`expected ${kind}, got ${m.envelope.kind.case}`);
-        return { ...m, value: m.envelope.kind.value as ValueOf<K> } as Msg & { value: ValueOf<K> };
-      }
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`no ${kind} within ${ms} ms`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => { clearTimeout(t); resolve(); });
-      });
-    }
-  }
-
-  async heartbeatSeen(ms = WAIT_MS): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!this.queue.some((m) => m.envelope.kind.case === 'heartbeat')) {
-      if (Date.now() > deadline) throw new Error('no heartbeat');
-      await new Promise<void>((resolve) => { const t = setTimeout(resolve, deadline - Date.now()); this.waiters.push(() => { clearTimeout(t); resolve(); }); });
-    }
-  }
-
-  async send(kind: Envelope['kind'], tensors: Tensor[] = []): Promise<void> {
-    if (!this.copyId) throw new Error('no copy connected');
-    await this.sock.send([this.copyId, ...encodeFrames(kind, tensors)]);
-  }
-
-  async batch(batchId: bigint, items: Array<[string, number]>, tensors: Tensor[]): Promise<Msg & { value: Result }> {
-    await this.send({
-      case: 'batch',
-      value: create(BatchSchema, { batchId, model: 'simple', items: items.map(([requestId, rows]) => ({ requestId, rows })), tensors: tensors.map(toMeta) }),
-    }, tensors);
-    const r = await this.next('result');
-    expect(r.value.batchId).toBe(batchId);
-    return r;
-  }
-}
 
 function int32(name: string, rows: number[][]): Tensor {
   const a = Int32Array.from(rows.flat());
@@ -102,30 +27,12 @@ function rowsOf(t: Tensor): number[][] {
 
 const row = (start: number) => Array.from({ length: 16 }, (_, i) => start + i);
 
-function exitOf(child: ChildProcess, ms = WAIT_MS): Promise<number | null> {
-  return new Promise((resolve, reject) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
-    const t = setTimeout(() => reject(new Error('model did not exit')), ms);
-    child.once('exit', (code) => { clearTimeout(t); resolve(code); });
-  });
-}
-
-async function startModel(dir: string, name: string, env: Record<string, string> = {}) {
-  const endpoint = `ipc://${path.join(dir, `${name}.ipc`)}`;
-  const broker = new FakeBroker();
-  await broker.bind(endpoint);
-  let stderr = '';
-  const child = spawn(process.execPath, [MAIN], {
-    env: { ...process.env, TB_ENDPOINT: endpoint, TB_COPY_ID: name, TB_MODEL: 'simple', TB_HEARTBEAT_MS: '200', ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  child.stderr?.on('data', (b: Buffer) => { stderr += b.toString(); });
-  return { broker, child, stderr: () => stderr };
-}
+const startModel = (dir: string, name: string, env: Record<string, string> = {}) =>
+  startCopy(dir, [process.execPath, MAIN], name, { TB_MODEL: 'simple', ...env });
 
 describe('Node SDK with the simple model', () => {
   let dir: string;
-  let broker: FakeBroker;
+  let broker: FakeLinkBroker;
   let child: ChildProcess;
   const others: ChildProcess[] = [];
 
@@ -151,7 +58,7 @@ describe('Node SDK with the simple model', () => {
   });
 
   test('sends heartbeats', async () => {
-    await broker.heartbeatSeen();
+    await broker.heartbeatsSeen(1);
   });
 
   test('adds and subtracts a batch of 3 rows in 2 items', async () => {

@@ -3,19 +3,20 @@
  * playing the broker: tests/python/sdk_test_model.py run by Debian's /usr/bin/python3.
  * Skipped, with the reason printed, only when python3-zmq/numpy/protobuf are missing.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { EndSequenceSchema, EndSequence_Reason, ShutdownSchema, tensorsFromFrames } from '../../proto/link';
 import type { Tensor } from '../../core/tensor';
-import { FakeLinkBroker } from '../helpers/fake-link-broker';
+import { exitOf, startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 import { ROOT } from '../helpers/broker';
 
 const PYTHON = '/usr/bin/python3';
 const MODEL = path.join(ROOT, 'tests', 'python', 'sdk_test_model.py');
-const pyEnv = { ...process.env, PYTHONNOUSERSITE: '1', PYTHONDONTWRITEBYTECODE: '1' };
+const PY_VARS = { PYTHONNOUSERSITE: '1', PYTHONDONTWRITEBYTECODE: '1' };
+const pyEnv = { ...process.env, ...PY_VARS };
 
 function pythonMissing(): string | undefined {
   const r = spawnSync(PYTHON, ['-c', 'import zmq, numpy, google.protobuf'], { env: pyEnv, encoding: 'utf8' });
@@ -45,32 +46,16 @@ function bytesStrings(t: Tensor): string[] {
 const outputsOf = (r: { value: { tensors: Parameters<typeof tensorsFromFrames>[0] }; frames: Buffer[] }) =>
   Object.fromEntries(tensorsFromFrames(r.value.tensors, r.frames).map((t) => [t.name, t]));
 
-function exitOf(child: ChildProcess, ms = 10_000): Promise<number | null> {
-  return new Promise((resolve, reject) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
-    const t = setTimeout(() => reject(new Error('model did not exit')), ms);
-    child.once('exit', (code) => { clearTimeout(t); resolve(code); });
-  });
-}
-
 describeIfPython('Python model SDK', () => {
   let dir: string;
   const children: ChildProcess[] = [];
   const brokers: FakeLinkBroker[] = [];
 
   async function start(name: string, env: Record<string, string> = {}) {
-    const endpoint = `ipc://${path.join(dir, `${name}.ipc`)}`;
-    const broker = new FakeLinkBroker();
-    brokers.push(broker);
-    await broker.bind(endpoint);
-    let stderr = '';
-    const child = spawn(PYTHON, [MODEL], {
-      env: { ...pyEnv, TB_ENDPOINT: endpoint, TB_COPY_ID: name, TB_MODEL: 'py-sdk', TB_HEARTBEAT_MS: '200', ...env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    children.push(child);
-    child.stderr?.on('data', (b: Buffer) => { stderr += b.toString(); });
-    return { broker, child, stderr: () => stderr };
+    const copy = await startCopy(dir, [PYTHON, MODEL], name, { ...PY_VARS, TB_MODEL: 'py-sdk', ...env });
+    brokers.push(copy.broker);
+    children.push(copy.child);
+    return copy;
   }
 
   beforeAll(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-pysdk-')); });

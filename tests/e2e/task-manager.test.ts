@@ -17,25 +17,13 @@ import { HeartbeatSchema, decodeFrames, encodeFrames } from '../../proto/link';
 import { LinkServer } from '../../task-manager/link-server';
 import { ProcessRuntime } from '../../task-manager/process-runtime';
 import { TaskManager } from '../../task-manager/supervisor';
+import { waitEvent as waitEventWithin } from '../helpers/events';
 import { FAKE_MODEL_ENV, fakeModelCommand } from './fixtures/build-fake-model';
 
 const logger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });
 
-function waitEvent<T extends unknown[]>(em: EventEmitter, event: string, filter: (...args: T) => boolean = () => true, ms = 15_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      em.off(event, on);
-      reject(new Error(`timed out waiting for '${event}'`));
-    }, ms);
-    const on = (...args: unknown[]) => {
-      if (!filter(...(args as T))) return;
-      clearTimeout(timer);
-      em.off(event, on);
-      resolve(args as T);
-    };
-    em.on(event, on);
-  });
-}
+/** Events here come from local processes: a shorter wait than the shared default. */
+const waitEvent = <T extends unknown[]>(em: EventEmitter, event: string, filter?: (...args: T) => boolean) => waitEventWithin<T>(em, event, filter, 15_000);
 
 async function waitFor(check: () => boolean, ms = 10_000): Promise<void> {
   const until = Date.now() + ms;

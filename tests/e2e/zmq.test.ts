@@ -10,15 +10,8 @@ import { startZmqBridge, type ZmqBridge } from '../../bridges/zmq/server';
 import type { Tensor } from '../../core/tensor';
 import { InferReplySchema, InferRequestSchema, decodeHeader, parametersToProto, toMeta, type InferReply } from '../../proto/client';
 import { ZmqClient, ZmqClientError } from '../../sdk/node';
-import { modelMain, row, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
+import { row, simpleModel, sleepyModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
-const simple = (extra: Record<string, unknown> = {}) => ({ command: ['node', modelMain('simple')], batch_size: 8, ...extra });
-const sleepy = (aMs: number, extra: Record<string, unknown> = {}) => ({
-  command: ['node', modelMain('sleepy')],
-  batch_size: 1,
-  env: { SLEEPY_A_MS: String(aMs), SLEEPY_B_MS: '0' },
-  ...extra,
-});
 
 const MAX_BYTES = 256 * 1024;
 
@@ -52,10 +45,10 @@ describe('ZeroMQ bridge, process runtime', () => {
   beforeAll(async () => {
     b = await startTestBroker({
       models: {
-        simple: simple(),
-        failing: simple({ env: { SIMPLE_FAIL_ON: '999' } }),
-        slow: sleepy(400, { queue_capacity: 1 }),
-        sleepy: sleepy(300),
+        simple: simpleModel(),
+        failing: simpleModel({ env: { SIMPLE_FAIL_ON: '999' } }),
+        slow: sleepyModel(400, { queue_capacity: 1 }),
+        sleepy: sleepyModel(300),
       },
     });
     await Promise.all(['simple', 'failing', 'slow', 'sleepy'].map((m) => waitReady(b, m)));

@@ -15,6 +15,17 @@ import { startRedis, type RedisHandle } from './redis';
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const modelMain = (model: string) => path.join(ROOT, 'dist', 'examples', 'models', model, 'main.js');
 
+/** models.yaml entry for the compiled simple example (batch 8), plus `extra` fields. */
+export const simpleModel = (extra: Record<string, unknown> = {}) => ({ command: ['node', modelMain('simple')], batch_size: 8, ...extra });
+
+/** models.yaml entry for the compiled sleepy example (batch 1, INPUT0 takes `aMs`), plus `extra` fields. */
+export const sleepyModel = (aMs: number, extra: Record<string, unknown> = {}) => ({
+  command: ['node', modelMain('sleepy')],
+  batch_size: 1,
+  env: { SLEEPY_A_MS: String(aMs), SLEEPY_B_MS: '0' },
+  ...extra,
+});
+
 export interface TestBroker {
   running: RunningBroker;
   url: string;

@@ -10,8 +10,16 @@ export interface CliBroker {
   metricsUrl: string;
 }
 
-export async function startCliBroker(args: string[], env: Record<string, string> = {}): Promise<CliBroker> {
+export interface CliBrokerOptions {
+  /** Working directory of the broker process (default: this process's). */
+  cwd?: string;
+  /** How long to wait for the 'tensorbroker serving' log line. */
+  servingMs?: number;
+}
+
+export async function startCliBroker(args: string[], env: Record<string, string> = {}, opts: CliBrokerOptions = {}): Promise<CliBroker> {
   const child = spawn(process.execPath, [path.join(ROOT, 'dist/app/cli.js'), 'serve', '--http-port', '0', '--metrics-port', '0', '--grpc-port', '0', '--zmq-port', '0', ...args], {
+    cwd: opts.cwd,
     env: { ...process.env, TB_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -35,7 +43,7 @@ export async function startCliBroker(args: string[], env: Record<string, string>
   await waitFor(() => {
     if (child.exitCode !== null) throw new Error(`broker exited ${child.exitCode}: ${stderr}`);
     return lines.some((l) => l.msg === 'tensorbroker serving');
-  }, 30_000, 'serving log line');
+  }, opts.servingMs ?? 30_000, 'serving log line');
   const serving = lines.find((l) => l.msg === 'tensorbroker serving')!;
   return { child, lines, url: `http://127.0.0.1:${serving.http}`, metricsUrl: `http://127.0.0.1:${serving.metrics}/metrics` };
 }

@@ -1,7 +1,10 @@
 /**
  * The broker's side of the link protocol for SDK tests: a ROUTER that decodes what a
- * model copy sends and lets a test wait for the next message of a kind.
+ * model copy sends and lets a test wait for the next message of a kind; and a
+ * spawned model copy connected to it.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { Router } from 'zeromq';
 import { BatchSchema, decodeFrames, encodeFrames, toMeta, type Envelope, type Result } from '../../proto/link';
@@ -100,4 +103,32 @@ export class FakeLinkBroker {
   close(): void {
     this.sock.close();
   }
+}
+
+export interface StartedCopy { broker: FakeLinkBroker; child: ChildProcess; stderr(): string }
+
+/**
+ * Binds a fake broker on an ipc socket in `dir` and spawns `argv` as the copy `name`
+ * (heartbeats every 200 ms); `env` adds to the process env. The copy's stderr is captured.
+ */
+export async function startCopy(dir: string, argv: string[], name: string, env: Record<string, string> = {}): Promise<StartedCopy> {
+  const endpoint = `ipc://${path.join(dir, `${name}.ipc`)}`;
+  const broker = new FakeLinkBroker();
+  await broker.bind(endpoint);
+  let stderr = '';
+  const child = spawn(argv[0], argv.slice(1), {
+    env: { ...process.env, TB_ENDPOINT: endpoint, TB_COPY_ID: name, TB_HEARTBEAT_MS: '200', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr?.on('data', (b: Buffer) => { stderr += b.toString(); });
+  return { broker, child, stderr: () => stderr };
+}
+
+/** The copy's exit code; rejects if it has not exited within `ms`. */
+export function exitOf(child: ChildProcess, ms = 10_000): Promise<number | null> {
+  return new Promise((resolve, reject) => {
+    if (child.exitCode !== null) return resolve(child.exitCode);
+    const t = setTimeout(() => reject(new Error('model did not exit')), ms);
+    child.once('exit', (code) => { clearTimeout(t); resolve(code); });
+  });
 }

@@ -2,7 +2,6 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { EventEmitter } from 'node:events';
 import Docker from 'dockerode';
 import pino from 'pino';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
@@ -52,20 +51,4 @@ export async function until(check: () => boolean | Promise<boolean>, ms = 30_000
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-export function once<T extends unknown[]>(em: EventEmitter, event: string, filter: (...a: T) => boolean = () => true, ms = 30_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => {
-      em.off(event, on);
-      reject(new Error(`timed out waiting for '${event}'`));
-    }, ms);
-    const on = (...a: unknown[]) => {
-      if (!filter(...(a as T))) return;
-      clearTimeout(t);
-      em.off(event, on);
-      resolve(a as T);
-    };
-    em.on(event, on);
-  });
 }

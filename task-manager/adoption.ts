@@ -3,10 +3,13 @@
  * adopt the running ones it has a placement for (same model, same spec
  * fingerprint, READY metadata known, GPUs free), remove every other one.
  * Containers of other brokers are never listed (the owner label filter).
+ * planAdoption() decides (pure); clearLeftovers() acts on the decision.
  */
+import type { Logger } from 'pino';
 import type { ModelSpec } from '../model-manager/spec';
-import type { Placement } from './placement-store';
-import type { CopyHandle } from './runtime';
+import { fingerprint } from './model-state';
+import type { Placement, PlacementStore } from './placement-store';
+import type { CopyHandle, Runtime } from './runtime';
 
 export interface AdoptionPlan {
   adopt: { handle: CopyHandle; placement: Placement; spec: ModelSpec }[];
@@ -41,4 +44,31 @@ export function planAdoption(handles: CopyHandle[], placements: Placement[], spe
   }
   for (const p of placements) if (!seen.has(p.copyId)) plan.forget.push(p);
   return plan;
+}
+
+/**
+ * Start-up of a broker: lists the containers labelled with its id and its
+ * placements, removes the stale containers, forgets placements without one,
+ * and returns the running copies to adopt (the caller launches them).
+ * Adoption needs a runtime that can adopt and a persistent store.
+ */
+export async function clearLeftovers(runtime: Runtime, store: PlacementStore, brokerId: string, specs: ModelSpec[], log: Logger): Promise<AdoptionPlan['adopt']> {
+  const handles = await runtime.list(brokerId).catch((err: Error) => {
+    log.error({ err: err.message }, 'cannot list containers of an earlier run');
+    return [] as CopyHandle[];
+  });
+  const placements = await store.list().catch((err: Error) => {
+    log.error({ err: err.message, store: store.kind }, 'cannot read placements; nothing is adopted');
+    return [] as Placement[];
+  });
+  const canAdopt = !!runtime.adopt && store.kind !== 'memory';
+  const plan = planAdoption(canAdopt ? handles : [], placements, specs, fingerprint);
+  if (!canAdopt) for (const h of handles) plan.remove.push({ handle: h, why: 'this runtime or placement store cannot adopt' });
+  for (const { handle, why } of plan.remove) {
+    log.info({ container: handle.name, model: handle.model, copy: handle.copyId, why }, 'removing a stale copy of an earlier run');
+    await (runtime.remove ? runtime.remove(handle) : runtime.kill(handle)).catch(() => undefined);
+    await store.remove(handle.copyId).catch(() => undefined);
+  }
+  for (const p of plan.forget) await store.remove(p.copyId).catch(() => undefined);
+  return plan.adopt;
 }

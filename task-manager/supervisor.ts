@@ -1,8 +1,10 @@
 /**
  * TaskManager: runs the model copies of one broker over a Runtime and offers
- * the ready ones to the core as a CopyPool. Placement (GPUs, global caps),
- * health (timeouts, restarts with backoff, "unavailable" after repeated
- * failures), autoscaling, rolling updates and adoption after a broker restart.
+ * the ready ones to the core as a CopyPool. Here: the model lifecycle (specs,
+ * load/unload, operator scale), each copy's start/exit/restart, and views.
+ * Delegated: placement and eviction (placement.ts), the autoscale loop
+ * (scaling.ts), rolls (roll.ts), adoption (adoption.ts), one copy's runtime
+ * side (copies.ts), view shapes (views.ts).
  */
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -11,15 +13,22 @@ import { BrokerError } from '../core/errors';
 import type { CopyPool, ModelControl, ModelCopy } from '../core/pool';
 import type { ModelMetadata, ModelReadiness } from '../core/types';
 import type { ModelSpec, RegistryEvent } from '../model-manager/spec';
-import { planAdoption } from './adoption';
-import { capRefusal, decideScale, type GlobalCaps, type ScaleDecision } from './autoscaler';
-import { CopyConnection, type CopyState } from './copy-connection';
+import { clearLeftovers } from './adoption';
+import type { GlobalCaps } from './autoscaler';
+import { CopyConnection } from './copy-connection';
+import { copyLaunch, exitMessage, failureKind, stopCopy } from './copies';
 import { GpuAllocator, type GpuUse } from './gpu-allocator';
-import { FailureTracker, batchTimeoutMs, type Unavailable } from './health';
+import { FailureTracker, batchTimeoutMs } from './health';
 import type { LinkServer } from './link-server';
-import { fingerprint, instanceState, isLive, isServing, placementOf, type CopyRecord, type ModelState } from './model-state';
-import { MemoryPlacementStore, type InstanceState, type Placement, type PlacementStore } from './placement-store';
-import { lastLine, type CopyHandle, type ExitInfo, type Runtime } from './runtime';
+import { currentCopies, fingerprint, isLive, isServing, placementOf, readinessOf, type CopyRecord, type ModelState } from './model-state';
+import { MemoryPlacementStore, type Placement, type PlacementStore } from './placement-store';
+import { Placer } from './placement';
+import { rollStep } from './roll';
+import type { CopyHandle, ExitInfo, Runtime } from './runtime';
+import { ScaleLoop, loadOf, type Load } from './scaling';
+import { copyInfo, modelStats, modelStatus, type CopyInfo, type ModelStats, type ModelStatus } from './views';
+
+export type { CopyInfo, ModelStats, ModelStatus } from './views';
 
 export interface TaskManagerOptions {
   runtime: Runtime;
@@ -52,49 +61,6 @@ export interface TaskManagerOptions {
   load?: () => { model: string; queued: number; running: number }[];
 }
 
-export interface CopyInfo {
-  id: string;
-  model: string;
-  state: InstanceState;
-  inFlight: number;
-  credits: number;
-  runtimeId?: string;
-  name?: string;
-  pid?: number;
-  gpus?: string[];
-  fingerprint: string;
-  version: string;
-  image?: string;
-  adopted?: boolean;
-  startedAt: number;
-  readyAt?: number;
-}
-
-export interface ModelStats {
-  model: string;
-  copies: Record<CopyState, number>;
-  inFlight: number;
-  restarts: number;
-  ready: boolean;
-  reason?: string;
-}
-
-export interface ModelStatus {
-  model: string;
-  readiness: ModelReadiness;
-  desired: number;
-  minReplicas: number;
-  maxReplicas: number;
-  copies: CopyInfo[];
-  restarts: number;
-  recentFailures: number;
-  unavailable?: Unavailable;
-  waiting?: string;
-  lastDecision?: string;
-}
-
-type Load = { queued: number; running: number };
-
 export class TaskManager extends EventEmitter implements CopyPool, ModelControl {
   private readonly models = new Map<string, ModelState>();
   private readonly runtime: Runtime;
@@ -111,6 +77,10 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   private ticker?: NodeJS.Timeout;
   private closing = false;
   private starting?: Promise<void>;
+  private readonly placer: Placer;
+  private readonly scaler: ScaleLoop;
+  /** Stops a copy within stopGraceMs without waiting for it. */
+  private readonly stopLater = (rec: CopyRecord, reason: string): void => void this.stopCopy(rec, this.stopGraceMs, reason);
 
   constructor(private readonly opts: TaskManagerOptions) {
     super();
@@ -125,6 +95,17 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     this.gpus = new GpuAllocator(opts.gpus ?? []);
     this.store = opts.store ?? new MemoryPlacementStore();
     this.loadSource = opts.load;
+    this.placer = new Placer({
+      models: this.models, gpus: this.gpus, caps: opts.caps, log: this.log, loadOf: (m) => this.loadOf(m), stop: this.stopLater,
+      refused: (model, cap, reason) => this.emit('scale-refused', model, cap, reason),
+      unplaceable: (ms, why) => this.markUnavailable(ms, why),
+    });
+    this.scaler = new ScaleLoop({
+      models: this.models, loads: () => this.loadSource?.(), log: this.log, stop: this.stopLater,
+      scaled: (model, direction, reason) => this.emit('scale', model, direction, reason),
+      ensureReplicas: (ms) => this.ensureReplicas(ms),
+      rollStep: (ms) => this.rollStep(ms),
+    });
   }
 
   /** The core's queue depths, for the autoscaler and eviction (set once the Broker exists). */
@@ -143,30 +124,15 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   }
 
   private async doStart(specs: ModelSpec[]): Promise<void> {
-    const handles = await this.runtime.list(this.opts.brokerId).catch((err: Error) => {
-      this.log.error({ err: err.message }, 'cannot list containers of an earlier run');
-      return [] as CopyHandle[];
-    });
-    const placements = await this.store.list().catch((err: Error) => {
-      this.log.error({ err: err.message, store: this.store.kind }, 'cannot read placements; nothing is adopted');
-      return [] as Placement[];
-    });
-    const canAdopt = !!this.runtime.adopt && this.store.kind !== 'memory';
-    const plan = planAdoption(canAdopt ? handles : [], placements, specs, fingerprint);
-    if (!canAdopt) for (const h of handles) plan.remove.push({ handle: h, why: 'this runtime or placement store cannot adopt' });
-    for (const { handle, why } of plan.remove) {
-      this.log.info({ container: handle.name, model: handle.model, copy: handle.copyId, why }, 'removing a stale copy of an earlier run');
-      await (this.runtime.remove ? this.runtime.remove(handle) : this.runtime.kill(handle)).catch(() => undefined);
-      await this.store.remove(handle.copyId).catch(() => undefined);
-    }
-    for (const p of plan.forget) await this.store.remove(p.copyId).catch(() => undefined);
-    for (const { handle, placement, spec } of plan.adopt) {
+    for (const { handle, placement, spec } of await clearLeftovers(this.runtime, this.store, this.opts.brokerId, specs, this.log)) {
       const ms = this.ensureModel(spec);
       this.log.info({ model: spec.name, copy: handle.copyId, container: handle.name, gpus: placement.gpus }, 'adopting a running copy of an earlier run');
       this.launch(ms, handle.copyId, placement.gpus, { handle, placement });
     }
     await this.link.start();
-    this.ticker = setInterval(() => this.tick(), this.opts.autoscaleIntervalMs ?? 1000);
+    this.ticker = setInterval(() => {
+      if (!this.closing) this.scaler.tick();
+    }, this.opts.autoscaleIntervalMs ?? 1000);
     this.ticker.unref();
   }
 
@@ -202,7 +168,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     }
     if (!best && ms.desired === 0 && !ms.unloaded && !ms.health.unavailable && !this.closing && ![...ms.copies.values()].some(isLive)) {
       // Scale from zero: the request that asked stays queued while a copy starts.
-      this.applyDecision(ms, { action: 'up', count: 1, reason: 'cold start: a request arrived and the model has no copy' }, { queued: 1, running: 0 });
+      this.scaler.apply(ms, { action: 'up', count: 1, reason: 'cold start: a request arrived and the model has no copy' }, { queued: 1, running: 0 });
     }
     return best?.conn;
   }
@@ -217,8 +183,8 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     const ms = this.models.get(model);
     if (!ms || this.closing || ms.unloaded) return false;
     if (ms.desired >= ms.spec.max_replicas) return false;
-    if (this.current(ms).some((r) => r.conn.state === 'starting')) return true; // one is on its way
-    this.applyDecision(ms, { action: 'up', count: 1, reason: `core asked: ${reason}` }, this.loadOf(ms.spec.name));
+    if (currentCopies(ms).some((r) => r.conn.state === 'starting')) return true; // one is on its way
+    this.scaler.apply(ms, { action: 'up', count: 1, reason: `core asked: ${reason}` }, this.loadOf(ms.spec.name));
     return true;
   }
 
@@ -227,21 +193,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   }
 
   readiness(model: string): ModelReadiness {
-    const ms = this.models.get(model);
-    if (!ms) return { ready: false, state: 'starting', reason: `model ${model} has no copy yet` };
-    if (ms.unloaded) return { ready: false, state: 'stopped', reason: 'unloaded' };
-    const recs = [...ms.copies.values()];
-    if (recs.some(isServing)) return { ready: true, state: 'ready' };
-    if (ms.health.unavailable) return { ready: false, state: 'failed', reason: ms.health.unavailable.reason };
-    if (ms.waiting) return { ready: false, state: 'starting', reason: `waiting: ${ms.waiting}` };
-    // A copy that died before READY (bad image, load error): answer at once with the reason rather than queue.
-    if (ms.lastReason && ms.failedBeforeReady) return { ready: false, state: 'failed', reason: ms.lastReason };
-    if (ms.restartTimer) return { ready: false, state: 'starting', reason: `restarting after a failure: ${ms.lastReason}` };
-    if (recs.some((r) => isLive(r))) {
-      return { ready: false, state: 'starting', reason: ms.lastReason ? `starting again after: ${ms.lastReason}` : 'starting: waiting for a copy to send READY' };
-    }
-    if (ms.desired === 0) return { ready: false, state: 'starting', reason: 'scaled to zero (min_replicas 0): the next request starts a copy' };
-    return { ready: false, state: 'starting', reason: ms.lastReason ?? 'no copy running' };
+    return readinessOf(model, this.models.get(model));
   }
 
   // ---- ModelControl and operator actions ----
@@ -304,7 +256,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       ms.health.reset();
       this.clearRestart(ms);
     }
-    this.log.info({ model, decision: 'manual', from, to: replicas, by, live: this.current(ms).filter(isLive).length, ...this.loadOf(model) }, 'scaling decision');
+    this.log.info({ model, decision: 'manual', from, to: replicas, by, live: currentCopies(ms).filter(isLive).length, ...this.loadOf(model) }, 'scaling decision');
     ms.desired = replicas;
     this.ensureReplicas(ms);
     this.emit('scale', model, replicas > from ? 'up' : replicas < from ? 'down' : 'none', 'manual');
@@ -315,7 +267,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
 
   copies(): CopyInfo[] {
     const out: CopyInfo[] = [];
-    for (const ms of this.models.values()) for (const r of ms.copies.values()) out.push(this.info(r));
+    for (const ms of this.models.values()) for (const r of ms.copies.values()) out.push(copyInfo(r));
     return out;
   }
 
@@ -334,32 +286,11 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   status(model: string): ModelStatus | undefined {
     const ms = this.models.get(model);
     if (!ms) return undefined;
-    return {
-      model,
-      readiness: this.readiness(model),
-      desired: ms.desired,
-      minReplicas: ms.spec.min_replicas,
-      maxReplicas: ms.spec.max_replicas,
-      copies: [...ms.copies.values()].map((r) => this.info(r)),
-      restarts: ms.restarts,
-      recentFailures: ms.health.count(Date.now(), ms.spec.failure_window_ms),
-      ...(ms.health.unavailable ? { unavailable: ms.health.unavailable } : {}),
-      ...(ms.waiting ? { waiting: ms.waiting } : {}),
-      ...(ms.lastDecision ? { lastDecision: ms.lastDecision } : {}),
-    };
+    return modelStatus(model, ms, this.readiness(model));
   }
 
   stats(): ModelStats[] {
-    return [...this.models.entries()].map(([model, ms]) => {
-      const copies: Record<CopyState, number> = { starting: 0, ready: 0, draining: 0, failed: 0, stopped: 0 };
-      let inFlight = 0;
-      for (const r of ms.copies.values()) {
-        copies[r.conn.state]++;
-        inFlight += r.conn.inFlight;
-      }
-      const rd = this.readiness(model);
-      return { model, copies, inFlight, restarts: ms.restarts, ready: rd.ready, reason: rd.reason };
-    });
+    return [...this.models.entries()].map(([model, ms]) => modelStats(model, ms, this.readiness(model)));
   }
 
   /** Models marked unavailable (for metrics). */
@@ -420,7 +351,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     const batchChanged = ms.spec.batch_size !== spec.batch_size;
     ms.spec = spec;
     // Adopted copies count: a restarted broker keeps what it had (within the spec's bounds).
-    const live = this.current(ms).filter(isLive).length;
+    const live = currentCopies(ms).filter(isLive).length;
     ms.desired = Math.min(spec.max_replicas, Math.max(spec.min_replicas, ms.desired, live));
     if (batchChanged) {
       for (const r of ms.copies.values()) r.conn.setBatchSize(spec.batch_size);
@@ -443,29 +374,19 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     await Promise.all([...ms.copies.values()].map((r) => this.stopCopy(r, this.stopGraceMs, 'model removed')));
   }
 
-  /** Copies of the model's current fingerprint. */
-  private current(ms: ModelState): CopyRecord[] {
-    return [...ms.copies.values()].filter((r) => r.fingerprint === ms.fingerprint);
-  }
-
   private clearRestart(ms: ModelState): void {
     clearTimeout(ms.restartTimer);
     ms.restartTimer = undefined;
   }
 
   private loadOf(model: string): Load {
-    const row = this.loadSource?.().find((l) => l.model === model);
-    if (row) return { queued: row.queued, running: row.running };
-    const ms = this.models.get(model);
-    let running = 0;
-    for (const r of ms?.copies.values() ?? []) running += r.conn.inFlight;
-    return { queued: 0, running };
+    return loadOf(model, this.loadSource?.(), this.models.get(model));
   }
 
   /** Starts copies up to `desired`, stops extra ones. Placement may make a model wait. */
   private ensureReplicas(ms: ModelState): void {
     if (this.closing || ms.unloaded || ms.restartTimer || ms.health.unavailable || this.models.get(ms.spec.name) !== ms) return;
-    const live = this.current(ms).filter(isLive);
+    const live = currentCopies(ms).filter(isLive);
     ms.waiting = undefined;
     for (let i = live.length; i < ms.desired; i++) if (!this.tryStart(ms)) break;
     const extra = live.length - ms.desired;
@@ -479,84 +400,11 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
 
   /** Places one new copy (global caps, GPUs, evicting an idle copy of another model); false = the model waits. */
   private tryStart(ms: ModelState): boolean {
-    const spec = ms.spec;
     const id = randomBytes(6).toString('hex');
-    let copies = 0;
-    let memoryMb = 0;
-    for (const m of this.models.values()) {
-      for (const r of m.copies.values()) {
-        if (r.conn.state === 'stopped') continue;
-        copies++;
-        memoryMb += r.memoryMb;
-      }
-    }
-    const refusal = capRefusal(this.opts.caps ?? {}, copies, memoryMb, spec.memory_mb ?? 0);
-    if (refusal) {
-      if (ms.waiting !== refusal.reason) {
-        this.log.warn({ model: spec.name, cap: refusal.cap, copies, memoryMb, addMemoryMb: spec.memory_mb ?? 0, caps: this.opts.caps }, `scale-up refused: ${refusal.reason}`);
-        this.emit('scale-refused', spec.name, refusal.cap, refusal.reason);
-      }
-      ms.waiting = refusal.reason;
-      this.makeRoom(ms, undefined);
-      return false;
-    }
-    let gpus: string[] | undefined;
-    if (spec.run_on_gpu) {
-      const n = spec.gpus_per_copy;
-      if (!this.gpus.feasible(n, spec.gpus)) {
-        const why = this.gpus.size === 0
-          ? 'run_on_gpu is set but this host has no GPUs (nvidia-smi found none and TB_GPUS is empty)'
-          : `needs ${n} GPU(s) per copy among ${spec.gpus ? `allowed GPUs [${spec.gpus.join(',')}]` : `the host's [${this.gpus.inventory.join(',')}]`}`;
-        this.markUnavailable(ms, why);
-        return false;
-      }
-      gpus = this.gpus.allocate(id, spec.name, n, spec.gpus);
-      if (!gpus) {
-        const why = `no free GPU for model ${spec.name} (needs ${n}; in use: ${this.gpus.usage().filter((u) => u.copyId).map((u) => `${u.gpu}=${u.model}`).join(' ')})`;
-        if (ms.waiting !== why) this.log.info({ model: spec.name, gpusPerCopy: n, allowed: spec.gpus, usage: this.gpus.usage() }, 'copy waits for a GPU');
-        ms.waiting = why;
-        this.makeRoom(ms, spec.gpus);
-        return false;
-      }
-    }
-    this.launch(ms, id, gpus);
+    const placed = this.placer.place(ms, id);
+    if (!placed) return false;
+    this.launch(ms, id, placed.gpus);
     return true;
-  }
-
-  /**
-   * Eviction policy: stop one copy of another model that is idle (nothing in
-   * flight, nothing queued, idle past its idle_ttl_ms) and above its
-   * min_replicas, holding a GPU this model may use (or any copy, for caps).
-   * During a roll of this model, an old copy of it is stopped first.
-   */
-  private makeRoom(ms: ModelState, allowedGpus: string[] | undefined): void {
-    const now = Date.now();
-    const old = [...ms.copies.values()].filter((r) => isLive(r) && r.fingerprint !== ms.fingerprint);
-    const needGpu = ms.spec.run_on_gpu;
-    const usable = (r: CopyRecord) => !needGpu || (r.gpus ?? []).some((g) => !allowedGpus || allowedGpus.includes(g));
-    const oldVictim = old.find(usable);
-    if (oldVictim && !this.current(ms).some((r) => isLive(r) && r.conn.state === 'starting')) {
-      this.log.info({ model: ms.spec.name, copy: oldVictim.id, gpus: oldVictim.gpus }, 'roll: stopping an old copy first to make room for a new one');
-      void this.stopCopy(oldVictim, this.stopGraceMs, 'rolled: making room for the new version');
-      return;
-    }
-    for (const other of this.models.values()) {
-      if (other === ms) continue;
-      const live = [...other.copies.values()].filter(isLive);
-      if (live.length <= other.spec.min_replicas) continue;
-      const load = this.loadOf(other.spec.name);
-      if (load.queued > 0) continue;
-      const victim = live.find((r) => isServing(r) && r.conn.inFlight === 0 && r.conn.sequences.size === 0 && now - r.conn.lastActiveAt >= other.spec.idle_ttl_ms && usable(r));
-      if (!victim) continue;
-      this.log.info(
-        { model: ms.spec.name, evicted: other.spec.name, copy: victim.id, gpus: victim.gpus, idleMs: now - victim.conn.lastActiveAt, idleTtlMs: other.spec.idle_ttl_ms, otherCopies: live.length, otherMin: other.spec.min_replicas },
-        'evicting an idle copy of another model to make room',
-      );
-      other.desired = Math.max(other.spec.min_replicas, other.desired - 1);
-      other.lastScaleDownAt = now;
-      void this.stopCopy(victim, this.stopGraceMs, `evicted for model ${ms.spec.name}`);
-      return;
-    }
   }
 
   private markUnavailable(ms: ModelState, why: string): void {
@@ -617,12 +465,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     }
     log.info({ runtime: this.runtime.kind, gpus, image: spec.image, version: spec.version }, 'starting copy');
     this.runtime
-      .start({
-        copyId: id, model, version: spec.version, image: spec.image, command: spec.command, cwd: spec.cwd ?? this.opts.cwd,
-        env: spec.env, owner: this.opts.brokerId, gpus, batchSize: spec.batch_size, link: this.link.info(),
-        pullPolicy: spec.pull_policy, pullTimeoutMs: spec.pull_timeout_ms, fingerprint: rec.fingerprint,
-        limits: { memoryMb: spec.memory_mb, cpus: spec.cpus, readOnlyRoot: spec.read_only_root, tmpfsMb: spec.tmpfs_mb, pidsLimit: spec.pids_limit },
-      })
+      .start(copyLaunch(spec, id, gpus, rec.fingerprint, this.opts.brokerId, this.link.info(), this.opts.cwd))
       .then(
         (handle) => {
           rec.handle = handle;
@@ -678,11 +521,8 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   private onExit(rec: CopyRecord, info: ExitInfo): void {
     clearTimeout(rec.startupTimer);
     const freed = this.gpus.release(rec.id);
-    const last = lastLine(info.lastLines);
-    const what = info.oomKilled ? `${info.reason}, OOM killed` : info.reason;
     const failReason = rec.conn.state === 'failed' ? rec.conn.reason : undefined;
-    let message = `model copy ${rec.id} of ${rec.model} ${failReason ? `${failReason}; ` : ''}${what}`;
-    if (last) message += `: ${last}`;
+    const message = exitMessage(rec, info, failReason);
     rec.conn.ended(message);
     this.gone(rec, message);
     this.link.unregister(rec.id);
@@ -695,7 +535,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
       this.kick();
       return;
     }
-    const kind = info.oomKilled ? 'oom' : /hung/.test(failReason ?? '') ? 'hung' : /heartbeat/.test(failReason ?? '') ? 'heartbeat' : /READY|heard from/.test(failReason ?? '') ? 'startup' : /^could not start/.test(info.reason) ? 'start' : 'crash';
+    const kind = failureKind(info, failReason);
     this.log.error({ model: rec.model, copy: rec.id, kind, code: info.code, signal: info.signal, oomKilled: info.oomKilled, freedGpus: freed, lastLines: info.lastLines }, message);
     this.emit('copy-failure', rec.model, kind);
     this.emit('copy-exit', rec.model, message);
@@ -720,7 +560,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
 
   private scheduleRestart(ms: ModelState): void {
     if (this.closing || ms.restartTimer || this.models.get(ms.spec.name) !== ms) return;
-    if (this.current(ms).filter(isLive).length >= ms.desired) return;
+    if (currentCopies(ms).filter(isLive).length >= ms.desired) return;
     const delay = ms.health.nextDelay();
     ms.restarts++;
     this.log.info({ model: ms.spec.name, delayMs: delay }, 'restarting copy after backoff');
@@ -730,110 +570,20 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     }, delay);
   }
 
-  private async stopCopy(rec: CopyRecord, graceMs: number, reason: string): Promise<void> {
-    if (!rec.stopping) {
-      rec.stopping = true;
-      rec.stopReason = reason;
-      clearTimeout(rec.startupTimer);
-      this.persist(rec);
-      const start = Date.now();
-      if (rec.conn.connected && rec.conn.state !== 'failed' && rec.conn.state !== 'stopped') {
-        rec.conn.shutdown(graceMs, reason);
-        let t: NodeJS.Timeout | undefined;
-        await Promise.race([rec.conn.drained(), rec.done, new Promise<void>((r) => (t = setTimeout(r, graceMs)))]);
-        clearTimeout(t);
-      }
-      if (rec.handle) {
-        const left = Math.max(0, graceMs - (Date.now() - start));
-        await this.runtime.stop(rec.handle, left).catch((err) => this.log.error({ err, copy: rec.id }, 'stop failed'));
-      }
-      // No handle yet: launch() kills it once start() returns (or start fails).
-    }
-    await rec.done;
+  private stopCopy(rec: CopyRecord, graceMs: number, reason: string): Promise<void> {
+    return stopCopy(rec, graceMs, reason, { runtime: this.runtime, persist: (r) => this.persist(r), log: this.log });
   }
 
-  // ---- rolls and the periodic tick ----
+  // ---- rolls and waiting models ----
 
   /** Old copies of a roll drain as soon as enough new ones serve. */
   private rollStep(ms: ModelState): void {
-    const old = [...ms.copies.values()].filter((r) => isLive(r) && r.fingerprint !== ms.fingerprint);
-    if (old.length === 0) return;
-    const newServing = this.current(ms).filter(isServing).length;
-    let excess = newServing + old.length - ms.desired;
-    for (const r of old.sort((a, b) => a.conn.inFlight - b.conn.inFlight)) {
-      if (excess <= 0) break;
-      // Keep old copies until at least one new one serves (no gap), unless none is wanted at all.
-      if (newServing === 0 && ms.desired > 0) break;
-      excess--;
-      this.log.info({ model: ms.spec.name, copy: r.id, newServing, oldLeft: old.length - 1 }, 'roll: new copy ready, draining an old one');
-      void this.stopCopy(r, this.stopGraceMs, 'rolled to a new version');
-    }
+    rollStep(ms, this.log, this.stopLater);
   }
 
   /** A copy ended: models waiting for a GPU or a cap may fit now. */
   private kick(): void {
     if (this.closing) return;
     for (const ms of this.models.values()) if (ms.waiting) this.ensureReplicas(ms);
-  }
-
-  private tick(): void {
-    if (this.closing) return;
-    const loads = new Map((this.loadSource?.() ?? []).map((l) => [l.model, l]));
-    const now = Date.now();
-    for (const ms of this.models.values()) {
-      if (ms.unloaded || ms.health.unavailable) continue;
-      const cur = this.current(ms).filter(isLive);
-      const serving = cur.filter(isServing);
-      const load = loads.get(ms.spec.name) ?? this.loadOf(ms.spec.name);
-      const input = {
-        model: ms.spec.name, now, queued: load.queued, running: load.running,
-        ready: serving.length, starting: cur.length - serving.length + Math.max(0, ms.desired - cur.length),
-        minReplicas: ms.spec.min_replicas, maxReplicas: ms.spec.max_replicas, queuePerCopy: ms.spec.scale_up_queue_per_copy,
-        upCooldownMs: ms.spec.scale_up_cooldown_ms, downCooldownMs: ms.spec.scale_down_cooldown_ms, idleTtlMs: ms.spec.idle_ttl_ms,
-        lastScaleUpAt: ms.lastScaleUpAt, lastScaleDownAt: ms.lastScaleDownAt,
-        idle: serving.filter((r) => r.conn.inFlight === 0 && r.conn.sequences.size === 0).map((r) => ({ copyId: r.id, idleSinceMs: now - r.conn.lastActiveAt })),
-      };
-      const d = decideScale(input);
-      if (d.action !== 'none') this.applyDecision(ms, d, load, input);
-      else if (d.reason !== ms.lastDecision) {
-        this.log.debug({ model: ms.spec.name, decision: 'none', reason: d.reason, ...load, ready: input.ready, starting: input.starting }, 'scaling decision');
-        ms.lastDecision = d.reason;
-      }
-      if (ms.waiting || (cur.length < ms.desired && !ms.restartTimer)) this.ensureReplicas(ms);
-      this.rollStep(ms);
-    }
-  }
-
-  private applyDecision(ms: ModelState, d: ScaleDecision, load: Load, input?: object): void {
-    const model = ms.spec.name;
-    ms.lastDecision = d.reason;
-    const now = Date.now();
-    const inputs = input ?? { ...load, desired: ms.desired, live: this.current(ms).filter(isLive).length };
-    if (d.action === 'up') {
-      const to = Math.min(ms.spec.max_replicas, ms.desired + d.count);
-      if (to <= ms.desired) return;
-      this.log.info({ model, decision: 'up', from: ms.desired, to, reason: d.reason, inputs }, 'scaling decision');
-      ms.desired = to;
-      ms.lastScaleUpAt = now;
-      this.emit('scale', model, 'up', d.reason);
-      this.ensureReplicas(ms);
-    } else if (d.action === 'down') {
-      const rec = ms.copies.get(d.copyId);
-      if (!rec) return;
-      this.log.info({ model, decision: 'down', from: ms.desired, to: ms.desired - 1, copy: d.copyId, reason: d.reason, inputs }, 'scaling decision');
-      ms.desired = Math.max(ms.spec.min_replicas, ms.desired - 1);
-      ms.lastScaleDownAt = now;
-      this.emit('scale', model, 'down', d.reason);
-      void this.stopCopy(rec, this.stopGraceMs, `scaled down: ${d.reason}`);
-    }
-  }
-
-  private info(r: CopyRecord): CopyInfo {
-    return {
-      id: r.id, model: r.model, state: instanceState(r), inFlight: r.conn.inFlight, credits: r.conn.credits,
-      runtimeId: r.handle?.runtimeId, name: r.handle?.name, pid: r.handle?.pid, gpus: r.gpus,
-      fingerprint: r.fingerprint, version: r.version, image: r.image, adopted: r.adopted || undefined,
-      startedAt: r.startedAt, readyAt: r.readyAt,
-    };
   }
 }

@@ -25,7 +25,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { runHttpPoint, type HttpPoint } from './http-load';
-import { LOOPBACK, cpuMs, sleep, spawnChild, waitUntil, type ChildHandle } from './procs';
+import { LOOPBACK, cpuMs, runMain, sleep, spawnChild, waitUntil, type ChildHandle, type Cleanups } from './procs';
 import { Samples } from './samples';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -219,7 +219,7 @@ interface Server {
   handle: ChildHandle;
 }
 
-async function startServer(kind: ServerKind, cleanups: (() => Promise<void>)[]): Promise<Server> {
+async function startServer(kind: ServerKind, cleanups: Cleanups): Promise<Server> {
   const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
   const h = spawnChild(process.execPath, [...nodeArgs, __filename, 'serve', kind], { ...process.env, NODE_ENV: 'production' });
   cleanups.push(() => h.stop(3000));
@@ -373,7 +373,7 @@ async function updateReadme(readme: string, md: string): Promise<string> {
   return `${path.relative(ROOT, readme)}: bench-http section updated.`;
 }
 
-async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
+async function main(cleanups: Cleanups): Promise<void> {
   const cpus = os.cpus();
   log(`${SECONDS} s per point, warm-up ${WARMUP} s, body ${BODY_BYTES} bytes`);
   const idle = IDLE_WAIT_S > 0 ? await waitForIdle() : { waitedS: 0, gaveUp: false, busyWith: '' };
@@ -441,13 +441,6 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
   log(await updateReadme(path.join(ROOT, 'README.md'), md));
 }
 
-async function cleanup(cleanups: (() => Promise<void>)[]): Promise<void> {
-  while (cleanups.length > 0) {
-    const c = cleanups.pop()!;
-    await c().catch((e: Error) => log(`cleanup: ${e.message}`));
-  }
-}
-
 if (require.main === module) {
   if (process.argv[2] === 'serve') {
     serve(process.argv[3] ?? '').catch((e: Error) => {
@@ -455,29 +448,6 @@ if (require.main === module) {
       process.exit(1);
     });
   } else {
-    const cleanups: (() => Promise<void>)[] = [];
-    let exiting = false;
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (exiting) return;
-      exiting = true;
-      log(`${sig}: cleaning up`);
-      void cleanup(cleanups).then(() => process.exit(130));
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    main(cleanups)
-      .then(
-        () => 0,
-        (e: Error) => {
-          log(`failed: ${e.stack ?? e.message}`);
-          return 1;
-        },
-      )
-      .then(async (code) => {
-        if (exiting) return;
-        exiting = true;
-        await cleanup(cleanups);
-        process.exit(code);
-      });
+    runMain(main, log);
   }
 }

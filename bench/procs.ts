@@ -135,3 +135,46 @@ export function cpuMs(pid: number | undefined): number | undefined {
     return undefined;
   }
 }
+
+export type Cleanups = (() => Promise<void>)[];
+
+/** Runs the cleanups newest first; each one is awaited and its failure only logged. */
+async function runCleanups(cleanups: Cleanups, log: (m: string) => void): Promise<void> {
+  while (cleanups.length > 0) {
+    const c = cleanups.pop()!;
+    await c().catch((e: Error) => log(`cleanup: ${e.message}`));
+  }
+}
+
+/**
+ * Entry point of a benchmark: runs `main`, and on its end, its failure or
+ * SIGINT/SIGTERM runs the cleanups it registered exactly once, then exits
+ * (0 ok, 1 failed, 130 signal).
+ */
+export function runMain(main: (cleanups: Cleanups) => Promise<void>, log: (m: string) => void): void {
+  const cleanups: Cleanups = [];
+  let exiting = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (exiting) return;
+    exiting = true;
+    log(`${sig}: cleaning up`);
+    void runCleanups(cleanups, log).then(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  main(cleanups)
+    .then(
+      () => 0,
+      (e: Error) => {
+        log(`failed: ${e.stack ?? e.message}`);
+        return 1;
+      },
+    )
+    .then(async (code) => {
+      if (exiting) return;
+      exiting = true;
+      log('cleaning up');
+      await runCleanups(cleanups, log);
+      process.exit(code);
+    });
+}

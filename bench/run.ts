@@ -23,7 +23,7 @@ import { DirectCopy, type DirectPoint } from './direct';
 import { runHttpPoint, type HttpPoint } from './http-load';
 import { makeImageBodies, meanRgb, type ImageBodies } from './images';
 import { closedLoop, type LoopPoint } from './loop';
-import { LOOPBACK, cpuMs, spawnChild, startRedis, waitUntil, type RedisProc } from './procs';
+import { LOOPBACK, cpuMs, runMain, spawnChild, startRedis, waitUntil, type Cleanups, type RedisProc } from './procs';
 import {
   toMarkdown, updateReadme, writeResults, type BenchResult, type BridgeRow, type BrokerPoint, type ImageForm, type ImageRow, type SimpleRow, type SleepyRow,
 } from './report';
@@ -99,7 +99,7 @@ async function checkRest(url: string, model: string, body: string, expect: (outp
 }
 
 /** The bare HTTP server of bare-http.ts as a child process answering `reply`; resolves to its URL. */
-async function startHttpFloor(reply: string, cleanups: (() => Promise<void>)[]): Promise<string> {
+async function startHttpFloor(reply: string, cleanups: Cleanups): Promise<string> {
   const h = spawnChild(process.execPath, [path.join(__dirname, 'bare-http.js')], { ...process.env, BENCH_REPLY: reply });
   cleanups.push(() => h.stop(2000));
   let port = 0;
@@ -206,7 +206,7 @@ async function checkImage(url: string, what: string, body: string | Buffer, head
   }
 }
 
-async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
+async function main(cleanups: Cleanups): Promise<void> {
   const m = machine();
   log(`machine: ${m.cpu}, ${m.cores} cores, Node ${m.node}; ${SECONDS} s per point, warm-up ${WARMUP} s`);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tb-bench-'));
@@ -430,38 +430,4 @@ async function main(cleanups: (() => Promise<void>)[]): Promise<void> {
   log(await updateReadme(path.join(ROOT, 'README.md'), md));
 }
 
-/** Runs the cleanups newest first; each one is awaited and its failure only logged. */
-async function cleanup(cleanups: (() => Promise<void>)[]): Promise<void> {
-  while (cleanups.length > 0) {
-    const c = cleanups.pop()!;
-    await c().catch((e: Error) => log(`cleanup: ${e.message}`));
-  }
-}
-
-if (require.main === module) {
-  const cleanups: (() => Promise<void>)[] = [];
-  let exiting = false;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (exiting) return;
-    exiting = true;
-    log(`${sig}: cleaning up`);
-    void cleanup(cleanups).then(() => process.exit(130));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  main(cleanups)
-    .then(
-      () => 0,
-      (e: Error) => {
-        log(`failed: ${e.stack ?? e.message}`);
-        return 1;
-      },
-    )
-    .then(async (code) => {
-      if (exiting) return;
-      exiting = true;
-      log('cleaning up');
-      await cleanup(cleanups);
-      process.exit(code);
-    });
-}
+if (require.main === module) runMain(main, log);

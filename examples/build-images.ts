@@ -266,18 +266,31 @@ export async function buildExampleImages(opts: BuildOptions = {}): Promise<strin
     throw new Error(`base image ${base} is not present locally and this script never pulls: ` +
       `run \`docker pull ${base}\` or set TB_BASE_IMAGE=${OFFLINE_BASE}`);
   }
+  return buildEach(opts.models ?? EXAMPLE_MODELS, base, prepareContext, ['node', '-e', "require('zeromq');console.log('zeromq ok')"], log);
+}
+
+/**
+ * Builds one image per model from a freshly prepared context (legacy builder,
+ * never pulls), then runs `smoke` (entrypoint, args) in it without a network
+ * to check its native parts load. Returns the tags.
+ */
+async function buildEach(
+  models: string[],
+  base: string,
+  prepare: (model: string, dir: string, log: Log) => void,
+  smoke: string[],
+  log: Log,
+): Promise<string[]> {
   const tags: string[] = [];
-  for (const model of opts.models ?? EXAMPLE_MODELS) {
+  for (const model of models) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tb-ctx-${model}-`));
     try {
-      prepareContext(model, dir, log);
+      prepare(model, dir, log);
       const tag = imageTag(model);
       log(`${model}: building ${tag} on ${base}`);
       await run('docker', ['build', '--pull=false', '--build-arg', `BASE_IMAGE=${base}`, '-t', tag, dir], log,
         { ...process.env, DOCKER_BUILDKIT: '0' });
-      // Smoke test: the native zeromq addon must load inside the image.
-      await run('docker', ['run', '--rm', '--network', 'none', '--entrypoint', 'node', tag,
-        '-e', "require('zeromq');console.log('zeromq ok')"], log);
+      await run('docker', ['run', '--rm', '--network', 'none', '--entrypoint', smoke[0], tag, ...smoke.slice(1)], log);
       tags.push(tag);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
@@ -405,24 +418,8 @@ export async function buildPythonImages(opts: BuildOptions = {}): Promise<string
   const base = opts.baseImage ?? process.env.TB_PYTHON_BASE_IMAGE ?? OFFLINE_PYTHON_BASE;
   if (base === OFFLINE_PYTHON_BASE) await ensureOfflinePythonBase(base, log);
   else if (!imageExists(base)) throw new Error(`base image ${base} is not present locally and this script never pulls`);
-  const tags: string[] = [];
-  for (const model of opts.models ?? PYTHON_MODELS) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tb-ctx-${model}-`));
-    try {
-      preparePythonContext(model, dir, log);
-      const tag = imageTag(model);
-      log(`${model}: building ${tag} on ${base}`);
-      await run('docker', ['build', '--pull=false', '--build-arg', `BASE_IMAGE=${base}`, '-t', tag, dir], log,
-        { ...process.env, DOCKER_BUILDKIT: '0' });
-      await run('docker', ['run', '--rm', '--network', 'none', '--entrypoint', 'python3', tag,
-        '-c', 'import tensorbroker_model, zmq; print("tensorbroker_model ok")'], log);
-      tags.push(tag);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  }
-  log(`built ${tags.join(', ')}`);
-  return tags;
+  return buildEach(opts.models ?? PYTHON_MODELS, base, preparePythonContext,
+    ['python3', '-c', 'import tensorbroker_model, zmq; print("tensorbroker_model ok")'], log);
 }
 
 if (require.main === module) {

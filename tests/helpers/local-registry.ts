@@ -4,24 +4,16 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
+import { freePort } from '../../bench/procs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 export const REGISTRY_BIN = process.env.TB_DOCKER_REGISTRY ?? '/usr/bin/docker-registry';
+export { freePort };
+
 /** Both Debian packages are needed: docker-registry and apache2-utils (htpasswd). The pull tests skip without them. */
 export const hasRegistry = fs.existsSync(REGISTRY_BIN) && ['/usr/bin/htpasswd', '/usr/sbin/htpasswd'].some((f) => fs.existsSync(f));
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export interface LocalRegistry {
   host: string;

@@ -17,6 +17,8 @@ export interface ParsedInfer {
   request: Omit<InferRequest, 'model' | 'version' | 'signal'>;
   /** Output names wanted in binary form (Triton's binary_data); '*' = all. */
   binaryOutputs: Set<string>;
+  /** The request's own `id`, echoed in the answer; undefined when the client gave none. */
+  clientId?: string;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -73,6 +75,7 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   return {
     request: { id, inputs, outputs, ...requestOptions(params) },
     binaryOutputs,
+    clientId: header.id === undefined ? undefined : id,
   };
 }
 

@@ -113,7 +113,6 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     const query = (req.query ?? {}) as Record<string, unknown>;
     const type = mediaType(req.headers['content-type']);
     let parsed: ParsedInfer;
-    let clientId: string | undefined;
     const video = (body: Readable, videoType: string) => {
       if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
         body.resume();
@@ -140,7 +139,6 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
       } else if (headerLength !== undefined) {
         const { header, binary } = splitBinaryBody(body, Number(headerLength));
         parsed = parseInferBody(header, binary, String(req.id));
-        if ((header as { id?: unknown }).id !== undefined) clientId = parsed.request.id;
       } else if (IMAGE_TYPES.has(type)) {
         parsed = await imageRequest(broker.metadata(model, version), [{ label: 'the body', bytes: body }], query, String(req.id), maxElements);
       } else if (!isJsonType(type)) {
@@ -155,7 +153,6 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
           throw new BrokerError('INVALID_ARGUMENT', `the body is not valid JSON: ${(e as Error).message}`);
         }
         parsed = parseInferBody(header, undefined, String(req.id));
-        if ((header as { id?: unknown }).id !== undefined) clientId = parsed.request.id;
       }
     }
     const aborted = new AbortController();
@@ -164,7 +161,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     });
     req.log.debug({ model, requestId: parsed.request.id }, 'infer');
     const result = await broker.infer({ ...parsed.request, model, version, signal: aborted.signal });
-    const enc = encodeInferResult(result, clientId, parsed.binaryOutputs);
+    const enc = encodeInferResult(result, parsed.clientId, parsed.binaryOutputs);
     if (enc.binary.length === 0) return reply.send(enc.json);
     const json = Buffer.from(JSON.stringify(enc.json));
     return reply

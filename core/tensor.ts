@@ -47,20 +47,31 @@ export function elementCount(shape: readonly number[]): number {
 }
 
 /**
+ * Walks the length prefixes of a BYTES tensor's `count` elements, calling
+ * `each(i, start)` with where element i's prefix starts; returns an error
+ * string, or undefined when the elements exactly fill `data`.
+ */
+function walkBytes(data: Buffer, count: number, each?: (i: number, start: number) => void): string | undefined {
+  let pos = 0;
+  for (let i = 0; i < count; i++) {
+    if (pos + 4 > data.length) return `BYTES element ${i} is truncated`;
+    each?.(i, pos);
+    pos += 4 + data.readUInt32LE(pos);
+    if (pos > data.length) return `BYTES element ${i} is truncated`;
+  }
+  if (pos !== data.length) return `BYTES data has ${data.length - pos} trailing bytes`;
+  return undefined;
+}
+
+/**
  * Byte offsets of each element of a BYTES tensor, or an error string.
  * offsets[i] is where element i's length prefix starts; offsets[count] = data.length.
  */
 export function bytesOffsets(data: Buffer, count: number): number[] | string {
   const offsets = new Array<number>(count + 1);
-  let pos = 0;
-  for (let i = 0; i < count; i++) {
-    if (pos + 4 > data.length) return `BYTES element ${i} is truncated`;
-    offsets[i] = pos;
-    pos += 4 + data.readUInt32LE(pos);
-    if (pos > data.length) return `BYTES element ${i} is truncated`;
-  }
-  if (pos !== data.length) return `BYTES data has ${data.length - pos} trailing bytes`;
-  offsets[count] = pos;
+  const err = walkBytes(data, count, (i, start) => (offsets[i] = start));
+  if (err) return err;
+  offsets[count] = data.length;
   return offsets;
 }
 
@@ -72,8 +83,8 @@ export function checkTensorData(t: Tensor): string | undefined {
   const count = elementCount(t.shape);
   const size = elementSize(t.datatype);
   if (size === undefined) {
-    const r = bytesOffsets(t.data, count);
-    return typeof r === 'string' ? `input '${t.name}': ${r} (shape ${JSON.stringify(t.shape)})` : undefined;
+    const err = walkBytes(t.data, count); // checks only: no offsets array per request
+    return err ? `input '${t.name}': ${err} (shape ${JSON.stringify(t.shape)})` : undefined;
   }
   if (t.data.length !== count * size) {
     return `input '${t.name}': shape ${JSON.stringify(t.shape)} of ${t.datatype} needs ${count * size} bytes, got ${t.data.length}`;

@@ -84,7 +84,8 @@ export function checkLimits(req: InferRequest, limits: RequestLimits): void {
     if (count > limits.maxElements) {
       throw invalid(`input '${t.name}' has ${count} elements; the limit is ${limits.maxElements}`);
     }
-    if (t.datatype === 'BYTES') {
+    // No element can be longer than the whole tensor: only walk the elements when that could pass the limit.
+    if (t.datatype === 'BYTES' && t.data.length > limits.maxStringBytes) {
       for (let pos = 0; pos + 4 <= t.data.length;) {
         const len = t.data.readUInt32LE(pos);
         if (len > limits.maxStringBytes) {

@@ -63,6 +63,19 @@ function walkBytes(data: Buffer, count: number, each?: (i: number, start: number
   return undefined;
 }
 
+/** Encodes BYTES elements (strings as UTF-8): each a uint32 LE length followed by the bytes, in one buffer. */
+export function encodeBytes(items: ReadonlyArray<string | Uint8Array>): Buffer {
+  const parts = items.map((x) => (typeof x === 'string' ? Buffer.from(x, 'utf8') : Buffer.from(x.buffer, x.byteOffset, x.byteLength)));
+  const out = Buffer.allocUnsafe(parts.reduce((n, p) => n + 4 + p.length, 0));
+  let pos = 0;
+  for (const p of parts) {
+    out.writeUInt32LE(p.length, pos);
+    p.copy(out, pos + 4);
+    pos += 4 + p.length;
+  }
+  return out;
+}
+
 /**
  * Byte offsets of each element of a BYTES tensor, or an error string.
  * offsets[i] is where element i's length prefix starts; offsets[count] = data.length.

@@ -7,7 +7,7 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
-import { elementCount, isDataType, type DataType, type Tensor } from '../../core/tensor';
+import { elementCount, encodeBytes, isDataType, type DataType, type Tensor } from '../../core/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
 import {
   ModelInferResponseSchema,
@@ -111,19 +111,8 @@ export function contentsToRaw(name: string, datatype: DataType, shape: number[],
       return view(Float32Array.from(values as number[]));
     case 'FP64':
       return view(Float64Array.from(values as number[]));
-    case 'BYTES': {
-      const items = values as Uint8Array[];
-      let size = 0;
-      for (const b of items) size += 4 + b.length;
-      const out = Buffer.allocUnsafe(size);
-      let pos = 0;
-      for (const b of items) {
-        out.writeUInt32LE(b.length, pos);
-        out.set(b, pos + 4);
-        pos += 4 + b.length;
-      }
-      return out;
-    }
+    case 'BYTES':
+      return encodeBytes(values as Uint8Array[]);
     default:
       throw invalid(`input '${name}': unsupported datatype ${datatype}`);
   }

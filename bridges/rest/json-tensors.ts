@@ -3,7 +3,7 @@
  * REST bridge's JSON path pays for this; binary bodies skip it.
  */
 import { BrokerError } from '../../core/errors';
-import { elementCount, elementSize, bytesOffsets, type DataType, type Tensor } from '../../core/tensor';
+import { elementCount, elementSize, bytesOffsets, encodeBytes, type DataType, type Tensor } from '../../core/tensor';
 import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from './half';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -95,16 +95,8 @@ export function tensorFromJson(name: string, datatype: DataType, shape: number[]
         break;
       }
       case 'BYTES': {
-        const parts: Buffer[] = [];
-        for (let i = 0; i < count; i++) {
-          const v = values[i];
-          if (typeof v !== 'string') throw bad(i, 'a string');
-          const b = Buffer.from(v, 'utf8');
-          const len = Buffer.allocUnsafe(4);
-          len.writeUInt32LE(b.length);
-          parts.push(len, b);
-        }
-        bytes = Buffer.concat(parts);
+        for (let i = 0; i < count; i++) if (typeof values[i] !== 'string') throw bad(i, 'a string');
+        bytes = encodeBytes(values as string[]);
         break;
       }
       default:

@@ -1,7 +1,7 @@
 /** Typed-array and ndarray views over tensors, and helpers to build output tensors. */
 import ndarray from 'ndarray';
 import {
-  bytesOffsets, elementCount, elementSize, type DataType, type Tensor,
+  bytesOffsets, elementCount, elementSize, encodeBytes, type DataType, type Tensor,
 } from '../../core/tensor';
 
 // Over ArrayBuffer (not SharedArrayBuffer), as ndarray's types want.
@@ -87,18 +87,7 @@ export function tensorFromNdarray(name: string, datatype: DataType, a: ndarray.N
   return tensorFrom(name, datatype, shape, out);
 }
 
-/** Encodes BYTES elements: each a uint32 LE length followed by the bytes. */
-export function encodeBytes(items: ReadonlyArray<string | Uint8Array>): Buffer {
-  const parts = items.map((x) => (typeof x === 'string' ? Buffer.from(x, 'utf8') : Buffer.from(x.buffer, x.byteOffset, x.byteLength)));
-  const out = Buffer.allocUnsafe(parts.reduce((n, p) => n + 4 + p.length, 0));
-  let pos = 0;
-  for (const p of parts) {
-    out.writeUInt32LE(p.length, pos);
-    p.copy(out, pos + 4);
-    pos += 4 + p.length;
-  }
-  return out;
-}
+export { encodeBytes };
 
 /** Decodes BYTES elements as views into the data (no copy). */
 export function decodeBytes(data: Buffer, count?: number): Buffer[] {

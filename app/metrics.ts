@@ -1,7 +1,7 @@
 /** Prometheus metrics (prom-client), served on their own port. */
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Outcome, SchedulerObserver } from '../core/scheduler';
+import type { Outcome, SchedulerObserver } from '../core/model-scheduler';
 
 export class Metrics implements SchedulerObserver {
   readonly registry = new Registry();

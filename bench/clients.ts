@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import { INFERENCE_SERVICE } from '../bridges/grpc/service-definition';
-import type { Tensor } from '../core/tensor';
+import type { Tensor } from '../proto/tensor';
 import { ModelInferRequestSchema, type ModelInferRequest, type ModelInferResponse } from '../proto/gen/grpc_service_pb';
 
 export { ZmqClient } from '../sdk/node/zmq-client';

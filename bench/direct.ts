@@ -13,7 +13,7 @@ import { create } from '@bufbuild/protobuf';
 import { once } from 'node:events';
 import path from 'node:path';
 import { Router } from 'zeromq';
-import type { Tensor } from '../core/tensor';
+import type { Tensor } from '../proto/tensor';
 import { BatchItemSchema, BatchSchema, ShutdownSchema, decodeFrames, encodeFrames, toMeta, type Envelope } from '../proto/link';
 import { spawnChild, type ChildHandle } from './procs';
 import { closedLoop, type LoopPoint } from './loop';

@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { INFERENCE_SERVICE } from '../bridges/grpc/service-definition';
-import type { SequenceStatus } from '../core/sequences';
+import type { SequenceStatus } from '../core/sequence-scheduler';
 import type { ModelInferRequestSchema, ModelStreamInferResponse } from '../proto/gen/grpc_service_pb';
 import { startBrokerProc, type BrokerProc } from './broker-proc';
 import { startRedis } from './procs';

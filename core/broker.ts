@@ -1,9 +1,9 @@
 import type { Logger } from 'pino';
-import type { ModelRegistry, ModelSpec, RegistryEvent } from '../model-manager/spec';
+import type { ModelRegistry, ModelSpec, RegistryEvent } from './model-spec';
 import { BrokerError } from './errors';
 import type { CopyPool, ModelControl } from './pool';
-import { ModelScheduler, type SchedulerObserver } from './scheduler';
-import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequences';
+import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
+import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';

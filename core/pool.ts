@@ -1,5 +1,5 @@
 import type { EventEmitter } from 'node:events';
-import type { Tensor } from './tensor';
+import type { Tensor } from '../proto/tensor';
 import type { ModelMetadata, ModelReadiness } from './types';
 import type { SequenceControl } from './batch';
 

@@ -1,4 +1,4 @@
-import type { Tensor, TensorSpec } from './tensor';
+import type { Tensor, TensorSpec } from '../proto/tensor';
 
 /** Control data of a request that belongs to a sequence (stateful models, core/sequences.ts). */
 export interface SequenceRef {

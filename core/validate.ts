@@ -1,5 +1,5 @@
 import { BrokerError } from './errors';
-import { checkTensorData } from './tensor';
+import { checkTensorData } from '../proto/tensor';
 import type { InferRequest, ModelMetadata } from './types';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);

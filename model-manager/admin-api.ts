@@ -21,7 +21,7 @@ import type { Logger } from 'pino';
 import { HTTP_STATUS, toBrokerError } from '../core/errors';
 import { ModelValidationError } from './redis-registry';
 import { checkModelName, redactSpec, validateEntry } from './schema';
-import type { ModelRegistry, ModelSpec } from './spec';
+import type { ModelRegistry, ModelSpec } from '../core/model-spec';
 
 /** What the admin API needs of the registry (RedisModelRegistry provides it). */
 export interface AdminRegistry extends ModelRegistry {

@@ -13,7 +13,7 @@
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { parseDocument } from 'yaml';
-import type { ModelSpec } from './spec';
+import type { ModelSpec } from '../core/model-spec';
 import { show, validateEntry } from './schema';
 
 export interface ModelsFile {

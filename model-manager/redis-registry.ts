@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import { registryKeys, DEFAULT_PREFIX, type RegistryKeys } from './keys';
 import { redactSpec, specToEntry, validateEntry, checkModelName } from './schema';
-import type { ModelRegistry, ModelSpec, RegistryEvent } from './spec';
+import type { ModelRegistry, ModelSpec, RegistryEvent } from '../core/model-spec';
 
 /** What the registry takes from models.yaml (see models-file.ts). */
 export interface RegistryFile {

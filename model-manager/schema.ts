@@ -9,7 +9,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { SPEC_DEFAULTS, type ModelSpec } from './spec';
+import { SPEC_DEFAULTS, type ModelSpec } from '../core/model-spec';
 
 /** Model names: no ':' (the Redis key separator), no leading punctuation, at most 128 chars. */
 export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;

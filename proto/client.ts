@@ -12,7 +12,7 @@ import {
   type InferParameter,
   type TensorMeta,
 } from './gen/client_pb';
-import { isDataType, type Tensor } from '../core/tensor';
+import { isDataType, type Tensor } from './tensor';
 
 export * from './gen/client_pb';
 

@@ -10,7 +10,7 @@ import {
   type Envelope,
   type TensorMeta,
 } from './gen/link_pb';
-import { isDataType, type Tensor } from '../core/tensor';
+import { isDataType, type Tensor } from './tensor';
 
 export * from './gen/link_pb';
 

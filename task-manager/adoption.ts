@@ -6,7 +6,7 @@
  * planAdoption() decides (pure); clearLeftovers() acts on the decision.
  */
 import type { Logger } from 'pino';
-import type { ModelSpec } from '../model-manager/spec';
+import type { ModelSpec } from '../core/model-spec';
 import { fingerprint } from './model-state';
 import type { Placement, PlacementStore } from './placement-store';
 import type { CopyHandle, Runtime } from './runtime';

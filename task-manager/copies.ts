@@ -3,7 +3,7 @@
  * launch, how to stop it (drain, then stop), and how to name its exit.
  */
 import type { Logger } from 'pino';
-import type { ModelSpec } from '../model-manager/spec';
+import type { ModelSpec } from '../core/model-spec';
 import type { CopyRecord } from './model-state';
 import { lastLine, type CopyLaunch, type ExitInfo, type LinkInfo, type Runtime } from './runtime';
 

@@ -7,7 +7,7 @@ import { create } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import type { BatchRequest, BatchResponse, ModelCopy } from '../core/pool';
-import { isDataType, type TensorSpec } from '../core/tensor';
+import { isDataType, type TensorSpec } from '../proto/tensor';
 import type { ModelMetadata } from '../core/types';
 import {
   BatchItemSchema,

@@ -2,7 +2,7 @@
  * Health rules of the task manager, kept free of I/O: per-batch hang timeouts,
  * restart backoff, and "N failures within a window = model unavailable".
  */
-import type { ModelSpec } from '../model-manager/spec';
+import type { ModelSpec } from '../core/model-spec';
 
 /**
  * How long one batch of `rows` rows may take before its copy counts as hung:

@@ -1,7 +1,7 @@
 /** The task manager's bookkeeping per model and per copy, and views of it. */
 import { createHash } from 'node:crypto';
 import type { ModelMetadata, ModelReadiness } from '../core/types';
-import type { ModelSpec } from '../model-manager/spec';
+import type { ModelSpec } from '../core/model-spec';
 import type { CopyConnection } from './copy-connection';
 import type { FailureTracker } from './health';
 import type { InstanceState, Placement } from './placement-store';

@@ -7,7 +7,7 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
-import { elementCount, encodeBytes, isDataType, type DataType, type Tensor } from '../../core/tensor';
+import { elementCount, encodeBytes, isDataType, type DataType, type Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
 import {
   ModelInferResponseSchema,

@@ -6,7 +6,7 @@
 import { create, type DescEnum, type MessageInitShape } from '@bufbuild/protobuf';
 import type { RepositoryEntry } from '../../core/broker';
 import type { ModelStatistics as BrokerStats, Duration } from '../../core/stats';
-import type { TensorSpec } from '../../core/tensor';
+import type { TensorSpec } from '../../proto/tensor';
 import type { ModelMetadata } from '../../core/types';
 import {
   ModelMetadataResponseSchema,

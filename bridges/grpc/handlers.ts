@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { BrokerApi } from '../../core/broker';
 import type { InferResult } from '../../core/types';
 import { BrokerError, toBrokerError } from '../../core/errors';
-import { EXTENSIONS } from '../rest/routes';
+import { EXTENSIONS } from '../shared/extensions';
 import { tritonConfig } from '../shared/model-config';
 import { SequenceOrder } from '../shared/sequence-order';
 import {

@@ -5,7 +5,7 @@
  */
 import sharp from 'sharp';
 import { BrokerError } from '../../core/errors';
-import type { Tensor, TensorSpec } from '../../core/tensor';
+import type { Tensor, TensorSpec } from '../../proto/tensor';
 import type { ModelMetadata } from '../../core/types';
 import { UnsupportedMediaType } from './media';
 

@@ -4,7 +4,7 @@
  * Inference-Header-Content-Length bytes followed by raw tensor bytes).
  */
 import { BrokerError } from '../../core/errors';
-import { isDataType, type Tensor } from '../../core/tensor';
+import { isDataType, type Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
 import { requestOptions } from '../shared/parameters';
 import { tensorFromJson, tensorToJson } from './json-tensors';

@@ -3,7 +3,7 @@
  * REST bridge's JSON path pays for this; binary bodies skip it.
  */
 import { BrokerError } from '../../core/errors';
-import { elementCount, elementSize, bytesOffsets, encodeBytes, type DataType, type Tensor } from '../../core/tensor';
+import { elementCount, elementSize, bytesOffsets, encodeBytes, type DataType, type Tensor } from '../../proto/tensor';
 import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from './half';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);

@@ -4,7 +4,7 @@
  * single-input model, batch 1. Datatype and shape come from the model's metadata.
  */
 import { BrokerError } from '../../core/errors';
-import { elementSize, type Tensor } from '../../core/tensor';
+import { elementSize, type Tensor } from '../../proto/tensor';
 import type { ModelMetadata } from '../../core/types';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);

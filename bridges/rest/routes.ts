@@ -3,6 +3,7 @@
  * repository, and infer (JSON, binary extension, raw body, image uploads).
  * It knows the broker's BrokerApi only.
  */
+import { EXTENSIONS } from '../shared/extensions';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError } from '../../core/errors';
@@ -32,7 +33,6 @@ export interface RestOptions {
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
-export const EXTENSIONS = ['binary_tensor_data', 'model_configuration', 'statistics', 'schedule_policy', 'model_repository', 'sequence'];
 
 type ModelParams = { model: string; version?: string };
 

@@ -1,6 +1,6 @@
 /** Triton-style model configuration, as tritonclient and perf_analyzer read it. */
-import type { ModelSpec } from '../../model-manager/spec';
-import type { DataType, TensorSpec } from '../../core/tensor';
+import type { ModelSpec } from '../../core/model-spec';
+import type { DataType, TensorSpec } from '../../proto/tensor';
 import type { ModelMetadata } from '../../core/types';
 
 const TRITON_TYPE: Record<DataType, string> = {

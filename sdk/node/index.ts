@@ -9,5 +9,5 @@ export {
   asNdarray, typedArray, tensorFrom, tensorFromNdarray, encodeBytes, decodeBytes, bytesElements, bytesTensor,
   type NumericArray,
 } from './tensor-views';
-export { elementCount, elementSize, sliceRows } from '../../core/tensor';
+export { DATATYPES, elementCount, elementSize, sliceRows } from '../../proto/tensor';
 export { ZmqClient, ZmqClientError, type ZmqClientOptions, type ZmqInferOptions, type ZmqInferResult, type ParameterValue } from './zmq-client';

@@ -2,7 +2,7 @@
 import { create } from '@bufbuild/protobuf';
 import pino, { type Logger } from 'pino';
 import { Dealer } from 'zeromq';
-import { checkTensorData, type Tensor, type TensorSpec } from '../../core/tensor';
+import { checkTensorData, type Tensor, type TensorSpec } from '../../proto/tensor';
 import {
   EndSequence_Reason, HeartbeatSchema, ItemStatusSchema, LinkDecodeError, PROTOCOL_VERSION,
   ReadySchema, ResultSchema, ShutdownSchema, TensorSpecSchema, decodeFrames, encodeFrames,

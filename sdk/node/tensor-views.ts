@@ -2,7 +2,7 @@
 import ndarray from 'ndarray';
 import {
   bytesOffsets, elementCount, elementSize, encodeBytes, type DataType, type Tensor,
-} from '../../core/tensor';
+} from '../../proto/tensor';
 
 // Over ArrayBuffer (not SharedArrayBuffer), as ndarray's types want.
 export type NumericArray =

@@ -1,8 +1,8 @@
 /** What a model author implements. */
 import type { Logger } from 'pino';
-import type { Tensor, TensorSpec } from '../../core/tensor';
+import type { Tensor, TensorSpec } from '../../proto/tensor';
 
-export type { Tensor, TensorSpec, DataType } from '../../core/tensor';
+export type { Tensor, TensorSpec, DataType } from '../../proto/tensor';
 
 export interface ModelMetadata {
   /** Defaults to env TB_MODEL when set (the broker's name for this model wins). */

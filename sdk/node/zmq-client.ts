@@ -9,7 +9,7 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { Dealer } from 'zeromq';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import {
   ClientDecodeError, InferReplySchema, InferRequestSchema, decodeHeader, encodeFrames, parametersToProto,
   tensorsFromFrames, toMeta, type InferReply, type ParameterValue,

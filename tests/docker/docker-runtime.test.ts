@@ -9,11 +9,11 @@ import Docker from 'dockerode';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
 import type { BatchRequest } from '../../core/pool';
-import type { Tensor } from '../../core/tensor';
-import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
+import type { Tensor } from '../../proto/tensor';
+import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { DockerRuntime, LABEL_COPY, LABEL_MODEL, LABEL_OWNER } from '../../task-manager/docker-runtime';
 import { LinkServer } from '../../task-manager/link-server';
-import { TaskManager } from '../../task-manager/supervisor';
+import { TaskManager } from '../../task-manager/task-manager';
 import { waitEvent } from '../helpers/events';
 import { ensureTestImages } from '../helpers/images';
 

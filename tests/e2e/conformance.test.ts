@@ -5,7 +5,7 @@
  */
 import { ErrorCode } from '../../core/errors';
 import { tensorFromJson, tensorToJson } from '../../bridges/rest/json-tensors';
-import type { DataType, Tensor } from '../../core/tensor';
+import type { DataType, Tensor } from '../../proto/tensor';
 import { modelMain, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
 import { TRANSPORTS, type Outcome, type Transport } from '../helpers/transports';
 

@@ -10,7 +10,7 @@ import pino, { type Logger } from 'pino';
 import { adminRoutes } from '../../model-manager/admin-api';
 import { parseModelsFile } from '../../model-manager/models-file';
 import { RedisModelRegistry, type RegistryFile } from '../../model-manager/redis-registry';
-import type { RegistryEvent } from '../../model-manager/spec';
+import type { RegistryEvent } from '../../core/model-spec';
 import { startRedis, type RedisHandle } from '../helpers/redis';
 
 // fastify's inject() loads light-my-request, which require()s the ESM-only

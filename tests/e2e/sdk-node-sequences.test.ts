@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { BatchSchema, EndSequenceSchema, EndSequence_Reason, tensorsFromFrames, toMeta } from '../../proto/link';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 import type { ChildProcess } from 'node:child_process';
 

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { BatchSchema, ShutdownSchema, tensorsFromFrames, toMeta } from '../../proto/link';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { exitOf, startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 
 const MAIN = path.resolve(__dirname, '../../dist/examples/models/simple/main.js');

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { EndSequenceSchema, EndSequence_Reason, ShutdownSchema, tensorsFromFrames } from '../../proto/link';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { exitOf, startCopy, type FakeLinkBroker } from '../helpers/fake-link-broker';
 import { ROOT } from '../helpers/broker';
 

@@ -6,8 +6,8 @@
  * reaped and the model told; a cancelled gRPC stream frees its slot; a killed
  * copy fails its sequences cleanly.
  */
-import type { SequenceStatus } from '../../core/sequences';
-import type { Tensor } from '../../core/tensor';
+import type { SequenceStatus } from '../../core/sequence-scheduler';
+import type { Tensor } from '../../proto/tensor';
 import { ZmqClient, ZmqClientError } from '../../sdk/node';
 import { getJson, modelMain, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 import { GrpcTestClient } from '../helpers/grpc-client';

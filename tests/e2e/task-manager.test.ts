@@ -11,12 +11,12 @@ import * as zmq from 'zeromq';
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
 import type { BatchRequest } from '../../core/pool';
-import type { Tensor } from '../../core/tensor';
-import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
+import type { Tensor } from '../../proto/tensor';
+import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { HeartbeatSchema, decodeFrames, encodeFrames } from '../../proto/link';
 import { LinkServer } from '../../task-manager/link-server';
 import { ProcessRuntime } from '../../task-manager/process-runtime';
-import { TaskManager } from '../../task-manager/supervisor';
+import { TaskManager } from '../../task-manager/task-manager';
 import { waitEvent as waitEventWithin } from '../helpers/events';
 import { FAKE_MODEL_ENV, fakeModelCommand } from './fixtures/build-fake-model';
 

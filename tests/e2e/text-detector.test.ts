@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { ZmqClient, bytesElements, typedArray } from '../../sdk/node';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { blankPicture, demoPicture, overlap, renderTextPicture, type InkBox, type RenderedPicture } from '../../examples/models/text-detector/pictures';
 import { getJson, modelMain, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
 

@@ -7,7 +7,7 @@ import { execFileSync, execSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { SequenceStatus } from '../../core/sequences';
+import type { SequenceStatus } from '../../core/sequence-scheduler';
 import { getJson, modelMain, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const motion = (over: Record<string, unknown> = {}, env: Record<string, string> = {}) => ({

@@ -7,7 +7,7 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import pino from 'pino';
 import { Dealer, Request } from 'zeromq';
 import { startZmqBridge, type ZmqBridge } from '../../bridges/zmq/server';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { InferReplySchema, InferRequestSchema, decodeHeader, parametersToProto, toMeta, type InferReply } from '../../proto/client';
 import { ZmqClient, ZmqClientError } from '../../sdk/node';
 import { row, simpleModel, sleepyModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';

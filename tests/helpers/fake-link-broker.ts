@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { Router } from 'zeromq';
 import { BatchSchema, decodeFrames, encodeFrames, toMeta, type Envelope, type Result } from '../../proto/link';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 
 export interface LinkMsg { envelope: Envelope; frames: Buffer[]; at: number }
 export type LinkKind = NonNullable<Envelope['kind']['case']>;

@@ -4,10 +4,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import Docker from 'dockerode';
 import pino from 'pino';
-import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
+import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { DockerRuntime, LABEL_OWNER, type DockerRuntimeOptions } from '../../task-manager/docker-runtime';
 import { LinkServer } from '../../task-manager/link-server';
-import { TaskManager, type TaskManagerOptions } from '../../task-manager/supervisor';
+import { TaskManager, type TaskManagerOptions } from '../../task-manager/task-manager';
 
 export const docker = new Docker({ socketPath: '/var/run/docker.sock' });
 export const testLogger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });

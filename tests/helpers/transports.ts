@@ -5,7 +5,7 @@
  */
 import { tensorToJson } from '../../bridges/rest/json-tensors';
 import { HTTP_STATUS, type ErrorCode } from '../../core/errors';
-import type { DataType, Tensor } from '../../core/tensor';
+import type { DataType, Tensor } from '../../proto/tensor';
 import type { ServiceError } from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import { GRPC_STATUS } from '../../core/errors';

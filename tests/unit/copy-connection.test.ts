@@ -1,7 +1,7 @@
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
 import type { BatchRequest } from '../../core/pool';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import {
   BatchSchema,
   HeartbeatSchema,

@@ -2,7 +2,7 @@ import { create } from '@bufbuild/protobuf';
 import {
   BatchSchema, LinkDecodeError, ResultSchema, decodeFrames, encodeFrames, tensorsFromFrames, toMeta,
 } from '../../proto/link';
-import type { Tensor } from '../../core/tensor';
+import type { Tensor } from '../../proto/tensor';
 import { asNdarray, bytesElements, bytesTensor, tensorFrom, typedArray } from '../../sdk/node';
 
 const int32 = (name: string, values: number[], shape: number[]): Tensor =>

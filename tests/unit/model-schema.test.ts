@@ -1,6 +1,6 @@
 import { parseModelsFile } from '../../model-manager/models-file';
 import { redactSpec, validateEntry } from '../../model-manager/schema';
-import { SPEC_DEFAULTS } from '../../model-manager/spec';
+import { SPEC_DEFAULTS } from '../../core/model-spec';
 import { registryKeys } from '../../model-manager/keys';
 
 const FILE = { allowCommand: true };

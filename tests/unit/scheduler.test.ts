@@ -3,8 +3,8 @@ import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
 import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from '../../core/pool';
-import { ModelScheduler, type SchedulerConfig } from '../../core/scheduler';
-import type { Tensor } from '../../core/tensor';
+import { ModelScheduler, type SchedulerConfig } from '../../core/model-scheduler';
+import type { Tensor } from '../../proto/tensor';
 import type { InferRequest, ModelMetadata, ModelReadiness } from '../../core/types';
 
 const META: ModelMetadata = {

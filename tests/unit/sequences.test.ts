@@ -3,8 +3,8 @@ import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
 import type { BatchRequest, BatchResponse, CopyPool, ModelCopy, SequenceEndReason } from '../../core/pool';
-import { SequenceScheduler, type SequenceConfig } from '../../core/sequences';
-import type { Tensor } from '../../core/tensor';
+import { SequenceScheduler, type SequenceConfig } from '../../core/sequence-scheduler';
+import type { Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from '../../core/types';
 
 const META: ModelMetadata = {

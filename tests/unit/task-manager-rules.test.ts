@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SPEC_DEFAULTS, type ModelSpec } from '../../model-manager/spec';
+import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { planAdoption } from '../../task-manager/adoption';
 import { capRefusal, decideScale, type ScaleInput } from '../../task-manager/autoscaler';
 import { hardenedHostConfig } from '../../task-manager/docker-runtime';

@@ -4,8 +4,7 @@
  * OUT_<DT> outputs of the inputs you send. IDENTITY_FAIL=1 fails every batch
  * ("identity asked to fail"), to check how each bridge reports a model error.
  */
-import { DATATYPES } from '../../../core/tensor';
-import { serve, type Model } from '../../../sdk/node';
+import { DATATYPES, serve, type Model } from '../../../sdk/node';
 
 const fail = process.env.IDENTITY_FAIL === '1';
 

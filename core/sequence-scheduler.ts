@@ -13,7 +13,7 @@
 import type { Logger } from 'pino';
 import { BrokerError } from './errors';
 import { Fifo } from './fifo';
-import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './lifecycle';
+import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './scheduler-base';
 import type { CopyPool, ModelCopy, SequenceEndReason } from './pool';
 import type { InferRequest } from './types';
 

@@ -10,7 +10,7 @@ import type { SequenceControl } from './batch';
 import { BrokerError, toBrokerError } from './errors';
 import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from './pool';
 import { ModelStats } from './stats';
-import { sliceRows, type Tensor } from './tensor';
+import { sliceRows, type Tensor } from '../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
 

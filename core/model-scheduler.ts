@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
 import type { BrokerError } from './errors';
 import { Fifo } from './fifo';
-import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './lifecycle';
+import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './scheduler-base';
 import type { CopyPool } from './pool';
 import type { InferRequest } from './types';
 
-export type { Outcome, SchedulerConfig, SchedulerObserver } from './lifecycle';
+export type { Outcome, SchedulerConfig, SchedulerObserver } from './scheduler-base';
 
 type Req = Pending<undefined>;
 

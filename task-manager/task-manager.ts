@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import type { CopyPool, ModelControl, ModelCopy } from '../core/pool';
 import type { ModelMetadata, ModelReadiness } from '../core/types';
-import type { ModelSpec, RegistryEvent } from '../model-manager/spec';
+import type { ModelSpec, RegistryEvent } from '../core/model-spec';
 import { clearLeftovers } from './adoption';
 import type { GlobalCaps } from './autoscaler';
 import { CopyConnection } from './copy-connection';

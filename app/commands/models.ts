@@ -5,11 +5,11 @@
  */
 import { formatTable } from './table';
 
-export interface ModelRow { name: string; version: string; phase: string; reason: string; copies: string; runs: string }
+export interface ModelRow { name: string; version: string; phase: string; reason: string; copies: string; runtime: string; runs: string }
 
 interface IndexEntry { name: string; version?: string; state: string; phase?: string; reason?: string }
 interface AdminModel { name: string; image?: string; command?: string[] }
-interface Instance { model: string; state: string }
+interface Instance { model: string; state: string; pid?: number; image?: string }
 
 async function getJson(url: string, init: RequestInit, what: string): Promise<unknown> {
   let res: Response;
@@ -39,18 +39,23 @@ export async function fetchModels(baseUrl: string, token?: string): Promise<Mode
   return index.map((e) => {
     const mine = instances.instances.filter((i) => i.model === e.name && i.state !== 'waiting');
     const spec = specs.get(e.name);
+    // Which of image / command is used depends on the broker's runtime: the copies tell (a process has a pid).
+    const runtime = mine.length === 0 ? '-' : mine.some((i) => i.pid !== undefined) ? 'process' : 'docker';
+    const image = spec?.image ? `image ${spec.image}` : '';
+    const command = spec?.command ? `command ${spec.command.join(' ')}` : '';
     return {
       name: e.name,
       version: e.version ?? '',
       phase: e.phase ?? e.state,
       reason: e.reason ?? '',
       copies: `${mine.filter((i) => i.state === 'ready').length}/${mine.length}`,
-      runs: spec?.image ? `image ${spec.image}` : spec?.command ? `command ${spec.command.join(' ')}` : '',
+      runtime,
+      runs: runtime === 'process' ? command : runtime === 'docker' ? image : [image, command].filter(Boolean).join(' / '),
     };
   });
 }
 
 export function modelsTable(rows: ModelRow[]): string {
   if (rows.length === 0) return 'no models registered\n';
-  return formatTable(['model', 'version', 'phase', 'copies', 'runs', 'reason'], rows.map((r) => [r.name, r.version, r.phase, r.copies, r.runs, r.reason]));
+  return formatTable(['model', 'version', 'phase', 'copies', 'runtime', 'runs', 'reason'], rows.map((r) => [r.name, r.version, r.phase, r.copies, r.runtime, r.runs, r.reason]));
 }

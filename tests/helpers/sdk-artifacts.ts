@@ -44,15 +44,24 @@ function dependencyClosure(): string[] {
   return [...seen];
 }
 
-/** `npm install` in a project whose package.json names the SDK tarball; dependencies linked from the repo. */
+/**
+ * `npm install` in a project whose package.json names the SDK tarball. The dependencies
+ * are linked from the repo first (npm then finds them satisfied); npm prunes the ones it
+ * sees no direct need for, so the rest of the closure is linked afterwards, leaving the
+ * flat node_modules a registry install would give (`tensorbroker build` copies it).
+ */
 export async function npmInstallOffline(project: string): Promise<void> {
-  for (const name of dependencyClosure()) {
-    const link = path.join(project, 'node_modules', name);
-    fs.mkdirSync(path.dirname(link), { recursive: true });
-    fs.symlinkSync(path.join(ROOT, 'node_modules', name), link);
-  }
+  const link = (name: string) => {
+    const at = path.join(project, 'node_modules', name);
+    if (fs.existsSync(at)) return;
+    fs.mkdirSync(path.dirname(at), { recursive: true });
+    fs.symlinkSync(path.join(ROOT, 'node_modules', name), at);
+  };
+  const closure = dependencyClosure();
+  closure.forEach(link);
   // --ignore-scripts: the linked packages are the repo's own, already built.
   await run('npm', ['install', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: project, maxBuffer: 16 << 20 });
+  closure.forEach(link);
 }
 
 /** A venv that sees Debian's numpy/pyzmq/protobuf, with the wheel installed from the file alone. */

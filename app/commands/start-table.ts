@@ -47,10 +47,14 @@ export function startTable(running: Pick<RunningBroker, 'broker' | 'tasks' | 'po
   );
 }
 
-/** Resolves once no model is LOADING any more (copies started or failed), or after `maxMs`. */
-export async function settled(running: Pick<RunningBroker, 'broker'>, maxMs: number): Promise<void> {
+/**
+ * Resolves once no model is still starting the copies it wants (each has a ready copy,
+ * or failed, or wants none: scaled to zero), or after `maxMs`.
+ */
+export async function settled(running: Pick<RunningBroker, 'broker' | 'tasks' | 'registry'>, maxMs: number): Promise<void> {
+  // Copies start in the background: right after start a model may not even have a desired count yet.
+  const wants = (name: string) => (running.registry.get(name)?.min_replicas ?? 0) > 0 || (running.tasks.status(name)?.desired ?? 0) > 0;
+  const starting = () => running.broker.repositoryIndex().some((e) => e.state === 'LOADING' && wants(e.name));
   const deadline = Date.now() + maxMs;
-  while (Date.now() < deadline && running.broker.repositoryIndex().some((e) => e.state === 'LOADING')) {
-    await new Promise((r) => setTimeout(r, 200).unref());
-  }
+  while (Date.now() < deadline && starting()) await new Promise((r) => setTimeout(r, 200).unref());
 }

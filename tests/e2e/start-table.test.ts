@@ -48,7 +48,7 @@ describe('tensorbroker serve: start table, GET /, --help', () => {
       const res = await fetch(`${url}/`);
       expect(res.status).toBe(200);
       expect(res.headers.get('content-type')).toMatch(/^application\/json/);
-      const body = await res.json();
+      const body = (await res.json()) as { docs: { protocol: string } };
       expect(body).toMatchObject({ name: 'tensorbroker', kserve_v2: '/v2', endpoints: { infer: 'POST /v2/models/{name}/infer' } });
       expect(body.docs.protocol).toMatch(/^https:\/\//);
       expect(lines.filter((l) => 'raw' in l)).toEqual([]);

@@ -362,7 +362,7 @@ function toMarkdown(r: Result): string {
   if (r.smoke) out.push(`**Smoke run (BENCH_HTTP_SMOKE=1, ${SMOKE_REQUESTS} requests per point, no warm-up): checks that every server answers, the figures mean nothing.**`, '');
   out.push(`Run ${r.date} on ${m.cpu}, ${m.cores} cores, Node ${m.node} (${m.platform}, load avg before ${m.loadavgBefore.map((x) => x.toFixed(2)).join(' ')}).`);
   out.push(
-    `${s.seconds} s per point after ${s.warmupSeconds} s of warm-up; each server in its own child process, load from autocannon in the bench process, everything on 127.0.0.1. ` +
+    `${r.smoke ? `${SMOKE_REQUESTS} requests per point, no warm-up` : `${s.seconds} s per point after ${s.warmupSeconds} s of warm-up`}; each server in its own child process, load from autocannon in the bench process, everything on 127.0.0.1. ` +
       (r.idle.gaveUp
         ? `**Measured while other heavy processes were still running** (gave up waiting after ${Math.round(r.idle.waitedS)} s for \`pgrep -f '${r.idle.pattern}'\` to find nothing).`
         : `Waited ${Math.round(r.idle.waitedS)} s for \`pgrep -f '${r.idle.pattern}'\` to find nothing before measuring.`),

@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'proto/gen/**', 'sdk/python/**', '**/*.js', '**/*.mjs'] },
+  { ignores: ['dist/**', 'sdk/node/dist/**', 'node_modules/**', 'proto/gen/**', 'sdk/python/**', '**/*.js', '**/*.mjs'] },
   ...tseslint.configs.recommended,
   {
     rules: {

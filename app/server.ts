@@ -11,6 +11,7 @@ import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
+import { rootRoute } from '../bridges/rest/root';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
@@ -143,6 +144,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
+  await app.register(rootRoute, { version: VERSION });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
 

@@ -1,11 +1,13 @@
 /**
- * `npm run bench:http`: node:http vs. fastify for big binary request bodies
- * (and one small-JSON row), each server in its own child process, on 127.0.0.1.
+ * `npm run bench:http`: node:http vs. fastify vs. express 5 for big binary request
+ * bodies (and small-JSON rows), each server in its own child process, on 127.0.0.1.
  *
  *  (a) raw node:http — reads the chunks into one Buffer sized from Content-Length;
  *  (b) fastify, built-in parser (`parseAs: 'buffer'`: chunk list + Buffer.concat);
  *  (c) fastify with the REST bridge's rawBodyParser (dist/bridges/rest/raw-body.js);
- *  (d) express 5 is not installed: not measured, only the earlier figures are cited.
+ *  (d) express 5 as a user writes it: express.raw() / express.json() and res.json()
+ *      (its defaults kept: ETag, X-Powered-By), the same replies. express is a
+ *      devDependency for this bench only; the broker does not use it.
  *
  * The binary POST carries BENCH_BODY_KB (150) KB of random bytes as
  * application/octet-stream and is answered with {"bytes": n, "sum": <sum of the
@@ -34,12 +36,20 @@ const ROOT = path.resolve(__dirname, '..', '..');
 // The servers (child processes)
 // ---------------------------------------------------------------------------
 
-type ServerKind = 'raw' | 'fastify-buffer' | 'fastify-raw';
-const KINDS: ServerKind[] = ['raw', 'fastify-buffer', 'fastify-raw'];
+type ServerKind = 'raw' | 'fastify-buffer' | 'fastify-raw' | 'express';
+const KINDS: ServerKind[] = ['raw', 'fastify-buffer', 'fastify-raw', 'express'];
 const LABEL: Record<ServerKind, string> = {
   raw: '(a) raw node:http, one preallocated Buffer',
   'fastify-buffer': "(b) fastify, built-in parseAs 'buffer'",
   'fastify-raw': '(c) fastify + rawBodyParser',
+  express: '(d) express 5, express.raw()',
+};
+/** The small-JSON rows: one fastify suffices (b and c differ only in the octet-stream parser). */
+const SMALL_KINDS: ServerKind[] = ['raw', 'fastify-buffer', 'express'];
+const SMALL_LABEL: Partial<Record<ServerKind, string>> = {
+  raw: '(a) raw node:http, JSON.parse + JSON.stringify',
+  'fastify-buffer': 'fastify, default JSON parser',
+  express: '(d) express 5, express.json() + res.json()',
 };
 
 const BIN_PATH = '/bin';
@@ -127,6 +137,28 @@ async function serveFastify(kind: 'fastify-buffer' | 'fastify-raw'): Promise<{ p
   return { port: (app.server.address() as { port: number }).port, close: () => app.close() };
 }
 
+async function serveExpress(): Promise<{ port: number; close: () => Promise<void> }> {
+  // Loaded here so the load-generating parent never pays for express.
+  const { default: express } = await import('express');
+  const app = express();
+  app.post(BIN_PATH, express.raw({ type: 'application/octet-stream', limit: BODY_LIMIT }), (req, res) => {
+    res.json(binReply(req.body as Buffer));
+  });
+  app.post(SMALL_PATH, express.json({ limit: BODY_LIMIT }), (req, res) => {
+    res.json(smallReply(req.body as SmallRequest));
+  });
+  const server = await new Promise<http.Server>((resolve, reject) => {
+    const s = app.listen(0, LOOPBACK, (err?: Error) => (err ? reject(err) : resolve(s)));
+  });
+  return {
+    port: (server.address() as { port: number }).port,
+    close: () => new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    }),
+  };
+}
+
 async function serve(kind: string): Promise<void> {
   let close: () => Promise<void>;
   let port: number;
@@ -140,6 +172,8 @@ async function serve(kind: string): Promise<void> {
     });
   } else if (kind === 'fastify-buffer' || kind === 'fastify-raw') {
     ({ port, close } = await serveFastify(kind));
+  } else if (kind === 'express') {
+    ({ port, close } = await serveExpress());
   } else {
     throw new Error(`unknown server kind '${kind}' (expected ${KINDS.join(', ')})`);
   }
@@ -159,12 +193,18 @@ function envNum(name: string, dflt: number, allowZero = false): number {
   return n;
 }
 
+/**
+ * BENCH_HTTP_SMOKE=1: a check that every server answers under load, not a measurement:
+ * BENCH_SMOKE_REQUESTS (200) requests per point, no warm-up, no idle wait, nothing written.
+ */
+const SMOKE = process.env.BENCH_HTTP_SMOKE === '1';
+const SMOKE_REQUESTS = envNum('BENCH_SMOKE_REQUESTS', 200);
 const SECONDS = envNum('BENCH_SECONDS', 5);
-const WARMUP = envNum('BENCH_WARMUP_SECONDS', 1);
+const WARMUP = SMOKE ? 0 : envNum('BENCH_WARMUP_SECONDS', 1);
 const BODY_BYTES = Math.round(envNum('BENCH_BODY_KB', 150) * 1024);
 const BIN_CONCURRENCY = [1, 16];
 const SMALL_CONCURRENCY = 16;
-const IDLE_WAIT_S = envNum('BENCH_IDLE_WAIT_SECONDS', 15 * 60, true);
+const IDLE_WAIT_S = SMOKE ? 0 : envNum('BENCH_IDLE_WAIT_SECONDS', 15 * 60, true);
 const IDLE_PATTERN = 'jest|bench/run.js';
 const SMALL_BYTES = 80;
 const SMALL_REPLY_BYTES = 140;
@@ -193,11 +233,12 @@ interface Point extends HttpPoint {
  * autocannon point with exact per-response samples, for a binary body.
  */
 function runBinaryPoint(url: string, body: Buffer, connections: number, seconds: number): Promise<HttpPoint> {
+  const length = SMOKE ? { amount: SMOKE_REQUESTS } : { duration: seconds };
   const samples = new Samples();
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     const inst = autocannon(
-      { url, method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body, connections, pipelining: 1, duration: seconds, timeout: 30 },
+      { url, method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body, connections, pipelining: 1, ...length, timeout: 30 },
       (err, res) => {
         if (err) return reject(err);
         const wall = Number(process.hrtime.bigint() - started) / 1e9;
@@ -243,8 +284,10 @@ async function check(s: Server, bin: Buffer): Promise<void> {
 }
 
 async function measure(s: Server, run: (seconds: number) => Promise<HttpPoint>, bodyBytes: number): Promise<Point> {
-  await run(WARMUP);
-  await sleep(200);
+  if (!SMOKE) {
+    await run(WARMUP);
+    await sleep(200);
+  }
   const cpu0 = cpuMs(s.handle.child.pid);
   const me0 = process.cpuUsage();
   const p = await run(SECONDS);
@@ -304,27 +347,22 @@ interface Result {
   idle: { pattern: string; waitedS: number; gaveUp: boolean; busyWith: string };
   binary: BinRow[];
   small: SmallRow[];
-  express: { measured: false; note: string };
+  express: { version: string };
+  smoke: boolean;
 }
 
 const f = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : '—');
 const int = (v: number) => (Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '—');
 const pct = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '—' : `${Math.round(v)} %`);
 
-function expressNote(): string {
-  const figures = 'express 5: not installed, so not measured in this run. The express figures — 8.5k small req/s vs. fastify 57k vs. raw node:http 73k, and never faster than fastify on 150 KB bodies — come from the earlier measurement quoted in DEVELOPERS.md';
-  const dev = path.join(ROOT, 'DEVELOPERS.md');
-  if (!existsSync(dev)) return `${figures}; note: DEVELOPERS.md is not in this checkout, so those figures could not be checked against it and are not reproduced here.`;
-  return `${figures}; they are not reproduced by this run.`;
-}
-
 function toMarkdown(r: Result): string {
   const m = r.machine;
   const s = r.settings;
   const out: string[] = [];
+  if (r.smoke) out.push(`**Smoke run (BENCH_HTTP_SMOKE=1, ${SMOKE_REQUESTS} requests per point, no warm-up): checks that every server answers, the figures mean nothing.**`, '');
   out.push(`Run ${r.date} on ${m.cpu}, ${m.cores} cores, Node ${m.node} (${m.platform}, load avg before ${m.loadavgBefore.map((x) => x.toFixed(2)).join(' ')}).`);
   out.push(
-    `${s.seconds} s per point after ${s.warmupSeconds} s of warm-up; each server in its own child process, load from autocannon in the bench process, everything on 127.0.0.1. ` +
+    `${r.smoke ? `${SMOKE_REQUESTS} requests per point, no warm-up` : `${s.seconds} s per point after ${s.warmupSeconds} s of warm-up`}; each server in its own child process, load from autocannon in the bench process, everything on 127.0.0.1. ` +
       (r.idle.gaveUp
         ? `**Measured while other heavy processes were still running** (gave up waiting after ${Math.round(r.idle.waitedS)} s for \`pgrep -f '${r.idle.pattern}'\` to find nothing).`
         : `Waited ${Math.round(r.idle.waitedS)} s for \`pgrep -f '${r.idle.pattern}'\` to find nothing before measuring.`),
@@ -345,7 +383,7 @@ function toMarkdown(r: Result): string {
   out.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const row of r.small) {
     const p = row.point;
-    const label = row.server === 'raw' ? '(a) raw node:http, JSON.parse + JSON.stringify' : 'fastify, default JSON parser';
+    const label = SMALL_LABEL[row.server] ?? row.server;
     out.push(`| ${row.concurrency} | ${label} | ${int(p.throughput)} | ${f(p.latency.p50, 3)} | ${f(p.latency.p99, 3)} | ${f(p.mbPerS, 2)} | ${row.server === 'raw' ? '1.00' : f(row.ratioToRaw)} | ${pct(p.serverCpuPct)} | ${pct(p.clientCpuPct)} | ${p.non2xx + p.errors + p.timeouts} |`);
   }
   out.push('');
@@ -355,7 +393,7 @@ function toMarkdown(r: Result): string {
       `${m.cores}). p50/p99 are exact, from every response time.`,
   );
   out.push('');
-  out.push(`(d) ${r.express.note}`);
+  out.push(`(d) express ${r.express.version} with its defaults (ETag, X-Powered-By), as an application written with it would run; a devDependency of this bench only.`);
   return out.join('\n') + '\n';
 }
 
@@ -375,7 +413,7 @@ async function updateReadme(readme: string, md: string): Promise<string> {
 
 async function main(cleanups: Cleanups): Promise<void> {
   const cpus = os.cpus();
-  log(`${SECONDS} s per point, warm-up ${WARMUP} s, body ${BODY_BYTES} bytes`);
+  log(SMOKE ? `smoke run: ${SMOKE_REQUESTS} requests per point, nothing written` : `${SECONDS} s per point, warm-up ${WARMUP} s, body ${BODY_BYTES} bytes`);
   const idle = IDLE_WAIT_S > 0 ? await waitForIdle() : { waitedS: 0, gaveUp: false, busyWith: '' };
   const loadavgBefore = os.loadavg();
 
@@ -389,10 +427,12 @@ async function main(cleanups: Cleanups): Promise<void> {
   }
   const srv = (k: ServerKind) => servers.get(k)!;
 
-  log('global warm-up');
-  for (const kind of KINDS) {
-    await runBinaryPoint(srv(kind).url + BIN_PATH, bin, 16, WARMUP * 2);
-    await runHttpPoint({ url: srv(kind).url + SMALL_PATH, body: smallBody, connections: 16, seconds: WARMUP });
+  if (!SMOKE) {
+    log('global warm-up');
+    for (const kind of KINDS) {
+      await runBinaryPoint(srv(kind).url + BIN_PATH, bin, 16, WARMUP * 2);
+      await runHttpPoint({ url: srv(kind).url + SMALL_PATH, body: smallBody, connections: 16, seconds: WARMUP });
+    }
   }
 
   const binary: BinRow[] = [];
@@ -411,11 +451,10 @@ async function main(cleanups: Cleanups): Promise<void> {
   }
 
   const small: SmallRow[] = [];
-  // fastify-buffer and fastify-raw differ only in the octet-stream parser: one fastify suffices here.
-  for (const kind of ['raw', 'fastify-buffer'] as const) {
+  for (const kind of SMALL_KINDS) {
     log(`small c=${SMALL_CONCURRENCY}: ${kind}`);
     const s = srv(kind);
-    const p = await measure(s, (secs) => runHttpPoint({ url: s.url + SMALL_PATH, body: smallBody, connections: SMALL_CONCURRENCY, seconds: secs }), SMALL_BYTES);
+    const p = await measure(s, (secs) => runHttpPoint({ url: s.url + SMALL_PATH, body: smallBody, connections: SMALL_CONCURRENCY, seconds: secs, amount: SMOKE ? SMOKE_REQUESTS : undefined }), SMALL_BYTES);
     log(`  ${int(p.throughput)} req/s, p50 ${f(p.latency.p50, 3)} ms, p99 ${f(p.latency.p99, 3)} ms, server CPU ${pct(p.serverCpuPct)}`);
     small.push({ concurrency: SMALL_CONCURRENCY, server: kind, point: p, ratioToRaw: NaN });
   }
@@ -429,10 +468,17 @@ async function main(cleanups: Cleanups): Promise<void> {
     idle: { pattern: IDLE_PATTERN, ...idle },
     binary,
     small,
-    express: { measured: false, note: expressNote() },
+    express: { version: (JSON.parse(await readFile(require.resolve('express/package.json'), 'utf8')) as { version: string }).version },
+    smoke: SMOKE,
   };
   const md = toMarkdown(result);
   process.stdout.write(md);
+  if (SMOKE) {
+    // A smoke run writes nothing (its figures are not a measurement) and fails on any failed request.
+    const failed = [...binary, ...small].filter((r) => r.point.ok === 0 || r.point.non2xx + r.point.errors + r.point.timeouts > 0);
+    if (failed.length) throw new Error(`requests failed: ${failed.map((r) => `${r.server} c=${r.concurrency}`).join(', ')}`);
+    return;
+  }
   const dir = path.join(ROOT, 'bench', 'results');
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'http-body.json'), JSON.stringify(result, null, 2) + '\n');

@@ -13,6 +13,8 @@ export interface HttpPointOptions {
   body: string | Buffer;
   connections: number;
   seconds: number;
+  /** A fixed number of requests instead of `seconds` (smoke runs). */
+  amount?: number;
   /** Request headers; default `content-type: application/json`. */
   headers?: Record<string, string>;
 }
@@ -40,7 +42,7 @@ export function runHttpPoint(opts: HttpPointOptions): Promise<HttpPoint> {
         body: opts.body,
         connections: opts.connections,
         pipelining: 1,
-        duration: opts.seconds,
+        ...(opts.amount ? { amount: opts.amount } : { duration: opts.seconds }),
         timeout: 30,
       },
       (err, res) => {

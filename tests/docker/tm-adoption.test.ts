@@ -7,7 +7,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import Redis from 'ioredis';
 import { LABEL_OWNER } from '../../task-manager/docker-runtime';
+import { placementsKey } from '../../task-manager/placement-store';
 import { getJson, postJson, row, simpleBody, waitFor } from '../helpers/broker';
 import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
 import { startRedis, type RedisHandle } from '../helpers/redis';
@@ -56,7 +58,13 @@ describe('broker restart adopts its containers', () => {
       const inst = (await getJson(`${first.url}/admin/instances`)).instances as { state: string }[];
       return inst.length === 3 && inst.every((i) => i.state === 'ready');
     }, 60_000, 'three ready copies');
-    await new Promise((r) => setTimeout(r, 200));
+    // ... and its placement is in Redis (what the restarted broker adopts by).
+    const r = new Redis(redis.url);
+    try {
+      await waitFor(async () => (await r.hlen(placementsKey(`${id}:`, id))) === 3, 30_000, 'three placements written');
+    } finally {
+      r.disconnect();
+    }
     const before = (await owned()).filter((c) => c.State === 'running').map((c) => c.Id).sort();
     expect(before).toHaveLength(3);
 

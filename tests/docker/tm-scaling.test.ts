@@ -94,7 +94,8 @@ describe('rolling update (Docker runtime)', () => {
       while (!stop) statuses.push((await postJson(`${b.url}/v2/models/simple/infer`, simpleBody([row(16, i)], [row(16)]))).status);
     };
     const loops = Promise.all([0, 1, 2, 3, 4, 5].map(loop));
-    await new Promise((r) => setTimeout(r, 500));
+    // The load is flowing before the roll starts.
+    await waitFor(() => statuses.length >= 20, 30_000, 'load flowing');
     const res = await fetch(`${b.url}/admin/models/simple`, {
       method: 'PATCH',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` },
@@ -105,7 +106,9 @@ describe('rolling update (Docker runtime)', () => {
       const cs = b.running.tasks.copies();
       return cs.length === 2 && cs.every((c) => c.image === SIMPLE_V2 && (c.state === 'ready' || c.state === 'busy') && !old.includes(c.id));
     }, 60_000, 'rolled to v2');
-    await new Promise((r) => setTimeout(r, 300));
+    // Some load lands on the new copies before it stops.
+    const atRoll = statuses.length;
+    await waitFor(() => statuses.length >= atRoll + 20, 30_000, 'load served by v2');
     stop = true;
     await loops;
     expect(statuses.length).toBeGreaterThan(50);

@@ -15,6 +15,7 @@ import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
 import { startRedis, type RedisHandle } from '../helpers/redis';
 import { ensureTaskManagerImages } from '../helpers/test-images';
 import { docker } from '../helpers/tm-docker';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(240_000);
 
@@ -32,8 +33,8 @@ describe('broker restart adopts its containers', () => {
     redis = await startRedis();
     dir = await mkdtemp(path.join(os.tmpdir(), 'tb-adopt-'));
     const models = {
-      simple: { image: 'tensorbroker/simple:dev', pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4 },
-      sleepy: { image: 'tensorbroker/sleepy:dev', pull_policy: 'never', batch_size: 4, env: { SLEEPY_A_MS: '1' } },
+      simple: { image: imageTag('simple'), pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4 },
+      sleepy: { image: imageTag('sleepy'), pull_policy: 'never', batch_size: 4, env: { SLEEPY_A_MS: '1' } },
     };
     await writeFile(path.join(dir, 'models.yaml'), stringify({ models }));
     args = ['--runtime', 'docker', '--models', path.join(dir, 'models.yaml'), '--redis-url', redis.url, '--redis-prefix', `${id}:`,
@@ -73,8 +74,8 @@ describe('broker restart adopts its containers', () => {
     // The copies outlive the broker.
     expect((await owned()).filter((c) => c.State === 'running').map((c) => c.Id).sort()).toEqual(before);
     // A stale container of this broker (exited) and a container of another broker.
-    const stale = await docker.createContainer({ Image: 'tensorbroker/simple:dev', Labels: { [LABEL_OWNER]: id, 'tensorbroker.model': 'simple', 'tensorbroker.copy': 'stale0000000' }, HostConfig: { NetworkMode: 'none' } });
-    const foreign = await docker.createContainer({ Image: 'tensorbroker/simple:dev', Labels: { [LABEL_OWNER]: other }, HostConfig: { NetworkMode: 'none' } });
+    const stale = await docker.createContainer({ Image: imageTag('simple'), Labels: { [LABEL_OWNER]: id, 'tensorbroker.model': 'simple', 'tensorbroker.copy': 'stale0000000' }, HostConfig: { NetworkMode: 'none' } });
+    const foreign = await docker.createContainer({ Image: imageTag('simple'), Labels: { [LABEL_OWNER]: other }, HostConfig: { NetworkMode: 'none' } });
 
     a = await startCliBroker(args);
     await ready(a);

@@ -12,9 +12,10 @@ import { LABEL_FAKE_DEVICES, LABEL_GPUS } from '../../task-manager/docker-runtim
 import { ensureTaskManagerImages } from '../helpers/test-images';
 import { waitEvent } from '../helpers/events';
 import { docker, dockerTm, modelSpec, until, type DockerTm } from '../helpers/tm-docker';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(180_000);
-const IMAGE = 'tensorbroker/simple:dev';
+const IMAGE = imageTag('simple');
 
 beforeAll(async () => {
   await ensureTaskManagerImages();

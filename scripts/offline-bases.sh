@@ -28,7 +28,7 @@ command -v docker >/dev/null || die "docker is not installed"
 NODE=$(readlink -f "${TB_NODE:-$(command -v node || true)}")
 [ -x "$NODE" ] || die "no node binary (set TB_NODE)"
 NODE_MODULES=${TB_NODE_MODULES:-$PWD/node_modules}
-SELF_HASH=$(sha256sum "$0" | cut -c1-16)
+SELF_HASH=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 TAG=${TB_BASE_TAG:-local}
 
 # Host shell tools for the bases: what Dockerfile RUN lines and npm install scripts call.

@@ -39,7 +39,8 @@ RUN npm run build && npm prune --omit=dev --no-audit --no-fund --loglevel=error 
 
 FROM ${BASE_IMAGE}
 WORKDIR /opt/tensorbroker
-# Binds 127.0.0.1 unless TB_HOST says otherwise (docker-compose.yml sets it from .env).
+# Binds 127.0.0.1 unless TB_HOST says otherwise (docker-compose.yml sets it from .env; with
+# host networking that keeps it on the machine). With `docker run -p`, pass -e TB_HOST=0.0.0.0.
 ENV NODE_ENV=production TB_MODELS=/etc/tensorbroker/models.yaml
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist

@@ -1,10 +1,12 @@
 /**
  * Builds the example model images (tensorbroker/<model>:dev) from the compiled
  * tree, without a registry. Run after `npm run build`: `npm run images`.
- * Env: TB_BASE_IMAGE (default node:20-bookworm-slim; tb-node-base:local is built
- * here from the host's node when asked for and missing).
+ * Env: TB_BASE_IMAGE (default node:24-bookworm-slim; tb-node-base:local is made
+ * from the host's node by scripts/offline-bases.sh when asked for). An image whose
+ * inputs label (INPUTS_LABEL) matches its context and base is kept, not rebuilt.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { builtinModules } from 'node:module';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -13,8 +15,9 @@ import * as path from 'node:path';
 export const EXAMPLE_MODELS = ['simple', 'sleepy', 'image-info', 'motion', 'text-detector'];
 /** Python example models (sdk/python), built on OFFLINE_PYTHON_BASE. */
 export const PYTHON_MODELS = ['py-histogram'];
-export const OFFLINE_BASE = 'tb-node-base:local';
-export const imageTag = (model: string) => `tensorbroker/${model}:dev`;
+export const OFFLINE_BASE = `tb-node-base:${process.env.TB_BASE_TAG || 'local'}`;
+/** tensorbroker/<model>:dev (TB_IMAGE_TAG replaces `dev`, e.g. for a side-by-side CI run). */
+export const imageTag = (model: string) => `tensorbroker/${model}:${process.env.TB_IMAGE_TAG || 'dev'}`;
 
 type Log = (msg: string) => void;
 const defaultLog: Log = (msg) => process.stderr.write(`[images] ${msg}\n`);
@@ -64,49 +67,17 @@ function lddLibs(file: string): string[] {
   return [...out.matchAll(/(\/[^\s)]+)/g)].map((m) => m[1]);
 }
 
-/** The zeromq addon this node actually loads (the one the image's node will pick too). */
-function zeromqAddon(): string {
-  const code = "require('zeromq');process.stdout.write(Object.keys(require.cache).find(k=>k.endsWith('.node'))||'')";
-  const file = execFileSync(process.execPath, ['-e', code], { cwd: ROOT, encoding: 'utf8' }).trim();
-  if (!file) throw new Error('could not find the zeromq addon');
-  return file;
-}
-
 /**
- * Builds a registry-free base image: the host's node binary plus the libraries
- * it and zeromq's addon link to, imported as `tag`. Skipped when it exists.
+ * Makes (or keeps, when its inputs are unchanged) the registry-free runtime base
+ * with scripts/offline-bases.sh: the node running this script, a shell, CA
+ * certificates and the libraries the native modules need, checked with ldd.
  */
 export async function ensureOfflineBaseImage(tag = OFFLINE_BASE, log: Log = defaultLog): Promise<string> {
-  if (imageExists(tag)) {
-    log(`base image ${tag} exists`);
-    return tag;
-  }
-  log(`building base image ${tag} from ${process.execPath}`);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-base-'));
-  try {
-    const rootfs = path.join(dir, 'rootfs');
-    for (const d of ['usr/local/bin', 'etc', 'tmp']) fs.mkdirSync(path.join(rootfs, d), { recursive: true });
-    fs.copyFileSync(process.execPath, path.join(rootfs, 'usr/local/bin/node'));
-    fs.chmodSync(path.join(rootfs, 'usr/local/bin/node'), 0o755);
-    const addon = zeromqAddon();
-    const libs = new Set([...lddLibs(process.execPath), ...lddLibs(addon)]);
-    log(`libraries for node + ${path.relative(ROOT, addon)}: ${[...libs].join(' ')}`);
-    for (const lib of libs) {
-      const dest = path.join(rootfs, lib);
-      fs.mkdirSync(path.dirname(dest), { recursive: true });
-      fs.copyFileSync(fs.realpathSync(lib), dest); // like cp -L: /lib and /lib64 are symlinks
-    }
-    fs.chmodSync(path.join(rootfs, 'tmp'), 0o1777);
-    fs.writeFileSync(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-    fs.writeFileSync(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
-    const tar = path.join(dir, 'rootfs.tar');
-    await run('tar', ['-C', rootfs, '-cf', tar, '.'], log);
-    await run('docker', ['import', '--change', 'ENV PATH=/usr/local/bin:/usr/bin:/bin', tar, tag], log);
-    await run('docker', ['run', '--rm', '--network', 'none', tag, 'node', '-e', 'console.log("node", process.version)'], log);
-    return tag;
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  const [name, version] = tag.split(':');
+  if (name !== 'tb-node-base') throw new Error(`offline base ${tag}: scripts/offline-bases.sh makes tb-node-base:<tag> only`);
+  await run(path.join(ROOT, 'scripts', 'offline-bases.sh'), ['node'], log,
+    { ...process.env, TB_NODE: process.env.TB_NODE || process.execPath, TB_BASE_TAG: version ?? 'local', TB_NODE_MODULES: path.join(ROOT, 'node_modules') });
+  return tag;
 }
 
 /** Relative and bare requires of a compiled CommonJS file. */
@@ -255,18 +226,55 @@ export interface BuildOptions {
   baseImage?: string;
   models?: string[];
   log?: Log;
+  /** Build even when the image's inputs label matches (default: keep it). */
+  force?: boolean;
+}
+
+/**
+ * Label holding the hash of an image's inputs (its build context and its base's
+ * image id): an image whose label matches was built from exactly these inputs, so
+ * tests never run a stale image left by another checkout.
+ */
+export const INPUTS_LABEL = 'tensorbroker.inputs';
+
+/** sha256 of every file under `dir` (path and content, in a fixed order) and `extra`. */
+export function inputsHash(dir: string, extra = ''): string {
+  const h = createHash('sha256').update(extra);
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) h.update(`\0${path.relative(dir, p)}\0`).update(fs.readFileSync(p));
+    }
+  };
+  walk(dir);
+  return h.digest('hex').slice(0, 16);
+}
+
+export function imageId(tag: string): string {
+  return execFileSync('docker', ['image', 'inspect', '-f', '{{.Id}}', tag], { encoding: 'utf8' }).trim();
+}
+
+/** A label of a local image, or undefined when the image or label is absent. */
+export function imageLabel(tag: string, label: string): string | undefined {
+  try {
+    const out = execFileSync('docker', ['image', 'inspect', '-f', `{{index .Config.Labels "${label}"}}`, tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return out && out !== '<no value>' ? out : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Builds tensorbroker/<model>:dev for each example; never pulls. Returns the tags. */
 export async function buildExampleImages(opts: BuildOptions = {}): Promise<string[]> {
   const log = opts.log ?? defaultLog;
-  const base = opts.baseImage ?? process.env.TB_BASE_IMAGE ?? 'node:20-bookworm-slim';
+  const base = opts.baseImage ?? process.env.TB_BASE_IMAGE ?? 'node:24-bookworm-slim';
   if (base === OFFLINE_BASE) await ensureOfflineBaseImage(base, log);
   else if (!imageExists(base)) {
     throw new Error(`base image ${base} is not present locally and this script never pulls: ` +
       `run \`docker pull ${base}\` or set TB_BASE_IMAGE=${OFFLINE_BASE}`);
   }
-  return buildEach(opts.models ?? EXAMPLE_MODELS, base, prepareContext, ['node', '-e', "require('zeromq');console.log('zeromq ok')"], log);
+  return buildEach(opts.models ?? EXAMPLE_MODELS, base, prepareContext, ['node', '-e', "require('zeromq');console.log('zeromq ok')"], log, opts);
 }
 
 /**
@@ -280,6 +288,7 @@ async function buildEach(
   prepare: (model: string, dir: string, log: Log) => void,
   smoke: string[],
   log: Log,
+  opts: { force?: boolean } = {},
 ): Promise<string[]> {
   const tags: string[] = [];
   for (const model of models) {
@@ -287,8 +296,14 @@ async function buildEach(
     try {
       prepare(model, dir, log);
       const tag = imageTag(model);
-      log(`${model}: building ${tag} on ${base}`);
-      await run('docker', ['build', '--pull=false', '--build-arg', `BASE_IMAGE=${base}`, '-t', tag, dir], log,
+      const inputs = inputsHash(dir, imageId(base));
+      if (!opts.force && imageLabel(tag, INPUTS_LABEL) === inputs) {
+        log(`${model}: ${tag} is up to date (inputs ${inputs})`);
+        tags.push(tag);
+        continue;
+      }
+      log(`${model}: building ${tag} on ${base} (inputs ${inputs})`);
+      await run('docker', ['build', '--pull=false', '--build-arg', `BASE_IMAGE=${base}`, '--label', `${INPUTS_LABEL}=${inputs}`, '-t', tag, dir], log,
         { ...process.env, DOCKER_BUILDKIT: '0' });
       await run('docker', ['run', '--rm', '--network', 'none', '--entrypoint', smoke[0], tag, ...smoke.slice(1)], log);
       tags.push(tag);
@@ -419,11 +434,22 @@ export async function buildPythonImages(opts: BuildOptions = {}): Promise<string
   if (base === OFFLINE_PYTHON_BASE) await ensureOfflinePythonBase(base, log);
   else if (!imageExists(base)) throw new Error(`base image ${base} is not present locally and this script never pulls`);
   return buildEach(opts.models ?? PYTHON_MODELS, base, preparePythonContext,
-    ['python3', '-c', 'import tensorbroker_model, zmq; print("tensorbroker_model ok")'], log);
+    ['python3', '-c', 'import tensorbroker_model, zmq; print("tensorbroker_model ok")'], log, opts);
+}
+
+/** `npm run images [-- MODEL...]`: every example, or the named ones. */
+async function main(args: string[]): Promise<void> {
+  const unknown = args.filter((m) => !EXAMPLE_MODELS.includes(m) && !PYTHON_MODELS.includes(m));
+  if (unknown.length) throw new Error(`unknown example model(s) ${unknown.join(', ')}: ${[...EXAMPLE_MODELS, ...PYTHON_MODELS].join(', ')}`);
+  const node = args.length ? EXAMPLE_MODELS.filter((m) => args.includes(m)) : EXAMPLE_MODELS;
+  const python = args.length ? PYTHON_MODELS.filter((m) => args.includes(m)) : PYTHON_MODELS;
+  const force = process.env.TB_REBUILD_IMAGES === '1';
+  if (node.length) await buildExampleImages({ models: node, force });
+  if (python.length) await buildPythonImages({ models: python, force });
 }
 
 if (require.main === module) {
-  buildExampleImages().then(() => buildPythonImages()).catch((e: Error) => {
+  main(process.argv.slice(2)).catch((e: Error) => {
     defaultLog(`failed: ${e.message}`);
     process.exit(1);
   });

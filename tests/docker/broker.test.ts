@@ -7,6 +7,7 @@ import Docker from 'dockerode';
 import { LABEL_OWNER } from '../../task-manager/docker-runtime';
 import { getJson, postJson, row, simpleBody, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 import { ensureTestImages } from '../helpers/images';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(300_000);
 
@@ -21,8 +22,8 @@ describe('broker with the Docker runtime', () => {
     b = await startTestBroker({
       runtime: 'docker',
       models: {
-        simple: { image: 'tensorbroker/simple:dev', batch_size: 8, max_wait_ms: 5 },
-        sleepy: { image: 'tensorbroker/sleepy:dev', batch_size: 4, env: { SLEEPY_A_MS: '300', SLEEPY_B_MS: '0' } },
+        simple: { image: imageTag('simple'), batch_size: 8, max_wait_ms: 5 },
+        sleepy: { image: imageTag('sleepy'), batch_size: 4, env: { SLEEPY_A_MS: '300', SLEEPY_B_MS: '0' } },
       },
     });
     await waitReady(b, 'simple', 120_000);

@@ -5,9 +5,7 @@
  */
 import Docker from 'dockerode';
 import sharp from 'sharp';
-import {
-  OFFLINE_BASE, buildExampleImages, buildPythonImages, imageExists, imageTag,
-} from '../../examples/build-images';
+import { OFFLINE_BASE, buildExampleImages, buildPythonImages, imageTag } from '../../examples/build-images';
 import { demoPicture, overlap } from '../../examples/models/text-detector/pictures';
 import { LABEL_OWNER } from '../../task-manager/docker-runtime';
 import { getJson, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
@@ -16,7 +14,7 @@ jest.setTimeout(300_000);
 
 const docker = new Docker({ socketPath: '/var/run/docker.sock' });
 const quiet = (msg: string) => { if (process.env.TB_IMAGES_VERBOSE) process.stderr.write(`[images] ${msg}\n`); };
-const need = (model: string) => process.env.TB_REBUILD_IMAGES === '1' || !imageExists(imageTag(model));
+const force = process.env.TB_REBUILD_IMAGES === '1';
 
 type Outputs = { outputs: { name: string; shape: number[]; data: number[] }[] };
 
@@ -24,8 +22,9 @@ describe('Python and ONNX example models in containers', () => {
   let b: TestBroker;
 
   beforeAll(async () => {
-    if (need('py-histogram')) await buildPythonImages({ models: ['py-histogram'], log: quiet });
-    if (need('text-detector')) await buildExampleImages({ models: ['text-detector'], baseImage: process.env.TB_BASE_IMAGE ?? OFFLINE_BASE, log: quiet });
+    // Built unless an image with the same inputs (label) exists: never a stale one.
+    await buildPythonImages({ models: ['py-histogram'], log: quiet, force });
+    await buildExampleImages({ models: ['text-detector'], baseImage: process.env.TB_BASE_IMAGE ?? OFFLINE_BASE, log: quiet, force });
     b = await startTestBroker({
       runtime: 'docker',
       models: {

@@ -16,11 +16,12 @@ import { LinkServer } from '../../task-manager/link-server';
 import { TaskManager } from '../../task-manager/task-manager';
 import { waitEvent } from '../helpers/events';
 import { ensureTestImages } from '../helpers/images';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(300_000);
 
 const logger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });
-const IMAGE = 'tensorbroker/simple:dev';
+const IMAGE = imageTag('simple');
 
 function int32Tensor(name: string, rows: number, first: number): Tensor {
   const a = new Int32Array(rows * 16).map((_, i) => i);

@@ -7,12 +7,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import Redis from 'ioredis';
 import { LABEL_OWNER } from '../../task-manager/docker-runtime';
+import { placementsKey } from '../../task-manager/placement-store';
 import { getJson, postJson, row, simpleBody, waitFor } from '../helpers/broker';
 import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
 import { startRedis, type RedisHandle } from '../helpers/redis';
 import { ensureTaskManagerImages } from '../helpers/test-images';
 import { docker } from '../helpers/tm-docker';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(240_000);
 
@@ -30,8 +33,8 @@ describe('broker restart adopts its containers', () => {
     redis = await startRedis();
     dir = await mkdtemp(path.join(os.tmpdir(), 'tb-adopt-'));
     const models = {
-      simple: { image: 'tensorbroker/simple:dev', pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4 },
-      sleepy: { image: 'tensorbroker/sleepy:dev', pull_policy: 'never', batch_size: 4, env: { SLEEPY_A_MS: '1' } },
+      simple: { image: imageTag('simple'), pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4 },
+      sleepy: { image: imageTag('sleepy'), pull_policy: 'never', batch_size: 4, env: { SLEEPY_A_MS: '1' } },
     };
     await writeFile(path.join(dir, 'models.yaml'), stringify({ models }));
     args = ['--runtime', 'docker', '--models', path.join(dir, 'models.yaml'), '--redis-url', redis.url, '--redis-prefix', `${id}:`,
@@ -56,7 +59,13 @@ describe('broker restart adopts its containers', () => {
       const inst = (await getJson(`${first.url}/admin/instances`)).instances as { state: string }[];
       return inst.length === 3 && inst.every((i) => i.state === 'ready');
     }, 60_000, 'three ready copies');
-    await new Promise((r) => setTimeout(r, 200));
+    // ... and its placement is in Redis (what the restarted broker adopts by).
+    const r = new Redis(redis.url);
+    try {
+      await waitFor(async () => (await r.hlen(placementsKey(`${id}:`, id))) === 3, 30_000, 'three placements written');
+    } finally {
+      r.disconnect();
+    }
     const before = (await owned()).filter((c) => c.State === 'running').map((c) => c.Id).sort();
     expect(before).toHaveLength(3);
 
@@ -65,8 +74,8 @@ describe('broker restart adopts its containers', () => {
     // The copies outlive the broker.
     expect((await owned()).filter((c) => c.State === 'running').map((c) => c.Id).sort()).toEqual(before);
     // A stale container of this broker (exited) and a container of another broker.
-    const stale = await docker.createContainer({ Image: 'tensorbroker/simple:dev', Labels: { [LABEL_OWNER]: id, 'tensorbroker.model': 'simple', 'tensorbroker.copy': 'stale0000000' }, HostConfig: { NetworkMode: 'none' } });
-    const foreign = await docker.createContainer({ Image: 'tensorbroker/simple:dev', Labels: { [LABEL_OWNER]: other }, HostConfig: { NetworkMode: 'none' } });
+    const stale = await docker.createContainer({ Image: imageTag('simple'), Labels: { [LABEL_OWNER]: id, 'tensorbroker.model': 'simple', 'tensorbroker.copy': 'stale0000000' }, HostConfig: { NetworkMode: 'none' } });
+    const foreign = await docker.createContainer({ Image: imageTag('simple'), Labels: { [LABEL_OWNER]: other }, HostConfig: { NetworkMode: 'none' } });
 
     a = await startCliBroker(args);
     await ready(a);

@@ -11,6 +11,7 @@ import { freePort, hasRegistry, pushLocal, startLocalRegistry, type LocalRegistr
 import { ensureTaskManagerImages } from '../helpers/test-images';
 import { waitEvent } from '../helpers/events';
 import { dockerTm, modelSpec, type DockerTm } from '../helpers/tm-docker';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(180_000);
 const d = hasRegistry ? describe : describe.skip;
@@ -26,8 +27,8 @@ d('image pulls from a local registry (127.0.0.1)', () => {
     await ensureTaskManagerImages();
     reg = await startLocalRegistry();
     secure = await startLocalRegistry(user);
-    pushLocal('tensorbroker/simple:dev', `${reg.host}/tb/simple:pull`);
-    pushLocal('tensorbroker/simple:dev', `${secure.host}/tb/simple:auth`, { host: secure.host, ...user });
+    pushLocal(imageTag('simple'), `${reg.host}/tb/simple:pull`);
+    pushLocal(imageTag('simple'), `${secure.host}/tb/simple:auth`, { host: secure.host, ...user });
   });
   afterAll(async () => {
     await reg?.stop();

@@ -7,6 +7,7 @@
 import { postJson, row, simpleBody, startTestBroker, waitFor, type TestBroker } from '../helpers/broker';
 import { SIMPLE_V2, ensureTaskManagerImages } from '../helpers/test-images';
 import { docker } from '../helpers/tm-docker';
+import { imageTag } from '../../examples/build-images';
 
 jest.setTimeout(240_000);
 const TOKEN = 'tm-scaling-token';
@@ -25,10 +26,10 @@ describe('autoscaling (Docker runtime, TB_MAX_COPIES=3)', () => {
       logSink: (line) => logs.push(JSON.parse(line)),
       models: {
         sleepy: {
-          image: 'tensorbroker/sleepy:dev', pull_policy: 'never', min_replicas: 1, max_replicas: 3, batch_size: 1, env: { SLEEPY_A_MS: '150', SLEEPY_B_MS: '0' },
+          image: imageTag('sleepy'), pull_policy: 'never', min_replicas: 1, max_replicas: 3, batch_size: 1, env: { SLEEPY_A_MS: '150', SLEEPY_B_MS: '0' },
           scale_up_queue_per_copy: 2, scale_up_cooldown_ms: 300, scale_down_cooldown_ms: 800, idle_ttl_ms: 1500,
         },
-        zero: { image: 'tensorbroker/simple:dev', pull_policy: 'never', min_replicas: 0, max_replicas: 1, idle_ttl_ms: 1500, scale_down_cooldown_ms: 500 },
+        zero: { image: imageTag('simple'), pull_policy: 'never', min_replicas: 0, max_replicas: 1, idle_ttl_ms: 1500, scale_down_cooldown_ms: 500 },
       },
     });
     await waitFor(() => live('sleepy') === 1 && b.running.broker.modelReady('sleepy').ready, 60_000, 'sleepy ready');
@@ -78,7 +79,7 @@ describe('rolling update (Docker runtime)', () => {
     b = await startTestBroker({
       runtime: 'docker',
       adminToken: TOKEN,
-      models: { simple: { image: 'tensorbroker/simple:dev', pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4, max_wait_ms: 2 } },
+      models: { simple: { image: imageTag('simple'), pull_policy: 'never', min_replicas: 2, max_replicas: 2, batch_size: 4, max_wait_ms: 2 } },
     });
     await waitFor(() => b.running.tasks.copies().filter((c) => c.state === 'ready').length === 2, 60_000, 'two copies');
   });
@@ -94,7 +95,8 @@ describe('rolling update (Docker runtime)', () => {
       while (!stop) statuses.push((await postJson(`${b.url}/v2/models/simple/infer`, simpleBody([row(16, i)], [row(16)]))).status);
     };
     const loops = Promise.all([0, 1, 2, 3, 4, 5].map(loop));
-    await new Promise((r) => setTimeout(r, 500));
+    // The load is flowing before the roll starts.
+    await waitFor(() => statuses.length >= 20, 30_000, 'load flowing');
     const res = await fetch(`${b.url}/admin/models/simple`, {
       method: 'PATCH',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` },
@@ -105,7 +107,9 @@ describe('rolling update (Docker runtime)', () => {
       const cs = b.running.tasks.copies();
       return cs.length === 2 && cs.every((c) => c.image === SIMPLE_V2 && (c.state === 'ready' || c.state === 'busy') && !old.includes(c.id));
     }, 60_000, 'rolled to v2');
-    await new Promise((r) => setTimeout(r, 300));
+    // Some load lands on the new copies before it stops.
+    const atRoll = statuses.length;
+    await waitFor(() => statuses.length >= atRoll + 20, 30_000, 'load served by v2');
     stop = true;
     await loops;
     expect(statuses.length).toBeGreaterThan(50);

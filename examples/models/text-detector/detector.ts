@@ -10,7 +10,6 @@
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { DEFAULT_DB, dbBoxes, type Box, type DbOptions } from './db';
 
@@ -31,6 +30,39 @@ export function defaultModelPath(): string {
       if (existsSync(file)) return file;
     }
     throw e;
+  }
+}
+
+/**
+ * The part of onnxruntime-node this detector uses. onnxruntime-node is an optional
+ * dependency of the repository (only this example needs it), so it is typed here and
+ * loaded on first use: the rest of the tree builds and runs without it.
+ */
+interface OrtTensor { readonly dims: readonly number[]; readonly data: unknown }
+interface OrtSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
+  release(): Promise<void>;
+}
+interface OrtSessionOptions { graphOptimizationLevel?: 'all'; intraOpNumThreads?: number; executionProviders?: string[] }
+interface Ort {
+  InferenceSession: { create(path: string, opts: OrtSessionOptions): Promise<OrtSession> };
+  Tensor: new (type: 'float32', data: Float32Array, dims: number[]) => OrtTensor;
+}
+
+let ortModule: Ort | undefined;
+/** onnxruntime-node, or an error that says how to get it. */
+function ort(): Ort {
+  if (ortModule) return ortModule;
+  try {
+    // A literal require: examples/build-images.ts puts the package into the image.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    ortModule = require('onnxruntime-node') as Ort;
+    return ortModule;
+  } catch (e) {
+    throw new Error('the text-detector example needs onnxruntime-node, an optional dependency that is not installed ' +
+      `(${(e as Error).message.split('\n')[0]}): run \`npm install --include=optional\` (see examples/README.md, "text-detector")`);
   }
 }
 
@@ -59,7 +91,7 @@ const STD = [0.229, 0.224, 0.225];
 
 export class TextDetector {
   private constructor(
-    readonly session: ort.InferenceSession,
+    readonly session: OrtSession,
     readonly size: number,
     readonly db: DbOptions,
     /** 'cuda' or 'cpu': the execution provider the session runs on. */
@@ -70,22 +102,22 @@ export class TextDetector {
     const size = opts.size ?? 640;
     if (!Number.isInteger(size) || size < 32 || size % 32 !== 0) throw new Error(`input size must be a multiple of 32, got ${size}`);
     const modelPath = opts.modelPath ?? defaultModelPath();
-    const base: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all' };
+    const base: OrtSessionOptions = { graphOptimizationLevel: 'all' };
     if (opts.threads) base.intraOpNumThreads = opts.threads;
     const log = opts.log ?? (() => undefined);
     // ORT 1.30 has opt-out telemetry; a model copy never phones home (and has no network anyway).
     process.env.ORT_DISABLE_TELEMETRY ??= '1';
-    let session: ort.InferenceSession | undefined;
+    let session: OrtSession | undefined;
     let provider = 'cpu';
     if (opts.gpu) {
       try {
-        session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ['cuda', 'cpu'] });
+        session = await ort().InferenceSession.create(modelPath, { ...base, executionProviders: ['cuda', 'cpu'] });
         provider = 'cuda';
       } catch (e) {
         log('CUDA execution provider unavailable, using the CPU', { err: (e as Error).message });
       }
     }
-    session ??= await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ['cpu'] });
+    session ??= await ort().InferenceSession.create(modelPath, { ...base, executionProviders: ['cpu'] });
     return new TextDetector(session, size, { ...DEFAULT_DB, ...opts.db }, provider);
   }
 
@@ -138,7 +170,7 @@ export class TextDetector {
   /** Runs the network on a preprocessed batch; the probability map [N, 1, size, size]. */
   async infer(input: Float32Array, n: number): Promise<Float32Array> {
     const s = this.size;
-    const feeds = { [this.session.inputNames[0]]: new ort.Tensor('float32', input, [n, 3, s, s]) };
+    const feeds = { [this.session.inputNames[0]]: new (ort().Tensor)('float32', input, [n, 3, s, s]) };
     const out = await this.session.run(feeds);
     const t = out[this.session.outputNames[0]];
     const dims = t.dims.map(Number);

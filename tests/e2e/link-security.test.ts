@@ -14,7 +14,7 @@ import * as zmq from 'zeromq';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import type { BatchRequest } from '../../core/pool';
 import type { Tensor } from '../../proto/tensor';
-import { ReadySchema, ResultSchema, TensorSpecSchema, decodeFrames, encodeFrames, type DecodedMessage } from '../../proto/link';
+import { HeartbeatSchema, ReadySchema, ResultSchema, TensorSpecSchema, decodeFrames, encodeFrames, type DecodedMessage } from '../../proto/link';
 import { LinkServer, SocketInUseError, type LinkPeer } from '../../task-manager/link-server';
 import { ProcessRuntime } from '../../task-manager/process-runtime';
 import type { CopyLaunch } from '../../task-manager/runtime';
@@ -162,6 +162,27 @@ describe('copy identity: no impersonation', () => {
     await waitFor(() => heard.includes('ready'), 10_000, 'the READY with the secret');
     await wrong.close();
     link.unregister('c1');
+    await link.close();
+  });
+
+  test('malformed messages from a copy are dropped; the link keeps serving it', async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-imp-'));
+    const link = new LinkServer({ socketDir: dir, brokerId: 'b1', heartbeatMs: 100, logger: quiet });
+    await link.start();
+    const heard: string[] = [];
+    link.register('c1', { connected: false, tick: () => undefined, handle: (m) => void heard.push(m.envelope.kind.case ?? '') });
+    const info = link.info('c1');
+    const sock = new zmq.Dealer({ routingId: info.routingId, linger: 0 });
+    sock.connect(info.endpoint);
+    const garbage: Buffer[][] = [
+      [Buffer.alloc(0)], [Buffer.from([0xff, 0xff, 0xff])], [Buffer.alloc((1 << 20) + 1, 7)], [Buffer.from([0x0a, 0x80])],
+      [Buffer.from([0x1a, 0x02, 0x08])], [Buffer.alloc(16, 0xff), Buffer.alloc(3)],
+    ];
+    for (const frames of garbage) await sock.send(frames);
+    await sock.send(encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: 1n }) }));
+    await waitFor(() => heard.includes('heartbeat'), 10_000, 'the heartbeat after the garbage');
+    expect(heard).toEqual(['heartbeat']);
+    sock.close();
     await link.close();
   });
 

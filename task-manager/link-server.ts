@@ -16,7 +16,7 @@
  * The broker's own socket `<dir>/link.sock` is its lock: a broker that finds it
  * connectable refuses to start (another live broker has the same id/folder).
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import * as fss from 'node:fs';
 import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
@@ -64,10 +64,15 @@ export interface LinkServerOptions {
 const MAX_SOCKET_PATH = 107;
 const COPY_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
-/** A broker id as a folder name. */
+/**
+ * A broker id as a folder name: safe characters, at most 32 of them (a longer id keeps
+ * its start plus a hash of the whole id), so socket paths stay under the unix limit.
+ */
 export function brokerFolderName(brokerId: string): string {
-  const safe = brokerId.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_');
-  return safe.slice(0, 64) || 'broker';
+  const safe = brokerId.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_') || 'broker';
+  if (safe.length <= 32 && safe === brokerId) return safe;
+  const hash = createHash('sha256').update(brokerId).digest('hex').slice(0, 10);
+  return `${safe.slice(0, 21)}-${hash}`;
 }
 
 /** True when something accepts connections on the unix socket `file` (a live broker). */
@@ -141,6 +146,7 @@ export class LinkServer implements LinkSender {
         const st = await fs.stat(this.socketDir);
         if ((st.mode & 0o011) !== 0o011) await fs.chmod(this.socketDir, (st.mode & 0o7777) | 0o011);
         const file = this.socketPath(this.socketDir);
+        this.socketPath(path.join(this.socketDir, 'copies', 'x'.repeat(16))); // copies' sockets must fit too
         if (await socketIsLive(file)) {
           throw new SocketInUseError(
             `another live broker holds the link socket ${file}` +

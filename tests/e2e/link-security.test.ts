@@ -15,7 +15,7 @@ import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import type { BatchRequest } from '../../core/pool';
 import type { Tensor } from '../../proto/tensor';
 import { HeartbeatSchema, ReadySchema, ResultSchema, TensorSpecSchema, decodeFrames, encodeFrames, type DecodedMessage } from '../../proto/link';
-import { LinkServer, SocketInUseError, type LinkPeer } from '../../task-manager/link-server';
+import { LinkServer, SocketInUseError, brokerFolderName, type LinkPeer } from '../../task-manager/link-server';
 import { ProcessRuntime } from '../../task-manager/process-runtime';
 import type { CopyLaunch } from '../../task-manager/runtime';
 import { TaskManager } from '../../task-manager/task-manager';
@@ -367,5 +367,24 @@ describeDist('copies exit when their broker is gone (SIGKILL)', () => {
 
   test('Python SDK', async () => {
     await runAndKill({ name: 'sdk-test', batch_size: 8, command: ['/usr/bin/python3', PY_MODEL], env: { TB_BROKER_TIMEOUT_MS: String(TIMEOUT_MS) }, source: 'file' });
+  });
+});
+
+describe('socket folder names', () => {
+  test('derived from the broker id, short and distinct', () => {
+    expect(brokerFolderName('tb-host1')).toBe('tb-host1');
+    const long = brokerFolderName(`tb-${'a'.repeat(80)}`);
+    expect(long.length).toBeLessThanOrEqual(32);
+    expect(long).not.toBe(brokerFolderName(`tb-${'a'.repeat(81)}`));
+    expect(brokerFolderName('a/b')).not.toBe(brokerFolderName('a_b'));
+    expect(brokerFolderName('../x')).not.toMatch(/\//);
+    expect(brokerFolderName('..')).not.toMatch(/^\./);
+  });
+
+  test('a socket folder too deep for unix sockets is refused at start with the fix', async () => {
+    const deep = path.join(os.tmpdir(), 'tb-deep-'.padEnd(80, 'x'));
+    const link = new LinkServer({ socketDir: deep, brokerId: 'b1', logger: quiet });
+    await expect(link.start()).rejects.toThrow(/longer than 107 bytes .*shorter --socket-dir or broker id/);
+    fs.rmSync(deep, { recursive: true, force: true });
   });
 });

@@ -106,6 +106,11 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     this.missed = opts.missedHeartbeats ?? 5;
   }
 
+  /** Started by an earlier run of this broker (LinkPeer: recognised by its routing id, no second READY). */
+  get adopted(): boolean {
+    return this.opts.adopted !== undefined;
+  }
+
   get metadata(): ModelMetadata {
     return this.meta ?? { name: this.model, version: '', maxBatch: this.batchSize, inputs: [], outputs: [] };
   }

@@ -35,6 +35,11 @@ export interface LinkPeer {
   tick(now: number): void;
   /** True once the copy was heard from: broker heartbeats go only to those. */
   readonly connected: boolean;
+  /**
+   * An adopted copy (it sent READY with its secret to an earlier run of this broker):
+   * its routing id, derived from the same key, is its proof; it sends no second READY.
+   */
+  readonly adopted?: boolean;
 }
 
 /** The link as a copy connection sees it. */
@@ -108,6 +113,8 @@ export class LinkServer implements LinkSender {
   private readonly routes = new Map<string, Route>();
   /** routing id -> copy id, for copies registered here. */
   private readonly byRoutingId = new Map<string, string>();
+  /** Copies that presented their secret in READY (or were adopted). */
+  private readonly authenticated = new Set<string>();
   private readonly queue: Buffer[][] = [];
   private wake?: () => void;
   private closed = false;
@@ -212,6 +219,7 @@ export class LinkServer implements LinkSender {
 
   unregister(copyId: string): void {
     this.peers.delete(copyId);
+    this.authenticated.delete(copyId);
     const r = this.routes.get(copyId);
     if (!r) return;
     this.routes.delete(copyId);
@@ -376,9 +384,19 @@ export class LinkServer implements LinkSender {
       this.refuse(routingId, kind.case, 'unknown copy id', 'link: message from a routing id no copy was given (an SDK older than TB_ROUTING_ID, a leftover copy, or an impersonation attempt); telling it to shut down');
       return;
     }
-    if (kind.case === 'ready' && !this.secretMatches(copyId, kind.value.secret)) {
-      this.refuse(routingId, kind.case, 'copy secret missing or wrong', "link: READY without the copy's secret (TB_COPY_SECRET) refused");
-      return;
+    if (kind.case === 'ready') {
+      if (!this.secretMatches(copyId, kind.value.secret)) {
+        this.refuse(routingId, kind.case, 'copy secret missing or wrong', "link: READY without the copy's secret (TB_COPY_SECRET) refused");
+        return;
+      }
+      this.authenticated.add(copyId);
+    } else if (!this.authenticated.has(copyId)) {
+      if (!peer.adopted) {
+        // Nothing counts from a copy before its READY with the secret.
+        log?.debug({ copy: copyId, kind: kind.case }, 'link: message before READY ignored');
+        return;
+      }
+      this.authenticated.add(copyId);
     }
     try {
       peer.handle(msg);

@@ -157,9 +157,14 @@ describe('copy identity: no impersonation', () => {
     const wrong = new Impostor(info.routingId!, info.endpoint, 'cd'.repeat(32));
     await waitFor(() => wrong.shutdown !== undefined, 10_000, 'the wrong secret to be refused');
     expect(wrong.shutdown).toBe('copy secret missing or wrong');
+    // Nor does anything else count before a READY with the secret (a forged RESULT, a heartbeat).
+    await wrong.sock.send(encodeFrames({ case: 'result', value: create(ResultSchema, { batchId: 1n, error: 'forged' }) }));
+    await wrong.sock.send(encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: 1n }) }));
     expect(heard).toEqual([]);
     await wrong.ready(info.secret!);
-    await waitFor(() => heard.includes('ready'), 10_000, 'the READY with the secret');
+    await wrong.sock.send(encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: 2n }) }));
+    await waitFor(() => heard.includes('heartbeat'), 10_000, 'the READY with the secret, then a heartbeat');
+    expect(heard).toEqual(['ready', 'heartbeat']); // the earlier forged messages were dropped
     await wrong.close();
     link.unregister('c1');
     await link.close();
@@ -170,7 +175,7 @@ describe('copy identity: no impersonation', () => {
     const link = new LinkServer({ socketDir: dir, brokerId: 'b1', heartbeatMs: 100, logger: quiet });
     await link.start();
     const heard: string[] = [];
-    link.register('c1', { connected: false, tick: () => undefined, handle: (m) => void heard.push(m.envelope.kind.case ?? '') });
+    link.register('c1', { connected: false, adopted: true, tick: () => undefined, handle: (m) => void heard.push(m.envelope.kind.case ?? '') });
     const info = link.info('c1');
     const sock = new zmq.Dealer({ routingId: info.routingId, linger: 0 });
     sock.connect(info.endpoint);

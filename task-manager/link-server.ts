@@ -121,7 +121,7 @@ export class LinkServer implements LinkSender {
   private heartbeat?: NodeJS.Timeout;
   private boundEndpoint?: string;
   private loops: Promise<void>[] = [];
-  /** Unknown routing ids we already told to go away (bounded). */
+  /** Routing ids we already told to go away (bounded). */
   private readonly toldOff = new Set<string>();
   private readonly transport: 'ipc' | 'tcp';
   /** The broker's socket folder. */
@@ -412,14 +412,15 @@ export class LinkServer implements LinkSender {
     return got.length === want.length && timingSafeEqual(got, want);
   }
 
-  /** Tells a sender that may not speak for a copy to go away; logs once per routing id (never the token). */
+  /**
+   * Tells a sender that may not speak for a copy to go away, once per routing id (a
+   * flood of messages gets no flood of answers or log lines; the token is never logged).
+   */
   private refuse(routingId: string, kind: string | undefined, reason: string, message: string): void {
-    if (kind === 'shutdown') return;
-    if (!this.toldOff.has(routingId)) {
-      this.opts.logger?.warn({ claimed: claimedId(routingId), kind, reason }, message);
-      if (this.toldOff.size > 1000) this.toldOff.clear();
-      this.toldOff.add(routingId);
-    }
+    if (kind === 'shutdown' || this.toldOff.has(routingId)) return;
+    this.opts.logger?.warn({ claimed: claimedId(routingId), kind, reason }, message);
+    if (this.toldOff.size > 1000) this.toldOff.clear();
+    this.toldOff.add(routingId);
     this.sendTo(routingId, encodeFrames({ case: 'shutdown', value: create(ShutdownSchema, { graceMs: 0, reason }) }));
   }
 }

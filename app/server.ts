@@ -89,7 +89,12 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   });
 
   const runtime = await chooseRuntime(config, log);
-  const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
+  const link = new LinkServer({ socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log });
+  // Before anything else touches copies: refuses to start when a live broker holds this broker id's socket.
+  await link.start().catch(async (err: Error) => {
+    await registry.close();
+    throw err;
+  });
   const inventory = await detectGpus(config.gpus);
   if (inventory.gpus.length > 0) log.info({ gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
   const store = new RedisPlacementStore(new Redis(config.redisUrl, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true);

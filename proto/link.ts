@@ -10,7 +10,7 @@ import {
   type Envelope,
   type TensorMeta,
 } from './gen/link_pb';
-import { isDataType, type Tensor } from './tensor';
+import { elementCount, elementSize, isDataType, type Tensor } from './tensor';
 
 export * from './gen/link_pb';
 
@@ -56,13 +56,35 @@ export function decodeFrames(frames: Buffer[]): DecodedMessage {
   return { envelope, frames: frames.slice(1) };
 }
 
-/** Pairs tensor metadata with its frames, checking datatype, count and byte size. */
+/** A name for error messages: bounded, whatever the peer sent. */
+function shown(name: string): string {
+  return name.length > 100 ? `${name.slice(0, 100)}…` : name;
+}
+
+const MAX_DIM = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * Pairs tensor metadata with its frames, checking the count, datatype, that each
+ * dimension is a safe non-negative integer and, for fixed-size datatypes, that the
+ * frame holds exactly elements × size bytes (BYTES frames: see checkTensorData).
+ */
 export function tensorsFromFrames(metas: readonly TensorMeta[], frames: readonly Buffer[]): Tensor[] {
   if (metas.length !== frames.length) {
     throw new LinkDecodeError(`${metas.length} tensors described but ${frames.length} frames sent`);
   }
   return metas.map((m, i) => {
-    if (!isDataType(m.datatype)) throw new LinkDecodeError(`tensor '${m.name}': unknown datatype '${m.datatype}'`);
-    return { name: m.name, datatype: m.datatype, shape: m.shape.map(Number), data: frames[i] };
+    if (!isDataType(m.datatype)) throw new LinkDecodeError(`tensor '${shown(m.name)}': unknown datatype '${shown(m.datatype)}'`);
+    const shape = m.shape.map((d) => {
+      if (d < 0n || d > MAX_DIM) throw new LinkDecodeError(`tensor '${shown(m.name)}': dimension ${d} is out of range`);
+      return Number(d);
+    });
+    const size = elementSize(m.datatype);
+    if (size !== undefined) {
+      const need = elementCount(shape) * size;
+      if (frames[i].length !== need) {
+        throw new LinkDecodeError(`tensor '${shown(m.name)}': shape [${shape.join(',')}] of ${m.datatype} needs ${need} bytes, the frame has ${frames[i].length}`);
+      }
+    }
+    return { name: m.name, datatype: m.datatype, shape, data: frames[i] };
   });
 }

@@ -11,7 +11,7 @@ import { lastLine, type CopyLaunch, type ExitInfo, type LinkInfo, type Runtime }
 export function copyLaunch(spec: ModelSpec, copyId: string, gpus: string[] | undefined, fingerprint: string, owner: string, link: LinkInfo, cwd: string | undefined): CopyLaunch {
   return {
     copyId, model: spec.name, version: spec.version, image: spec.image, command: spec.command, cwd: spec.cwd ?? cwd,
-    env: spec.env, owner, gpus, batchSize: spec.batch_size, link,
+    env: spec.env, envSource: spec.source, owner, gpus, batchSize: spec.batch_size, link,
     pullPolicy: spec.pull_policy, pullTimeoutMs: spec.pull_timeout_ms, fingerprint,
     limits: { memoryMb: spec.memory_mb, cpus: spec.cpus, readOnlyRoot: spec.read_only_root, tmpfsMb: spec.tmpfs_mb, pidsLimit: spec.pids_limit },
   };

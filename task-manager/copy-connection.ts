@@ -7,7 +7,7 @@ import { create } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import type { BatchRequest, BatchResponse, ModelCopy } from '../core/pool';
-import { isDataType, type TensorSpec } from '../proto/tensor';
+import { checkTensorData, isDataType, type TensorSpec } from '../proto/tensor';
 import type { ModelMetadata } from '../core/types';
 import {
   BatchItemSchema,
@@ -104,6 +104,11 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     this.batchSize = opts.batchSize;
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.missed = opts.missedHeartbeats ?? 5;
+  }
+
+  /** Started by an earlier run of this broker (LinkPeer: recognised by its routing id, no second READY). */
+  get adopted(): boolean {
+    return this.opts.adopted !== undefined;
   }
 
   get metadata(): ModelMetadata {
@@ -309,6 +314,11 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
         throw new Error(`${r.items.length} item statuses for ${p.batch.items.length} items`);
       }
       const tensors = tensorsFromFrames(r.tensors, frames);
+      for (const t of tensors) {
+        // BYTES frames must hold exactly their elements (fixed sizes were checked above).
+        const bad = t.datatype === 'BYTES' ? checkTensorData(t) : undefined;
+        if (bad) throw new Error(bad.replace(/^input/, 'output'));
+      }
       p.resolve({
         itemErrors: r.items.map((s) => (s.error ? s.error : undefined)),
         tensors,

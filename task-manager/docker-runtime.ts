@@ -2,6 +2,7 @@
  * Runs model copies as Docker containers through the daemon's API (dockerode).
  * Images are pulled per pull_policy (image-puller.ts). Access to the Docker socket is root-equivalent.
  */
+import * as path from 'node:path';
 import Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
@@ -26,8 +27,13 @@ export interface DockerRuntimeOptions {
   logLines?: number;
   /** Extra env passed to every container (the broker's own env is NOT passed, unlike the process runtime). */
   env?: Record<string, string>;
-  /** Memory limit per container in bytes when the launch gives none (default none). */
+  /** Memory limit per container in bytes when the model sets no memory_mb (default DEFAULT_LIMITS.memoryBytes; 0 = none). */
   memoryBytes?: number;
+  /** CPU limit per container (cores) when the model sets no cpus (default DEFAULT_LIMITS.cpus; 0 = none). */
+  cpus?: number;
+  /** json-file log rotation: size of one file (default '10m') and files kept (default 3). */
+  logMaxSize?: string;
+  logMaxFiles?: number;
   /**
    * 'nvidia' (default): GPU copies get HostConfig.DeviceRequests. 'fake' (tests on
    * hosts without a GPU runtime): the request is recorded in the label
@@ -40,9 +46,9 @@ export interface DockerRuntimeOptions {
   /** User to run containers as ("uid:gid"); default the image's. */
   user?: string;
   /**
-   * Host directory to mount at /run/tensorbroker instead of the link's socketDir.
-   * Set it when the broker itself runs in a container and the daemon sees the
-   * socket directory under another host path.
+   * Host path of the broker's socket folder (the link's socketDir) when the
+   * broker itself runs in a container and the daemon sees that folder under
+   * another host path. A copy's own folder (`copies/<id>`) is mounted from below it.
    */
   hostSocketDir?: string;
   logger?: Logger;
@@ -84,22 +90,72 @@ function sanitize(s: string): string {
 
 const SAFE_LIMITS: CopyLimits = { readOnlyRoot: true, tmpfsMb: 64, pidsLimit: 512 };
 
-/** HostConfig hardening: limits, no-new-privileges, no capabilities, read-only root + tmpfs, pids limit. */
-export function hardenedHostConfig(limits: CopyLimits = SAFE_LIMITS, defaultMemoryBytes?: number): Docker.HostConfig {
+/** Limits of a container whose model sets none: a runaway copy must not take the host down. */
+export const DEFAULT_LIMITS = { memoryBytes: 2048 * 1024 * 1024, cpus: 2, logMaxSize: '10m', logMaxFiles: 3 };
+
+export interface HostDefaults {
+  /** Memory when the model sets no memory_mb (0 = no limit). */
+  memoryBytes?: number;
+  /** CPUs when the model sets no cpus (0 = no limit). */
+  cpus?: number;
+  logMaxSize?: string;
+  logMaxFiles?: number;
+}
+
+/**
+ * HostConfig hardening: limits (the model's, else the defaults), no-new-privileges, no
+ * capabilities, read-only root + tmpfs, pids limit, rotated json-file logs.
+ */
+export function hardenedHostConfig(limits: CopyLimits = SAFE_LIMITS, defaults: HostDefaults = {}): Docker.HostConfig {
   const hc: Docker.HostConfig = {
     SecurityOpt: ['no-new-privileges:true'],
     CapDrop: ['ALL'],
     ReadonlyRootfs: limits.readOnlyRoot,
     PidsLimit: limits.pidsLimit,
+    LogConfig: {
+      Type: 'json-file',
+      Config: { 'max-size': defaults.logMaxSize ?? DEFAULT_LIMITS.logMaxSize, 'max-file': String(defaults.logMaxFiles ?? DEFAULT_LIMITS.logMaxFiles) },
+    },
   };
-  const mem = limits.memoryMb !== undefined ? limits.memoryMb * 1024 * 1024 : defaultMemoryBytes;
+  const mem = limits.memoryMb !== undefined ? limits.memoryMb * 1024 * 1024 : (defaults.memoryBytes ?? DEFAULT_LIMITS.memoryBytes);
   if (mem) {
     hc.Memory = mem;
     hc.MemorySwap = mem; // no swap on top
   }
-  if (limits.cpus !== undefined) hc.NanoCpus = Math.round(limits.cpus * 1e9);
+  const cpus = limits.cpus ?? defaults.cpus ?? DEFAULT_LIMITS.cpus;
+  if (cpus) hc.NanoCpus = Math.round(cpus * 1e9);
   if (limits.readOnlyRoot && limits.tmpfsMb > 0) hc.Tmpfs = { '/tmp': `rw,nosuid,nodev,noexec,size=${limits.tmpfsMb}m` };
   return hc;
+}
+
+/**
+ * Container defaults from the broker's env: TB_COPY_MEMORY_MB (0 = none),
+ * TB_COPY_CPUS (0 = none), TB_COPY_LOG_MAX_SIZE (e.g. 10m), TB_COPY_LOG_MAX_FILES.
+ * Unset or invalid values keep DEFAULT_LIMITS.
+ */
+export function hostDefaultsFromEnv(env: NodeJS.ProcessEnv): HostDefaults {
+  const num = (v: string | undefined) => (v !== undefined && v.trim() !== '' && Number.isFinite(Number(v)) && Number(v) >= 0 ? Number(v) : undefined);
+  const out: HostDefaults = {};
+  const mem = num(env.TB_COPY_MEMORY_MB);
+  if (mem !== undefined) out.memoryBytes = Math.round(mem * 1024 * 1024);
+  const cpus = num(env.TB_COPY_CPUS);
+  if (cpus !== undefined) out.cpus = cpus;
+  if (env.TB_COPY_LOG_MAX_SIZE && /^\d+[kmg]?$/i.test(env.TB_COPY_LOG_MAX_SIZE)) out.logMaxSize = env.TB_COPY_LOG_MAX_SIZE;
+  const files = num(env.TB_COPY_LOG_MAX_FILES);
+  if (files !== undefined && Number.isInteger(files) && files >= 1) out.logMaxFiles = files;
+  return out;
+}
+
+/**
+ * The bind of a copy's link folder: its own folder only (`copies/<id>`, never the
+ * broker's folder or another copy's), read-only so a process in the container
+ * cannot rename or replace the socket (connecting to a socket needs no write access
+ * to the mount).
+ */
+export function linkBind(link: { socketDir?: string; copyDir?: string }, hostSocketDir?: string): string {
+  if (!link.socketDir) throw new BrokerError('INTERNAL', 'ipc link without socketDir');
+  const host = hostSocketDir ? (link.copyDir ? path.join(hostSocketDir, link.copyDir) : hostSocketDir) : link.socketDir;
+  return `${host}:${CONTAINER_SOCKET_DIR}:ro`;
 }
 
 export class DockerRuntime implements Runtime {
@@ -109,7 +165,16 @@ export class DockerRuntime implements Runtime {
   private readonly entries = new Map<string, Entry>();
   private readonly logLines: number;
 
+  private readonly defaults: HostDefaults;
+
   constructor(private readonly opts: DockerRuntimeOptions = {}) {
+    const fromEnv = hostDefaultsFromEnv(process.env);
+    this.defaults = {
+      memoryBytes: opts.memoryBytes ?? fromEnv.memoryBytes,
+      cpus: opts.cpus ?? fromEnv.cpus,
+      logMaxSize: opts.logMaxSize ?? fromEnv.logMaxSize,
+      logMaxFiles: opts.logMaxFiles ?? fromEnv.logMaxFiles,
+    };
     this.docker = opts.docker ?? new Docker({ socketPath: opts.socketPath ?? '/var/run/docker.sock' });
     this.logLines = opts.logLines ?? 50;
     this.puller = new ImagePuller(this.docker, opts.logger, opts.credentialsEnv);
@@ -126,8 +191,8 @@ export class DockerRuntime implements Runtime {
     const binds: string[] = [];
     if (ipc) {
       if (!link.socketDir || !link.socketName) throw new BrokerError('INTERNAL', 'ipc link without socketDir/socketName');
-      // The only host path a copy sees: the link socket's directory.
-      binds.push(`${this.opts.hostSocketDir ?? link.socketDir}:${CONTAINER_SOCKET_DIR}`);
+      // The only host path a copy sees: its own link socket folder, read-only.
+      binds.push(linkBind(link, this.opts.hostSocketDir));
       endpoint = `ipc://${CONTAINER_SOCKET_DIR}/${link.socketName}`;
     }
     const env = { ...(this.opts.env ?? {}), ...launch.env, ...linkEnv(launch, endpoint) };
@@ -136,7 +201,7 @@ export class DockerRuntime implements Runtime {
     delete env.CUDA_VISIBLE_DEVICES;
 
     const hostConfig: Docker.ContainerCreateOptions['HostConfig'] = {
-      ...hardenedHostConfig(launch.limits, this.opts.memoryBytes),
+      ...hardenedHostConfig(launch.limits, this.defaults),
       NetworkMode: ipc ? 'none' : 'host',
       Binds: binds,
       AutoRemove: false,

@@ -2,8 +2,8 @@
  * Makes an image present before a container is created, per pull_policy:
  * `never` (must be local), `if-missing` (pull when absent), `always` (pull on
  * every start; concurrent starts share one pull). Credentials come from the
- * environment (TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD, optionally limited
- * to TB_REGISTRY_SERVER) or a docker config.json ($DOCKER_CONFIG/config.json,
+ * environment (TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD, sent only to
+ * TB_REGISTRY_SERVER) or a docker config.json ($DOCKER_CONFIG/config.json,
  * else ~/.docker/config.json, `auths` entries). Progress goes to the log.
  */
 import * as fs from 'node:fs';
@@ -34,15 +34,18 @@ function hubKeys(host: string): string[] {
   return host === 'docker.io' ? [DOCKER_HUB, 'docker.io', 'index.docker.io', 'https://index.docker.io/v1', 'registry-1.docker.io'] : [host, `https://${host}`, `http://${host}`];
 }
 
-/** Credentials for `image` from env, then from a docker config.json; undefined = anonymous. */
+/**
+ * Credentials for `image`; undefined = anonymous. They go only where they belong:
+ * TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD only to the registry named by
+ * TB_REGISTRY_SERVER (unset: to no registry at all, since a model entry may name
+ * any host), and a docker config.json entry only to the exact registry it names.
+ */
 export function findAuth(image: string, env: NodeJS.ProcessEnv = process.env): RegistryAuth | undefined {
   const host = registryOf(image);
   const server = host === 'docker.io' ? DOCKER_HUB : host;
-  if (env.TB_REGISTRY_USERNAME && env.TB_REGISTRY_PASSWORD) {
-    const only = env.TB_REGISTRY_SERVER;
-    if (!only || only === host || hubKeys(host).includes(only)) {
-      return { username: env.TB_REGISTRY_USERNAME, password: env.TB_REGISTRY_PASSWORD, serveraddress: server };
-    }
+  const only = env.TB_REGISTRY_SERVER;
+  if (env.TB_REGISTRY_USERNAME && env.TB_REGISTRY_PASSWORD && only && (only === host || hubKeys(host).includes(only))) {
+    return { username: env.TB_REGISTRY_USERNAME, password: env.TB_REGISTRY_PASSWORD, serveraddress: server };
   }
   const file = path.join(env.DOCKER_CONFIG ?? path.join(env.HOME ?? os.homedir(), '.docker'), 'config.json');
   let cfg: { auths?: Record<string, { auth?: string; username?: string; password?: string }> };
@@ -112,7 +115,9 @@ export class ImagePuller {
     const log = this.logger?.child({ image, registry: registryOf(image), authenticated: !!auth });
     log?.info({ timeoutMs }, 'pulling image');
     const t0 = Date.now();
-    const hint = auth ? ' (credentials were sent: check them)' : ' (no credentials found: set TB_REGISTRY_USERNAME/TB_REGISTRY_PASSWORD or docker login)';
+    const hint = auth
+      ? ' (credentials were sent: check them)'
+      : ` (no credentials for ${registryOf(image)}: set TB_REGISTRY_SERVER=${registryOf(image)} with TB_REGISTRY_USERNAME/TB_REGISTRY_PASSWORD, or docker login ${registryOf(image)})`;
     let stream: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
     let timer: NodeJS.Timeout | undefined;
     // Aborting the API request makes the daemon give the pull up too.

@@ -1,15 +1,30 @@
 /**
  * The broker's end of the link: one ZeroMQ ROUTER that every model copy's
- * DEALER connects to, with its copy id as routing id. One send queue and one
- * receive loop (zeromq allows one pending send and one pending receive per socket).
+ * DEALER connects to. One send queue and one receive loop (zeromq allows one
+ * pending send and one pending receive per socket).
+ *
+ * Who may speak for a copy (see proto/README.md, "Copy identity"):
+ * - each copy gets, in its env only, an unguessable routing id
+ *   (`<copy id>.<token>`) and a secret; both are derived from a key that stays
+ *   in the broker's folder (0600), so a restarted broker recognises the copies
+ *   it adopts. Messages from any other routing id are refused, and a READY
+ *   without the copy's secret is refused;
+ * - with ipc, each copy connects to its own socket in its own folder
+ *   (`<dir>/copies/<copy id>/`), the only folder mounted into its container, so
+ *   a container cannot reach or replace another copy's (or the broker's) socket.
+ *
+ * The broker's own socket `<dir>/link.sock` is its lock: a broker that finds it
+ * connectable refuses to start (another live broker has the same id/folder).
  */
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import * as fss from 'node:fs';
 import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import * as zmq from 'zeromq';
 import type { Logger } from 'pino';
-import { decodeFrames, encodeFrames, LinkDecodeError, type DecodedMessage } from '../proto/link';
 import { create } from '@bufbuild/protobuf';
-import { HeartbeatSchema, ShutdownSchema } from '../proto/link';
+import { HeartbeatSchema, ShutdownSchema, decodeFrames, encodeFrames, LinkDecodeError, type DecodedMessage } from '../proto/link';
 import type { LinkInfo } from './runtime';
 
 /** What the link server routes a copy's messages to. */
@@ -20,6 +35,11 @@ export interface LinkPeer {
   tick(now: number): void;
   /** True once the copy was heard from: broker heartbeats go only to those. */
   readonly connected: boolean;
+  /**
+   * An adopted copy (it sent READY with its secret to an earlier run of this broker):
+   * its routing id, derived from the same key, is its proof; it sends no second READY.
+   */
+  readonly adopted?: boolean;
 }
 
 /** The link as a copy connection sees it. */
@@ -28,13 +48,15 @@ export interface LinkSender {
 }
 
 export interface LinkServerOptions {
-  /** 'ipc' (default): a socket file in socketDir. 'tcp': 127.0.0.1 on tcpPort (0 = any free port). */
+  /** 'ipc' (default): socket files under socketDir. 'tcp': 127.0.0.1 on tcpPort (0 = any free port). */
   transport?: 'ipc' | 'tcp';
-  /** Directory of the ipc socket (bind-mounted into containers). Default /tmp/tensorbroker. */
+  /** Base folder of the ipc sockets (default /tmp/tensorbroker). With brokerId the broker's folder is `<socketDir>/<brokerId>`. */
   socketDir?: string;
+  /** The broker's id: names its socket folder, so brokers with different ids never share a socket. */
+  brokerId?: string;
   /** Socket file name (default link.sock). */
   socketName?: string;
-  /** File mode of the socket, so copies running as other users can connect (default 0o666). */
+  /** File mode of the sockets, so copies running as other users can connect (default 0o666). */
   socketMode?: number;
   tcpHost?: string;
   tcpPort?: number;
@@ -43,49 +65,120 @@ export interface LinkServerOptions {
   logger?: Logger;
 }
 
+/** Longest unix socket path (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+const COPY_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * A broker id as a folder name: safe characters, at most 32 of them (a longer id keeps
+ * its start plus a hash of the whole id), so socket paths stay under the unix limit.
+ */
+export function brokerFolderName(brokerId: string): string {
+  const safe = brokerId.replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^\.+/, '_') || 'broker';
+  if (safe.length <= 32 && safe === brokerId) return safe;
+  const hash = createHash('sha256').update(brokerId).digest('hex').slice(0, 10);
+  return `${safe.slice(0, 21)}-${hash}`;
+}
+
+/** True when something accepts connections on the unix socket `file` (a live broker). */
+export function socketIsLive(file: string, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(file);
+    const done = (live: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(live);
+    };
+    const timer = setTimeout(() => done(true), timeoutMs); // a socket that neither accepts nor refuses: treat as held
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+/** The broker's socket is held by a live broker. */
+export class SocketInUseError extends Error {}
+
+interface Route {
+  routingId: string;
+  secret: Buffer;
+  /** ipc only: the copy's folder and endpoint. */
+  dir?: string;
+  endpoint?: string;
+}
+
 export class LinkServer implements LinkSender {
   readonly heartbeatMs: number;
   private router?: zmq.Router;
   private readonly peers = new Map<string, LinkPeer>();
+  private readonly routes = new Map<string, Route>();
+  /** routing id -> copy id, for copies registered here. */
+  private readonly byRoutingId = new Map<string, string>();
+  /** Copies that presented their secret in READY (or were adopted). */
+  private readonly authenticated = new Set<string>();
   private readonly queue: Buffer[][] = [];
   private wake?: () => void;
   private closed = false;
   private heartbeat?: NodeJS.Timeout;
   private boundEndpoint?: string;
   private loops: Promise<void>[] = [];
-  /** Unknown ids we already told to go away (bounded). */
+  /** Routing ids we already told to go away (bounded). */
   private readonly toldOff = new Set<string>();
   private readonly transport: 'ipc' | 'tcp';
-  private readonly socketDir: string;
+  /** The broker's socket folder. */
+  readonly socketDir: string;
   private readonly socketName: string;
+  private key?: Buffer;
+  /** bind/unbind calls, one at a time (zeromq refuses concurrent ones). */
+  private binds: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: LinkServerOptions = {}) {
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.transport = opts.transport ?? 'ipc';
-    this.socketDir = path.resolve(opts.socketDir ?? '/tmp/tensorbroker');
+    const base = path.resolve(opts.socketDir ?? '/tmp/tensorbroker');
+    this.socketDir = opts.brokerId ? path.join(base, brokerFolderName(opts.brokerId)) : base;
     this.socketName = opts.socketName ?? 'link.sock';
   }
 
-  /** Binds and starts the loops. */
+  /**
+   * Claims the broker's socket (refusing when a live broker holds it), binds
+   * and starts the loops. Rejects with SocketInUseError when another broker is live.
+   */
   async start(): Promise<void> {
     if (this.router) return;
     const router = new zmq.Router({ mandatory: true, linger: 0, sendTimeout: 0, sendHighWaterMark: 10_000 });
-    if (this.transport === 'ipc') {
-      await fs.mkdir(this.socketDir, { recursive: true, mode: 0o755 });
-      // Copies running as another uid (containers) must be able to traverse the directory.
-      const st = await fs.stat(this.socketDir);
-      if ((st.mode & 0o011) !== 0o011) await fs.chmod(this.socketDir, (st.mode & 0o7777) | 0o011);
-      const file = path.join(this.socketDir, this.socketName);
-      await fs.rm(file, { force: true });
-      await router.bind(`ipc://${file}`);
-      await fs.chmod(file, this.opts.socketMode ?? 0o666);
-      this.boundEndpoint = `ipc://${file}`;
-    } else {
-      const host = this.opts.tcpHost ?? '127.0.0.1';
-      await router.bind(`tcp://${host}:${this.opts.tcpPort ? this.opts.tcpPort : '*'}`);
-      this.boundEndpoint = router.lastEndpoint ?? undefined;
+    try {
+      if (this.transport === 'ipc') {
+        await fs.mkdir(this.socketDir, { recursive: true, mode: 0o755 });
+        // Copies running as another uid (containers) must be able to traverse the folder.
+        const st = await fs.stat(this.socketDir);
+        if ((st.mode & 0o011) !== 0o011) await fs.chmod(this.socketDir, (st.mode & 0o7777) | 0o011);
+        const file = this.socketPath(this.socketDir);
+        this.socketPath(path.join(this.socketDir, 'copies', 'x'.repeat(16))); // copies' sockets must fit too
+        if (await socketIsLive(file)) {
+          throw new SocketInUseError(
+            `another live broker holds the link socket ${file}` +
+              (this.opts.brokerId ? ` (broker id '${this.opts.brokerId}')` : '') +
+              ': give each broker on this host its own --broker-id / TB_BROKER_ID (or --socket-dir), or stop the other broker first',
+          );
+        }
+        // Not connectable: a stale socket of a broker that died; safe to replace.
+        await fs.rm(file, { force: true });
+        await router.bind(`ipc://${file}`);
+        await fs.chmod(file, this.opts.socketMode ?? 0o666);
+        this.boundEndpoint = `ipc://${file}`;
+        this.key = await this.loadKey(path.join(this.socketDir, 'link.key'));
+      } else {
+        const host = this.opts.tcpHost ?? '127.0.0.1';
+        await router.bind(`tcp://${host}:${this.opts.tcpPort ? this.opts.tcpPort : '*'}`);
+        this.boundEndpoint = router.lastEndpoint ?? undefined;
+        this.key = randomBytes(32);
+      }
+    } catch (err) {
+      router.close();
+      throw err;
     }
     this.router = router;
+    for (const id of this.peers.keys()) this.attach(id);
     this.loops = [this.receiveLoop(router), this.sendLoop(router)];
     this.heartbeat = setInterval(() => this.tick(), this.heartbeatMs);
     this.heartbeat.unref();
@@ -97,29 +190,59 @@ export class LinkServer implements LinkSender {
     return this.boundEndpoint;
   }
 
-  /** What a runtime needs to point a copy at this server. */
-  info(): LinkInfo {
-    return {
+  /**
+   * What a runtime needs to point a copy at this server. With a copy id: that
+   * copy's own endpoint (ipc), routing id and secret (the copy must be registered).
+   */
+  info(copyId?: string): LinkInfo {
+    const base: LinkInfo = {
       endpoint: this.endpoint,
       heartbeatMs: this.heartbeatMs,
       ...(this.transport === 'ipc' ? { socketDir: this.socketDir, socketName: this.socketName } : {}),
     };
+    if (copyId === undefined) return base;
+    const r = this.routes.get(copyId);
+    if (!r) throw new Error(`copy ${copyId} is not registered on the link`);
+    return {
+      ...base,
+      ...(r.endpoint ? { endpoint: r.endpoint, socketDir: r.dir, copyDir: path.relative(this.socketDir, r.dir!) } : {}),
+      routingId: r.routingId,
+      secret: r.secret.toString('hex'),
+    };
   }
 
   register(copyId: string, peer: LinkPeer): void {
+    if (!COPY_ID.test(copyId)) throw new Error(`bad copy id '${copyId}' (1-64 of A-Z a-z 0-9 _ -)`);
     this.peers.set(copyId, peer);
-    this.toldOff.delete(copyId);
+    if (this.key) this.attach(copyId);
   }
 
   unregister(copyId: string): void {
     this.peers.delete(copyId);
+    this.authenticated.delete(copyId);
+    const r = this.routes.get(copyId);
+    if (!r) return;
+    this.routes.delete(copyId);
+    this.byRoutingId.delete(r.routingId);
+    if (r.endpoint && this.router) {
+      const router = this.router;
+      const endpoint = r.endpoint;
+      this.binds = this.binds
+        .then(() => (this.closed ? undefined : router.unbind(endpoint)))
+        .catch((err) => this.opts.logger?.debug({ err, copy: copyId }, 'link: unbind failed'))
+        .then(() => fs.rm(r.dir!, { recursive: true, force: true }))
+        .catch(() => undefined);
+    }
   }
 
   /** Queues a message for a copy. Never throws; delivery failures are logged. */
   send(copyId: string, frames: Buffer[]): void {
-    if (this.closed) return;
-    this.queue.push([Buffer.from(copyId), ...frames]);
-    this.wake?.();
+    const r = this.routes.get(copyId);
+    if (!r) {
+      this.opts.logger?.debug({ copy: copyId }, 'link: message to a copy not on the link dropped');
+      return;
+    }
+    this.sendTo(r.routingId, frames);
   }
 
   async close(): Promise<void> {
@@ -127,11 +250,71 @@ export class LinkServer implements LinkSender {
     this.closed = true;
     clearInterval(this.heartbeat);
     this.wake?.();
+    await this.binds.catch(() => undefined);
     this.router?.close();
     await Promise.allSettled(this.loops);
-    if (this.transport === 'ipc') {
-      await fs.rm(path.join(this.socketDir, this.socketName), { force: true }).catch(() => undefined);
+    if (this.transport === 'ipc' && this.router) {
+      // Only the socket this broker bound (it was checked not live before binding).
+      await fs.rm(this.socketPath(this.socketDir), { force: true }).catch(() => undefined);
     }
+  }
+
+  private socketPath(dir: string): string {
+    const file = path.join(dir, this.socketName);
+    if (Buffer.byteLength(file) > MAX_SOCKET_PATH) {
+      throw new Error(`link socket path ${file} is longer than ${MAX_SOCKET_PATH} bytes (unix socket limit): use a shorter --socket-dir or broker id`);
+    }
+    return file;
+  }
+
+  /** The key copies' routing ids and secrets derive from: kept 0600 in the broker's folder (never in a copy's folder). */
+  private async loadKey(file: string): Promise<Buffer> {
+    try {
+      const k = await fs.readFile(file);
+      if (k.length >= 32) return k;
+    } catch {
+      // none yet
+    }
+    const k = randomBytes(32);
+    await fs.writeFile(file, k, { mode: 0o600 });
+    await fs.chmod(file, 0o600);
+    return k;
+  }
+
+  private derive(what: string, copyId: string): Buffer {
+    return createHmac('sha256', this.key!).update(`${what}\0${copyId}`).digest();
+  }
+
+  /** Routing id, secret and (ipc) the copy's own socket, bound on the ROUTER. */
+  private attach(copyId: string): void {
+    if (this.routes.has(copyId)) return;
+    const routingId = `${copyId}.${this.derive('route', copyId).subarray(0, 16).toString('hex')}`;
+    const route: Route = { routingId, secret: this.derive('secret', copyId) };
+    if (this.transport === 'ipc') {
+      const dir = path.join(this.socketDir, 'copies', copyId);
+      const file = this.socketPath(dir);
+      // The folder must exist before a container mounting it is created; the socket may follow.
+      fss.mkdirSync(dir, { recursive: true, mode: 0o755 });
+      fss.chmodSync(dir, 0o755);
+      route.dir = dir;
+      route.endpoint = `ipc://${file}`;
+      const router = this.router!;
+      this.binds = this.binds
+        .then(async () => {
+          if (this.closed || this.routes.get(copyId) !== route) return;
+          await router.bind(route.endpoint!);
+          await fs.chmod(file, this.opts.socketMode ?? 0o666);
+        })
+        .catch((err) => this.opts.logger?.error({ err, copy: copyId }, 'link: cannot bind the copy socket'));
+    }
+    this.routes.set(copyId, route);
+    this.byRoutingId.set(routingId, copyId);
+  }
+
+  private sendTo(routingId: string, frames: Buffer[]): void {
+    if (this.closed) return;
+    this.queue.push([Buffer.from(routingId), ...frames]);
+    this.wake?.();
   }
 
   private tick(): void {
@@ -161,7 +344,7 @@ export class LinkServer implements LinkSender {
         if (this.closed) return;
         const code = (err as { code?: string }).code;
         // EHOSTUNREACH: the copy is not (or no longer) connected; EAGAIN: its queue is full.
-        this.opts.logger?.warn({ copy: msg[0].toString(), code, err: (err as Error).message }, 'link: message to copy not delivered');
+        this.opts.logger?.warn({ copy: claimedId(msg[0].toString()), code, err: (err as Error).message }, 'link: message to copy not delivered');
       }
     }
   }
@@ -176,30 +359,44 @@ export class LinkServer implements LinkSender {
         this.opts.logger?.error({ err }, 'link: receive failed');
         continue;
       }
-      this.dispatch(frames);
+      try {
+        this.dispatch(frames);
+      } catch (err) {
+        this.opts.logger?.error({ err }, 'link: message dropped');
+      }
     }
   }
 
   private dispatch(frames: Buffer[]): void {
     const log = this.opts.logger;
-    const copyId = frames[0].toString();
-    const peer = this.peers.get(copyId);
+    const routingId = frames[0].toString();
+    const copyId = this.byRoutingId.get(routingId);
+    const peer = copyId !== undefined ? this.peers.get(copyId) : undefined;
     let msg: DecodedMessage;
     try {
       msg = decodeFrames(frames.slice(1));
     } catch (err) {
-      log?.warn({ copy: copyId, err: err instanceof LinkDecodeError ? err.message : String(err) }, 'link: malformed message ignored');
+      log?.warn({ copy: copyId ?? claimedId(routingId), err: err instanceof LinkDecodeError ? err.message : String(err) }, 'link: malformed message ignored');
       return;
     }
-    if (!peer) {
-      if (msg.envelope.kind.case === 'shutdown') return;
-      if (!this.toldOff.has(copyId)) {
-        log?.warn({ copy: copyId, kind: msg.envelope.kind.case }, 'link: message from unknown copy; telling it to shut down');
-        if (this.toldOff.size > 1000) this.toldOff.clear();
-        this.toldOff.add(copyId);
-      }
-      this.send(copyId, encodeFrames({ case: 'shutdown', value: create(ShutdownSchema, { graceMs: 0, reason: 'unknown copy id' }) }));
+    const kind = msg.envelope.kind;
+    if (!peer || copyId === undefined) {
+      this.refuse(routingId, kind.case, 'unknown copy id', 'link: message from a routing id no copy was given (an SDK older than TB_ROUTING_ID, a leftover copy, or an impersonation attempt); telling it to shut down');
       return;
+    }
+    if (kind.case === 'ready') {
+      if (!this.secretMatches(copyId, kind.value.secret)) {
+        this.refuse(routingId, kind.case, 'copy secret missing or wrong', "link: READY without the copy's secret (TB_COPY_SECRET) refused");
+        return;
+      }
+      this.authenticated.add(copyId);
+    } else if (!this.authenticated.has(copyId)) {
+      if (!peer.adopted) {
+        // Nothing counts from a copy before its READY with the secret.
+        log?.debug({ copy: copyId, kind: kind.case }, 'link: message before READY ignored');
+        return;
+      }
+      this.authenticated.add(copyId);
     }
     try {
       peer.handle(msg);
@@ -207,4 +404,29 @@ export class LinkServer implements LinkSender {
       log?.error({ copy: copyId, err }, 'link: error handling message from copy');
     }
   }
+
+  private secretMatches(copyId: string, given: string): boolean {
+    const want = this.routes.get(copyId)?.secret;
+    if (!want || !/^[0-9a-f]+$/i.test(given)) return false;
+    const got = Buffer.from(given, 'hex');
+    return got.length === want.length && timingSafeEqual(got, want);
+  }
+
+  /**
+   * Tells a sender that may not speak for a copy to go away, once per routing id (a
+   * flood of messages gets no flood of answers or log lines; the token is never logged).
+   */
+  private refuse(routingId: string, kind: string | undefined, reason: string, message: string): void {
+    if (kind === 'shutdown' || this.toldOff.has(routingId)) return;
+    this.opts.logger?.warn({ claimed: claimedId(routingId), kind, reason }, message);
+    if (this.toldOff.size > 1000) this.toldOff.clear();
+    this.toldOff.add(routingId);
+    this.sendTo(routingId, encodeFrames({ case: 'shutdown', value: create(ShutdownSchema, { graceMs: 0, reason }) }));
+  }
+}
+
+/** The copy id part of a routing id, for logs (the token after the dot is never logged). */
+function claimedId(routingId: string): string {
+  const id = routingId.split('.')[0];
+  return id.length > 64 ? `${id.slice(0, 64)}…` : id;
 }

@@ -5,15 +5,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
-import { LineRing, SECRET_ENV, linkEnv, type CopyHandle, type CopyLaunch, type ExitInfo, type Runtime } from './runtime';
+import { LineRing, linkEnv, passedEnv, refusedApiEnv, type CopyHandle, type CopyLaunch, type ExitInfo, type Runtime } from './runtime';
 
 export interface ProcessRuntimeOptions {
   /** Working directory of copies whose launch has no cwd (default process.cwd()). */
   cwd?: string;
   /** Log lines kept per copy (default 50). */
   logLines?: number;
-  /** Broker env names matching this are not passed to copies (default SECRET_ENV). */
-  secretEnv?: RegExp;
+  /** Names of the broker's env passed to copies beyond PASSED_ENV (PATH, HOME, LANG, TZ, ...). */
+  passEnv?: string[];
+  /** The broker's environment (default process.env); only PASSED_ENV and passEnv names reach copies. */
+  env?: NodeJS.ProcessEnv;
   logger?: Logger;
 }
 
@@ -30,12 +32,10 @@ export class ProcessRuntime implements Runtime {
   private readonly entries = new Map<string, Entry>();
   private readonly cwd: string;
   private readonly logLines: number;
-  private readonly secretEnv: RegExp;
 
   constructor(private readonly opts: ProcessRuntimeOptions = {}) {
     this.cwd = opts.cwd ?? process.cwd();
     this.logLines = opts.logLines ?? 50;
-    this.secretEnv = opts.secretEnv ?? SECRET_ENV;
   }
 
   async start(launch: CopyLaunch): Promise<CopyHandle> {
@@ -43,11 +43,15 @@ export class ProcessRuntime implements Runtime {
     if (!argv || argv.length === 0) {
       throw new BrokerError('INVALID_ARGUMENT', `model ${launch.model} has no command (the process runtime needs one)`);
     }
-    const env: Record<string, string> = {};
-    for (const [k, v] of Object.entries(process.env)) {
-      if (v !== undefined && !this.secretEnv.test(k)) env[k] = v;
+    const refused = refusedApiEnv(launch.env, launch.envSource);
+    if (refused.length > 0) {
+      // No isolation here: such a name from the admin API would run code on the host as the broker's user.
+      throw new BrokerError(
+        'INVALID_ARGUMENT',
+        `model ${launch.model}: env ${refused.join(', ')} can load code and comes from the admin API; the process runtime takes such names only from the models file`,
+      );
     }
-    Object.assign(env, launch.env, linkEnv(launch, launch.link.endpoint));
+    const env = { ...passedEnv(this.opts.env ?? process.env, this.opts.passEnv), ...launch.env, ...linkEnv(launch, launch.link.endpoint) };
     const cwd = launch.cwd ?? this.cwd;
     const child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const ring = new LineRing(this.logLines);

@@ -11,7 +11,13 @@ export interface LinkInfo {
   socketDir?: string;
   /** For ipc endpoints: the socket file name inside socketDir. */
   socketName?: string;
+  /** For a copy's own ipc socket: its folder relative to the broker's socket folder (`copies/<id>`). */
+  copyDir?: string;
   heartbeatMs: number;
+  /** The copy's DEALER routing id (TB_ROUTING_ID): `<copy id>.<token>`, unguessable, never listed or logged. */
+  routingId?: string;
+  /** The copy's secret (TB_COPY_SECRET), sent back in READY. Never listed or logged. */
+  secret?: string;
 }
 
 export interface CopyLaunch {
@@ -34,6 +40,8 @@ export interface CopyLaunch {
   cwd?: string;
   /** The spec's env. */
   env: Record<string, string>;
+  /** Where the spec came from: env names that can load code are refused from 'api' under the process runtime. */
+  envSource?: 'file' | 'api';
   /** Broker id; containers are labelled with it. */
   owner: string;
   /** Host GPU ids to give the copy; ['all'] = every GPU. */
@@ -103,8 +111,36 @@ export interface Runtime {
   close(): Promise<void>;
 }
 
-/** Env names never passed from the broker's environment to a copy. */
+/** Env names never passed from the broker's environment to a container (DockerRuntime `env` option). */
 export const SECRET_ENV = /(^TB_ADMIN_TOKEN$|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY)/i;
+
+/**
+ * The broker's environment a process copy gets: only these names (an
+ * allow-list; anything else, e.g. TB_REDIS_URL, DATABASE_URL or *_API_KEY, stays
+ * with the broker). The link variables (linkEnv) and the spec's env come on top.
+ */
+export const PASSED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|LC_[A-Z_]+|TZ|TMPDIR|TMP|TEMP|TERM|SYSTEMROOT)$/;
+
+/**
+ * Env names that make a process load or run code, or escape its GPU pinning:
+ * under the process runtime they are taken only from the models file, never
+ * from the admin API (or a registry record it wrote).
+ */
+export const CODE_LOADING_ENV =
+  /^(PATH|HOME|NODE_.*|NPM_CONFIG_.*|LD_.*|DYLD_.*|PYTHON.*|PERL.*|RUBY.*|GEM_.*|BUNDLE_.*|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|CLASSPATH|BASH_ENV|ENV|SHELLOPTS|BASHOPTS|PS4|IFS|CDPATH|GCONV_PATH|GLIBC_TUNABLES|LOCPATH|NLSPATH|MALLOC_.*|OPENSSL_CONF|OPENSSL_ENGINES|OPENSSL_MODULES|LUA_.*|TCLLIBPATH|XDG_.*|CUDA_.*|NVIDIA_.*|TB_.*)$/i;
+
+/** The spec env names the process runtime refuses when the spec comes from the admin API. */
+export function refusedApiEnv(env: Record<string, string>, source: 'file' | 'api' | undefined): string[] {
+  if (source === 'file') return [];
+  return Object.keys(env).filter((k) => CODE_LOADING_ENV.test(k));
+}
+
+/** The broker's env names that pass PASSED_ENV (plus `extra` names). */
+export function passedEnv(from: NodeJS.ProcessEnv, extra: readonly string[] = []): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(from)) if (v !== undefined && (PASSED_ENV.test(k) || extra.includes(k))) env[k] = v;
+  return env;
+}
 
 /** The env every copy gets on top of the spec's env: how to reach the broker and who it is. */
 export function linkEnv(launch: CopyLaunch, endpoint: string): Record<string, string> {
@@ -115,6 +151,8 @@ export function linkEnv(launch: CopyLaunch, endpoint: string): Record<string, st
     TB_MODEL_VERSION: launch.version,
     TB_HEARTBEAT_MS: String(launch.link.heartbeatMs),
   };
+  if (launch.link.routingId) env.TB_ROUTING_ID = launch.link.routingId;
+  if (launch.link.secret) env.TB_COPY_SECRET = launch.link.secret;
   if (launch.batchSize !== undefined) env.TB_BATCH_SIZE = String(launch.batchSize);
   if (launch.gpus && launch.gpus.length > 0) {
     env.NVIDIA_VISIBLE_DEVICES = launch.gpus.join(',');

@@ -124,12 +124,13 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
   }
 
   private async doStart(specs: ModelSpec[]): Promise<void> {
+    // First: refuses to start when another live broker holds this broker's socket (same id), before touching any copy.
+    await this.link.start();
     for (const { handle, placement, spec } of await clearLeftovers(this.runtime, this.store, this.opts.brokerId, specs, this.log)) {
       const ms = this.ensureModel(spec);
       this.log.info({ model: spec.name, copy: handle.copyId, container: handle.name, gpus: placement.gpus }, 'adopting a running copy of an earlier run');
       this.launch(ms, handle.copyId, placement.gpus, { handle, placement });
     }
-    await this.link.start();
     this.ticker = setInterval(() => {
       if (!this.closing) this.scaler.tick();
     }, this.opts.autoscaleIntervalMs ?? 1000);
@@ -465,7 +466,7 @@ export class TaskManager extends EventEmitter implements CopyPool, ModelControl 
     }
     log.info({ runtime: this.runtime.kind, gpus, image: spec.image, version: spec.version }, 'starting copy');
     this.runtime
-      .start(copyLaunch(spec, id, gpus, rec.fingerprint, this.opts.brokerId, this.link.info(), this.opts.cwd))
+      .start(copyLaunch(spec, id, gpus, rec.fingerprint, this.opts.brokerId, this.link.info(id), this.opts.cwd))
       .then(
         (handle) => {
           rec.handle = handle;

@@ -20,6 +20,16 @@ export interface ServeOptions {
   modelName?: string;
   /** Default env TB_HEARTBEAT_MS, then 1000. */
   heartbeatMs?: number;
+  /** DEALER routing id. Default env TB_ROUTING_ID, then the copy id (brokers before per-copy secrets). */
+  routingId?: string;
+  /** Sent in READY. Default env TB_COPY_SECRET (removed from process.env once read, so child processes never see it). */
+  secret?: string;
+  /**
+   * After READY, the copy exits (code 1) when it hears nothing from the broker for
+   * this long: the broker is gone (killed, crashed) and nobody will stop this copy.
+   * Default env TB_BROKER_TIMEOUT_MS, then max(30 s, 10 heartbeats); 0 = never.
+   */
+  brokerTimeoutMs?: number;
   logger?: Logger;
   /** Called when serving ends (default process.exit). */
   exit?: (code: number) => void;
@@ -46,11 +56,16 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   const copyId = opts.copyId ?? process.env.TB_COPY_ID ?? `copy-${process.pid}`;
   const modelName = opts.modelName ?? process.env.TB_MODEL ?? model.metadata.name ?? 'model';
   const heartbeatMs = opts.heartbeatMs ?? (Number(process.env.TB_HEARTBEAT_MS) || 1000);
+  const routingId = opts.routingId ?? process.env.TB_ROUTING_ID ?? copyId;
+  const secret = opts.secret ?? process.env.TB_COPY_SECRET ?? '';
+  delete process.env.TB_COPY_SECRET;
+  const envTimeout = Number(process.env.TB_BROKER_TIMEOUT_MS);
+  const brokerTimeoutMs = opts.brokerTimeoutMs ?? (process.env.TB_BROKER_TIMEOUT_MS !== undefined && Number.isFinite(envTimeout) && envTimeout >= 0 ? envTimeout : Math.max(30_000, 10 * heartbeatMs));
   const log = opts.logger ?? pino({ base: { copyId, model: modelName } }, pino.destination({ dest: 2, sync: true }));
   const exit = opts.exit ?? ((code: number) => process.exit(code));
   if (!endpoint) throw new Error('TB_ENDPOINT is not set');
 
-  const sock = new Dealer({ routingId: copyId, linger: 200 });
+  const sock = new Dealer({ routingId, linger: 200 });
   sock.connect(endpoint);
   log.info({ endpoint }, 'connected');
 
@@ -66,12 +81,14 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   let stopping = false;
   let lastBrokerBeat = Date.now();
   let beat: NodeJS.Timeout | undefined = undefined; // set after READY
+  let watchdog: NodeJS.Timeout | undefined = undefined; // set after READY
 
   const stop = async (code: number, why: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ why, inFlight: inFlight.size }, 'shutting down');
     clearInterval(beat);
+    clearInterval(watchdog);
     await Promise.allSettled([...inFlight]);
     await sendChain;
     sock.close();
@@ -101,7 +118,7 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
     case: 'ready',
     value: create(ReadySchema, {
       protocolVersion: PROTOCOL_VERSION, model: modelName, version: md.version ?? '',
-      maxBatch: md.maxBatch, credits: md.credits ?? 1, maxSequences: md.maxSequences ?? 0, pid: process.pid,
+      maxBatch: md.maxBatch, credits: md.credits ?? 1, maxSequences: md.maxSequences ?? 0, pid: process.pid, secret,
       inputs: md.inputs.map(specToProto), outputs: md.outputs.map(specToProto),
     }),
   });
@@ -110,6 +127,22 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   beat = setInterval(() => {
     void send({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: BigInt(Date.now()) }) });
   }, heartbeatMs);
+
+  // The broker heartbeats every heartbeatMs once it has our READY: long silence = it is gone.
+  lastBrokerBeat = Date.now();
+  if (brokerTimeoutMs > 0) {
+    const every = Math.min(heartbeatMs, brokerTimeoutMs);
+    let lastCheck = Date.now();
+    watchdog = setInterval(() => {
+      const now = Date.now();
+      // A check that comes late (a model blocked the event loop) may have messages waiting: judge next time.
+      const late = now - lastCheck > 2 * every;
+      lastCheck = now;
+      if (late || stopping || now - lastBrokerBeat <= brokerTimeoutMs) return;
+      log.error({ silentMs: now - lastBrokerBeat, brokerTimeoutMs }, 'no message from the broker within TB_BROKER_TIMEOUT_MS: the broker is gone; exiting');
+      void stop(1, 'broker gone');
+    }, every);
+  }
 
   const states = new SequenceStates<object>((seq) => model.createState?.(seq) ?? {});
 
@@ -129,6 +162,7 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
       return;
     }
     if (stopping && sock.closed) return;
+    lastBrokerBeat = Date.now();
     let env: Envelope;
     let rest: Buffer[];
     try {
@@ -148,7 +182,6 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
         runTracked(runBatch(model, k.value, rest, log, states).then((r) => send(r.kind, r.tensors)));
         break;
       case 'heartbeat':
-        lastBrokerBeat = Date.now();
         log.trace({ lastBrokerBeat }, 'broker heartbeat');
         break;
       case 'endSequence': {

@@ -21,7 +21,8 @@ import { imageTag } from '../../examples/build-images';
 jest.setTimeout(300_000);
 
 const logger = pino({ level: process.env.TB_TEST_LOG ?? 'silent' });
-const IMAGE = imageTag('simple');
+/** TB_TEST_SIMPLE_IMAGE: another build of the simple model (e.g. with a newer SDK on top). */
+const IMAGE = process.env.TB_TEST_SIMPLE_IMAGE ?? imageTag('simple');
 
 function int32Tensor(name: string, rows: number, first: number): Tensor {
   const a = new Int32Array(rows * 16).map((_, i) => i);
@@ -82,6 +83,11 @@ describe.each(['ipc', 'tcp'] as const)('DockerRuntime (%s link)', (transport) =>
     expect(c.Names[0]).toBe(`/tb-simple-${copy.id.slice(0, 12)}`);
     const info = await docker.getContainer(c.Id).inspect();
     expect(info.HostConfig.NetworkMode).toBe(transport === 'ipc' ? 'none' : 'host');
+    // The only host path: the copy's own socket folder, read-only; no broker env, rotated logs, default limits.
+    expect(info.HostConfig.Binds ?? []).toEqual(transport === 'ipc' ? [`${path.join(dir, 'copies', copy.id)}:/run/tensorbroker:ro`] : []);
+    expect(info.HostConfig.LogConfig).toEqual({ Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } });
+    expect(info.HostConfig.Memory).toBeGreaterThan(0);
+    expect(info.Config.Env.find((e) => e.startsWith('TB_COPY_SECRET='))).toMatch(/^TB_COPY_SECRET=[0-9a-f]{64}$/);
 
     const res = await tm.available('simple')!.execute(batch('simple', 2, 5));
     const out = Buffer.from(res.tensors[0].data);

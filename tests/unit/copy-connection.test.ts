@@ -124,6 +124,20 @@ describe('CopyConnection', () => {
     expect(conn.state).toBe('ready');
   });
 
+  test('a RESULT whose frames do not match their shape is refused (INTERNAL) and the copy keeps serving', async () => {
+    ready(conn);
+    const short = conn.execute(batch(10n));
+    result(conn, 10n, { tensors: [{ ...t('Y', 3), data: Buffer.alloc(20) }] });
+    await expect(short).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringMatching(/sent a bad result: tensor 'Y': shape \[3,2\] of FP32 needs 24 bytes, the frame has 20/) });
+    const bytes = conn.execute(batch(11n));
+    result(conn, 11n, { tensors: [{ name: 'Y', datatype: 'BYTES', shape: [3], data: Buffer.from([5, 0, 0, 0, 1]) }] });
+    await expect(bytes).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringMatching(/sent a bad result: output 'Y'/) });
+    expect(conn.state).toBe('ready');
+    const ok = conn.execute(batch(12n));
+    result(conn, 12n);
+    await expect(ok).resolves.toMatchObject({ itemErrors: [undefined, undefined] });
+  });
+
   test('a missed deadline rejects UNAVAILABLE and fails the copy', async () => {
     ready(conn);
     const failed = new Promise((r) => conn.once('failed', r));

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { planAdoption } from '../../task-manager/adoption';
 import { capRefusal, decideScale, type ScaleInput } from '../../task-manager/autoscaler';
-import { hardenedHostConfig } from '../../task-manager/docker-runtime';
+import { DEFAULT_LIMITS, hardenedHostConfig, hostDefaultsFromEnv, linkBind } from '../../task-manager/docker-runtime';
 import { GpuAllocator, detectGpus, parseGpuList } from '../../task-manager/gpu-allocator';
 import { FailureTracker, batchTimeoutMs } from '../../task-manager/health';
 import { findAuth, registryOf } from '../../task-manager/image-puller';
@@ -129,27 +129,48 @@ describe('image pulls: registry and credentials', () => {
     expect(registryOf('ghcr.io/org/img')).toBe('ghcr.io');
     expect(registryOf('localhost/img')).toBe('localhost');
   });
-  test('env credentials (optionally for one server), then docker config.json auths', () => {
+  test('env credentials only for TB_REGISTRY_SERVER, then docker config.json auths only for the registry they name', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-dcfg-'));
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ auths: { 'reg.example:5000': { auth: Buffer.from('u1:p:1').toString('base64') }, 'https://index.docker.io/v1/': { username: 'hub', password: 'hp' } } }));
     const env = { DOCKER_CONFIG: dir };
     expect(findAuth('reg.example:5000/a/b:1', env)).toEqual({ username: 'u1', password: 'p:1', serveraddress: 'reg.example:5000' });
     expect(findAuth('library/x', env)).toEqual({ username: 'hub', password: 'hp', serveraddress: 'https://index.docker.io/v1/' });
     expect(findAuth('other.example/x', env)).toBeUndefined();
-    expect(findAuth('other.example/x', { ...env, TB_REGISTRY_USERNAME: 'e', TB_REGISTRY_PASSWORD: 'p' })).toMatchObject({ username: 'e' });
+    // No TB_REGISTRY_SERVER: env credentials go nowhere (a model entry may name a hostile registry).
+    expect(findAuth('other.example/x', { ...env, TB_REGISTRY_USERNAME: 'e', TB_REGISTRY_PASSWORD: 'p' })).toBeUndefined();
+    expect(findAuth('library/x', { TB_REGISTRY_USERNAME: 'e', TB_REGISTRY_PASSWORD: 'p', DOCKER_CONFIG: '/nonexistent' })).toBeUndefined();
+    expect(findAuth('other.example/x', { ...env, TB_REGISTRY_USERNAME: 'e', TB_REGISTRY_PASSWORD: 'p', TB_REGISTRY_SERVER: 'other.example' })).toEqual({ username: 'e', password: 'p', serveraddress: 'other.example' });
+    // A config.json entry goes only to its exact host (not to a host that merely contains it).
+    expect(findAuth('reg.example:5001/a/b:1', env)).toBeUndefined();
+    expect(findAuth('evil.reg.example:5000/a/b:1', env)).toBeUndefined();
     expect(findAuth('other.example/x', { ...env, TB_REGISTRY_USERNAME: 'e', TB_REGISTRY_PASSWORD: 'p', TB_REGISTRY_SERVER: 'reg.example:5000' })).toBeUndefined();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });
 
 describe('container hardening', () => {
-  test('safe by default: no privileges, no capabilities, read-only root with a tmpfs, pids limit; limits when given', () => {
+  test('safe by default: no privileges, no capabilities, read-only root with a tmpfs, pids limit, default memory/CPU, rotated logs', () => {
     expect(hardenedHostConfig()).toEqual({
       SecurityOpt: ['no-new-privileges:true'], CapDrop: ['ALL'], ReadonlyRootfs: true, PidsLimit: 512,
       Tmpfs: { '/tmp': 'rw,nosuid,nodev,noexec,size=64m' },
+      Memory: DEFAULT_LIMITS.memoryBytes, MemorySwap: DEFAULT_LIMITS.memoryBytes, NanoCpus: DEFAULT_LIMITS.cpus * 1e9,
+      LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
     });
     const hc = hardenedHostConfig({ memoryMb: 256, cpus: 1.5, readOnlyRoot: false, tmpfsMb: 64, pidsLimit: 64 });
     expect(hc).toMatchObject({ Memory: 256 * 1024 * 1024, MemorySwap: 256 * 1024 * 1024, NanoCpus: 1.5e9, ReadonlyRootfs: false, PidsLimit: 64 });
     expect(hc.Tmpfs).toBeUndefined();
+  });
+  test('defaults are configurable (0 = no limit) from options or TB_COPY_* env', () => {
+    const d = hostDefaultsFromEnv({ TB_COPY_MEMORY_MB: '512', TB_COPY_CPUS: '0.5', TB_COPY_LOG_MAX_SIZE: '5m', TB_COPY_LOG_MAX_FILES: '2' });
+    expect(d).toEqual({ memoryBytes: 512 * 1024 * 1024, cpus: 0.5, logMaxSize: '5m', logMaxFiles: 2 });
+    expect(hardenedHostConfig(undefined, d)).toMatchObject({ Memory: 512 * 1024 * 1024, NanoCpus: 0.5e9, LogConfig: { Config: { 'max-size': '5m', 'max-file': '2' } } });
+    const none = hardenedHostConfig(undefined, hostDefaultsFromEnv({ TB_COPY_MEMORY_MB: '0', TB_COPY_CPUS: '0' }));
+    expect(none.Memory).toBeUndefined();
+    expect(none.NanoCpus).toBeUndefined();
+    expect(hostDefaultsFromEnv({ TB_COPY_MEMORY_MB: 'lots', TB_COPY_LOG_MAX_SIZE: '1; rm', TB_COPY_LOG_MAX_FILES: '0' })).toEqual({});
+  });
+  test("a copy's container mounts only its own link folder, read-only", () => {
+    expect(linkBind({ socketDir: '/tmp/tensorbroker/b1/copies/abc', copyDir: 'copies/abc' })).toBe('/tmp/tensorbroker/b1/copies/abc:/run/tensorbroker:ro');
+    expect(linkBind({ socketDir: '/tmp/tensorbroker/b1/copies/abc', copyDir: 'copies/abc' }, '/host/tb/b1')).toBe('/host/tb/b1/copies/abc:/run/tensorbroker:ro');
   });
 });

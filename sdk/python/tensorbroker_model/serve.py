@@ -95,7 +95,8 @@ def _fail(batch_id: int, error: str) -> _Reply:
 
 class _Copy:
     def __init__(self, model: Model, endpoint: str, copy_id: str, model_name: str, heartbeat_ms: int,
-                 context: Optional[zmq.Context], log: logging.Logger, signals: bool):
+                 context: Optional[zmq.Context], log: logging.Logger, signals: bool,
+                 routing_id: Optional[str] = None, secret: str = "", broker_timeout_ms: int = 0):
         self.model = model
         self.endpoint = endpoint
         self.copy_id = copy_id
@@ -106,7 +107,9 @@ class _Copy:
         self.own_context = context is None
         self.ctx = context or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, copy_id.encode())
+        self.sock.setsockopt(zmq.ROUTING_ID, (routing_id or copy_id).encode())
+        self.secret = secret
+        self.broker_timeout_s = broker_timeout_ms / 1000.0
         self.sock.setsockopt(zmq.LINGER, 200)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -266,7 +269,7 @@ class _Copy:
         if kind == "batch":
             self._on_batch(env.batch, frames[1:])
         elif kind == "heartbeat":
-            self.last_broker_beat = time.monotonic()
+            pass  # last_broker_beat is set for every message
         elif kind == "end_sequence":
             # The state goes at once, before any later batch runs; a late END_SEQUENCE of an
             # earlier sequence with the same id (another slot) leaves the current one alone.
@@ -334,10 +337,11 @@ class _Copy:
         ready = pb.Ready(
             protocol_version=PROTOCOL_VERSION, model=self.model_name, version=str(m.version or ""),
             max_batch=int(m.max_batch), credits=self.credits, pid=os.getpid(),
-            max_sequences=int(getattr(m, "max_sequences", 0) or 0),
+            max_sequences=int(getattr(m, "max_sequences", 0) or 0), secret=self.secret,
             inputs=[_spec(s) for s in m.inputs], outputs=[_spec(s) for s in m.outputs],
         )
         self._send([_envelope(ready=ready)])
+        self.last_broker_beat = time.monotonic()  # the broker heartbeats once it has our READY
         self.log.info("ready", extra={"loadMs": int((time.monotonic() - t0) * 1000), "maxBatch": int(m.max_batch)})
 
         poller = zmq.Poller()
@@ -349,6 +353,8 @@ class _Copy:
             wait_s = next_beat - now
             if self.stop_deadline is not None:
                 wait_s = min(wait_s, self.stop_deadline - now)
+            if self.broker_timeout_s > 0:
+                wait_s = min(wait_s, self.last_broker_beat + self.broker_timeout_s - now)
             events = dict(poller.poll(max(0, int(wait_s * 1000) + 1)))
             if self.wake_r in events:
                 self._drain_wake()
@@ -362,8 +368,13 @@ class _Copy:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    self.last_broker_beat = time.monotonic()  # any message from the broker
                     self._on_message(frames)
             now = time.monotonic()
+            if self.broker_timeout_s > 0 and not self.stopping and now - self.last_broker_beat > self.broker_timeout_s:
+                self.log.error("no message from the broker within TB_BROKER_TIMEOUT_MS: the broker is gone; exiting",
+                               extra={"why": f"silent for {int((now - self.last_broker_beat) * 1000)} ms"})
+                return 1
             if now >= next_beat:
                 self._send([_envelope(heartbeat=pb.Heartbeat(time_ms=int(time.time() * 1000)))])
                 next_beat = now + self.heartbeat_s
@@ -378,12 +389,18 @@ class _Copy:
 
 def serve(model: Model, endpoint: Optional[str] = None, copy_id: Optional[str] = None,
           model_name: Optional[str] = None, heartbeat_ms: Optional[int] = None,
-          context: Optional[zmq.Context] = None, exit: bool = True) -> int:  # noqa: A002
+          context: Optional[zmq.Context] = None, exit: bool = True,  # noqa: A002
+          routing_id: Optional[str] = None, secret: Optional[str] = None,
+          broker_timeout_ms: Optional[int] = None) -> int:
     """Connects to the broker, calls ``model.load()``, sends READY and answers batches
     until the broker sends SHUTDOWN or the process gets SIGTERM/SIGINT.
 
     Each argument defaults to its environment variable: ``TB_ENDPOINT`` (required),
-    ``TB_COPY_ID``, ``TB_MODEL`` then ``model.name``, ``TB_HEARTBEAT_MS`` then 1000.
+    ``TB_COPY_ID``, ``TB_MODEL`` then ``model.name``, ``TB_HEARTBEAT_MS`` then 1000,
+    ``TB_ROUTING_ID`` then the copy id (the DEALER's routing id), ``TB_COPY_SECRET`` (sent
+    in READY, removed from ``os.environ`` once read), ``TB_BROKER_TIMEOUT_MS`` then
+    max(30 s, 10 heartbeats): after READY, the copy exits (code 1) when it hears nothing
+    from the broker for that long (the broker is gone); 0 = never.
     With ``exit=True`` (default) the process exits with the code (0 after a clean
     shutdown, 1 when ``load()`` failed); otherwise the code is returned.
     """
@@ -397,9 +414,19 @@ def serve(model: Model, endpoint: Optional[str] = None, copy_id: Optional[str] =
             heartbeat_ms = 1000
     if not endpoint:
         raise RuntimeError("TB_ENDPOINT is not set")
+    routing_id = routing_id or os.environ.get("TB_ROUTING_ID") or copy_id
+    if secret is None:
+        secret = os.environ.get("TB_COPY_SECRET", "")
+    os.environ.pop("TB_COPY_SECRET", None)  # child processes of the model never see it
+    if broker_timeout_ms is None:
+        try:
+            broker_timeout_ms = int(os.environ.get("TB_BROKER_TIMEOUT_MS", "") or max(30000, 10 * heartbeat_ms))
+        except ValueError:
+            broker_timeout_ms = max(30000, 10 * heartbeat_ms)
     log = _make_logger(copy_id, model_name)
     signals = threading.current_thread() is threading.main_thread()
-    copy = _Copy(model, endpoint, copy_id, model_name, max(10, heartbeat_ms), context, log, signals)
+    copy = _Copy(model, endpoint, copy_id, model_name, max(10, heartbeat_ms), context, log, signals,
+                 routing_id=routing_id, secret=secret, broker_timeout_ms=max(0, broker_timeout_ms))
     code = copy.run()
     if not exit:
         return code

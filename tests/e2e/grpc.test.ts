@@ -209,7 +209,7 @@ describe('gRPC bridge, process runtime', () => {
   });
 
   test('UNAVAILABLE for a model that cannot start', async () => {
-    await waitFor(() => b.running.broker.modelReady('broken').state === 'failed', 20_000, 'broken model failed');
+    await waitFor(() => b.running.broker.modelReady('broken').phase === 'failed', 20_000, 'broken model failed');
     expect(await modelReady('broken')).toBe(false);
     const err = await c.fails('modelInfer', { ...simpleRaw([row(16)], [row(16)]), modelName: 'broken' } as InferInit);
     expect(err.code).toBe(grpc.status.UNAVAILABLE);

@@ -24,6 +24,10 @@ export class ModelScheduler extends SchedulerBase<undefined> {
     super(model, config, copies, log, observer);
   }
 
+  protected failQueued(reason: BrokerError): void {
+    for (const q of this.queues.values()) for (const p of q) this.settle(p, reason);
+  }
+
   protected closeQueues(reason: BrokerError): void {
     clearTimeout(this.waitTimer);
     for (const q of this.queues.values()) for (const p of q) this.settle(p, reason);

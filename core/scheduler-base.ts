@@ -11,7 +11,7 @@ import type { BatchRequest, BatchResponse, ModelCopies, ModelCopy, SequenceContr
 import { ModelStats } from './stats';
 import { longTimeout } from './timers';
 import { sliceRows, type Tensor } from '../proto/tensor';
-import type { InferRequest, InferResult, ModelMetadata } from './types';
+import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
 
 export interface SchedulerConfig {
@@ -64,6 +64,12 @@ export abstract class SchedulerBase<X = undefined> {
   protected readonly retriesBatches: boolean = true;
   private idleWaiters: (() => void)[] = [];
   private readonly onCapacity = () => this.capacity();
+  /** A model that turned failed or unloaded fails what waits for it at once, not at each deadline. */
+  private readonly onPhase = (r: ModelReadiness) => {
+    if (r.phase === 'failed' || r.phase === 'unloaded') {
+      this.failQueued(new BrokerError('UNAVAILABLE', `model '${this.model}' is not ready: ${r.reason ?? r.phase}`, { kind: 'model-unavailable' }));
+    }
+  };
 
   /** Subscribes to its own model's copies: 'capacity' pumps (unsubscribed by close()). */
   constructor(
@@ -74,6 +80,7 @@ export abstract class SchedulerBase<X = undefined> {
     protected readonly observer?: SchedulerObserver,
   ) {
     copies.on('capacity', this.onCapacity);
+    copies.on('phase', this.onPhase);
   }
 
   /** A copy of this model may take work. */
@@ -85,6 +92,7 @@ export abstract class SchedulerBase<X = undefined> {
   close(reason: BrokerError): void {
     this.closed = reason;
     this.copies.off('capacity', this.onCapacity);
+    this.copies.off('phase', this.onPhase);
     this.closeQueues(reason);
   }
 
@@ -120,6 +128,9 @@ export abstract class SchedulerBase<X = undefined> {
 
   /** Fails every queued request (close() has set `closed`). */
   protected abstract closeQueues(reason: BrokerError): void;
+
+  /** Fails every queued request; the scheduler stays open. */
+  protected abstract failQueued(reason: BrokerError): void;
 
   /** Checks that depend on the scheduler kind; throws to refuse. Returns the request's `ext`. */
   protected abstract prepare(req: InferRequest, rows: number): X;

@@ -116,6 +116,10 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     this.backlog = [];
   }
 
+  protected failQueued(reason: BrokerError): void {
+    for (const seq of [...this.seqs.values()]) for (const p of this.drain(seq)) this.settle(p, reason);
+  }
+
   /** A copy died or is leaving: its sequences fail (their state is gone); nothing is moved. */
   copyGone(copyId: string, reason: string): void {
     const t = this.tables.get(copyId);

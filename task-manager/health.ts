@@ -109,6 +109,11 @@ export class FailureTracker {
     return d;
   }
 
+  /** The delay the next restart will wait (without consuming it). */
+  currentDelay(): number {
+    return this.backoff;
+  }
+
   resetBackoff(): void {
     this.backoff = this.initialBackoffMs;
   }

@@ -136,11 +136,16 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
       }
       this.log.info({ reason: verdict.reason }, 'repository load: retrying a failed model with one copy');
       this.health.retry();
+    } else if (this.restartTimer) {
+      // A load never starts copies faster than the restart backoff (a crash loop must not multiply copies).
+      throw new BrokerError('UNAVAILABLE', `model '${this.model}' failed and restarts after its backoff: ${this.lastReason ?? 'copy failed'}`,
+        { retryAfterMs: this.health.currentDelay(), kind: 'model-unavailable' });
     }
     this.unloaded = false;
-    this.lastReason = undefined;
-    this.failedBeforeReady = false;
-    this.clearRestart();
+    if (!currentCopies(this).some((r) => isLive(r))) {
+      this.lastReason = undefined;
+      this.failedBeforeReady = false;
+    }
     this.desired = Math.max(this.desired, this.spec.min_replicas, 1);
     this.reconcile();
     if (this.readiness().ready) return;

@@ -146,6 +146,19 @@ describe('models at zero wake on every path', () => {
     expect(row).toMatchObject({ state: 'UNAVAILABLE', reason: expect.stringMatching(/^failed: /) });
   });
 
+  test('crash-loop guard: 15 repository loads of a failing model back off instead of starting 15 copies', async () => {
+    const before = started.get('z-broken') ?? 0;
+    const answers: { status: number; error: string }[] = [];
+    for (let i = 0; i < 15; i++) {
+      const res = await postJson(`${b.url}/v2/repository/models/z-broken/load`, {});
+      answers.push({ status: res.status, error: String(res.json.error) });
+    }
+    for (const a of answers) expect(a).toMatchObject({ status: 503, error: expect.stringMatching(/z-broken/) });
+    expect(answers.some((a) => /back/.test(a.error))).toBe(true);
+    // The restart backoff (and then the load backoff after the verdict) paces the copies, not the loads.
+    expect((started.get('z-broken') ?? 0) - before).toBeLessThanOrEqual(3);
+  });
+
   test('back at zero, a model that ran is described from its last READY (kept in the registry)', async () => {
     const t = await restJson.open(b);
     try {

@@ -232,7 +232,7 @@ export abstract class SchedulerBase<X = undefined> {
         // The copy died or hung with the batch: the task manager flags it retryable when the
         // model allows it (retry_on_failure, stateless rows). Each request goes back in the queue once.
         const retry = this.retriesBatches && e.retryable && !this.closed;
-        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code, retry }, 'batch failed');
+        this.log.warn({ batchId, copy: copy.id, err: e, retry }, 'batch failed');
         for (const p of batch) {
           if (retry && p.state === 'running' && !p.retried) {
             p.retried = true;

@@ -289,13 +289,17 @@ export class Broker implements BrokerApi {
     if (existing) {
       const kindChanged = (existing.scheduler instanceof SequenceScheduler) === e.spec.stateless;
       existing.spec = e.spec;
-      if (existing.copies !== copies) throw new Error(`CopySource.forModel gave model '${e.name}' a second ModelCopies`);
-      if (!kindChanged) {
+      if (!kindChanged && existing.copies === copies) {
         existing.scheduler.configure(config);
         return;
       }
-      // It changed between stateless and stateful: a new scheduler; what was queued fails.
+      // It changed between stateless and stateful (or its copies were replaced): a new scheduler; what was queued fails.
       existing.scheduler.close(new BrokerError('UNAVAILABLE', `model '${e.name}' changed between stateless and stateful`));
+      if (existing.copies !== copies) {
+        existing.copies.off('metadata', existing.onMetadata);
+        copies.on('metadata', existing.onMetadata);
+        existing.copies = copies;
+      }
       existing.scheduler = this.scheduler(e.spec, copies);
       return;
     }

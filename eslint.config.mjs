@@ -1,5 +1,15 @@
 import tseslint from 'typescript-eslint';
 
+/**
+ * The layering gate (eslint's no-restricted-imports, no extra dependency):
+ * an import that crosses a forbidden line fails `npm run lint`.
+ */
+const PROTOCOL_LIBS = ['zeromq', 'zeromq/*', '@grpc/*', 'fastify', 'fastify/*', '@fastify/*', 'ioredis', 'dockerode'];
+const layer = (files, patterns, why) => ({
+  files,
+  rules: { 'no-restricted-imports': ['error', { patterns: [{ group: patterns, message: why }] }] },
+});
+
 export default tseslint.config(
   { ignores: ['dist/**', 'sdk/node/dist/**', 'node_modules/**', 'proto/gen/**', 'sdk/python/**', '**/*.js', '**/*.mjs'] },
   ...tseslint.configs.recommended,
@@ -10,4 +20,15 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  layer(['core/**/*.ts'], ['**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**', ...PROTOCOL_LIBS],
+    'core knows no bridge, task manager, registry implementation, Docker or protocol library: it owns the interfaces they implement'),
+  layer(['bridges/**/*.ts'], ['**/task-manager/**', '**/model-manager/**', '**/app/**'],
+    'bridges know only the broker (core/broker.ts BrokerApi)'),
+  layer(['bridges/rest/**/*.ts'], ['**/bridges/grpc/**', '**/bridges/zmq/**', '../grpc/**', '../zmq/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
+  layer(['bridges/grpc/**/*.ts'], ['**/bridges/rest/**', '**/bridges/zmq/**', '../rest/**', '../zmq/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
+  layer(['bridges/zmq/**/*.ts'], ['**/bridges/rest/**', '**/bridges/grpc/**', '../rest/**', '../grpc/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
+  layer(['sdk/**/*.ts', 'proto/**/*.ts'], ['**/core/**', '**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**'],
+    'the wire format and the SDKs stand on proto/ only, never on the broker'),
+  layer(['examples/**/*.ts'], ['**/core/**', '**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**'],
+    'examples use the SDK and the wire format, never the broker\'s insides'),
 );

@@ -51,13 +51,15 @@ serve.action(async (opts: Record<string, string>) => {
     running.close().then(
       () => process.exit(0),
       (e: Error) => {
-        running.logger.error({ err: e.message }, 'shutdown failed');
+        running.logger.error({ err: e }, 'shutdown failed');
         process.exit(1);
       },
     );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // A closed terminal or a supervisor's reload must drain like SIGTERM, not kill the broker mid-request.
+  process.on('SIGHUP', () => stop('SIGHUP'));
   // A person is watching: show where things are once the first copies are up (or failed).
   if (process.stdout.isTTY) {
     await settled(running, 120_000);

@@ -1,7 +1,8 @@
 /**
- * The composition root: the only module that knows every component. It wires
- * registry -> task manager (copies) -> broker (batchers) -> bridges, and owns
- * start-up and graceful shutdown.
+ * The composition root: the only module that knows every component.
+ * buildBroker() creates and wires them (registry -> broker -> task manager as
+ * the broker's CopySource -> bridges), startBuilt() starts copies and binds
+ * ports, and the returned close() stops everything in reverse order.
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -17,7 +18,6 @@ import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
-import type { RegistryEvent } from '../core/model-spec';
 import { DockerRuntime } from '../task-manager/docker-runtime';
 import { detectGpus } from '../task-manager/gpu-allocator';
 import { RedisPlacementStore } from '../task-manager/placement-store';
@@ -76,11 +76,29 @@ function dockerAnswers(socketPath: string): Promise<boolean> {
   });
 }
 
-export async function startBroker(config: BrokerConfig, logger?: Logger): Promise<RunningBroker> {
-  const log = logger ?? pino({ level: config.logLevel, base: { broker: config.brokerId } });
+/** Everything built, nothing listening yet: the parts in creation order (closed in reverse). */
+export interface BuiltBroker {
+  config: BrokerConfig;
+  logger: Logger;
+  registry: RedisModelRegistry;
+  runtime: Runtime;
+  tasks: TaskManager;
+  broker: Broker;
+  metrics: Metrics;
+  http: FastifyInstance;
+  /** Directory of models.yaml (cwd of process copies). */
+  modelsDir: string;
+}
 
+/**
+ * Builds every component and wires them: registry -> broker (the only registry
+ * subscriber) -> task manager (one controller per model, through CopySource)
+ * -> HTTP routes. Nothing listens and no copy starts yet.
+ */
+export async function buildBroker(config: BrokerConfig, logger?: Logger): Promise<BuiltBroker> {
+  const log = logger ?? pino({ level: config.logLevel, base: { broker: config.brokerId } });
   const file = await loadModelsFile(config.modelsPath);
-  for (const err of file.errors) log.error({ file: file.path }, err);
+  for (const err of file.errors) log.error({ component: 'models-file', file: file.path }, err);
   const registry = await RedisModelRegistry.open({
     redisUrl: config.redisUrl,
     prefix: config.redisPrefix,
@@ -88,15 +106,15 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     file: file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined,
   });
 
-  const runtime = await chooseRuntime(config, log);
-  const link = new LinkServer({ socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log });
+  const runtime = await chooseRuntime(config, log.child({ component: 'runtime' }));
+  const link = new LinkServer({ socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log.child({ component: 'link' }) });
   // Before anything else touches copies: refuses to start when a live broker holds this broker id's socket.
   await link.start().catch(async (err: Error) => {
     await registry.close();
     throw err;
   });
   const inventory = await detectGpus(config.gpus);
-  if (inventory.gpus.length > 0) log.info({ gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
+  if (inventory.gpus.length > 0) log.info({ component: 'task-manager', gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
   const store = new RedisPlacementStore(new Redis(config.redisUrl, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true);
   const tasks = new TaskManager({
     runtime,
@@ -111,25 +129,18 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     autoscaleIntervalMs: config.autoscaleIntervalMs,
   });
   const metrics = new Metrics();
+  tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
+  tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
+  tasks.on('scale-refused', (model, cap) => metrics.scaleRefused.inc({ model, cap }));
   const broker = new Broker({
     registry,
-    pool: tasks,
-    control: tasks,
+    copies: tasks,
     logger: log,
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
   });
-  tasks.setLoadSource(() => broker.load());
-  tasks.on('copy-failure', (model: string, kind: string) => metrics.copyFailures.inc({ model, kind }));
-  tasks.on('scale', (model: string, direction: string) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
-  tasks.on('scale-refused', (model: string, cap: string) => metrics.scaleRefused.inc({ model, cap }));
-
-  const onChange = (e: RegistryEvent) => {
-    tasks.applyChange(e).catch((err: Error) => log.error({ model: e.name, err: err.message }, 'applying a registry change failed'));
-  };
-  registry.on('change', onChange);
-  // Copies start in the background: the HTTP side answers (and queues) meanwhile.
-  const reconciled = tasks.reconcile(registry.list()).catch((err: Error) => log.error({ err: err.message }, 'starting model copies failed'));
+  // Models at zero are described from the metadata kept from their last READY: read it before serving.
+  await broker.warm();
 
   const app = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
@@ -140,6 +151,18 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
+  await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
+  await app.register(rootRoute, { version: VERSION });
+  return { config, logger: log, registry, runtime, tasks, broker, metrics, http: app, modelsDir: file.dir };
+}
+
+/** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
+export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
+  const { config, logger: log, registry, tasks, broker, metrics, http: app } = b;
+  // Copies start in the background: the HTTP side answers (and queues) meanwhile.
+  const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
+
   // While draining, close each connection after its answer: keep-alive sockets
   // would otherwise hold app.close() open for fastify's 72 s keep-alive timeout.
   let draining = false;
@@ -147,25 +170,22 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
-  await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
-  await app.register(rootRoute, { version: VERSION });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
 
   const refreshCopies = () => {
     metrics.unavailable.reset();
-    for (const s of registry.list()) metrics.unavailable.set({ model: s.name }, tasks.unavailableModels().includes(s.name) ? 1 : 0);
+    const unavailable = new Set(tasks.unavailableModels());
+    for (const s of registry.list()) metrics.unavailable.set({ model: s.name }, unavailable.has(s.name) ? 1 : 0);
     metrics.gpusInUse.reset();
     for (const g of tasks.gpuUsage()) if (g.model) metrics.gpusInUse.inc({ model: g.model });
-    refreshCopyStates();
+    metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
+      const row = acc.find((r) => r.model === c.model && r.state === c.state);
+      if (row) row.count++;
+      else acc.push({ model: c.model, state: c.state, count: 1 });
+      return acc;
+    }, []));
   };
-  const refreshCopyStates = () => metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
-    const row = acc.find((r) => r.model === c.model && r.state === c.state);
-    if (row) row.count++;
-    else acc.push({ model: c.model, state: c.state, count: 1 });
-    return acc;
-  }, []));
   const metricsServer: http.Server = await metrics.serve(config.host, config.metricsPort, refreshCopies);
   const metricsPort = (metricsServer.address() as { port: number }).port;
   const grpc = await startGrpcBridge({
@@ -173,32 +193,38 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     host: config.host,
     port: config.grpcPort,
     maxMessageBytes: config.grpcMaxMessageBytes,
-    logger: log.child({ component: 'grpc-bridge' }),
+    logger: log, // the bridge adds its own component key
     version: VERSION,
   });
-  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq-bridge' }) });
-  log.info({ http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
+  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq' }) });
+  log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;
+  /** Reverse creation order: requests, bridges, metrics, copies (with link, runtime, store), registry. */
   const close = () =>
     (closing ??= (async () => {
-      log.info('shutting down');
+      const slog = log.child({ component: 'server' });
+      slog.info('shutting down');
       const t0 = Date.now();
-      registry.off('change', onChange);
       draining = true;
       await broker.close(config.shutdownGraceMs);
-      log.info({ ms: Date.now() - t0 }, 'requests drained');
+      slog.info({ ms: Date.now() - t0 }, 'requests drained');
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
-      log.info({ ms: Date.now() - t0 }, 'bridges closed');
+      slog.info({ ms: Date.now() - t0 }, 'bridges closed');
       await new Promise<void>((r) => metricsServer.close(() => r()));
-      await reconciled;
+      await started;
       await tasks.close(config.shutdownGraceMs);
-      log.info({ ms: Date.now() - t0 }, 'model copies stopped');
-      await registry.close(); // tasks.close() closed the link and the runtime
-      log.info('stopped');
+      slog.info({ ms: Date.now() - t0 }, 'model copies stopped');
+      await registry.close(); // tasks.close() closed the link, the runtime and the placement store
+      slog.info('stopped');
     })());
 
   return { config, broker, registry, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+}
+
+/** build, then start. */
+export async function startBroker(config: BrokerConfig, logger?: Logger): Promise<RunningBroker> {
+  return startBuilt(await buildBroker(config, logger));
 }
 
 /** Request ids: the client's x-request-id when given, else a short process-unique one. */

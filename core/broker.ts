@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
-import type { ModelRegistry, ModelSpec, RegistryEvent } from './model-spec';
+import type { ModelRegistry, ModelSpec, RegistryEvent, SavedMetadata } from './model-spec';
 import { BrokerError } from './errors';
-import type { CopyPool, ModelControl } from './pool';
+import type { CopySource, ModelCopies } from './model-copies';
 import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
 import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
 import type { ModelStatistics } from './stats';
@@ -12,8 +12,31 @@ import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';
 export interface RepositoryEntry {
   name: string;
   version: string;
-  state: 'READY' | 'LOADING' | 'UNAVAILABLE' | 'UNLOADED';
+  /** LOADING only while a copy is actually starting; UNAVAILABLE says why (at zero, unloaded, failed). */
+  state: 'READY' | 'LOADING' | 'UNAVAILABLE';
   reason: string;
+}
+
+/**
+ * What a bridge may know of a model: its serving parameters and its metadata,
+ * never the registry record (image, env, command stay inside).
+ */
+export interface ModelDescription {
+  name: string;
+  version: string;
+  stateless: boolean;
+  batchSize: number;
+  maxWaitMs: number;
+  timeoutMs: number;
+  queueCapacity: number;
+  sequenceIdleMs: number;
+  sequenceBacklog: number;
+  maxSequences?: number;
+  runOnGpu: boolean;
+  maxReplicas: number;
+  /** READY metadata of a running copy, else the one kept from the model's last READY; undefined if it never ran. */
+  metadata?: ModelMetadata;
+  readiness: ModelReadiness;
 }
 
 /** What every bridge sees of the broker, and nothing more. */
@@ -21,11 +44,19 @@ export interface BrokerApi {
   infer(req: InferRequest): Promise<InferResult>;
   /** Names and versions of every registered model. */
   models(): { name: string; version: string }[];
-  spec(model: string, version?: string): ModelSpec;
+  /** NOT_FOUND for an unknown model or version. */
+  describe(model: string, version?: string): ModelDescription;
+  /** The model's metadata (from its last READY while at zero); UNAVAILABLE with the reason when it never ran. */
   metadata(model: string, version?: string): ModelMetadata;
+  /**
+   * The metadata, starting a copy and waiting for its READY (within the
+   * model's timeout_ms) when the model never ran: for bodies that cannot be
+   * decoded without it (image and video uploads, raw inputs).
+   */
+  awaitMetadata(model: string, version?: string, signal?: AbortSignal): Promise<ModelMetadata>;
   modelReady(model: string, version?: string): ModelReadiness;
   /** The server is ready when it accepts work and every model with min_replicas > 0 has a ready copy. */
-  ready(): ModelReadiness;
+  ready(): { ready: boolean; reason?: string };
   stats(model?: string, version?: string): ModelStatistics[];
   /** Slots and sequences of a stateful model (INVALID_ARGUMENT for a stateless one). */
   sequences(model: string, version?: string): SequenceStatus;
@@ -38,177 +69,275 @@ export interface BrokerApi {
 
 export interface BrokerOptions {
   registry: ModelRegistry;
-  pool: CopyPool;
+  /** Hands out one model's copies per registered model (the task manager). */
+  copies: CopySource;
   logger: Logger;
   observer?: SchedulerObserver;
-  control?: ModelControl;
   limits?: RequestLimits;
 }
 
-/** Routes requests to one ModelScheduler per registered model and keeps them in step with the registry. */
 type Scheduler = ModelScheduler | SequenceScheduler;
 
+/** One registered model: its spec, its copies and its scheduler, paired on each registry put. */
+interface ModelEntry {
+  spec: ModelSpec;
+  copies: ModelCopies;
+  scheduler: Scheduler;
+  /** Metadata kept from the model's last READY (registry), for describing it at zero. */
+  saved?: SavedMetadata;
+  loaded: Promise<void>;
+  onMetadata: (md: ModelMetadata) => void;
+}
+
+/** Phases in which a request fails at once instead of queuing. */
+const REFUSING = new Set(['failed', 'unloaded', 'draining']);
+
+/**
+ * The only subscriber to registry changes. On each put it pairs the model's
+ * scheduler with that model's copies (CopySource.forModel); on delete it
+ * closes both. Requests are routed by name once, here.
+ */
 export class Broker implements BrokerApi {
-  private readonly schedulers = new Map<string, Scheduler>();
-  /** Specs as of the last registry event: read per request, so kept here rather than copied from the registry. */
-  private readonly specs = new Map<string, ModelSpec>();
+  private readonly entries = new Map<string, ModelEntry>();
   private accepting = true;
+  private readonly log: Logger;
   private readonly onChange = (e: RegistryEvent) => this.apply(e);
-  private readonly onCapacity = (model: string) => {
-    const s = this.schedulers.get(model);
-    if (s instanceof SequenceScheduler) s.capacity();
-    else s?.pump();
-  };
-  private readonly onCopyGone = (model: string, copyId: string, reason: string) => {
-    const s = this.schedulers.get(model);
-    if (s instanceof SequenceScheduler) s.copyGone(copyId, reason);
-  };
 
   constructor(private readonly opts: BrokerOptions) {
+    this.log = opts.logger.child({ component: 'broker' });
     for (const spec of opts.registry.list()) this.apply({ type: 'put', name: spec.name, spec });
     opts.registry.on('change', this.onChange);
-    opts.pool.on('capacity', this.onCapacity);
-    opts.pool.on('copy-gone', this.onCopyGone);
+  }
+
+  /** Resolves once the metadata kept in the registry was read for every model (answers at zero need it). */
+  async warm(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => e.loaded));
   }
 
   infer(req: InferRequest): Promise<InferResult> {
-    if (!this.accepting) return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
-    let scheduler: Scheduler;
+    if (!this.accepting) return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down', { kind: 'shutting-down' }));
+    let entry: ModelEntry;
     try {
-      const spec = this.spec(req.model, req.version);
-      if (spec.stateless && req.sequence) {
+      entry = this.entry(req.model, req.version);
+      if (entry.spec.stateless && req.sequence) {
         throw new BrokerError('INVALID_ARGUMENT', `model '${req.model}' is stateless: sequence_id, sequence_start and sequence_end are not accepted`);
       }
       checkLimits(req, this.opts.limits ?? DEFAULT_LIMITS);
-      scheduler = this.schedulers.get(req.model)!;
-      const readiness = this.opts.pool.readiness(req.model);
-      // A model whose copies failed (or that has none) answers at once; a starting one queues (cold start).
-      if (!readiness.ready && (readiness.state === 'failed' || readiness.state === 'stopped')) {
-        throw new BrokerError('UNAVAILABLE', `model '${req.model}' is not ready: ${readiness.reason ?? 'no ready copy'}`);
+      // A failed or unloaded model answers at once; one at zero or starting queues (the cold start).
+      const r = entry.copies.readiness();
+      if (REFUSING.has(r.phase)) {
+        throw new BrokerError('UNAVAILABLE', `model '${req.model}' is not ready: ${r.reason ?? r.phase}`, { kind: 'model-unavailable' });
       }
     } catch (e) {
       return Promise.reject(e);
     }
-    return scheduler.submit(req);
+    return entry.scheduler.submit(req);
   }
 
   models(): { name: string; version: string }[] {
-    return [...this.specs.values()].map((s) => ({ name: s.name, version: s.version }));
+    return [...this.entries.values()].map((e) => ({ name: e.spec.name, version: e.spec.version }));
   }
 
-  spec(model: string, version?: string): ModelSpec {
-    const spec = this.specs.get(model);
-    if (!spec) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
-    if (version !== undefined && version !== '' && version !== spec.version) {
-      throw new BrokerError('NOT_FOUND', `model '${model}' has no version '${version}' (serving version '${spec.version}')`);
-    }
-    return spec;
+  describe(model: string, version?: string): ModelDescription {
+    const e = this.entry(model, version);
+    const s = e.spec;
+    return {
+      name: s.name, version: s.version, stateless: s.stateless, batchSize: s.batch_size, maxWaitMs: s.max_wait_ms,
+      timeoutMs: s.timeout_ms, queueCapacity: s.queue_capacity, sequenceIdleMs: s.sequence_idle_ms,
+      sequenceBacklog: s.sequence_backlog, maxSequences: s.max_sequences, runOnGpu: s.run_on_gpu, maxReplicas: s.max_replicas,
+      metadata: this.knownMetadata(e), readiness: this.readinessOf(e),
+    };
   }
 
   metadata(model: string, version?: string): ModelMetadata {
-    this.spec(model, version);
-    const meta = this.opts.pool.metadata(model);
-    if (!meta) {
-      const r = this.opts.pool.readiness(model);
-      throw new BrokerError('UNAVAILABLE', `model '${model}' has not reported its metadata yet: ${r.reason ?? 'no copy is ready'}`);
-    }
+    const e = this.entry(model, version);
+    const meta = this.knownMetadata(e);
+    if (!meta) throw this.noMetadata(e);
     return meta;
   }
 
-  modelReady(model: string, version?: string): ModelReadiness {
-    this.spec(model, version);
-    if (!this.accepting) return { ready: false, state: 'stopped', reason: 'the broker is shutting down' };
-    return this.opts.pool.readiness(model);
+  async awaitMetadata(model: string, version?: string, signal?: AbortSignal): Promise<ModelMetadata> {
+    const e = this.entry(model, version);
+    const known = this.knownMetadata(e);
+    if (known) return known;
+    const r = e.copies.readiness();
+    if (REFUSING.has(r.phase) || !this.accepting) throw this.noMetadata(e);
+    const timeoutMs = e.spec.timeout_ms;
+    return new Promise<ModelMetadata>((resolve, reject) => {
+      const done = (err?: BrokerError) => {
+        clearTimeout(timer);
+        e.copies.off('metadata', onMeta);
+        e.copies.off('phase', onPhase);
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve(e.copies.metadata!);
+      };
+      const onMeta = () => done();
+      const onPhase = (p: ModelReadiness) => {
+        if (REFUSING.has(p.phase)) done(new BrokerError('UNAVAILABLE', `model '${model}' is not ready: ${p.reason ?? p.phase}`, { kind: 'model-unavailable' }));
+      };
+      const onAbort = () => done(new BrokerError('CANCELLED', 'the client cancelled the request'));
+      const timer = setTimeout(() => done(new BrokerError('DEADLINE_EXCEEDED',
+        `model '${model}' did not become ready within ${timeoutMs} ms (timeout_ms): its input metadata is needed to decode the body`)), timeoutMs);
+      e.copies.on('metadata', onMeta);
+      e.copies.on('phase', onPhase);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (!e.copies.requestCopy('a request needs the model\'s input metadata to decode its body and the model never ran')) {
+        done(this.noMetadata(e));
+      }
+    });
   }
 
-  ready(): ModelReadiness {
+  modelReady(model: string, version?: string): ModelReadiness {
+    return this.readinessOf(this.entry(model, version));
+  }
+
+  ready(): { ready: boolean; reason?: string } {
     if (!this.accepting) return { ready: false, reason: 'the broker is shutting down' };
-    const waiting = [...this.specs.values()]
-      .filter((s) => s.min_replicas > 0 && !this.opts.pool.readiness(s.name).ready)
-      .map((s) => s.name);
+    const waiting = [...this.entries.values()]
+      .filter((e) => e.spec.min_replicas > 0 && !e.copies.readiness().ready)
+      .map((e) => e.spec.name);
     return waiting.length === 0 ? { ready: true } : { ready: false, reason: `models not ready: ${waiting.join(', ')}` };
   }
 
   stats(model?: string, version?: string): ModelStatistics[] {
     if (model !== undefined) {
-      const spec = this.spec(model, version);
-      return [this.schedulers.get(model)!.stats.snapshot(model, spec.version)];
+      const e = this.entry(model, version);
+      return [e.scheduler.stats.snapshot(model, e.spec.version)];
     }
-    return [...this.schedulers.entries()].map(([name, s]) => s.stats.snapshot(name, this.specs.get(name)?.version ?? ''));
+    return [...this.entries.values()].map((e) => e.scheduler.stats.snapshot(e.spec.name, e.spec.version));
   }
 
   sequences(model: string, version?: string): SequenceStatus {
-    this.spec(model, version);
-    const s = this.schedulers.get(model);
+    const s = this.entry(model, version).scheduler;
     if (!(s instanceof SequenceScheduler)) throw new BrokerError('INVALID_ARGUMENT', `model '${model}' is stateless: it has no sequences`);
     return s.status();
   }
 
   repositoryIndex(): RepositoryEntry[] {
-    return [...this.specs.values()].map((s) => {
-      const r = this.opts.pool.readiness(s.name);
-      const state = r.ready ? 'READY' : r.state === 'starting' ? 'LOADING' : r.reason === 'unloaded' ? 'UNLOADED' : 'UNAVAILABLE';
-      return { name: s.name, version: s.version, state, reason: r.ready ? '' : (r.reason ?? '') };
+    return [...this.entries.values()].map((e) => {
+      const r = this.readinessOf(e);
+      const state = r.ready ? 'READY' : r.phase === 'starting' && (r.starting ?? 0) > 0 ? 'LOADING' : 'UNAVAILABLE';
+      return { name: e.spec.name, version: e.spec.version, state, reason: r.ready ? '' : `${r.phase}: ${r.reason ?? ''}` };
     });
   }
 
   async loadModel(model: string): Promise<void> {
-    this.spec(model);
-    if (!this.opts.control) throw new BrokerError('UNAVAILABLE', 'this broker cannot load models');
-    await this.opts.control.load(model);
+    await this.entry(model).copies.load();
   }
 
   async unloadModel(model: string): Promise<void> {
-    this.spec(model);
-    if (!this.opts.control) throw new BrokerError('UNAVAILABLE', 'this broker cannot unload models');
-    await this.opts.control.unload(model);
+    await this.entry(model).copies.unload();
   }
 
-  /** Queue depth and running requests per model, for metrics and autoscaling. */
+  /** Queue depth and running requests per model, for metrics. */
   load(): { model: string; queued: number; running: number }[] {
-    return [...this.schedulers.entries()].map(([model, s]) => ({ model, queued: s.depth, running: s.inFlight }));
+    return [...this.entries.values()].map((e) => ({ model: e.spec.name, queued: e.scheduler.depth, running: e.scheduler.inFlight }));
   }
 
   /**
-   * Graceful stop: refuse new work, fail what is still queued, let running
-   * batches finish within graceMs, then fail whatever is left (the pool's
-   * close settles those).
+   * Graceful stop: refuse new work, let queued and running requests finish
+   * within graceMs, then fail whatever is left (closing the copies settles
+   * batches still running).
    */
   async close(graceMs: number): Promise<void> {
     this.accepting = false;
     this.opts.registry.off('change', this.onChange);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
-    // Queued requests may still be served while the copies run: they get the same grace.
-    await Promise.race([Promise.all([...this.schedulers.values()].map((s) => s.idle())), timeout]);
+    await Promise.race([Promise.all([...this.entries.values()].map((e) => e.scheduler.idle())), timeout]);
     clearTimeout(timer);
-    this.opts.pool.off('capacity', this.onCapacity);
-    this.opts.pool.off('copy-gone', this.onCopyGone);
-    for (const s of this.schedulers.values()) s.close(new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+    for (const e of this.entries.values()) {
+      e.copies.off('metadata', e.onMetadata);
+      e.scheduler.close(new BrokerError('UNAVAILABLE', 'the broker is shutting down', { kind: 'shutting-down' }));
+    }
+  }
+
+  private entry(model: string, version?: string): ModelEntry {
+    const e = this.entries.get(model);
+    if (!e) throw new BrokerError('NOT_FOUND', `unknown model '${model}'`);
+    if (version !== undefined && version !== '' && version !== e.spec.version) {
+      throw new BrokerError('NOT_FOUND', `model '${model}' has no version '${version}' (serving version '${e.spec.version}')`);
+    }
+    return e;
+  }
+
+  private readinessOf(e: ModelEntry): ModelReadiness {
+    if (!this.accepting) return { ready: false, phase: 'draining', reason: 'the broker is shutting down' };
+    return e.copies.readiness();
+  }
+
+  /** A running copy's metadata, else the one kept from the last READY of the same version. */
+  private knownMetadata(e: ModelEntry): ModelMetadata | undefined {
+    return e.copies.metadata ?? (e.saved && e.saved.version === e.spec.version ? e.saved.metadata : undefined);
+  }
+
+  private noMetadata(e: ModelEntry): BrokerError {
+    const r = e.copies.readiness();
+    const name = e.spec.name;
+    const why = REFUSING.has(r.phase) || r.phase === 'starting'
+      ? `it is ${r.phase}: ${r.reason ?? ''}`
+      : `it has never been ready, so its inputs and outputs are not known yet (${r.phase}${r.reason ? `: ${r.reason}` : ''}); an inference request starts a copy`;
+    return new BrokerError('UNAVAILABLE', `model '${name}' has not reported its metadata: ${why}`, { kind: 'model-unavailable' });
   }
 
   private apply(e: RegistryEvent): void {
-    if (e.type === 'delete') {
-      this.schedulers.get(e.name)?.close(new BrokerError('NOT_FOUND', `model '${e.name}' was removed`));
-      this.schedulers.delete(e.name);
-      this.specs.delete(e.name);
-      return;
-    }
-    this.specs.set(e.name, e.spec);
+    if (e.type === 'delete') return this.remove(e.name);
+    const existing = this.entries.get(e.name);
+    const copies = this.opts.copies.forModel(e.spec);
     const config = schedulerConfig(e.spec);
-    const existing = this.schedulers.get(e.name);
-    const stateful = !e.spec.stateless;
-    if (existing && (existing instanceof SequenceScheduler) === stateful) {
-      existing.configure(config);
+    if (existing) {
+      const kindChanged = (existing.scheduler instanceof SequenceScheduler) === e.spec.stateless;
+      existing.spec = e.spec;
+      if (!kindChanged && existing.copies === copies) {
+        existing.scheduler.configure(config);
+        return;
+      }
+      // It changed between stateless and stateful (or its copies were replaced): a new scheduler; what was queued fails.
+      existing.scheduler.close(new BrokerError('UNAVAILABLE', `model '${e.name}' changed between stateless and stateful`));
+      if (existing.copies !== copies) {
+        existing.copies.off('metadata', existing.onMetadata);
+        copies.on('metadata', existing.onMetadata);
+        existing.copies = copies;
+      }
+      existing.scheduler = this.scheduler(e.spec, copies);
       return;
     }
-    // New model, or it changed between stateless and stateful: a new scheduler; what was queued fails.
-    existing?.close(new BrokerError('UNAVAILABLE', `model '${e.name}' changed between stateless and stateful`));
-    const log = this.opts.logger.child({ model: e.name });
-    const { pool, observer } = this.opts;
-    this.schedulers.set(e.name, stateful
-      ? new SequenceScheduler(e.name, config, pool, log, observer)
-      : new ModelScheduler(e.name, config, pool, log, observer));
+    const entry: ModelEntry = {
+      spec: e.spec, copies, scheduler: this.scheduler(e.spec, copies), loaded: Promise.resolve(),
+      onMetadata: (metadata) => this.keep(entry, metadata),
+    };
+    copies.on('metadata', entry.onMetadata);
+    entry.loaded = this.opts.registry.lastMetadata(e.name).then(
+      (saved) => void (entry.saved ??= saved),
+      (err: unknown) => this.log.warn({ model: e.name, err }, 'cannot read the metadata kept from the last READY'),
+    );
+    this.entries.set(e.name, entry);
+  }
+
+  private scheduler(spec: ModelSpec, copies: ModelCopies): Scheduler {
+    const log = this.opts.logger.child({ component: 'scheduler', model: spec.name });
+    const config = schedulerConfig(spec);
+    return spec.stateless
+      ? new ModelScheduler(spec.name, config, copies, log, this.opts.observer)
+      : new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
+  }
+
+  /** A copy reported READY metadata: kept in the registry so the model can be described while at zero. */
+  private keep(entry: ModelEntry, metadata: ModelMetadata): void {
+    const saved: SavedMetadata = { version: entry.spec.version, metadata, savedAt: Date.now() };
+    entry.saved = saved;
+    this.opts.registry.saveMetadata(entry.spec.name, saved).catch((err: unknown) =>
+      this.log.warn({ model: entry.spec.name, err }, 'cannot keep the model metadata in the registry'));
+  }
+
+  private remove(name: string): void {
+    const e = this.entries.get(name);
+    if (!e) return;
+    this.entries.delete(name);
+    e.copies.off('metadata', e.onMetadata);
+    e.scheduler.close(new BrokerError('NOT_FOUND', `model '${name}' was removed`));
+    e.copies.close('model removed').catch((err: unknown) => this.log.error({ model: name, err }, 'stopping the copies of a removed model failed'));
   }
 }
 

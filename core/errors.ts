@@ -10,19 +10,48 @@ export type ErrorCode =
   | 'DEADLINE_EXCEEDED'
   | 'CANCELLED'
   | 'PAYLOAD_TOO_LARGE'
+  | 'UNSUPPORTED_MEDIA_TYPE'
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
   | 'INTERNAL';
 
+/**
+ * Why something failed, for code that must decide on it (never the message text):
+ * - copy-lost: the model copy died or hung under the batch;
+ * - sequence-lost: a stateful sequence's state died with its copy;
+ * - model-error: the model answered with an error for this item;
+ * - model-unavailable: the model is failed, unloaded or was removed;
+ * - overloaded: a queue, backlog or cap is full;
+ * - shutting-down: the broker is stopping.
+ */
+export type FailureKind = 'copy-lost' | 'sequence-lost' | 'model-error' | 'model-unavailable' | 'overloaded' | 'shutting-down';
+
+export interface BrokerErrorOptions {
+  /** For RESOURCE_EXHAUSTED (and a backing-off load): when the client may try again. */
+  retryAfterMs?: number;
+  /** The same request may succeed when run again (e.g. on another copy): the scheduler re-queues it once. */
+  retryable?: boolean;
+  kind?: FailureKind;
+  cause?: unknown;
+}
+
 export class BrokerError extends Error {
+  readonly retryAfterMs?: number;
+  readonly retryable: boolean;
+  readonly kind?: FailureKind;
+
   constructor(
     readonly code: ErrorCode,
     message: string,
-    /** For RESOURCE_EXHAUSTED: when the client may try again. */
-    readonly retryAfterMs?: number,
+    /** A number is `retryAfterMs` (kept for the many RESOURCE_EXHAUSTED call sites). */
+    opts?: number | BrokerErrorOptions,
   ) {
-    super(message);
+    const o: BrokerErrorOptions = typeof opts === 'number' ? { retryAfterMs: opts } : (opts ?? {});
+    super(message, o.cause !== undefined ? { cause: o.cause } : undefined);
     this.name = 'BrokerError';
+    this.retryAfterMs = o.retryAfterMs;
+    this.retryable = o.retryable ?? false;
+    this.kind = o.kind;
   }
 }
 
@@ -32,6 +61,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   PERMISSION_DENIED: 403,
   NOT_FOUND: 404,
   PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
   RESOURCE_EXHAUSTED: 429,
   CANCELLED: 499,
   INTERNAL: 500,
@@ -48,6 +78,7 @@ export const GRPC_STATUS: Record<ErrorCode, number> = {
   PERMISSION_DENIED: 7,
   RESOURCE_EXHAUSTED: 8,
   PAYLOAD_TOO_LARGE: 8,
+  UNSUPPORTED_MEDIA_TYPE: 3,
   INTERNAL: 13,
   UNAVAILABLE: 14,
   UNAUTHENTICATED: 16,

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { BrokerError } from './errors';
 import { Fifo } from './fifo';
 import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './scheduler-base';
-import type { CopyPool } from './pool';
+import type { ModelCopies } from './model-copies';
 import type { InferRequest } from './types';
 
 export type { Outcome, SchedulerConfig, SchedulerObserver } from './scheduler-base';
@@ -20,12 +20,15 @@ export class ModelScheduler extends SchedulerBase<undefined> {
   private priorities: number[] = [];
   private waitTimer?: NodeJS.Timeout;
 
-  constructor(model: string, config: SchedulerConfig, pool: CopyPool, log: Logger, observer?: SchedulerObserver) {
-    super(model, config, pool, log, observer);
+  constructor(model: string, config: SchedulerConfig, copies: ModelCopies, log: Logger, observer?: SchedulerObserver) {
+    super(model, config, copies, log, observer);
   }
 
-  close(reason: BrokerError): void {
-    this.closed = reason;
+  protected failQueued(reason: BrokerError): void {
+    for (const q of this.queues.values()) for (const p of q) this.settle(p, reason);
+  }
+
+  protected closeQueues(reason: BrokerError): void {
     clearTimeout(this.waitTimer);
     for (const q of this.queues.values()) for (const p of q) this.settle(p, reason);
     this.queues.clear();
@@ -36,7 +39,7 @@ export class ModelScheduler extends SchedulerBase<undefined> {
     clearTimeout(this.waitTimer);
     this.waitTimer = undefined;
     while (this.queued > 0 && !this.closed) {
-      const copy = this.pool.available(this.model);
+      const copy = this.copies.available();
       if (!copy) return;
       const head = this.head();
       if (!head) return;

@@ -3,6 +3,8 @@
  * read from models.yaml, accepted by the admin API (minus `command`), and
  * stored in Redis (minus `command`, which only ever comes from the file).
  */
+import type { ModelMetadata } from './types';
+
 export interface ModelSpec {
   name: string;
   /** Docker image (Inferoxy's `address` is accepted as an alias). */
@@ -109,6 +111,15 @@ export const SPEC_DEFAULTS = {
   pids_limit: 512,
 } as const;
 
+/** A model's metadata as its copies reported it in their last READY. */
+export interface SavedMetadata {
+  /** The spec version the copy ran. */
+  version: string;
+  metadata: ModelMetadata;
+  /** Epoch ms. */
+  savedAt: number;
+}
+
 export type RegistryEvent =
   | { type: 'put'; name: string; spec: ModelSpec; previous?: ModelSpec }
   | { type: 'delete'; name: string; previous: ModelSpec };
@@ -121,6 +132,10 @@ export type RegistryEvent =
 export interface ModelRegistry {
   get(name: string): ModelSpec | undefined;
   list(): ModelSpec[];
+  /** Keeps a model's metadata from its last READY (so it can be described while at zero). */
+  saveMetadata(name: string, saved: SavedMetadata): Promise<void>;
+  /** The metadata kept by saveMetadata, if the model was ever ready. */
+  lastMetadata(name: string): Promise<SavedMetadata | undefined>;
   on(event: 'change', listener: (e: RegistryEvent) => void): this;
   off(event: 'change', listener: (e: RegistryEvent) => void): this;
 }

@@ -6,12 +6,12 @@
  * request ends. Subclasses own the queue structure and when batches are cut.
  */
 import type { Logger } from 'pino';
-import type { SequenceControl } from './batch';
 import { BrokerError, toBrokerError } from './errors';
-import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from './pool';
+import type { BatchRequest, BatchResponse, ModelCopies, ModelCopy, SequenceControl } from './model-copies';
 import { ModelStats } from './stats';
+import { longTimeout } from './timers';
 import { sliceRows, type Tensor } from '../proto/tensor';
-import type { InferRequest, InferResult, ModelMetadata } from './types';
+import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
 
 export interface SchedulerConfig {
@@ -41,7 +41,8 @@ export interface Pending<X = undefined> {
   enqueuedNs: bigint;
   startedNs?: bigint;
   state: 'queued' | 'running' | 'done';
-  timer?: NodeJS.Timeout;
+  /** Cancels the deadline timer. */
+  cancelTimer?: () => void;
   onAbort?: () => void;
   ext: X;
   /** Put back in the queue once after its copy died (task manager's retryable error). */
@@ -62,14 +63,38 @@ export abstract class SchedulerBase<X = undefined> {
   /** Whether a batch the task manager flags retryable goes back in the queue (never for sequences: their state died). */
   protected readonly retriesBatches: boolean = true;
   private idleWaiters: (() => void)[] = [];
+  private readonly onCapacity = () => this.capacity();
+  /** A model that turned failed or unloaded fails what waits for it at once, not at each deadline. */
+  private readonly onPhase = (r: ModelReadiness) => {
+    if (r.phase === 'failed' || r.phase === 'unloaded') {
+      this.failQueued(new BrokerError('UNAVAILABLE', `model '${this.model}' is not ready: ${r.reason ?? r.phase}`, { kind: 'model-unavailable' }));
+    }
+  };
 
+  /** Subscribes to its own model's copies: 'capacity' pumps (unsubscribed by close()). */
   constructor(
     readonly model: string,
     protected config: SchedulerConfig,
-    protected readonly pool: CopyPool,
+    protected readonly copies: ModelCopies,
     protected readonly log: Logger,
     protected readonly observer?: SchedulerObserver,
-  ) {}
+  ) {
+    copies.on('capacity', this.onCapacity);
+    copies.on('phase', this.onPhase);
+  }
+
+  /** A copy of this model may take work. */
+  capacity(): void {
+    this.pump();
+  }
+
+  /** Fails every queued request and stops listening to the copies; running batches finish or fail on their own. */
+  close(reason: BrokerError): void {
+    this.closed = reason;
+    this.copies.off('capacity', this.onCapacity);
+    this.copies.off('phase', this.onPhase);
+    this.closeQueues(reason);
+  }
 
   configure(config: SchedulerConfig): void {
     this.config = config;
@@ -101,8 +126,11 @@ export abstract class SchedulerBase<X = undefined> {
   /** Called when a copy of this model may take work (and after each arrival). */
   abstract pump(): void;
 
-  /** Fails every queued request; running batches finish or fail on their own. */
-  abstract close(reason: BrokerError): void;
+  /** Fails every queued request (close() has set `closed`). */
+  protected abstract closeQueues(reason: BrokerError): void;
+
+  /** Fails every queued request; the scheduler stays open. */
+  protected abstract failQueued(reason: BrokerError): void;
 
   /** Checks that depend on the scheduler kind; throws to refuse. Returns the request's `ext`. */
   protected abstract prepare(req: InferRequest, rows: number): X;
@@ -126,7 +154,7 @@ export abstract class SchedulerBase<X = undefined> {
   private admit(req: InferRequest): Promise<InferResult> {
     if (this.closed) throw this.closed;
     const rows = requestRows(req);
-    const meta = this.pool.metadata(this.model);
+    const meta = this.copies.metadata;
     if (meta) validateAgainst(req, meta, rows, this.maxRows(meta));
     else if (rows > this.config.batchSize) {
       throw new BrokerError('INVALID_ARGUMENT', `model '${this.model}' takes at most ${this.config.batchSize} rows per request, got ${rows}`);
@@ -142,7 +170,8 @@ export abstract class SchedulerBase<X = undefined> {
       };
       const timeoutMs = req.timeoutMs ?? this.config.timeoutMs;
       if (timeoutMs > 0 && Number.isFinite(timeoutMs)) {
-        p.timer = setTimeout(() => this.expire(p, timeoutMs), timeoutMs);
+        // Chained past 2^31-1 ms: a plain setTimeout would fire at once.
+        p.cancelTimer = longTimeout(() => this.expire(p, timeoutMs), timeoutMs);
       }
       if (req.signal) {
         p.onAbort = () => this.onAbort(p);
@@ -153,6 +182,7 @@ export abstract class SchedulerBase<X = undefined> {
       this.observer?.queueDepth(this.model, this.queued);
       this.enqueue(p);
       this.pump();
+      this.reportDemand();
     });
   }
 
@@ -160,7 +190,7 @@ export abstract class SchedulerBase<X = undefined> {
   protected reject(message: string): never {
     this.stats.fail(0);
     this.observer?.finished(this.model, 'rejected', undefined, 0);
-    throw new BrokerError('RESOURCE_EXHAUSTED', message, this.retryAfterMs());
+    throw new BrokerError('RESOURCE_EXHAUSTED', message, { retryAfterMs: this.retryAfterMs(), kind: 'overloaded' });
   }
 
   protected maxRows(meta: ModelMetadata): number {
@@ -183,6 +213,7 @@ export abstract class SchedulerBase<X = undefined> {
     this.queued -= batch.length;
     this.queuedRows -= rows;
     this.observer?.queueDepth(this.model, this.queued);
+    this.reportDemand();
 
     let request: BatchRequest;
     try {
@@ -200,8 +231,8 @@ export abstract class SchedulerBase<X = undefined> {
         const e = this.batchError(toBrokerError(err));
         // The copy died or hung with the batch: the task manager flags it retryable when the
         // model allows it (retry_on_failure, stateless rows). Each request goes back in the queue once.
-        const retry = this.retriesBatches && (err as { retryable?: boolean }).retryable === true && !this.closed;
-        this.log.warn({ batchId, copy: copy.id, err: e.message, code: e.code, retry }, 'batch failed');
+        const retry = this.retriesBatches && e.retryable && !this.closed;
+        this.log.warn({ batchId, copy: copy.id, err: e, retry }, 'batch failed');
         for (const p of batch) {
           if (retry && p.state === 'running' && !p.retried) {
             p.retried = true;
@@ -215,6 +246,7 @@ export abstract class SchedulerBase<X = undefined> {
         if (retry) {
           this.observer?.queueDepth(this.model, this.queued);
           this.pump();
+          this.reportDemand();
         }
       },
     ).finally(() => after?.());
@@ -294,7 +326,7 @@ export abstract class SchedulerBase<X = undefined> {
     if (p.state === 'done') return;
     const wasQueued = p.state === 'queued';
     p.state = 'done';
-    clearTimeout(p.timer);
+    p.cancelTimer?.();
     if (p.onAbort) p.req.signal?.removeEventListener('abort', p.onAbort);
     this.running.delete(p);
     if (wasQueued) {
@@ -303,6 +335,7 @@ export abstract class SchedulerBase<X = undefined> {
       this.observer?.queueDepth(this.model, this.queued);
     }
     if (this.running.size === 0 && this.queued === 0) for (const w of this.idleWaiters.splice(0)) w();
+    this.reportDemand();
     const end = process.hrtime.bigint();
     const totalNs = Number(end - p.enqueuedNs);
     const queueNs = p.startedNs !== undefined ? Number(p.startedNs - p.enqueuedNs) : undefined;
@@ -317,6 +350,11 @@ export abstract class SchedulerBase<X = undefined> {
       p.resolve(outcome);
     }
     this.onSettled(p, wasQueued);
+  }
+
+  /** Tells the copies the queue depth: requests queued at zero copies start one. */
+  protected reportDemand(): void {
+    if (!this.closed) this.copies.demand(this.queued, this.running.size);
   }
 
   /** A hint for Retry-After: the time to work off the queue at the recent batch rate, at least 1 s. */

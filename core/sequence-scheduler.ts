@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { BrokerError } from './errors';
 import { Fifo } from './fifo';
 import { SchedulerBase, type Pending, type SchedulerConfig, type SchedulerObserver } from './scheduler-base';
-import type { CopyPool, ModelCopy, SequenceEndReason } from './pool';
+import type { ModelCopies, ModelCopy, SequenceEndReason } from './model-copies';
 import type { InferRequest } from './types';
 
 export interface SequenceConfig extends SchedulerConfig {
@@ -94,9 +94,11 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
   private pumpQueued = false;
   protected override readonly retriesBatches = false;
   private capacityQueued = false;
+  private readonly onCopyGone = (copyId: string, reason: string) => this.copyGone(copyId, reason);
 
-  constructor(model: string, private cfg: SequenceConfig, pool: CopyPool, log: Logger, observer?: SchedulerObserver) {
-    super(model, cfg, pool, log, observer);
+  constructor(model: string, private cfg: SequenceConfig, copies: ModelCopies, log: Logger, observer?: SchedulerObserver) {
+    super(model, cfg, copies, log, observer);
+    copies.on('copy-gone', this.onCopyGone);
   }
 
   override configure(config: SchedulerConfig): void {
@@ -104,14 +106,18 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     super.configure(config);
   }
 
-  close(reason: BrokerError): void {
-    this.closed = reason;
+  protected closeQueues(reason: BrokerError): void {
+    this.copies.off('copy-gone', this.onCopyGone);
     clearTimeout(this.waitTimer);
     for (const seq of [...this.seqs.values()]) {
       for (const p of this.drain(seq)) this.settle(p, reason);
       this.remove(seq, `the model closed: ${reason.message}`);
     }
     this.backlog = [];
+  }
+
+  protected failQueued(reason: BrokerError): void {
+    for (const seq of [...this.seqs.values()]) for (const p of this.drain(seq)) this.settle(p, reason);
   }
 
   /** A copy died or is leaving: its sequences fail (their state is gone); nothing is moved. */
@@ -121,7 +127,7 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     this.tables.delete(copyId);
     for (const seq of t.slots) {
       if (!seq) continue;
-      const err = new BrokerError('UNAVAILABLE', `${reason}; the state of sequence '${seq.id}' is lost`);
+      const err = new BrokerError('UNAVAILABLE', `${reason}; the state of sequence '${seq.id}' is lost`, { kind: 'sequence-lost' });
       const items = this.drain(seq);
       if (seq.current) items.push(seq.current);
       this.ended.lost++;
@@ -153,11 +159,11 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
   }
 
   /**
-   * A copy may take work. The pool says so as soon as the copy answered, before
+   * A copy may take work. The copies say so as soon as the copy answered, before
    * the answer's own handlers ran: pumping then would leave out the sequences of
    * that answer and halve the batches. So the pump waits for them (setImmediate).
    */
-  capacity(): void {
+  override capacity(): void {
     if (this.capacityQueued) return;
     this.capacityQueued = true;
     setImmediate(() => {
@@ -254,21 +260,22 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
 
   protected override batchError(e: BrokerError): BrokerError {
     // The copy died or hung under the batch: whatever state it held is gone.
-    return e.code === 'UNAVAILABLE' && !e.message.includes('is lost') ? new BrokerError('UNAVAILABLE', `${e.message}; sequence state lost`) : e;
+    return e.kind === 'copy-lost' ? new BrokerError('UNAVAILABLE', `${e.message}; sequence state lost`, { kind: 'sequence-lost', cause: e }) : e;
   }
 
+  /** Triton's answer (INVALID_ARG) and wording, plus what the broker remembers of the id. */
   private notActive(id: string): BrokerError {
     const why = this.recent.get(id);
-    return new BrokerError('NOT_FOUND',
-      `sequence '${id}' of model '${this.model}' is not active (${why ?? 'ended, expired or never started'}); ` +
-      'start it with sequence_start');
+    return new BrokerError('INVALID_ARGUMENT',
+      `inference request for sequence ${id} to model '${this.model}' must specify the START flag on the first request of the sequence ` +
+      `(sequence '${id}' is not active: ${why ?? 'ended, expired or never started'}; start it with sequence_start)`);
   }
 
   // ---- slots ----
 
   private refreshTables(): void {
     const ready = new Set<string>();
-    for (const copy of this.pool.readyCopies(this.model)) {
+    for (const copy of this.copies.ready()) {
       ready.add(copy.id);
       if (!this.tables.has(copy.id)) {
         const n = copy.maxSequences || this.cfg.maxSequences || this.maxRows(copy.metadata);
@@ -295,7 +302,7 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     this.backlog.push(seq);
     this.backlogged++;
     this.log.debug({ sequence: seq.id, backlog: this.backlog.length }, 'no free sequence slot: backlogged');
-    if (this.cfg.scaleUp || this.tables.size === 0) this.pool.scaleUp(this.model, `no free sequence slot (${this.backlog.length} sequences waiting)`);
+    if (this.cfg.scaleUp || this.tables.size === 0) this.copies.requestCopy(`no free sequence slot (${this.backlog.length} sequences waiting)`);
     this.observe();
   }
 

@@ -50,13 +50,24 @@ export interface ModelMetadata {
   outputs: TensorSpec[];
 }
 
+/**
+ * One model's phase, owned by its controller:
+ * - unloaded: stopped by the repository API until loaded again (requests fail at once);
+ * - at-zero: no copy and none wanted (min_replicas 0): the next request starts one;
+ * - starting: a copy is starting, restarting after a failure or waiting for room (requests queue);
+ * - ready: every wanted copy serves;
+ * - degraded: some copies serve, fewer than wanted (a copy failed or waits for room);
+ * - failed: copies keep failing, or can never be placed (requests fail at once with the reason);
+ * - draining: the model was removed or the broker stops.
+ */
+export type ModelPhase = 'unloaded' | 'at-zero' | 'starting' | 'ready' | 'degraded' | 'failed' | 'draining';
+
 export interface ModelReadiness {
+  /** A copy serves (phase ready or degraded). */
   ready: boolean;
-  /**
-   * starting: no copy ready yet, none failed (requests queue through a cold start);
-   * failed: the last copy died or timed out and none is ready (requests fail at once with `reason`).
-   */
-  state?: 'ready' | 'starting' | 'failed' | 'stopped';
-  /** Why not ready (starting, the last crash's exit code and log lines, ...). */
+  phase: ModelPhase;
+  /** Copies starting now (placed, no READY yet): LOADING in the repository index. */
+  starting?: number;
+  /** Why not (fully) ready: at zero, starting after a crash, the failure's exit code and log lines, ... */
   reason?: string;
 }

@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import { registryKeys, DEFAULT_PREFIX, type RegistryKeys } from './keys';
 import { redactSpec, specToEntry, validateEntry, checkModelName } from './schema';
-import type { ModelRegistry, ModelSpec, RegistryEvent } from '../core/model-spec';
+import type { ModelRegistry, ModelSpec, RegistryEvent, SavedMetadata } from '../core/model-spec';
 
 /** What the registry takes from models.yaml (see models-file.ts). */
 export interface RegistryFile {
@@ -140,6 +140,16 @@ export class RedisModelRegistry extends EventEmitter implements ModelRegistry {
   get(name: string): ModelSpec | undefined {
     const spec = this.cache.get(name);
     return spec && this.withLaunch(spec);
+  }
+
+  /** {prefix}model:{name}:last-ready (names hold no ':', so it never meets a model key): the model's last READY metadata. */
+  async saveMetadata(name: string, saved: SavedMetadata): Promise<void> {
+    await this.redis.set(`${this.keys.model(name)}:last-ready`, JSON.stringify(saved));
+  }
+
+  async lastMetadata(name: string): Promise<SavedMetadata | undefined> {
+    const raw = await this.redis.get(`${this.keys.model(name)}:last-ready`);
+    return raw ? (JSON.parse(raw) as SavedMetadata) : undefined;
   }
 
   list(): ModelSpec[] {

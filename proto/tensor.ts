@@ -89,18 +89,18 @@ export function bytesOffsets(data: Buffer, count: number): number[] | string {
 }
 
 /** Checks that `data` holds exactly the elements `shape` asks for; returns an error or undefined. */
-export function checkTensorData(t: Tensor): string | undefined {
+export function checkTensorData(t: Tensor, role: 'input' | 'output' = 'input'): string | undefined {
   for (const d of t.shape) {
-    if (!Number.isInteger(d) || d < 0) return `input '${t.name}': shape ${JSON.stringify(t.shape)} has an invalid dimension`;
+    if (!Number.isInteger(d) || d < 0) return `${role} '${t.name}': shape ${JSON.stringify(t.shape)} has an invalid dimension`;
   }
   const count = elementCount(t.shape);
   const size = elementSize(t.datatype);
   if (size === undefined) {
     const err = walkBytes(t.data, count); // checks only: no offsets array per request
-    return err ? `input '${t.name}': ${err} (shape ${JSON.stringify(t.shape)})` : undefined;
+    return err ? `${role} '${t.name}': ${err} (shape ${JSON.stringify(t.shape)})` : undefined;
   }
   if (t.data.length !== count * size) {
-    return `input '${t.name}': shape ${JSON.stringify(t.shape)} of ${t.datatype} needs ${count * size} bytes, got ${t.data.length}`;
+    return `${role} '${t.name}': shape ${JSON.stringify(t.shape)} of ${t.datatype} needs ${count * size} bytes, got ${t.data.length}`;
   }
   return undefined;
 }

@@ -54,11 +54,11 @@ export function planAdoption(handles: CopyHandle[], placements: Placement[], spe
  */
 export async function clearLeftovers(runtime: Runtime, store: PlacementStore, brokerId: string, specs: ModelSpec[], log: Logger): Promise<AdoptionPlan['adopt']> {
   const handles = await runtime.list(brokerId).catch((err: Error) => {
-    log.error({ err: err.message }, 'cannot list containers of an earlier run');
+    log.error({ err }, 'cannot list containers of an earlier run');
     return [] as CopyHandle[];
   });
   const placements = await store.list().catch((err: Error) => {
-    log.error({ err: err.message, store: store.kind }, 'cannot read placements; nothing is adopted');
+    log.error({ err, store: store.kind }, 'cannot read placements; nothing is adopted');
     return [] as Placement[];
   });
   const canAdopt = !!runtime.adopt && store.kind !== 'memory';

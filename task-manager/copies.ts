@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import type { ModelSpec } from '../core/model-spec';
+import type { CopyFailKind } from './copy-connection';
 import type { CopyRecord } from './model-state';
 import { lastLine, type CopyLaunch, type ExitInfo, type LinkInfo, type Runtime } from './runtime';
 
@@ -52,9 +53,11 @@ export function exitMessage(rec: CopyRecord, info: ExitInfo, failReason: string 
   return message;
 }
 
-export type FailureKind = 'crash' | 'oom' | 'hung' | 'heartbeat' | 'startup' | 'start';
+export type CopyFailureKind = 'crash' | 'oom' | 'hung' | 'heartbeat' | 'startup' | 'start';
 
-/** The 'copy-failure' kind of an unexpected exit. */
-export function failureKind(info: ExitInfo, failReason: string | undefined): FailureKind {
-  return info.oomKilled ? 'oom' : /hung/.test(failReason ?? '') ? 'hung' : /heartbeat/.test(failReason ?? '') ? 'heartbeat' : /READY|heard from/.test(failReason ?? '') ? 'startup' : /^could not start/.test(info.reason) ? 'start' : 'crash';
+/** The 'copy-failure' kind of an unexpected exit: from what failed it, never from the message. */
+export function failureKind(info: ExitInfo, failKind: CopyFailKind | undefined, startFailed: boolean): CopyFailureKind {
+  if (info.oomKilled) return 'oom';
+  if (failKind) return failKind;
+  return startFailed ? 'start' : 'crash';
 }

@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import { create } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
-import type { BatchRequest, BatchResponse, ModelCopy } from '../core/pool';
+import type { BatchRequest, BatchResponse, ModelCopy } from '../core/model-copies';
 import { checkTensorData, isDataType, type TensorSpec } from '../proto/tensor';
 import type { ModelMetadata } from '../core/types';
 import {
@@ -60,13 +60,13 @@ export interface CopyConnectionOptions {
  * a model with retry_on_failure).
  */
 export class CopyLostError extends BrokerError {
-  constructor(
-    message: string,
-    readonly retryable: boolean,
-  ) {
-    super('UNAVAILABLE', message);
+  constructor(message: string, retryable: boolean) {
+    super('UNAVAILABLE', message, { retryable, kind: 'copy-lost' });
   }
 }
+
+/** Why the broker gave up on a live copy (its exit is then named by this, not by the message). */
+export type CopyFailKind = 'hung' | 'heartbeat' | 'startup';
 
 interface Pending {
   batch: BatchRequest;
@@ -91,6 +91,8 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
   lastActiveAt = Date.now();
   /** Why the copy failed or stopped, once it did. */
   reason?: string;
+  /** Set by fail(): why the broker gave up on the copy. */
+  failKind?: CopyFailKind;
   private meta?: ModelMetadata;
   private readonly inflight = new Map<bigint, Pending>();
   private readonly heartbeatMs: number;
@@ -209,15 +211,16 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     if ((this.state === 'ready' || this.state === 'draining') && this.inflight.size === 0) {
       const silent = now - this.lastSeen;
       const limit = this.opts.heartbeatTimeoutMs ?? this.missed * this.heartbeatMs;
-      if (silent > limit) this.fail(`sent no heartbeat for ${silent} ms (heartbeat timeout ${limit} ms)`);
+      if (silent > limit) this.fail(`sent no heartbeat for ${silent} ms (heartbeat timeout ${limit} ms)`, 'heartbeat');
     }
   }
 
   /** Marks the copy dead (hang, silence, startup timeout): rejects every batch in flight, emits 'failed'. */
-  fail(reason: string): void {
+  fail(reason: string, kind: CopyFailKind): void {
     if (this.state === 'failed' || this.state === 'stopped') return;
     this.state = 'failed';
     this.reason = reason;
+    this.failKind = kind;
     this.rejectAll(`model copy ${this.id} of ${this.model} ${reason}`);
     this.emit('failed', reason);
   }
@@ -316,8 +319,8 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       const tensors = tensorsFromFrames(r.tensors, frames);
       for (const t of tensors) {
         // BYTES frames must hold exactly their elements (fixed sizes were checked above).
-        const bad = t.datatype === 'BYTES' ? checkTensorData(t) : undefined;
-        if (bad) throw new Error(bad.replace(/^input/, 'output'));
+        const bad = t.datatype === 'BYTES' ? checkTensorData(t, 'output') : undefined;
+        if (bad) throw new Error(bad);
       }
       p.resolve({
         itemErrors: r.items.map((s) => (s.error ? s.error : undefined)),
@@ -334,7 +337,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     if (!p) return;
     this.settle(batchId);
     p.reject(this.lostError(`model copy ${this.id} of ${this.model} did not answer batch ${batchId} in time (hung)`, p.batch));
-    this.fail(`did not answer batch ${batchId} before its deadline (hung)`);
+    this.fail(`did not answer batch ${batchId} before its deadline (hung)`, 'hung');
   }
 
   private settle(batchId: bigint): void {

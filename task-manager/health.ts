@@ -3,6 +3,7 @@
  * restart backoff, and "N failures within a window = model unavailable".
  */
 import type { ModelSpec } from '../core/model-spec';
+import { MAX_TIMER_MS } from '../core/timers';
 
 /**
  * How long one batch of `rows` rows may take before its copy counts as hung:
@@ -11,7 +12,8 @@ import type { ModelSpec } from '../core/model-spec';
  */
 export function batchTimeoutMs(spec: Pick<ModelSpec, 'batch_timeout_ms' | 'batch_timeout_per_row_ms' | 'timeout_ms'>, rows: number, leftToDeadlineMs?: number): number {
   const base = spec.batch_timeout_ms ?? (leftToDeadlineMs !== undefined ? Math.max(0, leftToDeadlineMs) : spec.timeout_ms);
-  return base + spec.batch_timeout_per_row_ms * Math.max(0, rows);
+  // A timer beyond 2^31-1 ms would fire at once: a deadline that far is "never" for a hang check.
+  return Math.min(MAX_TIMER_MS, base + spec.batch_timeout_per_row_ms * Math.max(0, rows));
 }
 
 export interface FailureRecord {
@@ -35,6 +37,8 @@ export interface Unavailable {
 export class FailureTracker {
   private readonly failures: FailureRecord[] = [];
   private backoff: number;
+  /** Verdicts in a row that a retry (repository load) did not clear: the load backoff doubles with each. */
+  private verdicts = 0;
   unavailable?: Unavailable;
 
   constructor(
@@ -49,6 +53,7 @@ export class FailureTracker {
     this.failures.push(f);
     this.prune(f.at, windowMs);
     if (this.failures.length >= maxFailures && !this.unavailable) {
+      this.verdicts++;
       const extra = [
         f.exitCode !== undefined && f.exitCode !== null ? `exit code ${f.exitCode}` : undefined,
         f.oomKilled ? 'OOM killed' : undefined,
@@ -68,6 +73,25 @@ export class FailureTracker {
     return this.unavailable;
   }
 
+  /**
+   * When a repository load may retry an unavailable model: the load backoff
+   * (initial delay doubling per verdict in a row, at least 1 s) after the verdict.
+   */
+  retryAt(): number {
+    if (!this.unavailable) return 0;
+    const delay = Math.min(this.maxBackoffMs, Math.max(1000, this.initialBackoffMs) * 2 ** Math.max(0, this.verdicts - 1));
+    return this.unavailable.since + delay;
+  }
+
+  /**
+   * A repository load retries an unavailable model: the verdict is lifted but the
+   * failures inside the window are kept, so one more failure gives the verdict
+   * again at once (one copy per retry, not max_failures).
+   */
+  retry(): void {
+    this.unavailable = undefined;
+  }
+
   /** Failures still inside the window. */
   count(now: number, windowMs: number): number {
     this.prune(now, windowMs);
@@ -85,14 +109,20 @@ export class FailureTracker {
     return d;
   }
 
+  /** The delay the next restart will wait (without consuming it). */
+  currentDelay(): number {
+    return this.backoff;
+  }
+
   resetBackoff(): void {
     this.backoff = this.initialBackoffMs;
   }
 
-  /** Operator action (load, scale, new spec): forget failures and try again. */
+  /** A new spec, an operator scale, or a copy that served: forget failures and verdicts. */
   reset(): void {
     this.failures.length = 0;
     this.unavailable = undefined;
+    this.verdicts = 0;
     this.backoff = this.initialBackoffMs;
   }
 

@@ -1,6 +1,6 @@
-/** The task manager's bookkeeping per model and per copy, and views of it. */
+/** The bookkeeping of one model's controller and of each copy, and views of it. */
 import { createHash } from 'node:crypto';
-import type { ModelMetadata, ModelReadiness } from '../core/types';
+import type { ModelMetadata } from '../core/types';
 import type { ModelSpec } from '../core/model-spec';
 import type { CopyConnection } from './copy-connection';
 import type { FailureTracker } from './health';
@@ -26,6 +26,8 @@ export interface CopyRecord {
   stopReason?: string;
   /** Taken over from an earlier broker run. */
   adopted?: boolean;
+  /** The runtime could not start it (its exit is a 'start' failure). */
+  startFailed?: boolean;
   /** 'copy-gone' was emitted. */
   gone?: boolean;
   /** Settles when the copy is gone and cleaned up. */
@@ -33,6 +35,7 @@ export interface CopyRecord {
   markDone: () => void;
 }
 
+/** What a ModelController keeps of its model (it implements this; placement, rolls and views read it). */
 export interface ModelState {
   spec: ModelSpec;
   fingerprint: string;
@@ -76,24 +79,6 @@ export function isServing(r: CopyRecord): boolean {
 /** Copies of the model's current fingerprint. */
 export function currentCopies(ms: ModelState): CopyRecord[] {
   return [...ms.copies.values()].filter((r) => r.fingerprint === ms.fingerprint);
-}
-
-/** What the core's readiness answers for a model (undefined: not known yet). */
-export function readinessOf(model: string, ms: ModelState | undefined): ModelReadiness {
-  if (!ms) return { ready: false, state: 'starting', reason: `model ${model} has no copy yet` };
-  if (ms.unloaded) return { ready: false, state: 'stopped', reason: 'unloaded' };
-  const recs = [...ms.copies.values()];
-  if (recs.some(isServing)) return { ready: true, state: 'ready' };
-  if (ms.health.unavailable) return { ready: false, state: 'failed', reason: ms.health.unavailable.reason };
-  if (ms.waiting) return { ready: false, state: 'starting', reason: `waiting: ${ms.waiting}` };
-  // A copy that died before READY (bad image, load error): answer at once with the reason rather than queue.
-  if (ms.lastReason && ms.failedBeforeReady) return { ready: false, state: 'failed', reason: ms.lastReason };
-  if (ms.restartTimer) return { ready: false, state: 'starting', reason: `restarting after a failure: ${ms.lastReason}` };
-  if (recs.some((r) => isLive(r))) {
-    return { ready: false, state: 'starting', reason: ms.lastReason ? `starting again after: ${ms.lastReason}` : 'starting: waiting for a copy to send READY' };
-  }
-  if (ms.desired === 0) return { ready: false, state: 'starting', reason: 'scaled to zero (min_replicas 0): the next request starts a copy' };
-  return { ready: false, state: 'starting', reason: ms.lastReason ?? 'no copy running' };
 }
 
 export function instanceState(r: CopyRecord): InstanceState {

@@ -116,18 +116,11 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
 
     ModelMetadata: unary('ModelMetadata', (req) => {
       const meta = broker.metadata(req.name, opt(req.version));
-      return metadataMessage(req.name, meta.version || broker.spec(req.name).version, meta);
+      return metadataMessage(req.name, meta.version || broker.describe(req.name).version, meta);
     }),
 
     ModelConfig: unary('ModelConfig', (req) => {
-      const spec = broker.spec(req.name, opt(req.version));
-      let meta;
-      try {
-        meta = broker.metadata(req.name);
-      } catch {
-        meta = undefined; // not reported yet: the config still shows the registry's view
-      }
-      return create(ModelConfigResponseSchema, { config: configMessage(tritonConfig(spec, meta)) });
+      return create(ModelConfigResponseSchema, { config: configMessage(tritonConfig(broker.describe(req.name, opt(req.version)))) });
     }),
 
     ModelStatistics: unary('ModelStatistics', (req) =>

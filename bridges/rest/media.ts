@@ -1,18 +1,12 @@
-/**
- * Content types and encodings of request bodies. 415 has no BrokerError code
- * (it is an HTTP matter), so it travels as an error with `statusCode`, which
- * app/http-errors.ts answers as it does fastify's own errors.
- */
+/** Content types and encodings of request bodies. */
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { BrokerError } from '../../core/errors';
 
 /** 415 Unsupported Media Type. */
-export class UnsupportedMediaType extends Error {
-  readonly statusCode = 415;
+export class UnsupportedMediaType extends BrokerError {
   constructor(message: string) {
-    super(message);
-    this.name = 'UnsupportedMediaType';
+    super('UNSUPPORTED_MEDIA_TYPE', message);
   }
 }
 

@@ -78,7 +78,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     const meta = broker.metadata(model, version);
     return {
       name: model,
-      versions: [meta.version || broker.spec(model).version],
+      versions: [meta.version || broker.describe(model).version],
       platform: PLATFORM,
       inputs: meta.inputs.map(({ name, datatype, shape }) => ({ name, datatype, shape })),
       outputs: meta.outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape })),
@@ -87,19 +87,12 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
 
   both(app, 'GET', '/ready', async (req, reply) => {
     const r = broker.modelReady(req.params.model, req.params.version);
-    if (!r.ready) throw new BrokerError('UNAVAILABLE', `model '${req.params.model}' is not ready: ${r.reason ?? r.state ?? 'no ready copy'}`);
+    if (!r.ready) throw new BrokerError('UNAVAILABLE', `model '${req.params.model}' is not ready: ${r.reason ?? r.phase}`);
     return reply.code(200).send();
   });
 
   both(app, 'GET', '/config', async (req) => {
-    const spec = broker.spec(req.params.model, req.params.version);
-    let meta;
-    try {
-      meta = broker.metadata(req.params.model);
-    } catch {
-      meta = undefined; // not reported yet: the config still shows the registry's view
-    }
-    return tritonConfig(spec, meta);
+    return tritonConfig(broker.describe(req.params.model, req.params.version));
   });
 
   both(app, 'GET', '/stats', async (req) => ({ model_stats: broker.stats(req.params.model, req.params.version) }));
@@ -109,7 +102,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
 
   both(app, 'POST', '/infer', async (req, reply) => {
     const { model, version } = req.params;
-    broker.spec(model, version); // 404 before looking at the body
+    broker.describe(model, version); // 404 before looking at the body
     const query = (req.query ?? {}) as Record<string, unknown>;
     const type = mediaType(req.headers['content-type']);
     let parsed: ParsedInfer;
@@ -127,20 +120,20 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
       }
       const parts = await readUploadParts(req, opts.bodyLimit);
       if ('video' in parts) return video(parts.video, parts.type);
-      parsed = await imageRequest(broker.metadata(model, version), parts.images, query, String(req.id), maxElements);
+      parsed = await imageRequest(await broker.awaitMetadata(model, version), parts.images, query, String(req.id), maxElements);
     } else {
       const body = req.body;
       if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
       const rawLength = req.headers['inference-header-content-length'];
       const headerLength = Array.isArray(rawLength) ? rawLength[0] : rawLength;
       if (headerLength !== undefined && headerLength.trim() === '0') {
-        const input = rawInputTensor(broker.metadata(model, version), body);
+        const input = rawInputTensor(await broker.awaitMetadata(model, version), body);
         parsed = { request: { id: String(req.id), inputs: [input], ...requestOptions(query) }, binaryOutputs: new Set(['*']) };
       } else if (headerLength !== undefined) {
         const { header, binary } = splitBinaryBody(body, Number(headerLength));
         parsed = parseInferBody(header, binary, String(req.id));
       } else if (IMAGE_TYPES.has(type)) {
-        parsed = await imageRequest(broker.metadata(model, version), [{ label: 'the body', bytes: body }], query, String(req.id), maxElements);
+        parsed = await imageRequest(await broker.awaitMetadata(model, version), [{ label: 'the body', bytes: body }], query, String(req.id), maxElements);
       } else if (!isJsonType(type)) {
         throw new UnsupportedMediaType(`Content-Type '${type}' is not accepted: send application/json (KServe v2), ` +
           'the binary extension (Inference-Header-Content-Length), image/jpeg, image/png, image/webp, a video ' +

@@ -69,10 +69,10 @@ function frameLine(frame: number, r: InferResult): string {
  */
 export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
   const { broker, model, version, query } = v;
-  const meta = broker.metadata(model, version);
-  if (broker.spec(model, version).stateless) {
+  if (broker.describe(model, version).stateless) {
     throw invalid(`model '${model}' is stateless: a video upload is a sequence and needs a stateful model (stateless: false); send frames as images instead`);
   }
+  const meta = await broker.awaitMetadata(model, version, v.signal);
   const img = imageOptions({ ...query, fit: undefined });
   const spec = imageInput(meta, img.input);
   // A model with a fixed frame size gets frames of that size unless the query says otherwise.

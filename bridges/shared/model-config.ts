@@ -1,7 +1,7 @@
 /** Triton-style model configuration, as tritonclient and perf_analyzer read it. */
-import type { ModelSpec } from '../../core/model-spec';
+import type { ModelDescription } from '../../core/broker';
+import { BrokerError } from '../../core/errors';
 import type { DataType, TensorSpec } from '../../proto/tensor';
-import type { ModelMetadata } from '../../core/types';
 
 const TRITON_TYPE: Record<DataType, string> = {
   BOOL: 'TYPE_BOOL', UINT8: 'TYPE_UINT8', UINT16: 'TYPE_UINT16', UINT32: 'TYPE_UINT32', UINT64: 'TYPE_UINT64',
@@ -37,25 +37,34 @@ export interface TritonModelConfig {
 /** Dims without the batch dimension, as Triton configs list them when max_batch_size > 0. */
 const dims = (t: TensorSpec) => t.shape.slice(1);
 
-export function tritonConfig(spec: ModelSpec, meta: ModelMetadata | undefined): TritonModelConfig {
-  const maxBatch = meta && meta.maxBatch > 0 ? Math.min(meta.maxBatch, spec.batch_size) : spec.batch_size;
+/**
+ * The config of a described model; UNAVAILABLE when it never reported metadata
+ * (a config without inputs and outputs would mislead clients).
+ */
+export function tritonConfig(d: ModelDescription): TritonModelConfig {
+  const meta = d.metadata;
+  if (!meta) {
+    throw new BrokerError('UNAVAILABLE', `model '${d.name}' has never been ready, so its config (inputs, outputs) is not known yet ` +
+      `(${d.readiness.phase}${d.readiness.reason ? `: ${d.readiness.reason}` : ''}); an inference request starts a copy`);
+  }
+  const maxBatch = meta.maxBatch > 0 ? Math.min(meta.maxBatch, d.batchSize) : d.batchSize;
   const config: TritonModelConfig = {
-    name: spec.name,
+    name: d.name,
     platform: PLATFORM,
     backend: 'tensorbroker',
     version_policy: { latest: { num_versions: 1 } },
     max_batch_size: maxBatch,
-    input: (meta?.inputs ?? []).map((t) => ({ name: t.name, data_type: TRITON_TYPE[t.datatype], dims: dims(t), optional: !!t.optional })),
-    output: (meta?.outputs ?? []).map((t) => ({ name: t.name, data_type: TRITON_TYPE[t.datatype], dims: dims(t) })),
-    instance_group: [{ kind: spec.run_on_gpu ? 'KIND_GPU' : 'KIND_CPU', count: spec.max_replicas }],
-    parameters: { image: { string_value: spec.image ?? '' } },
+    input: meta.inputs.map((t) => ({ name: t.name, data_type: TRITON_TYPE[t.datatype], dims: dims(t), optional: !!t.optional })),
+    output: meta.outputs.map((t) => ({ name: t.name, data_type: TRITON_TYPE[t.datatype], dims: dims(t) })),
+    instance_group: [{ kind: d.runOnGpu ? 'KIND_GPU' : 'KIND_CPU', count: d.maxReplicas }],
+    parameters: {},
   };
-  if (spec.stateless) {
+  if (d.stateless) {
     config.dynamic_batching = {
-      max_queue_delay_microseconds: spec.max_wait_ms * 1000,
+      max_queue_delay_microseconds: d.maxWaitMs * 1000,
       default_queue_policy: {
-        default_timeout_microseconds: spec.timeout_ms * 1000,
-        max_queue_size: spec.queue_capacity,
+        default_timeout_microseconds: d.timeoutMs * 1000,
+        max_queue_size: d.queueCapacity,
         allow_timeout_override: true,
       },
       priority_levels: 0,
@@ -63,11 +72,11 @@ export function tritonConfig(spec: ModelSpec, meta: ModelMetadata | undefined): 
     };
   } else {
     config.sequence_batching = {
-      max_sequence_idle_microseconds: spec.sequence_idle_ms * 1000,
-      direct: { max_queue_delay_microseconds: spec.max_wait_ms * 1000, minimum_slot_utilization: 0 },
+      max_sequence_idle_microseconds: d.sequenceIdleMs * 1000,
+      direct: { max_queue_delay_microseconds: d.maxWaitMs * 1000, minimum_slot_utilization: 0 },
     };
-    config.parameters.max_sequences = { string_value: String(spec.max_sequences ?? maxBatch) };
-    config.parameters.sequence_backlog = { string_value: String(spec.sequence_backlog) };
+    config.parameters.max_sequences = { string_value: String(d.maxSequences ?? maxBatch) };
+    config.parameters.sequence_backlog = { string_value: String(d.sequenceBacklog) };
   }
   return config;
 }

@@ -239,7 +239,7 @@ class ZmqBridgeServer implements ZmqBridge {
 
   private toRequest(h: InferRequest, id: string, frames: Buffer[], peer: string): CoreRequest {
     if (h.model === '') throw invalid('the request names no model');
-    this.opts.broker.spec(h.model, h.version); // NOT_FOUND before looking at the tensors
+    this.opts.broker.describe(h.model, h.version); // NOT_FOUND before looking at the tensors
     const inputs = tensorsFromFrames(h.inputs, frames);
     if (inputs.length === 0) throw invalid('the request has no input tensors');
     const options = requestOptions(parametersFromProto(h.parameters));

@@ -276,8 +276,8 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
       const t = produced.get(name);
       if (!t) return fail(`model did not produce output '${name}'`);
       if (t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
-      const bad = checkTensorData(t);
-      if (bad) return fail(bad.replace(/^input/, 'output'));
+      const bad = checkTensorData(t, 'output');
+      if (bad) return fail(bad);
       tensors.push(t);
     }
   }

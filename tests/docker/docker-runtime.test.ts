@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import Docker from 'dockerode';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
-import type { BatchRequest } from '../../core/pool';
+import type { BatchRequest } from '../../core/model-copies';
 import type { Tensor } from '../../proto/tensor';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { DockerRuntime, LABEL_COPY, LABEL_MODEL, LABEL_OWNER } from '../../task-manager/docker-runtime';
@@ -89,13 +89,13 @@ describe.each(['ipc', 'tcp'] as const)('DockerRuntime (%s link)', (transport) =>
     expect(info.HostConfig.Memory).toBeGreaterThan(0);
     expect(info.Config.Env.find((e) => e.startsWith('TB_COPY_SECRET='))).toMatch(/^TB_COPY_SECRET=[0-9a-f]{64}$/);
 
-    const res = await tm.available('simple')!.execute(batch('simple', 2, 5));
+    const res = await tm.controller('simple')!.available()!.execute(batch('simple', 2, 5));
     const out = Buffer.from(res.tensors[0].data);
     expect(new Int32Array(out.buffer, out.byteOffset, out.length / 4)[0]).toBe(6);
 
     // Crash mid-batch: the batch is rejected with the exit code, and the copy is replaced.
     ready = waitEvent(tm, 'metadata');
-    const err = (await tm.available('simple')!.execute(batch('simple', 1, 99)).catch((e: unknown) => e)) as BrokerError;
+    const err = (await tm.controller('simple')!.available()!.execute(batch('simple', 1, 99)).catch((e: unknown) => e)) as BrokerError;
     expect(err).toBeInstanceOf(BrokerError);
     expect(err.code).toBe('UNAVAILABLE');
     expect(err.message).toMatch(/exited \(code 3\)/);

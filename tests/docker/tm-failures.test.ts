@@ -97,7 +97,7 @@ describe('copy failures (Docker runtime, fake GPUs 0,1)', () => {
     expect(first.json.error).toMatch(/exited \(code 13\): hog: crashing on purpose/);
     await waitFor(() => serving('crashy').length === 1, 30_000, 'crashy restarted');
     await postJson(`${b.url}/v2/models/crashy/infer`, body(13));
-    await waitFor(() => b.running.broker.modelReady('crashy').state === 'failed', 20_000, 'crashy unavailable');
+    await waitFor(() => b.running.broker.modelReady('crashy').phase === 'failed', 20_000, 'crashy unavailable');
 
     const ready = await fetch(`${b.url}/v2/models/crashy/ready`);
     expect(ready.status).toBe(503);
@@ -107,7 +107,7 @@ describe('copy failures (Docker runtime, fake GPUs 0,1)', () => {
     expect(reason).toMatch(/last log lines: .*crashing on purpose/);
     const admin = await getJson(`${b.url}/admin/models/crashy`);
     expect(admin.status.unavailable).toMatchObject({ failures: 2, last: { exitCode: 13, oomKilled: false } });
-    expect(admin.status.readiness.state).toBe('failed');
+    expect(admin.status.readiness.phase).toBe('failed');
     expect(await (await fetch(b.metricsUrl)).text()).toMatch(/tb_model_unavailable\{model="crashy"\} 1/);
     expect((await postJson(`${b.url}/v2/models/crashy/infer`, body(1))).status).toBe(503); // answered at once, not queued
 

@@ -57,7 +57,7 @@ describe('GPU placement (fake mode: copies run)', () => {
     // A fifth GPU copy (another model) waits: it is not failed, and requests would queue.
     await tm.applyChange({ type: 'put', name: 'gpu-b', spec: modelSpec('gpu-b', IMAGE, { run_on_gpu: true }) });
     await until(() => tm.instances().instances.some((i) => i.model === 'gpu-b' && i.state === 'waiting'), 30_000, 'gpu-b waiting');
-    expect(tm.readiness('gpu-b')).toEqual({ ready: false, state: 'starting', reason: expect.stringMatching(/waiting: no free GPU/) });
+    expect(tm.readiness('gpu-b')).toEqual({ ready: false, phase: 'starting', reason: expect.stringMatching(/waiting for room: no free GPU/) });
     expect(tm.instances().instances).toContainEqual({ model: 'gpu-b', state: 'waiting', reason: expect.stringMatching(/no free GPU/) });
     expect(tm.copies().filter((c) => c.model === 'gpu-b')).toEqual([]);
 
@@ -77,7 +77,7 @@ describe('GPU placement (fake mode: copies run)', () => {
     await until(() => tm.readiness('pair').ready, 60_000, 'pair ready');
     expect(tm.copies().find((c) => c.model === 'pair')!.gpus).toEqual(['2', '3']);
     await tm.applyChange({ type: 'put', name: 'huge', spec: modelSpec('huge', IMAGE, { run_on_gpu: true, gpus_per_copy: 8 }) });
-    expect(tm.readiness('huge')).toMatchObject({ ready: false, state: 'failed', reason: expect.stringMatching(/needs 8 GPU\(s\) per copy/) });
+    expect(tm.readiness('huge')).toMatchObject({ ready: false, phase: 'failed', reason: expect.stringMatching(/needs 8 GPU\(s\) per copy/) });
   });
 });
 
@@ -107,7 +107,7 @@ describe('GPU placement (nvidia mode: real device requests, no GPU runtime here)
       expect(i.HostConfig.DeviceRequests).toEqual([expect.objectContaining({ Driver: 'nvidia', DeviceIDs: [i.Config.Labels[LABEL_GPUS]], Capabilities: [['gpu']] })]);
     }
     expect(verdict.reason).toMatch(/no GPU runtime on this host/);
-    expect(tm.readiness('g4')).toMatchObject({ state: 'failed', reason: expect.stringMatching(/no GPU runtime/) });
+    expect(tm.readiness('g4')).toMatchObject({ phase: 'failed', reason: expect.stringMatching(/no GPU runtime/) });
     // The failed copies release their GPUs and containers as their clean-up finishes,
     // which may trail the verdict on a loaded machine: wait for it.
     await until(() => tm.gpuUsage().every((u) => !u.copyId), 30_000, `every GPU freed (${JSON.stringify(tm.gpuUsage())})`);

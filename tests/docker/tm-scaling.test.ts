@@ -40,7 +40,7 @@ describe('autoscaling (Docker runtime, TB_MAX_COPIES=3)', () => {
 
   test('scale to zero: no copy until a request; it is queued (not failed) during the cold start; idle copies stop again', async () => {
     expect(live('zero')).toBe(0);
-    expect(b.running.broker.modelReady('zero')).toMatchObject({ ready: false, state: 'starting', reason: expect.stringMatching(/scaled to zero/) });
+    expect(b.running.broker.modelReady('zero')).toMatchObject({ ready: false, phase: 'at-zero', reason: expect.stringMatching(/scaled to zero/) });
     const res = await postJson(`${b.url}/v2/models/zero/infer`, simpleBody([row(16)], [row(16)]));
     expect(res.status).toBe(200);
     expect(logs.some((l) => l.msg === 'scaling decision' && l.model === 'zero' && l.decision === 'up' && /cold start/.test(String(l.reason)))).toBe(true);

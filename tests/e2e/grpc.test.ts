@@ -209,7 +209,7 @@ describe('gRPC bridge, process runtime', () => {
   });
 
   test('UNAVAILABLE for a model that cannot start', async () => {
-    await waitFor(() => b.running.broker.modelReady('broken').state === 'failed', 20_000, 'broken model failed');
+    await waitFor(() => b.running.broker.modelReady('broken').phase === 'failed', 20_000, 'broken model failed');
     expect(await modelReady('broken')).toBe(false);
     const err = await c.fails('modelInfer', { ...simpleRaw([row(16)], [row(16)]), modelName: 'broken' } as InferInit);
     expect(err.code).toBe(grpc.status.UNAVAILABLE);
@@ -365,7 +365,7 @@ describe('gRPC bridge, process runtime', () => {
     expect(await modelReady('loadable')).toBe(false);
     const err = await c.fails('modelInfer', { ...simpleRaw([row(16)], [row(16)]), modelName: 'loadable' } as InferInit);
     expect(err.code).toBe(grpc.status.UNAVAILABLE);
-    expect((await c.unary('repositoryIndex', {})).models.find((m) => m.name === 'loadable')?.state).toBe('UNLOADED');
+    expect((await c.unary('repositoryIndex', {})).models.find((m) => m.name === 'loadable')).toMatchObject({ state: 'UNAVAILABLE', reason: expect.stringMatching(/^unloaded/) });
 
     await c.unary('repositoryModelLoad', { modelName: 'loadable' });
     expect(await modelReady('loadable')).toBe(true);

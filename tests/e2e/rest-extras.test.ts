@@ -359,8 +359,9 @@ describe('REST bridge extras, process runtime', () => {
     test('unload, then load again: 503 while unloaded, served after; unknown 404; a failing load 503 with the reason', async () => {
       const unload = await postJson(`${b.url}/v2/repository/models/simple/unload`, {});
       expect(unload).toMatchObject({ status: 200, json: {} });
-      const state = async () => ((await postJson(`${b.url}/v2/repository/index`, {})).json as unknown as { name: string; state: string }[]).find((r) => r.name === 'simple')!.state;
-      expect(await state()).toBe('UNLOADED');
+      const entry = async () => ((await postJson(`${b.url}/v2/repository/index`, {})).json as unknown as { name: string; state: string; reason: string }[]).find((r) => r.name === 'simple')!;
+      const state = async () => (await entry()).state;
+      expect(await entry()).toMatchObject({ state: 'UNAVAILABLE', reason: expect.stringMatching(/^unloaded/) });
       const refused = await postJson(url('simple'), simpleBody([row(16)], [row(16)]));
       expect(refused.status).toBe(503);
       expect(refused.json.error).toContain('unloaded');

@@ -142,7 +142,7 @@ describe('sequences (stateful models)', () => {
       const plain = await t.infer('motion', [frame(0, 0)], {});
       expect(plain).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
       const ghost = await t.infer('motion', [frame(0, 1)], { sequence: { id: `ghost-${name}` } });
-      expect(ghost).toMatchObject({ ok: false, code: 'NOT_FOUND', message: expect.stringContaining('is not active') });
+      expect(ghost).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringMatching(/must specify the START flag on the first request of the sequence.*is not active/) });
       const x: Tensor = { name: 'IN_INT32', datatype: 'INT32', shape: [1, 1], data: Buffer.alloc(4) };
       const stateless = await t.infer('identity', [x], { outputs: ['OUT_INT32'], sequence: { id: 'x', start: true } } as InferOptions);
       expect(stateless).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('stateless') });
@@ -158,7 +158,7 @@ describe('sequences (stateful models)', () => {
       expect(bRes.slot).toBe(a.slot);
       expect(bRes.ends[2]).toBeGreaterThanOrEqual(1); // the model counted an idle end before this frame
       const late = await t.infer('motion-idle', [frame(1, 1)], { sequence: { id: 'idle-a' } });
-      expect(late).toMatchObject({ ok: false, code: 'NOT_FOUND', message: expect.stringContaining('expired after 300 ms') });
+      expect(late).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('expired after 300 ms') });
       expect((await status(b, 'motion-idle')).ended.idle).toBeGreaterThanOrEqual(1);
     } finally {
       await t.close();
@@ -207,14 +207,14 @@ describe('sequences (stateful models)', () => {
       expect(next.ends[1]).toBeGreaterThanOrEqual(1);
       expect((await status(b, 'motion-one')).ended.cancelled).toBe(before + 1);
       const late = await t.infer('motion-one', [frame(3, 2)], { sequence: { id: 'video-cancel' } });
-      expect(late).toMatchObject({ ok: false, code: 'NOT_FOUND', message: expect.stringContaining('cancelled') });
+      expect(late).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('cancelled') });
     } finally {
       await t.close();
       client.close();
     }
   });
 
-  test('a killed copy fails its sequences (running and queued) with UNAVAILABLE; later frames get NOT_FOUND; a restart starts afresh', async () => {
+  test('a killed copy fails its sequences (running and queued) with UNAVAILABLE; later frames get INVALID_ARGUMENT (START flag needed); a restart starts afresh', async () => {
     const client = new ZmqClient(b.zmqEndpoint);
     const seq = (f: number, start = false) => ({ id: 'doomed', start });
     const fail = (p: Promise<unknown>) => p.then(() => { throw new Error('expected a failure'); }, (e: ZmqClientError) => e);
@@ -232,7 +232,7 @@ describe('sequences (stateful models)', () => {
         expect(e.message).toMatch(/lost/);
       }
       const late = await fail(client.infer('motion-crash', [frame(5, 3)], { sequence: seq(3) }));
-      expect(late.code).toBe('NOT_FOUND');
+      expect(late.code).toBe('INVALID_ARGUMENT');
       expect(late.message).toMatch(/lost/);
       // Nothing was moved: once a new copy is up, the sequence starts again from frame 0.
       await waitFor(async () => (await status(b, 'motion-crash')).slots > 0, 20_000, 'a new motion-crash copy');

@@ -10,7 +10,7 @@ import pino from 'pino';
 import * as zmq from 'zeromq';
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
-import type { BatchRequest } from '../../core/pool';
+import type { BatchRequest } from '../../core/model-copies';
 import type { Tensor } from '../../proto/tensor';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
 import { HeartbeatSchema, decodeFrames, encodeFrames } from '../../proto/link';
@@ -87,14 +87,14 @@ describe('TaskManager with the process runtime', () => {
     expect(tm.readiness('simple').ready).toBe(false);
     await tm.reconcile([spec('simple')]);
     await ready;
-    expect(tm.readiness('simple')).toEqual({ ready: true, state: 'ready' });
+    expect(tm.readiness('simple')).toEqual({ ready: true, phase: 'ready' });
     const meta = tm.metadata('simple')!;
     expect(meta.maxBatch).toBe(4);
     expect(meta.inputs.map((i) => [i.name, i.datatype, i.shape])).toEqual([
       ['INPUT0', 'INT32', [-1, 16]],
       ['INPUT1', 'INT32', [-1, 16]],
     ]);
-    const copy = tm.available('simple')!;
+    const copy = tm.controller('simple')!.available()!;
     expect(copy).toBeDefined();
     const res = await copy.execute(batch('simple', [1, 2], 5));
     expect(res.itemErrors).toEqual([undefined, undefined]);
@@ -114,10 +114,10 @@ describe('TaskManager with the process runtime', () => {
     const ready = waitEvent(tm, 'metadata');
     await tm.reconcile([spec('m')]);
     await ready;
-    await expect(tm.available('m')!.execute(batch('m', [1], -1))).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringMatching(/model error: INPUT0 starts with -1/) });
+    await expect(tm.controller('m')!.available()!.execute(batch('m', [1], -1))).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringMatching(/model error: INPUT0 starts with -1/) });
     const b = batch('m', [1, 1]);
     new Int32Array(b.tensors[0].data.buffer, b.tensors[0].data.byteOffset, 32)[16] = -2;
-    const res = await tm.available('m')!.execute(b);
+    const res = await tm.controller('m')!.available()!.execute(b);
     expect(res.itemErrors).toEqual([undefined, 'row starts with -2']);
   });
 
@@ -126,8 +126,8 @@ describe('TaskManager with the process runtime', () => {
     await tm.reconcile([spec('slow', { FAKE_DELAY_MS: '20000' })]);
     await ready;
     const [first] = tm.copies();
-    const pending = tm.available('slow')!.execute(batch('slow', [1], 5, 30_000));
-    expect(tm.available('slow')).toBeUndefined(); // its one credit is used
+    const pending = tm.controller('slow')!.available()!.execute(batch('slow', [1], 5, 30_000));
+    expect(tm.controller('slow')!.available()).toBeUndefined(); // its one credit is used
     ready = waitEvent(tm, 'metadata');
     process.kill(first.pid!, 'SIGKILL');
     const err = (await pending.catch((e: unknown) => e)) as BrokerError;
@@ -146,12 +146,12 @@ describe('TaskManager with the process runtime', () => {
     await tm.reconcile([spec('crashy', { FAKE_CRASH_ON: '42' })]);
     await ready;
     const exit = waitEvent<[string, string]>(tm, 'copy-exit');
-    const err = (await tm.available('crashy')!.execute(batch('crashy', [2], 42)).catch((e: unknown) => e)) as BrokerError;
+    const err = (await tm.controller('crashy')!.available()!.execute(batch('crashy', [2], 42)).catch((e: unknown) => e)) as BrokerError;
     expect(err.code).toBe('UNAVAILABLE');
     expect(err.message).toMatch(/exited with code 3: crashing on purpose: INPUT0\[0\] is 42/);
     await exit;
     // One crash: the copy restarts after its backoff; requests queue meanwhile (state starting), the reason is kept.
-    expect(tm.readiness('crashy')).toEqual({ ready: false, state: 'starting', reason: expect.stringMatching(/code 3/) });
+    expect(tm.readiness('crashy')).toEqual({ ready: false, phase: 'starting', reason: expect.stringMatching(/code 3/) });
     await waitEvent(tm, 'metadata');
     expect(tm.readiness('crashy').ready).toBe(true);
   });
@@ -174,7 +174,7 @@ describe('TaskManager with the process runtime', () => {
     await ready;
     const [first] = tm.copies();
     ready = waitEvent(tm, 'metadata');
-    await expect(tm.available('hung')!.execute(batch('hung', [1], 5, 300))).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/hung/) });
+    await expect(tm.controller('hung')!.available()!.execute(batch('hung', [1], 5, 300))).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/hung/) });
     await ready;
     expect(tm.copies()[0].id).not.toBe(first.id);
   });
@@ -208,7 +208,7 @@ describe('TaskManager with the process runtime', () => {
     await tm.reconcile([spec('c', { FAKE_DELAY_MS: '20000' }), spec('d')]);
     await ready;
     await waitEvent(tm, 'metadata'); // both ready
-    const copy = tm.available('c')!;
+    const copy = tm.controller('c')!.available()!;
     const pending = copy.execute(batch('c', [1], 5, 30_000)).catch((e: unknown) => e);
     const pid = tm.copies().find((c) => c.model === 'c')!.pid!;
     await tm.close(300);
@@ -275,16 +275,16 @@ describeSimple('TaskManager with the real simple model (dist/, process runtime)'
     await tm.reconcile([simpleSpec({ SIMPLE_CRASH_ON: '77', SIMPLE_FAIL_ON: '66' })]);
     await ready;
     expect(tm.metadata('simple')!.maxBatch).toBe(4);
-    const res = await tm.available('simple')!.execute(batch('simple', [1, 1], 66));
+    const res = await tm.controller('simple')!.available()!.execute(batch('simple', [1, 1], 66));
     expect(res.itemErrors).toEqual(['row rejected by model', 'row rejected by model']);
     const [first] = tm.copies();
     ready = waitEvent(tm, 'metadata');
-    const err = (await tm.available('simple')!.execute(batch('simple', [2], 77)).catch((e: unknown) => e)) as BrokerError;
+    const err = (await tm.controller('simple')!.available()!.execute(batch('simple', [2], 77)).catch((e: unknown) => e)) as BrokerError;
     expect(err.code).toBe('UNAVAILABLE');
     expect(err.message).toMatch(new RegExp(`model copy ${first.id} of simple .*exited with code 3`));
     await ready;
     expect(tm.copies()[0].id).not.toBe(first.id);
-    const ok = await tm.available('simple')!.execute(batch('simple', [3], 1));
+    const ok = await tm.controller('simple')!.available()!.execute(batch('simple', [3], 1));
     expect(ok.tensors[0].shape).toEqual([3, 16]);
   });
 
@@ -294,7 +294,7 @@ describeSimple('TaskManager with the real simple model (dist/, process runtime)'
     await ready;
     const [first] = tm.copies();
     ready = waitEvent(tm, 'metadata');
-    const pending = tm.available('simple')!.execute(batch('simple', [1], 5, 30_000)).then(
+    const pending = tm.controller('simple')!.available()!.execute(batch('simple', [1], 5, 30_000)).then(
       () => 'resolved',
       (e: BrokerError) => e.code,
     );

@@ -17,8 +17,8 @@ import { inferVideo } from '../../bridges/rest/video';
 
 function fakeBroker(failAt: number, seen: InferRequest[]): BrokerApi {
   return {
-    metadata: () => ({ name: 'm', version: '1', maxBatch: 8, inputs: [{ name: 'FRAME', datatype: 'UINT8', shape: [-1, -1, -1, 3] }], outputs: [] }),
-    spec: () => ({ stateless: false }),
+    awaitMetadata: async () => ({ name: 'm', version: '1', maxBatch: 8, inputs: [{ name: 'FRAME', datatype: 'UINT8', shape: [-1, -1, -1, 3] }], outputs: [] }),
+    describe: () => ({ stateless: false }),
     infer: async (req: InferRequest): Promise<InferResult> => {
       seen.push(req);
       const frame = seen.length - 1;

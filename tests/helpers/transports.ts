@@ -151,7 +151,7 @@ export const zmqTransport: TransportFactory = {
 };
 
 const FROM_GRPC = new Map<number, ErrorCode>(
-  (Object.entries(GRPC_STATUS) as [ErrorCode, number][]).filter(([code]) => code !== 'PAYLOAD_TOO_LARGE').map(([code, n]) => [n, code]),
+  (Object.entries(GRPC_STATUS) as [ErrorCode, number][]).filter(([code]) => code !== 'PAYLOAD_TOO_LARGE' && code !== 'UNSUPPORTED_MEDIA_TYPE').map(([code, n]) => [n, code]),
 );
 
 function grpcRequest(model: string, inputs: Tensor[], opts: InferOptions, id: string): InferInit {

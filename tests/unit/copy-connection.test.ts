@@ -1,6 +1,6 @@
 import { create } from '@bufbuild/protobuf';
 import { BrokerError } from '../../core/errors';
-import type { BatchRequest } from '../../core/pool';
+import type { BatchRequest } from '../../core/model-copies';
 import type { Tensor } from '../../proto/tensor';
 import {
   BatchSchema,

@@ -1,8 +1,8 @@
-/** ModelScheduler against a fake pool: batching by rows, shapes, bounds, deadlines, exactly-once answers. */
+/** ModelScheduler against fake copies of its model: batching by rows, shapes, bounds, deadlines, exactly-once answers. */
 import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
-import type { BatchRequest, BatchResponse, CopyPool, ModelCopy } from '../../core/pool';
+import type { BatchRequest, BatchResponse, ModelCopies, ModelCopiesEvents, ModelCopy } from '../../core/model-copies';
 import { ModelScheduler, type SchedulerConfig } from '../../core/model-scheduler';
 import type { Tensor } from '../../proto/tensor';
 import type { InferRequest, ModelMetadata, ModelReadiness } from '../../core/types';
@@ -39,31 +39,46 @@ class FakeCopy implements ModelCopy {
     this.batches.push(b);
     return this.handler(b).finally(() => {
       this.inFlight--;
-      queueMicrotask(() => this.pool.emit('capacity', 'echo'));
+      queueMicrotask(() => this.pool.emit('capacity'));
     });
   }
 }
 
-class FakePool extends EventEmitter implements CopyPool {
+class FakePool extends EventEmitter<ModelCopiesEvents> implements ModelCopies {
+  readonly model = 'echo';
   copies: FakeCopy[] = [];
+  /** Demand reports, newest last. */
+  demands: { queued: number; running: number }[] = [];
   available(): ModelCopy | undefined {
     return this.copies.find((c) => c.hasCapacity());
   }
-  metadata(): ModelMetadata | undefined {
+  get metadata(): ModelMetadata | undefined {
     return this.copies[0]?.metadata;
   }
-  readyCopies(): ModelCopy[] {
+  ready(): ModelCopy[] {
     return this.copies;
   }
-  scaleUp(): boolean {
+  requestCopy(): boolean {
     return false;
   }
   readiness(): ModelReadiness {
-    return { ready: this.copies.length > 0 };
+    return this.copies.length > 0 ? { ready: true, phase: 'ready' } : { ready: false, phase: 'at-zero' };
+  }
+  demand(queued: number, running: number): void {
+    this.demands.push({ queued, running });
+  }
+  load(): Promise<void> {
+    return Promise.resolve();
+  }
+  unload(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
   }
   add(copy: FakeCopy): FakeCopy {
     this.copies.push(copy);
-    this.emit('capacity', 'echo');
+    this.emit('capacity');
     return copy;
   }
 }
@@ -84,7 +99,6 @@ const values = (t: Tensor) => Array.from(new Int32Array(new Uint8Array(t.data).b
 function setup(over: Partial<SchedulerConfig> = {}) {
   const pool = new FakePool();
   const s = new ModelScheduler('echo', config(over), pool, pino({ level: 'silent' }));
-  pool.on('capacity', () => s.pump());
   return { pool, s };
 }
 
@@ -148,14 +162,14 @@ describe('ModelScheduler', () => {
     copy.credits = 0;
     const batch = [s.submit(req([[1]])), s.submit(req([[2]]))];
     copy.credits = 1;
-    pool.emit('capacity', 'echo');
+    pool.emit('capacity');
     for (const p of batch) await expect(p).rejects.toMatchObject({ code: 'INTERNAL', message: 'model error: boom' });
 
     copy.handler = async (b) => ({ itemErrors: b.items.map((_, i) => (i === 1 ? 'bad row' : undefined)), tensors: [{ ...b.tensors[0], name: 'Y' }], computeNs: 1 });
     copy.credits = 0;
     const mixed = [s.submit(req([[1]])), s.submit(req([[2]])), s.submit(req([[3]]))];
     copy.credits = 1;
-    pool.emit('capacity', 'echo');
+    pool.emit('capacity');
     const settled = await Promise.allSettled(mixed);
     expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
     expect((settled[1] as PromiseRejectedResult).reason.message).toBe('model error: bad row');
@@ -207,5 +221,40 @@ describe('ModelScheduler', () => {
     expect(stats.execution_count).toBeLessThan(300);
     expect(s.depth).toBe(0);
     expect(s.inFlight).toBe(0);
+  });
+  test('a deadline beyond 2^31-1 ms does not fire at once (the timer is chained), and the request is served', async () => {
+    const { pool, s } = setup();
+    const warned: string[] = [];
+    const onWarning = (w: Error) => warned.push(w.name);
+    process.on('warning', onWarning);
+    const p = s.submit(req([[7]], { timeoutMs: 2 ** 31 + 10_000 }));
+    await new Promise((r) => setImmediate(r));
+    expect(s.depth).toBe(1); // still queued: not expired by an overflowed timer
+    pool.add(new FakeCopy('c1', META, pool));
+    expect(values((await p).outputs[0])).toEqual([7]);
+    process.off('warning', onWarning);
+    expect(warned).not.toContain('TimeoutOverflowWarning');
+  });
+
+  test('queue depth is reported to the copies as demand (the cold start reads it)', async () => {
+    const { pool, s } = setup();
+    const p = s.submit(req([[1]]));
+    expect(pool.demands.at(-1)).toEqual({ queued: 1, running: 0 });
+    pool.add(new FakeCopy('c1', META, pool));
+    await p;
+    expect(pool.demands.at(-1)).toEqual({ queued: 0, running: 0 });
+  });
+
+  test('a batch lost with its copy goes back in the queue once when the error is retryable, by its flag', async () => {
+    const { pool, s } = setup();
+    let calls = 0;
+    pool.add(new FakeCopy('c1', META, pool, async (b) => {
+      if (calls++ === 0) throw new BrokerError('UNAVAILABLE', 'copy crashed', { retryable: true, kind: 'copy-lost' });
+      return echo(b);
+    }));
+    expect(values((await s.submit(req([[3]]))).outputs[0])).toEqual([3]);
+    expect(calls).toBe(2);
+    pool.copies[0].handler = async () => { throw new BrokerError('UNAVAILABLE', 'copy crashed', { kind: 'copy-lost' }); };
+    await expect(s.submit(req([[4]]))).rejects.toMatchObject({ code: 'UNAVAILABLE', retryable: false });
   });
 });

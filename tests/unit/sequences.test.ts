@@ -1,8 +1,8 @@
-/** SequenceScheduler against a fake pool: slots, order, backlog, ends (end, cancelled, idle), lost copies. */
+/** SequenceScheduler against fake copies of its model: slots, order, backlog, ends (end, cancelled, idle), lost copies. */
 import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import { BrokerError } from '../../core/errors';
-import type { BatchRequest, BatchResponse, CopyPool, ModelCopy, SequenceEndReason } from '../../core/pool';
+import type { BatchRequest, BatchResponse, ModelCopies, ModelCopiesEvents, ModelCopy, SequenceEndReason } from '../../core/model-copies';
 import { SequenceScheduler, type SequenceConfig } from '../../core/sequence-scheduler';
 import type { Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from '../../core/types';
@@ -47,50 +47,61 @@ class FakeCopy implements ModelCopy {
     for (const f of this.inFlight.splice(0)) {
       f.resolve({ itemErrors: f.b.items.map(() => undefined), tensors: [{ ...f.b.tensors[0], name: 'Y' }], computeNs: 1000 });
     }
-    queueMicrotask(() => this.pool.emit('capacity', 'seq'));
+    queueMicrotask(() => this.pool.emit('capacity'));
   }
   endSequence(id: string, slot: number, reason: SequenceEndReason): void {
     this.ends.push({ id, slot, reason });
-    this.pool.emit('end', { copy: this.id, id, slot, reason });
+    this.pool.endBus.emit('end', { copy: this.id, id, slot, reason });
   }
   die(reason: string): void {
     this.alive = false;
     this.pool.copies = this.pool.copies.filter((c) => c !== this);
-    for (const f of this.inFlight.splice(0)) f.reject(new BrokerError('UNAVAILABLE', `model copy ${this.id} of seq exited (code 3)`));
-    this.pool.emit('copy-gone', 'seq', this.id, reason);
+    for (const f of this.inFlight.splice(0)) f.reject(new BrokerError('UNAVAILABLE', `model copy ${this.id} of seq exited (code 3)`, { kind: 'copy-lost' }));
+    this.pool.emit('copy-gone', this.id, reason);
   }
 }
 
-class FakePool extends EventEmitter implements CopyPool {
+class FakePool extends EventEmitter<ModelCopiesEvents> implements ModelCopies {
+  readonly model = 'seq';
   copies: FakeCopy[] = [];
   rows: Row[] = [];
   batches: BatchRequest[] = [];
   scaleUps = 0;
+  /** endSequence calls, for the tests to wait on. */
+  readonly endBus = new EventEmitter();
+  readonly metadata = META;
   available(): ModelCopy | undefined {
     return this.copies.find((c) => c.hasCapacity());
   }
-  readyCopies(): ModelCopy[] {
+  ready(): ModelCopy[] {
     return this.copies;
   }
-  scaleUp(): boolean {
+  requestCopy(): boolean {
     this.scaleUps++;
     return false;
   }
-  metadata(): ModelMetadata | undefined {
-    return META;
-  }
   readiness(): ModelReadiness {
-    return { ready: this.copies.length > 0 };
+    return this.copies.length > 0 ? { ready: true, phase: 'ready' } : { ready: false, phase: 'starting' };
+  }
+  demand(): void {}
+  load(): Promise<void> {
+    return Promise.resolve();
+  }
+  unload(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
   }
   /** Resolves at the next endSequence matching `pred`. */
   nextEnd(pred: (e: { id: string; reason: SequenceEndReason }) => boolean): Promise<{ copy: string; id: string; slot: number; reason: SequenceEndReason }> {
     return new Promise((resolve) => {
       const on = (e: { copy: string; id: string; slot: number; reason: SequenceEndReason }) => {
         if (!pred(e)) return;
-        this.off('end', on);
+        this.endBus.off('end', on);
         resolve(e);
       };
-      this.on('end', on);
+      this.endBus.on('end', on);
     });
   }
 }
@@ -105,8 +116,6 @@ const value = (r: InferResult) => r.outputs[0].data.readInt32LE(0);
 function setup(copies = 2, slots = 2, over: Partial<SequenceConfig> = {}) {
   const pool = new FakePool();
   const s = new SequenceScheduler('seq', config(over), pool, pino({ level: 'silent' }));
-  pool.on('capacity', () => s.capacity());
-  pool.on('copy-gone', (_m: string, id: string, reason: string) => s.copyGone(id, reason));
   for (let i = 0; i < copies; i++) pool.copies.push(new FakeCopy(`c${i}`, pool, slots));
   let n = 0;
   const send = (id: string, v: number, flags: { start?: boolean; end?: boolean; owner?: AbortSignal; signal?: AbortSignal; timeoutMs?: number } = {}) => {
@@ -176,7 +185,7 @@ test('refusals: no sequence id, unknown sequence, backlog full; RESOURCE_EXHAUST
   pool.copies[0].auto = false;
   const noId = s.submit({ id: 'x', model: 'seq', inputs: [frame(1)] });
   await expect(noId).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('sequence id') });
-  await expect(send('ghost', 1)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining("sequence 'ghost'") });
+  await expect(send('ghost', 1)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining("sequence 'ghost'") });
   const a = send('a', 1, { start: true });
   const b = send('b', 1, { start: true }); // backlog (1)
   await expect(send('c', 1, { start: true })).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
@@ -186,7 +195,7 @@ test('refusals: no sequence id, unknown sequence, backlog full; RESOURCE_EXHAUST
   pool.copies[0].complete();
   expect(await Promise.all([code(a), code(a2), code(b)])).toEqual(['OK', 'OK', 'OK']);
   // 'a' ended: a later request without start gets the distinct error, naming why.
-  await expect(send('a', 3)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('it ended') });
+  await expect(send('a', 3)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('it ended') });
 });
 
 test('an idle sequence is reaped, the copy is told (reason idle), and its slot goes to the backlog', async () => {
@@ -197,7 +206,7 @@ test('an idle sequence is reaped, the copy is told (reason idle), and its slot g
   expect(s.status().backlog).toBe(1);
   expect(await told).toMatchObject({ id: 'a', slot: 0, reason: 'idle' });
   expect(value(await waiting)).toBe(7);
-  await expect(send('a', 2)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('expired after 40 ms') });
+  await expect(send('a', 2)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('expired after 40 ms') });
   expect(s.status().ended.idle).toBe(1);
 });
 
@@ -235,7 +244,7 @@ test('a dying copy fails its sequences (running and queued) with UNAVAILABLE; no
     expect((e as BrokerError).code).toBe('UNAVAILABLE');
     expect((e as BrokerError).message).toMatch(/exited \(code 3\).*(lost)/);
   }
-  await expect(send(onC0, 9)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('lost') });
+  await expect(send(onC0, 9)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('lost') });
   pool.copies[0].complete();
   await (other === 'a' ? a1 : b1);
   expect(pool.rows.filter((r) => r.seq === onC0).every((r) => r.copy === 'c0')).toBe(true);
@@ -248,7 +257,7 @@ test('a start on an ended-but-unanswered sequence restarts it in place, after th
   const last = send('a', 1, { start: true, end: true });
   const again = send('a', 2, { start: true });
   const order: string[] = [];
-  pool.on('end', (e: { reason: string }) => order.push(`end:${e.reason}`));
+  pool.endBus.on('end', (e: { reason: string }) => order.push(`end:${e.reason}`));
   pool.copies[0].auto = true;
   pool.copies[0].complete();
   await last;
@@ -285,7 +294,7 @@ test("a request's own AbortSignal (a REST client gone) cancels its sequence too"
   pool.copies[0].auto = true;
   pool.copies[0].complete();
   expect(await told).toMatchObject({ reason: 'cancelled' });
-  await expect(send('r', 3)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('cancelled') });
+  await expect(send('r', 3)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('cancelled') });
   expect(s.status().active).toBe(0);
 });
 

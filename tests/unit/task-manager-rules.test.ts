@@ -89,6 +89,22 @@ describe('health', () => {
     expect(f.unavailable).toBeUndefined();
     expect(f.nextDelay()).toBe(100);
   });
+  test('after a verdict, a retry waits out the load backoff (doubling per verdict) and one more failure gives the verdict again', () => {
+    const f = new FailureTracker(100, 30_000);
+    for (let i = 0; i < 3; i++) f.record({ at: 1000 + i, message: `m${i}`, lastLines: [] }, 3, 60_000);
+    expect(f.unavailable).toBeDefined();
+    expect(f.retryAt()).toBe(1002 + 1000); // at least 1 s after the verdict
+    f.retry();
+    expect(f.unavailable).toBeUndefined();
+    const again = f.record({ at: 5000, message: 'still broken', lastLines: [] }, 3, 60_000);
+    expect(again).toBeDefined(); // the failures in the window were kept
+    expect(f.retryAt()).toBe(5000 + 2000); // the second verdict in a row doubles the wait
+    f.reset();
+    expect(f.retryAt()).toBe(0);
+  });
+  test('a batch hang timeout never exceeds what setTimeout can hold', () => {
+    expect(batchTimeoutMs(spec('m'), 1, 2 ** 40)).toBe(2 ** 31 - 1);
+  });
 });
 
 describe('adoption plan', () => {

@@ -7,7 +7,6 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
@@ -15,11 +14,14 @@ import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
+import { EmbeddedModelRegistry } from '../model-manager/memory-store';
+import { createRedis } from '../model-manager/redis-connection';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
+import type { StoredRegistry } from '../model-manager/stored-registry';
 import type { RegistryEvent } from '../core/model-spec';
 import { DockerRuntime } from '../task-manager/docker-runtime';
 import { detectGpus } from '../task-manager/gpu-allocator';
-import { RedisPlacementStore } from '../task-manager/placement-store';
+import { MemoryPlacementStore, RedisPlacementStore } from '../task-manager/placement-store';
 import { LinkServer } from '../task-manager/link-server';
 import { ProcessRuntime } from '../task-manager/process-runtime';
 import type { Runtime } from '../task-manager/runtime';
@@ -40,7 +42,7 @@ export const VERSION: string = (() => {
 export interface RunningBroker {
   config: BrokerConfig;
   broker: Broker;
-  registry: RedisModelRegistry;
+  registry: StoredRegistry;
   tasks: TaskManager;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
@@ -53,7 +55,7 @@ export interface RunningBroker {
 /** Docker when its socket answers a ping, else local processes. */
 async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime> {
   if (config.runtime === 'process') return new ProcessRuntime({ logger: log });
-  const docker = () => new DockerRuntime({ socketPath: config.dockerSocket, logger: log, gpuMode: config.gpuMode });
+  const docker = () => new DockerRuntime({ socketPath: config.dockerSocket, logger: log, gpuMode: config.gpuMode, credentialsEnv: credentialsEnv(config) });
   if (config.runtime === 'docker') return docker();
   if (await dockerAnswers(config.dockerSocket)) {
     log.info({ socket: config.dockerSocket }, 'runtime: docker (the Docker socket answers)');
@@ -61,6 +63,15 @@ async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime
   }
   log.info({ socket: config.dockerSocket }, 'runtime: process (no Docker daemon answers on the socket)');
   return new ProcessRuntime({ logger: log });
+}
+
+/** The Docker registry credentials from the config, in the env shape image-puller.ts reads. */
+function credentialsEnv(config: BrokerConfig): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { HOME: process.env.HOME, DOCKER_CONFIG: process.env.DOCKER_CONFIG };
+  if (config.registryServer) env.TB_REGISTRY_SERVER = config.registryServer;
+  if (config.registryUsername) env.TB_REGISTRY_USERNAME = config.registryUsername;
+  if (config.registryPassword) env.TB_REGISTRY_PASSWORD = config.registryPassword;
+  return env;
 }
 
 function dockerAnswers(socketPath: string): Promise<boolean> {
@@ -80,18 +91,27 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
 
   const file = await loadModelsFile(config.modelsPath);
   for (const err of file.errors) log.error({ file: file.path }, err);
-  const registry = await RedisModelRegistry.open({
-    redisUrl: config.redisUrl,
-    prefix: config.redisPrefix,
-    logger: log,
-    file: file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined,
-  });
+  const seed = file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined;
+  // Without --redis-url the registry lives in this process (optionally persisted to --registry-file).
+  const registry: StoredRegistry = config.redisUrl
+    ? await RedisModelRegistry.open({
+        redisUrl: config.redisUrl,
+        redisCaFile: config.redisCaFile || undefined,
+        prefix: config.redisPrefix,
+        readOnly: config.redisReadOnly,
+        signingKey: config.redisSigningKey,
+        logger: log,
+        file: seed,
+      })
+    : await EmbeddedModelRegistry.open({ registryFile: config.registryFile || undefined, signingKey: config.redisSigningKey, logger: log, file: seed });
 
   const runtime = await chooseRuntime(config, log);
   const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
   const inventory = await detectGpus(config.gpus);
   if (inventory.gpus.length > 0) log.info({ gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
-  const store = new RedisPlacementStore(new Redis(config.redisUrl, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true);
+  const store = config.redisUrl
+    ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
+    : new MemoryPlacementStore();
   const tasks = new TaskManager({
     runtime,
     link,
@@ -141,7 +161,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
@@ -169,7 +189,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     logger: log.child({ component: 'grpc-bridge' }),
     version: VERSION,
   });
-  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq-bridge' }) });
+  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq-bridge' }) });
   log.info({ http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;

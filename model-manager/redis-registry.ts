@@ -192,8 +192,10 @@ export class RedisRecordStore implements RecordStore {
       else this.log.debug({ err, role }, 'redis still unavailable');
       this.healthy = false;
     });
+    let readies = 0;
     conn.on('ready', () => {
-      if (!this.healthy) this.log.info({ role }, 'redis connection back; reloading the registry');
+      // The first 'ready' is open(); every later one is a reconnect.
+      if (++readies > 1 && !this.closed) this.log.info({ role }, 'redis connection back; reloading the registry');
       this.healthy = true;
     });
   }

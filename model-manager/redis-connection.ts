@@ -5,6 +5,7 @@
  * never appears in a log line or an error message (see `redactUrl`).
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import Redis, { type RedisOptions } from 'ioredis';
 
 export interface RedisSettings {
@@ -28,12 +29,17 @@ export function createRedis(settings: RedisSettings, options: RedisOptions = {})
   const extra: RedisOptions = {};
   if (settings.url.startsWith('rediss://')) {
     extra.tls = settings.caFile ? { ca: readFileSync(settings.caFile) } : {};
+    // No SNI for an IP address (servers answer it with a decode_error alert); the certificate is still checked against the IP.
+    if (isIP(new URL(settings.url).hostname.replace(/^\[|\]$/g, ''))) extra.tls.servername = '';
   }
   return new Redis(settings.url, { ...options, ...extra });
 }
 
 /** A message that names the fix, for a Redis that cannot be reached at start. */
 export function unreachableMessage(url: string, why: string): string {
+  if (/certificate|self.signed|SSL|TLS/i.test(why)) {
+    return `cannot reach Redis at ${redactUrl(url)} over TLS (${why}): give the CA that signed its certificate with --redis-ca-file / TB_REDIS_CA_FILE`;
+  }
   return (
     `cannot reach Redis at ${redactUrl(url)} (${why}): start redis-server there, fix --redis-url / TB_REDIS_URL, ` +
     `or drop --redis-url to use the embedded registry`

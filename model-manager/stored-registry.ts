@@ -66,7 +66,8 @@ function mergePatch(target: Record<string, unknown>, patch: Record<string, unkno
   return out;
 }
 
-const PATCH_ATTEMPTS = 5;
+/** A patch that lost the race reads and merges again, after a short random wait (others are writing too). */
+const PATCH_ATTEMPTS = 20;
 
 export class StoredRegistry extends EventEmitter implements ModelRegistry {
   /** Specs as stored (no command/cwd). */
@@ -153,6 +154,7 @@ export class StoredRegistry extends EventEmitter implements ModelRegistry {
       delete p.address;
     }
     for (let attempt = 0; attempt < PATCH_ATTEMPTS; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.random() * 5 * attempt));
       const raw = await this.run(() => this.store.read(name));
       const current = raw === null ? undefined : this.decode(name, raw);
       if (!current) throw new BrokerError('NOT_FOUND', `model "${name}" not found`);

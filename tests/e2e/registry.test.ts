@@ -384,3 +384,33 @@ describe('admin API', () => {
     expect(res.status).toBe(404);
   });
 });
+
+describe('atomic writes: two registries on one redis-server', () => {
+  test('concurrent patches from two brokers lose no change', async () => {
+    const a = await open({ file: file(FILE_V1) });
+    const b = await open();
+    const patches = Array.from({ length: 10 }, (_, i) => [a.patch('stub', { env: { [`A${i}`]: 'a' } }), b.patch('stub', { env: { [`B${i}`]: 'b' } })]).flat();
+    await Promise.all(patches);
+    const rec = JSON.parse((await raw.get(`${prefix}model:stub`))!);
+    expect(Object.keys(rec.env).sort()).toEqual([...Array.from({ length: 10 }, (_, i) => `A${i}`), ...Array.from({ length: 10 }, (_, i) => `B${i}`)].sort());
+    expect(rec.source).toBe('api');
+  });
+
+  test('two brokers seeding while an admin writes: the admin entries always win, nothing interleaves', async () => {
+    for (let round = 0; round < 8; round++) {
+      prefix = `test-${randomUUID()}:`;
+      const admin = await open({ file: file('gone:\n  image: gone:1\n') });
+      const names = ['stub', 'echo', 'gone'];
+      // Seeding: stub and echo are in the file and must not overwrite an admin entry; gone is no
+      // longer in the file and must not be deleted once an admin wrote it.
+      const seeding = [open({ file: file(FILE_V1) }), open({ file: file(FILE_V1) })];
+      const writes = names.map((n) => admin.put({ ...admin.get('gone')!, name: n, image: `admin-${n}:1` }, 'api'));
+      await Promise.all([...seeding, ...writes]);
+      for (const n of names) {
+        const rec = JSON.parse((await raw.get(`${prefix}model:${n}`)) ?? 'null');
+        expect([n, rec?.source, rec?.image]).toEqual([n, 'api', `admin-${n}:1`]);
+      }
+      await Promise.all(opened.splice(0).map((r) => r.close()));
+    }
+  });
+});

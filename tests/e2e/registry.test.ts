@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
+import { installErrorHandlers } from '../../app/http-errors';
 import { adminRoutes } from '../../model-manager/admin-api';
 import { parseModelsFile } from '../../model-manager/models-file';
 import { RedisModelRegistry, type RegistryFile } from '../../model-manager/redis-registry';
@@ -256,6 +257,7 @@ describe('admin API', () => {
 
   async function makeApp(reg: RedisModelRegistry, token: string | undefined): Promise<FastifyInstance> {
     const app = Fastify({ logger: false });
+    installErrorHandlers(app); // the broker's one error handler, as in app/server.ts
     await app.register(adminRoutes, { registry: reg, token, logger: silent });
     apps.push(app);
     return app;
@@ -318,6 +320,14 @@ describe('admin API', () => {
     });
     expect(res.statusCode).toBe(400);
     expect(typeof res.json().error).toBe('string');
+
+    // Route schemas: a body that is not an object, a bad name, a bad scale body.
+    res = await app.inject({ method: 'PATCH', url: '/admin/models/stub', headers: { ...auth, 'content-type': 'application/json' }, payload: '[1]' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({ error: 'model "stub": the body must be a JSON object (got [1])' });
+    res = await app.inject({ method: 'DELETE', url: '/admin/models/a:b', headers: auth });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatch(/^model name "a:b" is invalid/);
 
     // command is refused on PUT and PATCH.
     for (const method of ['PUT', 'PATCH'] as const) {

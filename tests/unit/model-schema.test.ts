@@ -1,9 +1,28 @@
 import { parseModelsFile } from '../../model-manager/models-file';
-import { redactSpec, validateEntry } from '../../model-manager/schema';
-import { SPEC_DEFAULTS } from '../../core/model-spec';
+import { ENTRY_FIELDS, redactSpec, validateEntry } from '../../model-manager/schema';
+import { ModelSpecSchema, SPEC_DEFAULTS, SPEC_FIELDS } from '../../core/model-spec';
 import { registryKeys } from '../../model-manager/keys';
 
 const FILE = { allowCommand: true };
+
+describe('one schema', () => {
+  test('every field that always has a value has its default in the schema (except name, source, env)', () => {
+    for (const key of ModelSpecSchema.required ?? []) {
+      if (key === 'name') continue;
+      expect([key, (SPEC_FIELDS as Record<string, { default?: unknown }>)[key].default]).not.toEqual([key, undefined]);
+    }
+    expect(SPEC_DEFAULTS).toMatchObject({ version: '1', batch_size: 1, pull_policy: 'if-missing', read_only_root: true });
+    expect(Object.keys(SPEC_DEFAULTS)).not.toEqual(expect.arrayContaining(['name']));
+  });
+
+  test('the entry schema is derived: every model field but name/source/cwd, plus Inferoxy\'s address, none with a default', () => {
+    const entry = Object.keys(ENTRY_FIELDS);
+    const spec = Object.keys(SPEC_FIELDS).filter((k) => !['name', 'source', 'cwd'].includes(k));
+    expect(entry.filter((k) => k !== 'address').sort()).toEqual(spec.sort());
+    expect(entry).toContain('address');
+    for (const s of Object.values(ENTRY_FIELDS)) expect((s as { default?: unknown }).default).toBeUndefined();
+  });
+});
 
 describe('validateEntry', () => {
   test('Inferoxy entry is accepted unchanged; address becomes image; defaults applied', () => {

@@ -14,6 +14,7 @@ import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
+import { watchModelsFile, type ModelsWatcher } from '../model-manager/models-watcher';
 import { EmbeddedModelRegistry } from '../model-manager/memory-store';
 import { createRedis } from '../model-manager/redis-connection';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
@@ -43,6 +44,8 @@ export interface RunningBroker {
   config: BrokerConfig;
   broker: Broker;
   registry: StoredRegistry;
+  /** Watches models.yaml (undefined with --watch-models false). */
+  watcher?: ModelsWatcher;
   tasks: TaskManager;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
@@ -104,6 +107,11 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
         file: seed,
       })
     : await EmbeddedModelRegistry.open({ registryFile: config.registryFile || undefined, signingKey: config.redisSigningKey, logger: log, file: seed });
+
+  // Live models.yaml: each saved edit is applied like an admin change (model-manager/models-watcher.ts).
+  const watcher = config.watchModels
+    ? watchModelsFile(config.modelsPath, (f) => registry.reload({ specs: f.specs, path: f.path, invalid: f.invalid }), log)
+    : undefined;
 
   const runtime = await chooseRuntime(config, log);
   const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
@@ -197,6 +205,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     (closing ??= (async () => {
       log.info('shutting down');
       const t0 = Date.now();
+      await watcher?.close();
       registry.off('change', onChange);
       draining = true;
       await broker.close(config.shutdownGraceMs);
@@ -211,7 +220,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
       log.info('stopped');
     })());
 
-  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+  return { config, broker, registry, watcher, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** Request ids: the client's x-request-id when given, else a short process-unique one. */

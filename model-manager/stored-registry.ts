@@ -73,6 +73,8 @@ export class StoredRegistry extends EventEmitter implements ModelRegistry {
   /** Specs as stored (no command/cwd). */
   private readonly cache = new Map<string, ModelSpec>();
   private readonly metadata = new Map<string, unknown>();
+  /** The last spec (with command) each 'put' event carried, to notice launch-only changes on reload. */
+  private readonly emitted = new Map<string, string>();
   /** command/cwd from the local models.yaml, by model name. */
   private launch = new Map<string, Launch>();
   private file: RegistryFile | undefined;
@@ -186,8 +188,16 @@ export class StoredRegistry extends EventEmitter implements ModelRegistry {
 
   /** Re-apply a (re)loaded models.yaml (SIGHUP, file watch). Same precedence as at startup. */
   async reload(file: RegistryFile): Promise<void> {
+    const before = new Map(this.list().map((s) => [s.name, s]));
     await this.seed(file);
     await this.resync();
+    // A new command or cwd in the file changes no stored record: tell the listeners here.
+    await this.enqueue(async () => {
+      for (const spec of this.list()) {
+        const previous = before.get(spec.name);
+        if (previous && this.emitted.get(spec.name) !== canonical(spec)) this.emitChange({ type: 'put', name: spec.name, spec, previous });
+      }
+    });
   }
 
   /** Keep a model's metadata from its last READY, to answer for it while it runs no copy. */
@@ -307,6 +317,8 @@ export class StoredRegistry extends EventEmitter implements ModelRegistry {
   }
 
   private emitChange(e: RegistryEvent): void {
+    if (e.type === 'put') this.emitted.set(e.name, canonical(e.spec));
+    else this.emitted.delete(e.name);
     try {
       this.emit('change', e);
     } catch (err) {
@@ -403,9 +415,15 @@ export class StoredRegistry extends EventEmitter implements ModelRegistry {
    */
   private async seed(file: RegistryFile, quiet = false): Promise<void> {
     this.file = file;
-    this.launch = new Map(
-      file.specs.filter((s) => s.command).map((s) => [s.name, { command: [...s.command!], cwd: s.cwd }] as const),
+    const launch = new Map<string, Launch>(
+      file.specs.filter((s) => s.command).map((s): [string, Launch] => [s.name, { command: [...s.command!], cwd: s.cwd }]),
     );
+    // An entry that is now invalid keeps its last good command, as its record is kept.
+    for (const name of file.invalid ?? []) {
+      const previous = this.launch.get(name);
+      if (previous && !launch.has(name)) launch.set(name, previous);
+    }
+    this.launch = launch;
     if (!this.store.writable) {
       this.log.info({ file: file.path }, 'read-only registry: models.yaml gives commands only; its entries are not written');
       return;

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { freePort } from '../../bench/procs';
-import { ROOT, postJson, row, simpleBody, simpleModel, waitFor } from '../helpers/broker';
+import { ROOT, getJson, postJson, row, simpleBody, simpleModel, waitFor } from '../helpers/broker';
 import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
 
 jest.setTimeout(120_000);
@@ -62,7 +62,7 @@ test('no --redis-url: the embedded registry serves, keeps admin changes in --reg
   await writeModels({ simple: simpleModel(), second: simpleModel({ batch_size: 'eight' }) });
   await logged(b, 'invalid entries ignored');
   expect((await infer(b, 'second')).status).toBe(200);
-  expect((await (await fetch(`${b.url}/admin/models/second`)).json()).batch_size).toBe(4);
+  expect((await getJson(`${b.url}/admin/models/second`)).batch_size).toBe(4);
 
   // A file that does not parse: ignored as a whole.
   await writeFile(modelsPath(), 'models: [\n');
@@ -71,18 +71,18 @@ test('no --redis-url: the embedded registry serves, keeps admin changes in --reg
 
   // A changed entry, then a removed one.
   await writeModels({ simple: simpleModel(), second: simpleModel({ batch_size: 2 }) });
-  await waitFor(async () => (await (await fetch(`${b.url}/admin/models/second`)).json()).batch_size === 2, 10_000, 'second changed');
+  await waitFor(async () => (await getJson(`${b.url}/admin/models/second`)).batch_size === 2, 10_000, 'second changed');
   await writeModels({ simple: simpleModel() });
   await waitFor(async () => (await fetch(`${b.url}/admin/models/second`)).status === 404, 10_000, 'second removed');
   expect((await infer(b, 'second')).status).toBe(404);
   // The admin entry was not touched by the file edits.
-  expect(await (await fetch(`${b.url}/admin/models/simple`)).json()).toMatchObject({ source: 'api', max_wait_ms: 2 });
+  expect(await getJson(`${b.url}/admin/models/simple`)).toMatchObject({ source: 'api', max_wait_ms: 2 });
 
   // Restart: the admin change was persisted to the registry file.
   b.child.kill('SIGTERM');
   await exited(b.child);
   b = await start();
-  expect(await (await fetch(`${b.url}/admin/models/simple`)).json()).toMatchObject({ source: 'api', max_wait_ms: 2 });
+  expect(await getJson(`${b.url}/admin/models/simple`)).toMatchObject({ source: 'api', max_wait_ms: 2 });
   await served(b, 'simple');
 });
 

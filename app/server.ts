@@ -169,7 +169,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes });
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;

@@ -11,6 +11,10 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
 const int = (minimum: number, def?: number) =>
   Type.Integer(def === undefined ? { minimum, description: `an integer >= ${minimum}` } : { minimum, default: def, description: `an integer >= ${minimum}` });
+/** Milliseconds: at most 2^31-1, the longest delay a Node timer can hold (longer ones fire at once). */
+const MAX_MS = 2_147_483_647;
+const ms = (minimum: number, def?: number) =>
+  Type.Integer({ minimum, maximum: MAX_MS, ...(def === undefined ? {} : { default: def }), description: `an integer from ${minimum} to ${MAX_MS} (milliseconds)` });
 const bool = (def: boolean) => Type.Boolean({ default: def, description: 'a boolean (true or false)' });
 const opt = <T extends TSchema>(t: T) => Type.Optional(t);
 
@@ -25,13 +29,13 @@ export const SPEC_FIELDS = {
   run_on_gpu: bool(false),
   stateless: bool(true),
   /** How long the batcher may hold the oldest queued request waiting for more rows. */
-  max_wait_ms: int(0, 0),
+  max_wait_ms: ms(0, 0),
   /** Queued requests beyond this are rejected at once (429). */
   queue_capacity: int(1, 1024),
   /** Default per-request deadline, queue wait + compute. */
-  timeout_ms: int(1, 30_000),
+  timeout_ms: ms(1, 30_000),
   /** Time a new copy has to send READY. */
-  startup_timeout_ms: int(1, 60_000),
+  startup_timeout_ms: ms(1, 60_000),
   min_replicas: int(0, 1),
   max_replicas: int(1, 1),
   /** Process runtime only: argv, from models.yaml on disk only. Relative paths resolve against the file's folder. */
@@ -49,7 +53,7 @@ export const SPEC_FIELDS = {
   /** Sequence slots per copy; default: the batch size. */
   max_sequences: opt(int(1)),
   /** A sequence with no request for this long is ended (reason idle) and its slot freed. */
-  sequence_idle_ms: int(1, 5000),
+  sequence_idle_ms: ms(1, 5000),
   /** Sequences waiting for a free slot; beyond it new sequences are refused (429). */
   sequence_backlog: int(0, 64),
   /** When every slot is taken, start another copy (up to max_replicas) instead of only waiting. */
@@ -64,23 +68,23 @@ export const SPEC_FIELDS = {
     default: 'if-missing',
     description: 'one of always, if-missing, never',
   }),
-  pull_timeout_ms: int(1, 600_000),
+  pull_timeout_ms: ms(1, 600_000),
   /** A copy silent (no heartbeat) this long while idle is declared hung. */
-  heartbeat_timeout_ms: int(1, 5000),
+  heartbeat_timeout_ms: ms(1, 5000),
   /** Time one batch may take on a copy before the copy is declared hung: base + per row. Default base: timeout_ms. */
-  batch_timeout_ms: opt(int(1)),
-  batch_timeout_per_row_ms: int(0, 0),
+  batch_timeout_ms: opt(ms(1)),
+  batch_timeout_per_row_ms: ms(0, 0),
   /** Retry in-flight stateless rows once on another copy when their copy dies. */
   retry_on_failure: bool(false),
   /** After this many copy failures within failure_window_ms the model is marked unavailable. */
   max_failures: int(1, 5),
-  failure_window_ms: int(1, 60_000),
+  failure_window_ms: ms(1, 60_000),
   /** Scale up when queued requests per ready copy exceed this. */
   scale_up_queue_per_copy: int(1, 8),
-  scale_up_cooldown_ms: int(0, 10_000),
-  scale_down_cooldown_ms: int(0, 30_000),
+  scale_up_cooldown_ms: ms(0, 10_000),
+  scale_down_cooldown_ms: ms(0, 30_000),
   /** Copies above min_replicas idle this long are stopped. */
-  idle_ttl_ms: int(1, 300_000),
+  idle_ttl_ms: ms(1, 300_000),
 
   // Container hardening (Docker runtime); safe by default.
   memory_mb: opt(int(4)),

@@ -107,8 +107,12 @@ describe('validateEntry', () => {
       'model "simple": field "stateless" must be a boolean (true or false) (got "yes")',
     ]);
     expect(validateEntry('simple', { image: 'x', max_wait_ms: 1.5 }, FILE).errors?.[0]).toBe(
-      'model "simple": field "max_wait_ms" must be an integer >= 0 (got 1.5)',
+      'model "simple": field "max_wait_ms" must be an integer from 0 to 2147483647 (milliseconds) (got 1.5)',
     );
+    // Beyond 2^31-1 ms a Node timer fires at once: refused at the schema, for every *_ms field.
+    expect(validateEntry('simple', { image: 'x', timeout_ms: 2 ** 31 }, FILE).errors).toEqual([
+      'model "simple": field "timeout_ms" must be an integer from 1 to 2147483647 (milliseconds) (got 2147483648)',
+    ]);
   });
 
   test('unknown fields are errors', () => {

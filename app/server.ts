@@ -117,7 +117,8 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   const link = new LinkServer({ socketDir: config.socketDir, heartbeatMs: config.heartbeatMs, logger: log });
   const inventory = await detectGpus(config.gpus);
   if (inventory.gpus.length > 0) log.info({ gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
-  const store = config.redisUrl
+  // Placements go to Redis only when this broker may write it.
+  const store = config.redisUrl && !config.redisReadOnly
     ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
     : new MemoryPlacementStore();
   const tasks = new TaskManager({

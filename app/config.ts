@@ -1,52 +1,25 @@
 /**
  * One typed configuration. Precedence: command-line flag > environment
- * variable > default. Secrets (TB_ADMIN_TOKEN) come from the environment only.
+ * variable > default. Secrets (SECRETS below) come from the environment only.
  */
 import os from 'node:os';
 import path from 'node:path';
 
 export type RuntimeKind = 'docker' | 'process' | 'auto';
 
-export interface BrokerConfig {
-  modelsPath: string;
-  redisUrl: string;
-  redisPrefix: string;
-  runtime: RuntimeKind;
-  host: string;
-  httpPort: number;
-  grpcPort: number;
-  metricsPort: number;
-  zmqPort: number;
-  /** Names this broker's containers (label tensorbroker.owner); two brokers on one host need different ids. */
-  brokerId: string;
-  /** Directory of the ipc:// socket model copies connect to (bind-mounted into containers). */
-  socketDir: string;
-  dockerSocket: string;
-  bodyLimit: number;
-  /** Largest gRPC message, each way (gRPC's own default is 4 MiB: too small for images). */
-  grpcMaxMessageBytes: number;
-  maxTensors: number;
-  maxElements: number;
-  maxStringBytes: number;
-  heartbeatMs: number;
-  shutdownGraceMs: number;
-  logLevel: string;
-  adminToken?: string;
-  /** GPU ids used when nvidia-smi is absent (TB_GPUS=0,1,2,3). */
-  gpus: string[];
-  /** 'fake': GPU requests are recorded on containers but not sent (tests on hosts without a GPU runtime). */
-  gpuMode: 'nvidia' | 'fake';
-  /** Global caps: copies and memory (MB, sum of memory_mb) on this box; 0 = none. */
-  maxCopies: number;
-  maxMemoryMb: number;
-  autoscaleIntervalMs: number;
-}
-
-/** Flag name, env variable, default, parser. */
+/**
+ * Every option: flag, env variable, default, parser, help. `BrokerConfig` is
+ * derived from this table (each key typed by what its parser returns), and
+ * the CLI's flags are generated from it (app/cli.ts).
+ */
 export const OPTIONS = {
-  modelsPath: ['--models <file>', 'TB_MODELS', './models.yaml', String, 'models.yaml to seed the registry from'],
-  redisUrl: ['--redis-url <url>', 'TB_REDIS_URL', 'redis://127.0.0.1:6379', String, 'Redis holding the model registry'],
+  modelsPath: ['--models <file>', 'TB_MODELS', './models.yaml', String, 'models.yaml to seed the registry from (watched: edits apply live)'],
+  watchModels: ['--watch-models <bool>', 'TB_WATCH_MODELS', true, parseBool, 'apply edits of the models file while running'],
+  redisUrl: ['--redis-url <url>', 'TB_REDIS_URL', '', String, 'Redis holding a registry shared by several brokers (redis:// or rediss://, may carry user:password@); empty = the embedded registry'],
   redisPrefix: ['--redis-prefix <prefix>', 'TB_REDIS_PREFIX', 'tb:', String, 'prefix of every Redis key'],
+  redisCaFile: ['--redis-ca-file <pem>', 'TB_REDIS_CA_FILE', '', String, 'CA certificate of a rediss:// server with a private CA'],
+  redisReadOnly: ['--redis-read-only <bool>', 'TB_REDIS_READ_ONLY', false, parseBool, 'never write Redis: models.yaml gives commands only, the admin API cannot change models'],
+  registryFile: ['--registry-file <file>', 'TB_REGISTRY_FILE', '', String, 'embedded registry only: persist it to this JSON file (admin API changes survive a restart)'],
   runtime: ['--runtime <kind>', 'TB_RUNTIME', 'auto', parseRuntime, 'docker | process (auto: docker when the socket answers)'],
   host: ['--host <addr>', 'TB_HOST', '127.0.0.1', String, 'address the HTTP, gRPC, metrics and ZeroMQ ports bind'],
   httpPort: ['--http-port <port>', 'TB_HTTP_PORT', 8000, parsePort, 'KServe v2 REST + admin API'],
@@ -57,21 +30,49 @@ export const OPTIONS = {
   socketDir: ['--socket-dir <dir>', 'TB_SOCKET_DIR', path.join(os.tmpdir(), 'tensorbroker'), String, 'folder of the model-link ipc socket'],
   dockerSocket: ['--docker-socket <path>', 'TB_DOCKER_SOCKET', '/var/run/docker.sock', String, 'Docker API socket'],
   bodyLimit: ['--body-limit <bytes>', 'TB_BODY_LIMIT', 64 * 1024 * 1024, parsePositive, 'largest request body (413 beyond)'],
+  maxVideoBytes: ['--max-video-bytes <bytes>', 'TB_MAX_VIDEO_BYTES', 1024 * 1024 * 1024, parsePositive, 'largest video upload (streamed to ffmpeg; 413 beyond)'],
+  ffmpeg: ['--ffmpeg <path>', 'TB_FFMPEG', 'ffmpeg', String, 'ffmpeg binary that decodes video uploads'],
   grpcMaxMessageBytes: ['--grpc-max-message-bytes <bytes>', 'TB_GRPC_MAX_MESSAGE_BYTES', 64 * 1024 * 1024, parsePositive, 'largest gRPC message each way'],
   maxTensors: ['--max-tensors <n>', 'TB_MAX_TENSORS', 64, parsePositive, 'input tensors per request'],
   maxElements: ['--max-elements <n>', 'TB_MAX_ELEMENTS', 64 * 1024 * 1024, parsePositive, 'elements per input tensor'],
   maxStringBytes: ['--max-string-bytes <n>', 'TB_MAX_STRING_BYTES', 16 * 1024 * 1024, parsePositive, 'bytes per BYTES element'],
   heartbeatMs: ['--heartbeat-ms <ms>', 'TB_HEARTBEAT_MS', 1000, parsePositive, 'link heartbeat interval'],
   shutdownGraceMs: ['--shutdown-grace-ms <ms>', 'TB_SHUTDOWN_GRACE_MS', 10_000, parsePositive, 'time in-flight requests get on SIGTERM'],
+  zmqCloseGraceMs: ['--zmq-close-grace-ms <ms>', 'TB_ZMQ_CLOSE_GRACE_MS', 5000, parsePositive, 'time the ZeroMQ bridge gives its answers in flight on shutdown'],
   logLevel: ['--log-level <level>', 'TB_LOG_LEVEL', 'info', String, 'pino log level'],
   gpus: ['--gpus <ids>', 'TB_GPUS', [] as string[], parseList, 'GPU ids when nvidia-smi is absent, e.g. 0,1,2,3'],
   gpuMode: ['--gpu-mode <mode>', 'TB_GPU_MODE', 'nvidia', parseGpuMode, 'nvidia | fake (record GPU requests without sending them: tests only)'],
   maxCopies: ['--max-copies <n>', 'TB_MAX_COPIES', 0, parseCount, 'global cap on model copies (0 = none)'],
   maxMemoryMb: ['--max-memory-mb <mb>', 'TB_MAX_MEMORY_MB', 0, parseCount, 'global cap on the sum of memory_mb of copies (0 = none)'],
   autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
+  registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
+  registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
 } as const;
 
+/**
+ * Secrets: from the environment only (never a flag, which `ps` shows), never logged.
+ * TB_REDIS_SIGNING_KEY: HMAC key of registry records (see model-manager/README.md).
+ */
+export const SECRETS = {
+  adminToken: 'TB_ADMIN_TOKEN',
+  redisSigningKey: 'TB_REDIS_SIGNING_KEY',
+  registryPassword: 'TB_REGISTRY_PASSWORD',
+} as const;
+
+type Options = typeof OPTIONS;
+
+/** The resolved configuration: one field per row of OPTIONS, typed by its parser, plus the secrets. */
+export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {
+  -readonly [K in keyof typeof SECRETS]?: string;
+};
+
 type Key = keyof typeof OPTIONS;
+
+function parseBool(v: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(v)) return true;
+  if (/^(0|false|no|off)$/i.test(v)) return false;
+  throw new Error(`'${v}' is not a boolean (true or false)`);
+}
 
 function parseRuntime(v: string): RuntimeKind {
   if (v !== 'docker' && v !== 'process' && v !== 'auto') throw new Error(`runtime must be docker, process or auto (got '${v}')`);
@@ -116,6 +117,6 @@ export function resolveConfig(flags: Partial<Record<Key, string>>, env: NodeJS.P
       throw new Error(`${flag.split(' ')[0]} / ${envName}: ${(e as Error).message}`);
     }
   }
-  out.adminToken = env.TB_ADMIN_TOKEN || undefined;
+  for (const [key, envName] of Object.entries(SECRETS)) out[key] = env[envName] || undefined;
   return out as unknown as BrokerConfig;
 }

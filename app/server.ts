@@ -8,7 +8,6 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
@@ -17,10 +16,14 @@ import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
+import { watchModelsFile, type ModelsWatcher } from '../model-manager/models-watcher';
+import { EmbeddedModelRegistry } from '../model-manager/memory-store';
+import { createRedis } from '../model-manager/redis-connection';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
+import type { StoredRegistry } from '../model-manager/stored-registry';
 import { DockerRuntime } from '../task-manager/docker-runtime';
 import { detectGpus } from '../task-manager/gpu-allocator';
-import { RedisPlacementStore } from '../task-manager/placement-store';
+import { MemoryPlacementStore, RedisPlacementStore } from '../task-manager/placement-store';
 import { LinkServer } from '../task-manager/link-server';
 import { ProcessRuntime } from '../task-manager/process-runtime';
 import type { Runtime } from '../task-manager/runtime';
@@ -41,7 +44,9 @@ export const VERSION: string = (() => {
 export interface RunningBroker {
   config: BrokerConfig;
   broker: Broker;
-  registry: RedisModelRegistry;
+  registry: StoredRegistry;
+  /** Watches models.yaml (undefined with --watch-models false). */
+  watcher?: ModelsWatcher;
   tasks: TaskManager;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
@@ -54,7 +59,7 @@ export interface RunningBroker {
 /** Docker when its socket answers a ping, else local processes. */
 async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime> {
   if (config.runtime === 'process') return new ProcessRuntime({ logger: log });
-  const docker = () => new DockerRuntime({ socketPath: config.dockerSocket, logger: log, gpuMode: config.gpuMode });
+  const docker = () => new DockerRuntime({ socketPath: config.dockerSocket, logger: log, gpuMode: config.gpuMode, credentialsEnv: credentialsEnv(config) });
   if (config.runtime === 'docker') return docker();
   if (await dockerAnswers(config.dockerSocket)) {
     log.info({ socket: config.dockerSocket }, 'runtime: docker (the Docker socket answers)');
@@ -62,6 +67,15 @@ async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime
   }
   log.info({ socket: config.dockerSocket }, 'runtime: process (no Docker daemon answers on the socket)');
   return new ProcessRuntime({ logger: log });
+}
+
+/** The Docker registry credentials from the config, in the env shape image-puller.ts reads. */
+function credentialsEnv(config: BrokerConfig): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { HOME: process.env.HOME, DOCKER_CONFIG: process.env.DOCKER_CONFIG };
+  if (config.registryServer) env.TB_REGISTRY_SERVER = config.registryServer;
+  if (config.registryUsername) env.TB_REGISTRY_USERNAME = config.registryUsername;
+  if (config.registryPassword) env.TB_REGISTRY_PASSWORD = config.registryPassword;
+  return env;
 }
 
 function dockerAnswers(socketPath: string): Promise<boolean> {
@@ -80,7 +94,9 @@ function dockerAnswers(socketPath: string): Promise<boolean> {
 export interface BuiltBroker {
   config: BrokerConfig;
   logger: Logger;
-  registry: RedisModelRegistry;
+  registry: StoredRegistry;
+  /** The models.yaml watcher (--watch-models). */
+  watcher?: ModelsWatcher;
   runtime: Runtime;
   tasks: TaskManager;
   broker: Broker;
@@ -99,12 +115,24 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   const log = logger ?? pino({ level: config.logLevel, base: { broker: config.brokerId } });
   const file = await loadModelsFile(config.modelsPath);
   for (const err of file.errors) log.error({ component: 'models-file', file: file.path }, err);
-  const registry = await RedisModelRegistry.open({
-    redisUrl: config.redisUrl,
-    prefix: config.redisPrefix,
-    logger: log,
-    file: file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined,
-  });
+  const seed = file.ok ? { specs: file.specs, path: file.path, invalid: file.invalid } : undefined;
+  // Without --redis-url the registry lives in this process (optionally persisted to --registry-file).
+  const registry: StoredRegistry = config.redisUrl
+    ? await RedisModelRegistry.open({
+        redisUrl: config.redisUrl,
+        redisCaFile: config.redisCaFile || undefined,
+        prefix: config.redisPrefix,
+        readOnly: config.redisReadOnly,
+        signingKey: config.redisSigningKey,
+        logger: log,
+        file: seed,
+      })
+    : await EmbeddedModelRegistry.open({ registryFile: config.registryFile || undefined, signingKey: config.redisSigningKey, logger: log, file: seed });
+
+  // Live models.yaml: each saved edit is applied like an admin change (model-manager/models-watcher.ts).
+  const watcher = config.watchModels
+    ? watchModelsFile(config.modelsPath, (f) => registry.reload({ specs: f.specs, path: f.path, invalid: f.invalid }), log)
+    : undefined;
 
   const runtime = await chooseRuntime(config, log.child({ component: 'runtime' }));
   const link = new LinkServer({ socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log.child({ component: 'link' }) });
@@ -115,7 +143,10 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   const inventory = await detectGpus(config.gpus);
   if (inventory.gpus.length > 0) log.info({ component: 'task-manager', gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
-  const store = new RedisPlacementStore(new Redis(config.redisUrl, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true);
+  // Placements go to Redis only when this broker may write it.
+  const store = config.redisUrl && !config.redisReadOnly
+    ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
+    : new MemoryPlacementStore();
   const tasks = new TaskManager({
     runtime,
     link,
@@ -151,15 +182,15 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
-  return { config, logger: log, registry, runtime, tasks, broker, metrics, http: app, modelsDir: file.dir };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, modelsDir: file.dir };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
-  const { config, logger: log, registry, tasks, broker, metrics, http: app } = b;
+  const { config, logger: log, registry, watcher, tasks, broker, metrics, http: app } = b;
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -196,7 +227,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     logger: log, // the bridge adds its own component key
     version: VERSION,
   });
-  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq' }) });
+  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }) });
   log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;
@@ -206,6 +237,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       const slog = log.child({ component: 'server' });
       slog.info('shutting down');
       const t0 = Date.now();
+      await watcher?.close();
       draining = true;
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
@@ -219,7 +251,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       slog.info('stopped');
     })());
 
-  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+  return { config, broker, registry, watcher, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** build, then start. */

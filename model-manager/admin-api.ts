@@ -1,29 +1,30 @@
 /**
- * Admin API for the model registry, as a fastify plugin:
+ * Admin API for the model registry, as a fastify plugin made of route groups:
  *
- *   GET    /admin/models          list            (no token needed; env values shown as "***" without one)
- *   GET    /admin/models/:name    one model, 404 if unknown
- *   PUT    /admin/models/:name    full entry; 201 created / 200 replaced
- *   PATCH  /admin/models/:name    JSON merge patch onto the current entry, then full validation; 404 if unknown
- *   DELETE /admin/models/:name    204; 404 if unknown
- *   POST   /admin/models/:name/scale  {"replicas": n}: run n copies now (task manager)
- *   GET    /admin/instances      every copy of this broker: model, state, container, GPUs (no token needed)
+ *   reads (no token needed; env values shown as "***" without one)
+ *     GET    /admin/models          list
+ *     GET    /admin/models/:name    one model, 404 if unknown
+ *     GET    /admin/instances       every copy of this broker: model, state, container, GPUs
+ *   changes (Authorization: Bearer <TB_ADMIN_TOKEN>; 401 otherwise, 403 with no token configured)
+ *     PUT    /admin/models/:name    full entry; 201 created / 200 replaced
+ *     PATCH  /admin/models/:name    JSON merge patch onto the current entry, then full validation; 404 if unknown
+ *     DELETE /admin/models/:name    204; 404 if unknown
+ *     POST   /admin/models/:name/scale  {"replicas": n}: run n copies now (task manager)
  *
- * With a task manager attached, GET /admin/models/:name also carries `status`
- * (readiness, copies, failures, the "unavailable" reason, the last scaling decision).
- *
- * Changes need `Authorization: Bearer <TB_ADMIN_TOKEN>` (401 otherwise); with
- * no token configured they answer 403. Errors are `{"error": "..."}`.
+ * With a task manager attached, GET /admin/models/:name also carries `status`.
+ * Errors are thrown (BrokerError, ModelValidationError) into the one HTTP error
+ * handler (app/http-errors.ts): {"error": "..."} with the right status.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import type { Logger } from 'pino';
-import { HTTP_STATUS, toBrokerError } from '../core/errors';
-import { ModelValidationError } from './redis-registry';
-import { checkModelName, redactSpec, validateEntry } from './schema';
+import { BrokerError } from '../core/errors';
 import type { ModelRegistry, ModelSpec } from '../core/model-spec';
+import { requireToken, tokenChecker, type AuthResult } from './admin-auth';
+import { NameParams, PatchBody, PutBody, ScaleBody, compileValidator, throwValidation } from './admin-schemas';
+import { redactSpec, validateEntry } from './schema';
+import { ModelValidationError } from './stored-registry';
 
-/** What the admin API needs of the registry (RedisModelRegistry provides it). */
+/** What the admin API needs of the registry (StoredRegistry provides it). */
 export interface AdminRegistry extends ModelRegistry {
   put(spec: ModelSpec, source: ModelSpec['source']): Promise<{ created: boolean; spec: ModelSpec }>;
   patch(name: string, partial: Record<string, unknown>): Promise<ModelSpec>;
@@ -48,9 +49,7 @@ export interface AdminRoutesOptions {
 
 const COMMAND_REFUSED = 'command can only be set in models.yaml on disk';
 
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s).digest();
-}
+type NameReq = { Params: { name: string } };
 
 /** Present a spec: env values hidden unless authorised; no cwd (a host path). */
 function present(spec: ModelSpec, authorised: boolean): Record<string, unknown> {
@@ -58,138 +57,75 @@ function present(spec: ModelSpec, authorised: boolean): Record<string, unknown> 
   return rest;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+const notFound = (name: string) => new BrokerError('NOT_FOUND', `model "${name}" not found`);
+
+interface GroupOptions extends AdminRoutesOptions {
+  auth: (req: Parameters<ReturnType<typeof tokenChecker>>[0]) => AuthResult;
+  log: Logger;
 }
 
-type NameParams = { Params: { name: string } };
-
-export const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, opts) => {
-  const { registry } = opts;
-  const log = opts.logger.child({ component: 'admin-api' });
-  const tokenDigest = opts.token ? digest(opts.token) : undefined;
-
-  /** 'ok' | 'none' (no or wrong credentials) | 'disabled' (no token configured). */
-  const authOf = (req: FastifyRequest): 'ok' | 'none' | 'disabled' => {
-    if (!tokenDigest) return 'disabled';
-    const h = req.headers.authorization;
-    const m = typeof h === 'string' ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
-    if (!m) return 'none';
-    return timingSafeEqual(digest(m[1]), tokenDigest) ? 'ok' : 'none';
-  };
-
-  const sendError = (reply: FastifyReply, status: number, error: string) => reply.code(status).send({ error });
-
-  /** Guard for changes; answers and returns false when not allowed. */
-  const mayChange = (req: FastifyRequest, reply: FastifyReply): boolean => {
-    const auth = authOf(req);
-    if (auth === 'ok') return true;
-    if (auth === 'disabled') sendError(reply, 403, 'admin API disabled: set TB_ADMIN_TOKEN');
-    else {
-      void reply.header('www-authenticate', 'Bearer');
-      sendError(reply, 401, 'missing or wrong bearer token');
-    }
-    log.warn({ method: req.method, url: req.url, ip: req.ip, auth }, 'admin change refused');
-    return false;
-  };
-
-  const handleError = (reply: FastifyReply, err: unknown) => {
-    if (err instanceof ModelValidationError) return sendError(reply, 400, err.errors.join('; '));
-    const be = toBrokerError(err);
-    if (be.code === 'INTERNAL') log.error({ err: be.message }, 'admin API error');
-    return sendError(reply, HTTP_STATUS[be.code], be.message);
-  };
-
-  // JSON body parse errors and the like, in our error shape.
-  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
-    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
-    if (status >= 500) log.error({ err: err.message }, 'admin API error');
-    return sendError(reply, status, err.message);
-  });
-
-  app.get('/admin/models', async (req) => {
-    const authorised = authOf(req) === 'ok';
-    return { models: registry.list().map((s) => present(s, authorised)) };
-  });
-
-  app.get<NameParams>('/admin/models/:name', async (req, reply) => {
+const readRoutes = async (app: FastifyInstance, opts: GroupOptions) => {
+  const { registry, tasks, auth } = opts;
+  app.get('/admin/models', async (req) => ({ models: registry.list().map((s) => present(s, auth(req) === 'ok')) }));
+  app.get<NameReq>('/admin/models/:name', async (req) => {
     const spec = registry.get(req.params.name);
-    if (!spec) return sendError(reply, 404, `model "${req.params.name}" not found`);
-    const out = present(spec, authOf(req) === 'ok');
-    const status = opts.tasks?.status(spec.name);
+    if (!spec) throw notFound(req.params.name);
+    const out = present(spec, auth(req) === 'ok');
+    const status = tasks?.status(spec.name);
     return status ? { ...out, status } : out;
   });
-
-  app.get('/admin/instances', async (_req, reply) => {
-    if (!opts.tasks) return sendError(reply, 404, 'no task manager attached');
-    return opts.tasks.instances();
+  app.get('/admin/instances', async () => {
+    if (!tasks) throw new BrokerError('NOT_FOUND', 'no task manager attached');
+    return tasks.instances();
   });
+};
 
-  app.post<NameParams>('/admin/models/:name/scale', async (req, reply) => {
-    if (!mayChange(req, reply)) return reply;
-    const { name } = req.params;
-    if (!opts.tasks) return sendError(reply, 404, 'no task manager attached');
-    if (!registry.get(name)) return sendError(reply, 404, `model "${name}" not found`);
-    const body: unknown = req.body;
-    const replicas = isObject(body) ? body.replicas : undefined;
-    if (typeof replicas !== 'number' || !Number.isInteger(replicas)) {
-      return sendError(reply, 400, `model "${name}": the body must be {"replicas": <integer>}`);
-    }
-    try {
-      const r = opts.tasks.scale(name, replicas, `admin api (${req.ip})`);
-      log.info({ model: name, ...r, ip: req.ip }, 'manual scale');
-      return { model: name, ...r };
-    } catch (err) {
-      return handleError(reply, err);
-    }
-  });
+const changeRoutes = async (app: FastifyInstance, opts: GroupOptions) => {
+  const { registry, tasks, log } = opts;
+  app.addHook('onRequest', requireToken(opts.auth, log));
+  app.setValidatorCompiler(compileValidator);
+  // Validation errors are attached, then thrown here with the model's name in each message.
+  app.addHook('preHandler', async (req) => throwValidation(req));
+  const route = { attachValidation: true } as const;
 
-  app.put<NameParams>('/admin/models/:name', async (req, reply) => {
-    if (!mayChange(req, reply)) return reply;
+  app.put<NameReq & { Body: Record<string, unknown> }>('/admin/models/:name', { ...route, schema: { params: NameParams, body: PutBody } }, async (req, reply) => {
     const { name } = req.params;
-    const body: unknown = req.body;
-    if (!isObject(body)) return sendError(reply, 400, `model "${name}": the body must be a JSON object (the model entry)`);
-    if ('command' in body) return sendError(reply, 400, COMMAND_REFUSED);
+    if ('command' in req.body) throw new ModelValidationError([COMMAND_REFUSED]);
     // `source` as returned by GET is accepted and ignored: API writes are always source 'api'.
-    const { source: _source, ...entry } = body;
+    const { source: _source, ...entry } = req.body;
     const v = validateEntry(name, entry, { allowCommand: false, requireLaunch: !registry.hasFileCommand(name), source: 'api' });
-    if (v.errors) return sendError(reply, 400, v.errors.join('; '));
-    try {
-      const { created, spec } = await registry.put(v.spec, 'api');
-      return reply.code(created ? 201 : 200).send(present(spec, true));
-    } catch (err) {
-      return handleError(reply, err);
-    }
+    if (v.errors) throw new ModelValidationError(v.errors);
+    const { created, spec } = await registry.put(v.spec, 'api');
+    return reply.code(created ? 201 : 200).send(present(spec, true));
   });
 
-  app.patch<NameParams>('/admin/models/:name', async (req, reply) => {
-    if (!mayChange(req, reply)) return reply;
+  app.patch<NameReq & { Body: Record<string, unknown> }>('/admin/models/:name', { ...route, schema: { params: NameParams, body: PatchBody } }, async (req) => {
     const { name } = req.params;
-    const body: unknown = req.body;
-    if (!isObject(body)) return sendError(reply, 400, `model "${name}": the body must be a JSON object (fields to change)`);
-    if ('command' in body) return sendError(reply, 400, COMMAND_REFUSED);
-    if (checkModelName(name)) return sendError(reply, 404, `model "${name}" not found`);
-    const { source: _source, name: bodyName, ...partial } = body;
+    if ('command' in req.body) throw new ModelValidationError([COMMAND_REFUSED]);
+    const { source: _source, name: bodyName, ...partial } = req.body;
     if (bodyName !== undefined && bodyName !== name) {
-      return sendError(reply, 400, `model "${name}": field "name" is ${JSON.stringify(bodyName)}; renaming is not supported`);
+      throw new ModelValidationError([`model "${name}": field "name" is ${JSON.stringify(bodyName)}; renaming is not supported`]);
     }
-    try {
-      return present(await registry.patch(name, partial), true);
-    } catch (err) {
-      return handleError(reply, err);
-    }
+    return present(await registry.patch(name, partial), true);
   });
 
-  app.delete<NameParams>('/admin/models/:name', async (req, reply) => {
-    if (!mayChange(req, reply)) return reply;
-    const { name } = req.params;
-    if (checkModelName(name)) return sendError(reply, 404, `model "${name}" not found`);
-    try {
-      const existed = await registry.delete(name);
-      if (!existed) return sendError(reply, 404, `model "${name}" not found`);
-      return reply.code(204).send();
-    } catch (err) {
-      return handleError(reply, err);
-    }
+  app.delete<NameReq>('/admin/models/:name', { ...route, schema: { params: NameParams } }, async (req, reply) => {
+    if (!(await registry.delete(req.params.name))) throw notFound(req.params.name);
+    return reply.code(204).send();
   });
+
+  app.post<NameReq & { Body: { replicas: number } }>('/admin/models/:name/scale', { ...route, schema: { params: NameParams, body: ScaleBody } }, async (req) => {
+    const { name } = req.params;
+    if (!tasks) throw new BrokerError('NOT_FOUND', 'no task manager attached');
+    if (!registry.get(name)) throw notFound(name);
+    const r = tasks.scale(name, req.body.replicas, `admin api (${req.ip})`);
+    log.info({ model: name, ...r, ip: req.ip }, 'manual scale');
+    return { model: name, ...r };
+  });
+};
+
+export const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, opts) => {
+  const group: GroupOptions = { ...opts, auth: tokenChecker(opts.token), log: opts.logger.child({ component: 'admin-api' }) };
+  await app.register(readRoutes, group);
+  await app.register(changeRoutes, group);
 };

@@ -1,7 +1,10 @@
 /**
- * The one schema for a model entry, as written in models.yaml and sent to the
- * admin API. Accepts Inferoxy's entries unchanged (`address`, `batch_size`,
- * `run_on_gpu`, `stateless`) plus our own fields; unknown fields are errors.
+ * The entry schema: what models.yaml, the admin API and stored records may
+ * carry, derived from the ONE model schema (core/model-spec.ts SPEC_FIELDS).
+ * Every field is optional here (defaults come from the model schema);
+ * cross-field rules live in validateEntry. Accepts Inferoxy's entries
+ * unchanged (`address`, `batch_size`, `run_on_gpu`, `stateless`); unknown
+ * fields are errors.
  *
  * `validateEntry` returns either a normalised ModelSpec (defaults applied,
  * `address` folded into `image`, `version` as a string, `command` as argv)
@@ -9,65 +12,43 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { SPEC_DEFAULTS, type ModelSpec } from '../core/model-spec';
+import { ModelSpecSchema, SPEC_FIELDS, type ModelSpec } from '../core/model-spec';
 
 /** Model names: no ':' (the Redis key separator), no leading punctuation, at most 128 chars. */
 export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-const int = (minimum: number) => Type.Integer({ minimum, description: `an integer >= ${minimum}` });
-
-/** Every field an entry may carry. `description` is the "must be ..." text of error messages. */
-export const ENTRY_FIELDS = {
-  image: Type.String({ minLength: 1, description: 'a non-empty string (Docker image)' }),
+/** The written forms that are wider than the stored ones (normalised by validateEntry). */
+const WRITTEN_FORMS = {
+  /** Inferoxy's name for `image`. */
   address: Type.String({ minLength: 1, description: 'a non-empty string (Docker image, alias of "image")' }),
-  version: Type.Union([Type.String({ minLength: 1 }), Type.Number()], {
-    description: 'a non-empty string or a number',
-  }),
-  batch_size: int(1),
-  run_on_gpu: Type.Boolean({ description: 'a boolean (true or false)' }),
-  stateless: Type.Boolean({ description: 'a boolean (true or false)' }),
-  max_wait_ms: int(0),
-  queue_capacity: int(1),
-  timeout_ms: int(1),
-  startup_timeout_ms: int(1),
-  min_replicas: int(0),
-  max_replicas: int(1),
-  command: Type.Union([Type.String({ pattern: '\\S' }), Type.Array(Type.String(), { minItems: 1 })], {
-    description: 'a non-empty string or a non-empty list of strings',
-  }),
-  env: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean()]), {
-    description: 'a map of NAME: value (string, number or boolean)',
-  }),
-  max_sequences: int(1),
-  sequence_idle_ms: int(1),
-  sequence_backlog: int(0),
-  sequence_scale_up: Type.Boolean({ description: 'a boolean (true or false)' }),
-  gpus_per_copy: int(1),
+  version: Type.Union([Type.String({ minLength: 1 }), Type.Number()], { description: SPEC_FIELDS.version.description }),
+  command: Type.Union([Type.String({ pattern: '\\S' }), Type.Array(Type.String(), { minItems: 1 })], { description: SPEC_FIELDS.command.description }),
+  env: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean()]), { description: SPEC_FIELDS.env.description }),
   gpus: Type.Array(Type.Union([Type.String({ pattern: '^[A-Za-z0-9-]+$' }), Type.Integer({ minimum: 0 })]), {
     minItems: 1,
-    description: 'a non-empty list of GPU ids (e.g. [0, 1] or ["GPU-uuid"])',
+    description: SPEC_FIELDS.gpus.description,
   }),
-  pull_policy: Type.Union([Type.Literal('always'), Type.Literal('if-missing'), Type.Literal('never')], {
-    description: 'one of always, if-missing, never',
+};
+
+/** A field's schema without its default and optional mark: an entry field is checked only when given. */
+function plain(schema: TSchema): TSchema {
+  const { default: _d, [Symbol.for('TypeBox.Optional')]: _o, ...rest } = schema as TSchema & Record<symbol, unknown>;
+  return rest as unknown as TSchema;
+}
+
+/** Set by the registry and never written by hand. */
+type Internal = 'name' | 'source' | 'cwd';
+type EntryFields = Omit<typeof SPEC_FIELDS, Internal | keyof typeof WRITTEN_FORMS> & typeof WRITTEN_FORMS;
+
+/** Every field an entry may carry, each as written. `description` is the "must be ..." text of error messages. */
+export const ENTRY_FIELDS = Object.fromEntries(
+  Object.entries(SPEC_FIELDS).flatMap(([k, schema]: [string, TSchema]): [string, TSchema][] => {
+    if (k === 'name' || k === 'source' || k === 'cwd') return [];
+    if (k === 'image') return [[k, plain(schema)], ['address', WRITTEN_FORMS.address]];
+    return [[k, k in WRITTEN_FORMS ? WRITTEN_FORMS[k as keyof typeof WRITTEN_FORMS] : plain(schema)]];
   }),
-  pull_timeout_ms: int(1),
-  heartbeat_timeout_ms: int(1),
-  batch_timeout_ms: int(1),
-  batch_timeout_per_row_ms: int(0),
-  retry_on_failure: Type.Boolean({ description: 'a boolean (true or false)' }),
-  max_failures: int(1),
-  failure_window_ms: int(1),
-  scale_up_queue_per_copy: int(1),
-  scale_up_cooldown_ms: int(0),
-  scale_down_cooldown_ms: int(0),
-  idle_ttl_ms: int(1),
-  memory_mb: int(4),
-  cpus: Type.Number({ exclusiveMinimum: 0, description: 'a number > 0 (CPU cores)' }),
-  read_only_root: Type.Boolean({ description: 'a boolean (true or false)' }),
-  tmpfs_mb: int(0),
-  pids_limit: int(1),
-} satisfies Record<string, TSchema>;
+) as unknown as EntryFields;
 
 /** The entry as written (all fields optional here; cross-field rules live in validateEntry). */
 export const ModelEntrySchema = Type.Partial(Type.Object(ENTRY_FIELDS, { additionalProperties: false }));
@@ -112,6 +93,28 @@ export function checkModelName(name: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * One message per unknown or ill-typed field of `value` against an object
+ * schema's properties, in the words of each field's `description`. Shared by
+ * validateEntry and the admin API's fastify validator.
+ */
+export function fieldErrors(fields: Record<string, TSchema>, value: Record<string, unknown>, required: string[] = []): string[] {
+  const errors: string[] = [];
+  const names = Object.keys(fields);
+  for (const key of Object.keys(value)) {
+    if (!(key in fields)) errors.push(`unknown field ${show(key)} (known fields: ${names.join(', ')})`);
+  }
+  for (const key of names) {
+    const v = value[key];
+    if (v === undefined) {
+      if (required.includes(key)) errors.push(`field "${key}" is required (${fields[key].description})`);
+      continue;
+    }
+    if (!Value.Check(fields[key], v)) errors.push(`field "${key}" must be ${fields[key].description} (got ${show(v)})`);
+  }
+  return errors;
+}
+
 /** Split a shell-less command line on whitespace. */
 export function parseCommand(command: string | string[]): string[] {
   return typeof command === 'string' ? command.trim().split(/\s+/) : [...command];
@@ -137,18 +140,7 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
     delete entry.name;
   }
 
-  for (const key of Object.keys(entry)) {
-    if (!(key in ENTRY_FIELDS)) {
-      errors.push(`${label}: unknown field ${show(key)} (known fields: ${ENTRY_FIELD_NAMES.join(', ')})`);
-    }
-  }
-  for (const key of ENTRY_FIELD_NAMES) {
-    const value = entry[key];
-    if (value === undefined) continue;
-    if (!Value.Check(ENTRY_FIELDS[key], value)) {
-      errors.push(`${label}: field "${key}" must be ${ENTRY_FIELDS[key].description} (got ${show(value)})`);
-    }
-  }
+  errors.push(...fieldErrors(ENTRY_FIELDS, entry).map((e) => `${label}: ${e}`));
   if (entry.command !== undefined && !opts.allowCommand) {
     errors.push(`${label}: field "command" can only be set in models.yaml on disk`);
   }
@@ -168,47 +160,19 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
   if (errors.length > 0) return { errors };
 
   const e = entry as ModelEntry;
-  const spec: ModelSpec = {
-    name,
-    version: e.version === undefined ? SPEC_DEFAULTS.version : String(e.version),
-    batch_size: e.batch_size ?? SPEC_DEFAULTS.batch_size,
-    run_on_gpu: e.run_on_gpu ?? SPEC_DEFAULTS.run_on_gpu,
-    stateless: e.stateless ?? SPEC_DEFAULTS.stateless,
-    max_wait_ms: e.max_wait_ms ?? SPEC_DEFAULTS.max_wait_ms,
-    queue_capacity: e.queue_capacity ?? SPEC_DEFAULTS.queue_capacity,
-    timeout_ms: e.timeout_ms ?? SPEC_DEFAULTS.timeout_ms,
-    startup_timeout_ms: e.startup_timeout_ms ?? SPEC_DEFAULTS.startup_timeout_ms,
-    min_replicas: e.min_replicas ?? SPEC_DEFAULTS.min_replicas,
-    max_replicas: e.max_replicas ?? SPEC_DEFAULTS.max_replicas,
-    env: Object.fromEntries(Object.entries(e.env ?? {}).map(([k, v]) => [k, String(v)])),
-    sequence_idle_ms: e.sequence_idle_ms ?? SPEC_DEFAULTS.sequence_idle_ms,
-    sequence_backlog: e.sequence_backlog ?? SPEC_DEFAULTS.sequence_backlog,
-    sequence_scale_up: e.sequence_scale_up ?? SPEC_DEFAULTS.sequence_scale_up,
-    gpus_per_copy: e.gpus_per_copy ?? SPEC_DEFAULTS.gpus_per_copy,
-    pull_policy: e.pull_policy ?? SPEC_DEFAULTS.pull_policy,
-    pull_timeout_ms: e.pull_timeout_ms ?? SPEC_DEFAULTS.pull_timeout_ms,
-    heartbeat_timeout_ms: e.heartbeat_timeout_ms ?? SPEC_DEFAULTS.heartbeat_timeout_ms,
-    batch_timeout_per_row_ms: e.batch_timeout_per_row_ms ?? SPEC_DEFAULTS.batch_timeout_per_row_ms,
-    retry_on_failure: e.retry_on_failure ?? SPEC_DEFAULTS.retry_on_failure,
-    max_failures: e.max_failures ?? SPEC_DEFAULTS.max_failures,
-    failure_window_ms: e.failure_window_ms ?? SPEC_DEFAULTS.failure_window_ms,
-    scale_up_queue_per_copy: e.scale_up_queue_per_copy ?? SPEC_DEFAULTS.scale_up_queue_per_copy,
-    scale_up_cooldown_ms: e.scale_up_cooldown_ms ?? SPEC_DEFAULTS.scale_up_cooldown_ms,
-    scale_down_cooldown_ms: e.scale_down_cooldown_ms ?? SPEC_DEFAULTS.scale_down_cooldown_ms,
-    idle_ttl_ms: e.idle_ttl_ms ?? SPEC_DEFAULTS.idle_ttl_ms,
-    read_only_root: e.read_only_root ?? SPEC_DEFAULTS.read_only_root,
-    tmpfs_mb: e.tmpfs_mb ?? SPEC_DEFAULTS.tmpfs_mb,
-    pids_limit: e.pids_limit ?? SPEC_DEFAULTS.pids_limit,
-    source: opts.source ?? 'file',
-  };
-  if (e.max_sequences !== undefined) spec.max_sequences = e.max_sequences;
-  if (e.gpus !== undefined) spec.gpus = e.gpus.map(String);
-  if (e.batch_timeout_ms !== undefined) spec.batch_timeout_ms = e.batch_timeout_ms;
-  if (e.memory_mb !== undefined) spec.memory_mb = e.memory_mb;
-  if (e.cpus !== undefined) spec.cpus = e.cpus;
-  const image = e.image ?? e.address;
-  if (image !== undefined) spec.image = image;
-  if (e.command !== undefined) spec.command = parseCommand(e.command);
+  const { address, version, env, gpus, command, ...same } = e;
+  const written: Record<string, unknown> = { ...same, name, source: opts.source ?? 'file' };
+  if (version !== undefined) written.version = String(version);
+  if (env !== undefined) written.env = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]));
+  if (gpus !== undefined) written.gpus = gpus.map(String);
+  if (command !== undefined) written.command = parseCommand(command);
+  if (written.image === undefined && address !== undefined) written.image = address;
+  const spec = Value.Default(ModelSpecSchema, written) as ModelSpec;
+  if (!Value.Check(ModelSpecSchema, spec)) {
+    // The entry schema is derived from the model schema: this is a bug, not bad input.
+    const first = Value.Errors(ModelSpecSchema, spec).First();
+    throw new Error(`model ${show(name)}: normalised entry does not match the model schema at ${first?.path}: ${first?.message}`);
+  }
 
   if (spec.min_replicas > spec.max_replicas) {
     errors.push(

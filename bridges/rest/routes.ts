@@ -30,6 +30,8 @@ export interface RestOptions {
   maxElements?: number;
   /** Largest video upload in bytes (streamed, never held in memory; 413 beyond). Default 1 GiB. */
   maxVideoBytes?: number;
+  /** ffmpeg binary for video uploads (config `ffmpeg`, TB_FFMPEG). */
+  ffmpeg?: string;
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
@@ -111,7 +113,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
         body.resume();
         throw new UnsupportedMediaType('a video upload cannot have a Content-Encoding (videos are compressed already)');
       }
-      return videoReply(req, reply, { broker, model, version, body, mediaType: videoType, query, requestId: String(req.id), maxBytes: maxVideoBytes, maxElements });
+      return videoReply(req, reply, { broker, model, version, body, mediaType: videoType, query, requestId: String(req.id), maxBytes: maxVideoBytes, maxElements, ffmpeg: opts.ffmpeg });
     };
     if (VIDEO_TYPES.has(type)) return video(req.body as Readable, type);
     if (req.isMultipart()) {

@@ -36,6 +36,7 @@ export interface VideoRequest {
   signal: AbortSignal;
   maxBytes: number;
   maxElements: number;
+  ffmpeg?: string;
 }
 
 export interface VideoResponse {
@@ -86,7 +87,7 @@ export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
   const abort = () => stop.abort();
   v.signal.addEventListener('abort', abort, { once: true });
   const video = await decodeVideo(v.body, {
-    fps, width, height, maxBytes: v.maxBytes, maxFrameBytes: v.maxElements,
+    fps, width, height, maxBytes: v.maxBytes, maxFrameBytes: v.maxElements, ffmpeg: v.ffmpeg,
     signal: stop.signal, container: v.mediaType === 'video/mp4' || v.mediaType === 'video/quicktime' ? 'mp4' : 'other',
   }).catch((e: unknown) => {
     v.signal.removeEventListener('abort', abort);

@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
-import type { BatchRequest } from '../../core/pool';
+import type { BatchRequest } from '../../core/model-copies';
 import type { Tensor } from '../../proto/tensor';
 import { ensureTestImages } from '../helpers/images';
 import { dockerTm, modelSpec, until, type DockerTm } from '../helpers/tm-docker';
@@ -61,7 +61,7 @@ describe('link isolation between containers', () => {
       expect(seen).toMatchObject({ entries: ['link.sock'], rename: 'EROFS', unlink: 'EROFS', create: 'EROFS', others: [false, false, false, false] });
     }
     for (const model of ['simple', 'victim']) {
-      const res = await d.tm.available(model)!.execute(batch(model, 41));
+      const res = await d.tm.controller(model)!.available()!.execute(batch(model, 41));
       expect(res.tensors[0].data.readInt32LE(0)).toBe(42);
     }
   });

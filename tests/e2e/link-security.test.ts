@@ -12,7 +12,7 @@ import { create } from '@bufbuild/protobuf';
 import pino from 'pino';
 import * as zmq from 'zeromq';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
-import type { BatchRequest } from '../../core/pool';
+import type { BatchRequest } from '../../core/model-copies';
 import type { Tensor } from '../../proto/tensor';
 import { HeartbeatSchema, ReadySchema, ResultSchema, TensorSpecSchema, decodeFrames, encodeFrames, type DecodedMessage } from '../../proto/link';
 import { LinkServer, SocketInUseError, brokerFolderName, type LinkPeer } from '../../task-manager/link-server';
@@ -125,7 +125,7 @@ describe('copy identity: no impersonation', () => {
       expect(impostors.map((i) => i.shutdown)).toEqual(['unknown copy id', 'unknown copy id', 'unknown copy id']);
       await ready;
       for (let i = 0; i < 5; i++) {
-        const res = await tm.available('victim')!.execute(batch('victim', 40, i));
+        const res = await tm.controller('victim')!.available()!.execute(batch('victim', 40, i));
         expect(firstInt32(res.tensors[0])).toBe(40 + i); // the real model: OUTPUT0 = INPUT0 + INPUT1
       }
       expect(impostors.reduce((n, i) => n + i.batches, 0)).toBe(0);
@@ -279,7 +279,7 @@ describe('two brokers on one host', () => {
     process.kill(old.pid!, 'SIGKILL');
     await ready;
     await waitFor(() => tm.copies().some((c) => c.id !== old.id && c.state === 'ready'), 15_000, 'the new copy');
-    const res = await tm.available(model)!.execute(batch(model, 7, 1));
+    const res = await tm.controller(model)!.available()!.execute(batch(model, 7, 1));
     expect(firstInt32(res.tensors[0])).toBe(8);
   }
 

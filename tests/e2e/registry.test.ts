@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
+import { installErrorHandlers } from '../../app/http-errors';
 import { adminRoutes } from '../../model-manager/admin-api';
 import { parseModelsFile } from '../../model-manager/models-file';
 import { RedisModelRegistry, type RegistryFile } from '../../model-manager/redis-registry';
@@ -256,6 +257,7 @@ describe('admin API', () => {
 
   async function makeApp(reg: RedisModelRegistry, token: string | undefined): Promise<FastifyInstance> {
     const app = Fastify({ logger: false });
+    installErrorHandlers(app); // the broker's one error handler, as in app/server.ts
     await app.register(adminRoutes, { registry: reg, token, logger: silent });
     apps.push(app);
     return app;
@@ -318,6 +320,14 @@ describe('admin API', () => {
     });
     expect(res.statusCode).toBe(400);
     expect(typeof res.json().error).toBe('string');
+
+    // Route schemas: a body that is not an object, a bad name, a bad scale body.
+    res = await app.inject({ method: 'PATCH', url: '/admin/models/stub', headers: { ...auth, 'content-type': 'application/json' }, payload: '[1]' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({ error: 'model "stub": the body must be a JSON object (got [1])' });
+    res = await app.inject({ method: 'DELETE', url: '/admin/models/a:b', headers: auth });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatch(/^model name "a:b" is invalid/);
 
     // command is refused on PUT and PATCH.
     for (const method of ['PUT', 'PATCH'] as const) {
@@ -382,5 +392,35 @@ describe('admin API', () => {
     expect(res.status).toBe(204);
     res = await fetch(`${base}/web`);
     expect(res.status).toBe(404);
+  });
+});
+
+describe('atomic writes: two registries on one redis-server', () => {
+  test('concurrent patches from two brokers lose no change', async () => {
+    const a = await open({ file: file(FILE_V1) });
+    const b = await open();
+    const patches = Array.from({ length: 10 }, (_, i) => [a.patch('stub', { env: { [`A${i}`]: 'a' } }), b.patch('stub', { env: { [`B${i}`]: 'b' } })]).flat();
+    await Promise.all(patches);
+    const rec = JSON.parse((await raw.get(`${prefix}model:stub`))!);
+    expect(Object.keys(rec.env).sort()).toEqual([...Array.from({ length: 10 }, (_, i) => `A${i}`), ...Array.from({ length: 10 }, (_, i) => `B${i}`)].sort());
+    expect(rec.source).toBe('api');
+  });
+
+  test('two brokers seeding while an admin writes: the admin entries always win, nothing interleaves', async () => {
+    for (let round = 0; round < 8; round++) {
+      prefix = `test-${randomUUID()}:`;
+      const admin = await open({ file: file('gone:\n  image: gone:1\n') });
+      const names = ['stub', 'echo', 'gone'];
+      // Seeding: stub and echo are in the file and must not overwrite an admin entry; gone is no
+      // longer in the file and must not be deleted once an admin wrote it.
+      const seeding = [open({ file: file(FILE_V1) }), open({ file: file(FILE_V1) })];
+      const writes = names.map((n) => admin.put({ ...admin.get('gone')!, name: n, image: `admin-${n}:1` }, 'api'));
+      await Promise.all([...seeding, ...writes]);
+      for (const n of names) {
+        const rec = JSON.parse((await raw.get(`${prefix}model:${n}`)) ?? 'null');
+        expect([n, rec?.source, rec?.image]).toEqual([n, 'api', `admin-${n}:1`]);
+      }
+      await Promise.all(opened.splice(0).map((r) => r.close()));
+    }
   });
 });

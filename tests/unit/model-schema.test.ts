@@ -1,9 +1,28 @@
 import { parseModelsFile } from '../../model-manager/models-file';
-import { redactSpec, validateEntry } from '../../model-manager/schema';
-import { SPEC_DEFAULTS } from '../../core/model-spec';
+import { ENTRY_FIELDS, redactSpec, validateEntry } from '../../model-manager/schema';
+import { ModelSpecSchema, SPEC_DEFAULTS, SPEC_FIELDS } from '../../core/model-spec';
 import { registryKeys } from '../../model-manager/keys';
 
 const FILE = { allowCommand: true };
+
+describe('one schema', () => {
+  test('every field that always has a value has its default in the schema (except name, source, env)', () => {
+    for (const key of ModelSpecSchema.required ?? []) {
+      if (key === 'name') continue;
+      expect([key, (SPEC_FIELDS as Record<string, { default?: unknown }>)[key].default]).not.toEqual([key, undefined]);
+    }
+    expect(SPEC_DEFAULTS).toMatchObject({ version: '1', batch_size: 1, pull_policy: 'if-missing', read_only_root: true });
+    expect(Object.keys(SPEC_DEFAULTS)).not.toEqual(expect.arrayContaining(['name']));
+  });
+
+  test('the entry schema is derived: every model field but name/source/cwd, plus Inferoxy\'s address, none with a default', () => {
+    const entry = Object.keys(ENTRY_FIELDS);
+    const spec = Object.keys(SPEC_FIELDS).filter((k) => !['name', 'source', 'cwd'].includes(k));
+    expect(entry.filter((k) => k !== 'address').sort()).toEqual(spec.sort());
+    expect(entry).toContain('address');
+    for (const s of Object.values(ENTRY_FIELDS)) expect((s as { default?: unknown }).default).toBeUndefined();
+  });
+});
 
 describe('validateEntry', () => {
   test('Inferoxy entry is accepted unchanged; address becomes image; defaults applied', () => {
@@ -88,8 +107,12 @@ describe('validateEntry', () => {
       'model "simple": field "stateless" must be a boolean (true or false) (got "yes")',
     ]);
     expect(validateEntry('simple', { image: 'x', max_wait_ms: 1.5 }, FILE).errors?.[0]).toBe(
-      'model "simple": field "max_wait_ms" must be an integer >= 0 (got 1.5)',
+      'model "simple": field "max_wait_ms" must be an integer from 0 to 2147483647 (milliseconds) (got 1.5)',
     );
+    // Beyond 2^31-1 ms a Node timer fires at once: refused at the schema, for every *_ms field.
+    expect(validateEntry('simple', { image: 'x', timeout_ms: 2 ** 31 }, FILE).errors).toEqual([
+      'model "simple": field "timeout_ms" must be an integer from 1 to 2147483647 (milliseconds) (got 2147483648)',
+    ]);
   });
 
   test('unknown fields are errors', () => {

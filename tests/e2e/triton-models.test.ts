@@ -4,9 +4,11 @@
  * checking what Triton's example clients check: simple_string sums and
  * differences as strings, simple_identity returning bytes with NULs,
  * simple_int8 add/sub, and simple_sequence answering INPUT + START for two
- * interleaved sequences on one gRPC stream (int and string ids).
+ * interleaved sequences on one gRPC stream (int and string ids). Then the
+ * independent Python client (tests/clients/triton_examples_client.py, grpcio
+ * with stubs from proto/) replays Triton's example scripts against them.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -219,5 +221,36 @@ describe('gRPC', () => {
     expect(results.get('1000')).toEqual([1, ...SEQ_VALUES]);
     expect(results.get('1001')).toEqual([101, ...NEG_VALUES]);
     expect(results.get('6f1e8a3c-triton-uuid')).toEqual([21, ...NEG_VALUES]);
+  });
+});
+
+const PYTHON = '/usr/bin/python3';
+const probe = spawnSync(PYTHON, ['-c', 'import grpc, grpc_tools.protoc, numpy'], { encoding: 'utf8' });
+const pythonMissing = probe.status !== 0 ? (probe.error?.message ?? probe.stderr.trim().split('\n').pop() ?? 'unknown error') : undefined;
+if (pythonMissing) console.warn(`Skipping the Python Triton-examples client: ${PYTHON} cannot import grpc, grpc_tools and numpy (${pythonMissing}).`);
+
+(pythonMissing ? describe.skip : describe)('Python grpcio client replaying Triton\'s example scripts', () => {
+  test('string, int8, sync and streamed sequences: every check of the scripts passes', async () => {
+    const run = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+      const py = spawn(PYTHON, [path.join(ROOT, 'tests', 'clients', 'triton_examples_client.py'), '--port', String(grpcPort), '--proto-dir', path.join(ROOT, 'proto')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      py.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      py.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      py.on('error', reject);
+      py.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    if (run.code !== 0) console.error(run.stderr, run.stdout);
+    const out = JSON.parse(run.stdout.trim().split('\n').pop()!);
+    expect(out.checks).toEqual({
+      string_sum: true, string_diff: true, identity_null_chars: true, identity_bytes: true,
+      int8_sum: true, int8_diff: true, int8_wrong_version_refused: true,
+      sequence_sync: true, sequence_stream: true,
+    });
+    expect(out.string_shape).toEqual([1, 16]);
+    // Triton answers INVALID_ARGUMENT "failed to get model version from specified version
+    // string"; the broker answers NOT_FOUND for an unknown version (the script only needs an error).
+    expect(out.wrong_version.details).toContain('wrong_specification');
+    expect(run.code).toBe(0);
   });
 });

@@ -16,6 +16,7 @@ import {
   type ModelInferRequest,
   type ModelInferResponse,
 } from '../../proto/gen/grpc_service_pb';
+import { classificationCounts } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -24,6 +25,8 @@ export interface ParsedInfer {
   request: Omit<InferRequest, 'signal'>;
   /** The client's id, echoed in the answer ('' when it gave none, as Triton does). */
   clientId: string;
+  /** Outputs asked for as top-k classes (classification extension). */
+  classification?: Map<string, number>;
 }
 
 /** InferParameter map -> plain values (bool, bigint, string or number) for requestOptions(). */
@@ -152,6 +155,7 @@ export function parseInferRequest(msg: ModelInferRequest, fallbackId: string): P
       ...requestOptions(parameterValues(msg.parameters)),
     },
     clientId: msg.id,
+    classification: classificationCounts(msg.outputs.map((o) => [o.name, parameterValues(o.parameters).classification])),
   };
 }
 

@@ -10,6 +10,7 @@ import type { InferResult } from '../../core/types';
 import { BrokerError, toBrokerError } from '../../core/errors';
 import { EXTENSIONS } from '../shared/extensions';
 import { tritonConfig } from '../shared/model-config';
+import { inferClassified } from '../shared/classification';
 import { SequenceOrder } from '../shared/sequence-order';
 import {
   ModelConfigResponseSchema,
@@ -167,7 +168,7 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
         .then(() => {
           const parsed = parseInferRequest(call.request, nextId());
           clientId = parsed.clientId;
-          return broker.infer({ ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal });
+          return inferClassified(broker, { ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal }, parsed.classification);
         })
         .then(
           (result) => answer(null, toInferResponse(result, clientId)),
@@ -213,7 +214,7 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
           const seq = parsed.request.sequence;
           if (seq) key = `${parsed.request.model}\0${seq.id}`;
           const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
-          work = broker.infer({ ...withDeadline(request, call.getDeadline()), signal: aborted.signal });
+          work = inferClassified(broker, { ...withDeadline(request, call.getDeadline()), signal: aborted.signal }, parsed.classification);
         } catch (e) {
           work = Promise.reject(e);
         }

@@ -6,6 +6,7 @@
 import { BrokerError } from '../../core/errors';
 import { isDataType, type Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
+import { classificationCounts } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
 import { tensorFromJson, tensorToJson } from './json-tensors';
 
@@ -19,6 +20,8 @@ export interface ParsedInfer {
   binaryOutputs: Set<string>;
   /** The request's own `id`, echoed in the answer; undefined when the client gave none. */
   clientId?: string;
+  /** Outputs asked for as top-k classes (classification extension). */
+  classification?: Map<string, number>;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -72,10 +75,14 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   }
 
   const id = header.id === undefined ? fallbackId : String(header.id);
+  const classification = Array.isArray(header.outputs)
+    ? classificationCounts(header.outputs.map((o: Record<string, unknown>) => [o.name as string, isObject(o.parameters) ? o.parameters.classification : undefined]))
+    : undefined;
   return {
     request: { id, inputs, outputs, ...requestOptions(params) },
     binaryOutputs,
     clientId: header.id === undefined ? undefined : id,
+    ...(classification ? { classification } : {}),
   };
 }
 

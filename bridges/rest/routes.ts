@@ -11,6 +11,7 @@ import { tritonConfig, PLATFORM } from '../shared/model-config';
 import multipart from '@fastify/multipart';
 import { DEFAULT_LIMITS } from '../../core/validate';
 import type { ModelMetadata } from '../../core/types';
+import { inferClassified } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
 import { imageInput, imageOptions, imagesTensor } from './images';
 import { encodeInferResult, parseInferBody, splitBinaryBody, type ParsedInfer } from './infer-body';
@@ -160,7 +161,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
       if (!reply.raw.writableFinished) aborted.abort();
     });
     req.log.debug({ model, requestId: parsed.request.id }, 'infer');
-    const result = await broker.infer({ ...parsed.request, model, version, signal: aborted.signal });
+    const result = await inferClassified(broker, { ...parsed.request, model, version, signal: aborted.signal }, parsed.classification);
     const enc = encodeInferResult(result, parsed.clientId, parsed.binaryOutputs);
     if (enc.binary.length === 0) return reply.send(enc.json);
     const json = Buffer.from(JSON.stringify(enc.json));

@@ -26,6 +26,7 @@ import type { Runtime } from '../task-manager/runtime';
 import { TaskManager } from '../task-manager/task-manager';
 import type { BrokerConfig } from './config';
 import { installErrorHandlers } from './http-errors';
+import { SharedMemoryRegistry } from '../bridges/shared/shm';
 import { Metrics } from './metrics';
 
 /** The package version, from the package.json above this file (source or dist). */
@@ -141,7 +142,9 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
+  // One registry of shared memory regions for both bridges: a region registered over REST is usable over gRPC.
+  const shm = new SharedMemoryRegistry();
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, shm });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
@@ -168,6 +171,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     maxMessageBytes: config.grpcMaxMessageBytes,
     logger: log.child({ component: 'grpc-bridge' }),
     version: VERSION,
+    shm,
   });
   const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq-bridge' }) });
   log.info({ http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
@@ -182,6 +186,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
       await broker.close(config.shutdownGraceMs);
       log.info({ ms: Date.now() - t0 }, 'requests drained');
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
+      await shm.close();
       log.info({ ms: Date.now() - t0 }, 'bridges closed');
       await new Promise<void>((r) => metricsServer.close(() => r()));
       await reconciled;

@@ -2,8 +2,8 @@
 """Triton's example client scripts, replayed with plain grpcio against the broker.
 
 Makes the calls that Triton's client examples make (simple_grpc_string_infer_client,
-grpc_explicit_int8_content_client, simple_grpc_sequence_sync_infer_client and
-simple_grpc_sequence_stream_infer_client) against the models of
+grpc_explicit_int8_content_client, simple_grpc_sequence_sync_infer_client,
+simple_grpc_sequence_stream_infer_client and simple_grpc_shm_client) against the models of
 examples/triton/models.yaml, with stubs generated from proto/*.proto (see
 grpc_client.py), and checks the outputs those scripts check. Written here from
 their logic, not copied. Prints one JSON document; exit code 0 = every check passed.
@@ -173,6 +173,55 @@ def sequence_stream_example(pb, stub, checks, out):
     out["sequence_stream_errors"] = errors
 
 
+def shm_example(pb, stub, checks, out):
+    """simple_grpc_shm_client: regions for the outputs and the inputs of `simple`
+    in /dev/shm, registered, used for every tensor, checked, unregistered."""
+    tag = f"tb-triton-py-{os.getpid()}"
+    stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
+    in0 = np.arange(16, dtype=np.int32)
+    in1 = np.ones(16, dtype=np.int32)
+    paths = {"input": f"/dev/shm/{tag}-input", "output": f"/dev/shm/{tag}-output"}
+    try:
+        with open(paths["output"], "wb") as f:
+            f.write(bytes(128))
+        with open(paths["input"], "wb") as f:
+            f.write(in0.tobytes() + in1.tobytes())
+        stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(
+            name="output_data", key=f"/{tag}-output", offset=0, byte_size=128), timeout=10)
+        stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(
+            name="input_data", key=f"/{tag}-input", offset=0, byte_size=128), timeout=10)
+        req = pb.ModelInferRequest(model_name="simple")
+        for i, name in enumerate(("INPUT0", "INPUT1")):
+            t = req.inputs.add()
+            t.name, t.datatype = name, "INT32"
+            t.shape.extend([1, 16])
+            t.parameters["shared_memory_region"].string_param = "input_data"
+            t.parameters["shared_memory_byte_size"].int64_param = 64
+            t.parameters["shared_memory_offset"].int64_param = 64 * i
+        for i, name in enumerate(("OUTPUT0", "OUTPUT1")):
+            o = req.outputs.add()
+            o.name = name
+            o.parameters["shared_memory_region"].string_param = "output_data"
+            o.parameters["shared_memory_byte_size"].int64_param = 64
+            o.parameters["shared_memory_offset"].int64_param = 64 * i
+        res = stub.ModelInfer(req, timeout=20)
+        shapes = {o.name: list(o.shape) for o in res.outputs}
+        with open(paths["output"], "rb") as f:
+            data = f.read()
+        out0 = np.frombuffer(data[:64], dtype=np.int32).reshape(shapes["OUTPUT0"])
+        out1 = np.frombuffer(data[64:128], dtype=np.int32).reshape(shapes["OUTPUT1"])
+        checks["shm_sum"] = list(out0[0]) == list(in0 + in1)
+        checks["shm_diff"] = list(out1[0]) == list(in0 - in1)
+        status = stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10)
+        out["shm_status"] = sorted(status.regions.keys())
+        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
+        checks["shm_unregistered"] = len(stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10).regions) == 0
+    finally:
+        for p in paths.values():
+            if os.path.exists(p):
+                os.unlink(p)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
@@ -190,6 +239,7 @@ def main():
         int8_example(pb, stub, checks, out)
         sequence_sync_example(pb, stub, checks, out)
         sequence_stream_example(pb, stub, checks, out)
+        shm_example(pb, stub, checks, out)
     out["ok"] = all(checks.values())
     print(json.dumps(out))
     return 0 if out["ok"] else 1

@@ -131,6 +131,18 @@ describe('REST', () => {
   });
 });
 
+describe('classes (classification extension), listed with min_replicas 0', () => {
+  test('loads, then answers class_count as "value:index:label", as examples/README shows', async () => {
+    expect((await postJson(`${url}/v2/repository/models/classes/load`, {})).status).toBe(200);
+    const res = await postJson(`${url}/v2/models/classes/infer`, {
+      inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 4], data: [0.1, 0.7, 0.2, 0] }],
+      outputs: [{ name: 'OUTPUT0', parameters: { classification: 2 } }],
+    });
+    expect(res.status).toBe(200);
+    expect(res.json.outputs[0]).toEqual({ name: 'OUTPUT0', datatype: 'BYTES', shape: [1, 2], data: ['0.7:1:pickle', '0.2:2:banana'] });
+  });
+});
+
 const int8Bytes = (values: number[]) => Buffer.from(Int8Array.from(values).buffer);
 const outputsByName = (res: ModelInferResponse) => Object.fromEntries(res.outputs.map((o, i) => [o.name, { meta: o, raw: Buffer.from(res.rawOutputContents[i]) }]));
 

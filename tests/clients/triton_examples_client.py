@@ -3,7 +3,8 @@
 
 Makes the calls that Triton's client examples make (simple_grpc_string_infer_client,
 grpc_explicit_int8_content_client, simple_grpc_sequence_sync_infer_client,
-simple_grpc_sequence_stream_infer_client and simple_grpc_shm_client) against the models of
+simple_grpc_sequence_stream_infer_client, simple_grpc_shm_client, and image_client's
+class_count on a toy classifier) against the models of
 examples/triton/models.yaml, with stubs generated from proto/*.proto (see
 grpc_client.py), and checks the outputs those scripts check. Written here from
 their logic, not copied. Prints one JSON document; exit code 0 = every check passed.
@@ -222,6 +223,27 @@ def shm_example(pb, stub, checks, out):
                 os.unlink(p)
 
 
+def classification_example(pb, stub, checks, out):
+    """What image_client.py does with class_count, against the `classes` toy classifier:
+    RepositoryModelLoad (it has no copy at boot), then OUTPUT0 asked with
+    parameters["classification"].int64_param = 3, answers parsed as value:index:label."""
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="classes"), timeout=60)
+    req = pb.ModelInferRequest(model_name="classes")
+    t = req.inputs.add()
+    t.name, t.datatype = "INPUT0", "FP32"
+    t.shape.extend([2, 4])
+    req.raw_input_contents.append(np.array([[0.1, 0.7, 0.2, 0.0], [3, 1, 4, 1]], dtype=np.float32).tobytes())
+    o = req.outputs.add()
+    o.name = "OUTPUT0"
+    o.parameters["classification"].int64_param = 3
+    res = stub.ModelInfer(req, timeout=20)
+    items = [b.decode() for b in bytes_items(res.raw_output_contents[0])]
+    out["classification"] = {"datatype": res.outputs[0].datatype, "shape": list(res.outputs[0].shape), "data": items}
+    parsed = [(np.float32(v), int(i), label) for v, i, label in (s.split(":") for s in items)]
+    checks["classification"] = res.outputs[0].datatype == "BYTES" and parsed[:3] == [
+        (np.float32(0.7), 1, "pickle"), (np.float32(0.2), 2, "banana"), (np.float32(0.1), 0, "apple")]
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
@@ -240,6 +262,7 @@ def main():
         sequence_sync_example(pb, stub, checks, out)
         sequence_stream_example(pb, stub, checks, out)
         shm_example(pb, stub, checks, out)
+        classification_example(pb, stub, checks, out)
     out["ok"] = all(checks.values())
     print(json.dumps(out))
     return 0 if out["ok"] else 1

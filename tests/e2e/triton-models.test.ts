@@ -242,7 +242,7 @@ const pythonMissing = probe.status !== 0 ? (probe.error?.message ?? probe.stderr
 if (pythonMissing) console.warn(`Skipping the Python Triton-examples client: ${PYTHON} cannot import grpc, grpc_tools and numpy (${pythonMissing}).`);
 
 (pythonMissing ? describe.skip : describe)('Python grpcio client replaying Triton\'s example scripts', () => {
-  test('string, int8, sync and streamed sequences, system shared memory: every check of the scripts passes', async () => {
+  test('string, int8, sync and streamed sequences, system shared memory, classification: every check passes', async () => {
     const run = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
       const py = spawn(PYTHON, [path.join(ROOT, 'tests', 'clients', 'triton_examples_client.py'), '--port', String(grpcPort), '--proto-dir', path.join(ROOT, 'proto')], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
@@ -258,8 +258,9 @@ if (pythonMissing) console.warn(`Skipping the Python Triton-examples client: ${P
       string_sum: true, string_diff: true, identity_null_chars: true, identity_bytes: true,
       int8_sum: true, int8_diff: true, int8_wrong_version_refused: true,
       sequence_sync: true, sequence_stream: true,
-      shm_sum: true, shm_diff: true, shm_unregistered: true,
+      shm_sum: true, shm_diff: true, shm_unregistered: true, classification: true,
     });
+    expect(out.classification).toEqual({ datatype: 'BYTES', shape: [2, 3], data: ['0.7:1:pickle', '0.2:2:banana', '0.1:0:apple', '4:2:banana', '3:0:apple', '1:1:pickle'] });
     expect(out.shm_status).toEqual(['input_data', 'output_data']);
     expect(out.string_shape).toEqual([1, 16]);
     // Triton answers INVALID_ARGUMENT "failed to get model version from specified version

@@ -88,6 +88,26 @@ describe('gRPC', () => {
     ]);
   });
 
+  test('on a ModelStreamInfer stream too, with the error of a bad count as a stream answer', async () => {
+    const stream = client.stream();
+    const answers: { errorMessage: string; inferResponse?: ModelInferResponse }[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (m: { errorMessage: string; inferResponse?: ModelInferResponse }) => {
+        answers.push(m);
+        if (answers.length === 2) resolve();
+      });
+      stream.on('error', reject);
+    });
+    stream.write({ ...request(1n), id: 'good' });
+    stream.write({ ...request(0n), id: 'bad' });
+    await done;
+    stream.end();
+    const good = answers.find((a) => a.inferResponse?.id === 'good' && !a.errorMessage)!;
+    expect(decodeBytes(Buffer.from(good.inferResponse!.rawOutputContents[0])).map(String)).toEqual(['0.7:1:pickle', '4:2:banana']);
+    const bad = answers.find((a) => a.inferResponse?.id === 'bad')!;
+    expect(bad.errorMessage).toContain("parameter 'classification' must be an integer");
+  });
+
   test('a bad count is INVALID_ARGUMENT', async () => {
     const err = await client.fails('modelInfer', request(-1n));
     expect(err.code).toBe(3);

@@ -14,7 +14,7 @@ import { constants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BrokerError } from '../../core/errors';
 import type { InferResult } from '../../core/types';
-import type { Tensor } from '../../proto/tensor';
+import { elementCount, elementSize, type Tensor } from '../../proto/tensor';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -45,6 +45,8 @@ export interface SharedMemoryOptions {
   dir?: string;
   /** Most regions registered at once (each holds a file descriptor); default 1024. */
   maxRegions?: number;
+  /** Largest input read from a region, in bytes (the copy is held in memory); default 1 GiB. */
+  maxReadBytes?: number;
 }
 
 /** A non-negative integer parameter (number, bigint or decimal string). */
@@ -89,12 +91,14 @@ export class SharedMemoryRegistry {
   private readonly regions = new Map<string, Region>();
   private readonly dir: string;
   private readonly maxRegions: number;
+  private readonly maxReadBytes: number;
   /** Names being registered (the open is async): a second register of one name fails. */
   private readonly pending = new Set<string>();
 
   constructor(opts: SharedMemoryOptions = {}) {
     this.dir = opts.dir ?? '/dev/shm';
     this.maxRegions = opts.maxRegions ?? 1024;
+    this.maxReadBytes = opts.maxReadBytes ?? 1024 ** 3;
   }
 
   /** The file of a POSIX shm key: one path component under the shm dir, never a way out of it. */
@@ -221,8 +225,23 @@ export class SharedMemoryRegistry {
     }
   }
 
-  /** The inputs with their data read from the regions they name. */
+  /**
+   * The inputs with their data read from the regions they name. The size is
+   * checked against the shape before anything is read (a fixed-size datatype
+   * needs exactly elements × size bytes) and against maxReadBytes, so a
+   * reference cannot make the broker allocate what the tensor cannot use.
+   */
   async fillInputs(inputs: Tensor[], refs: Map<string, ShmRef>): Promise<Tensor[]> {
+    for (const t of inputs) {
+      const ref = refs.get(t.name);
+      if (!ref) continue;
+      const size = elementSize(t.datatype);
+      const want = size === undefined ? undefined : elementCount(t.shape) * size;
+      if (want !== undefined && ref.byteSize !== want) {
+        throw invalid(`input '${t.name}': shared_memory_byte_size ${ref.byteSize} does not match ${t.datatype} [${t.shape.join(', ')}] (${want} bytes)`);
+      }
+      if (ref.byteSize > this.maxReadBytes) throw new BrokerError('PAYLOAD_TOO_LARGE', `input '${t.name}': ${ref.byteSize} bytes of shared memory are more than the limit of ${this.maxReadBytes}`);
+    }
     return Promise.all(inputs.map(async (t) => {
       const ref = refs.get(t.name);
       return ref ? { ...t, data: await this.read(`input '${t.name}'`, ref) } : t;

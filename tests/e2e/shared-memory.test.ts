@@ -142,7 +142,7 @@ suite('system shared memory', () => {
       [shmParams('input_data', 64, 96), undefined, "input 'INPUT0': offset 96 + byte_size 64 is beyond the end of shared memory region 'input_data' (144 bytes)"],
       [{ shared_memory_region: 'input_data' }, undefined, "input 'INPUT0': shared_memory_region 'input_data' needs a shared_memory_byte_size"],
       [{ shared_memory_byte_size: 64 }, undefined, 'need a shared_memory_region'],
-      [shmParams('input_data', 60), undefined, 'INPUT0'], // 60 bytes are not 16 INT32s: the broker's own shape check
+      [shmParams('input_data', 60), undefined, "input 'INPUT0': shared_memory_byte_size 60 does not match INT32 [1, 16] (64 bytes)"],
       [shmParams('input_data', 64), shmParams('output_data', 32), "output 'OUTPUT0': shared_memory_byte_size 32 is too small for the 64 bytes of the result"],
       [shmParams('input_data', 64), shmParams('output_data', 64, 100), "output 'OUTPUT0': offset 100 + byte_size 64 is beyond the end"],
     ];

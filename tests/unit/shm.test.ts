@@ -72,3 +72,17 @@ test('written outputs are marked with where they went, and carry no data', async
   expect(writtenTo(result.outputs[1])).toBeUndefined();
   expect([...(await readFile(path.join(dir, 'obj'))).subarray(10, 12)]).toEqual([7, 8]);
 });
+
+test('an input read is checked against its shape and the read limit before anything is read', async () => {
+  const small = new SharedMemoryRegistry({ dir, maxReadBytes: 16 });
+  try {
+    await small.register('r', '/obj', 0, 64);
+    const input = (shape: number[]) => [{ name: 'X', datatype: 'INT32' as const, shape, data: Buffer.alloc(0) }];
+    await expect(small.fillInputs(input([1, 4]), new Map([['X', { region: 'r', offset: 0, byteSize: 12 }]]))).rejects.toThrow("input 'X': shared_memory_byte_size 12 does not match INT32 [1, 4] (16 bytes)");
+    await expect(small.fillInputs(input([1, 8]), new Map([['X', { region: 'r', offset: 0, byteSize: 32 }]]))).rejects.toThrow('more than the limit of 16');
+    const [t] = await small.fillInputs(input([1, 4]), new Map([['X', { region: 'r', offset: 0, byteSize: 16 }]]));
+    expect([...t.data]).toEqual(Array.from({ length: 16 }, (_, i) => i));
+  } finally {
+    await small.close();
+  }
+});

@@ -25,7 +25,8 @@ export async function inferExtended(
   if (!shmInputs && !shmOutputs) return inferClassified(broker, req, extras.classification);
   if (!shm) throw new BrokerError('INVALID_ARGUMENT', 'shared memory is not available on this bridge');
   shm.check(extras); // unknown regions and windows fail before the request is queued
-  const inputs = shmInputs ? await shm.fillInputs(req.inputs, shmInputs) : req.inputs;
+  // No await before broker.infer: the requests of a sequence reach it in arrival order.
+  const inputs = shmInputs ? shm.fillInputs(req.inputs, shmInputs) : req.inputs;
   const result = await inferClassified(broker, { ...req, inputs }, extras.classification);
   return shmOutputs ? shm.writeOutputs(result, shmOutputs) : result;
 }

@@ -8,9 +8,9 @@
  * unregistered. Inputs read from a region and outputs written into one are
  * bounds-checked against the registered window and against the file's real
  * size at that moment (a client may shrink it). No native addon: a read or
- * write is one pread/pwrite on tmpfs.
+ * write is a pread/pwrite on tmpfs (reads synchronous, see read()).
  */
-import { constants, promises as fsp } from 'node:fs';
+import { constants, fstatSync, promises as fsp, readSync } from 'node:fs';
 import path from 'node:path';
 import { BrokerError } from '../../core/errors';
 import type { InferResult } from '../../core/types';
@@ -173,27 +173,32 @@ export class SharedMemoryRegistry {
   }
 
   /** The region and absolute file position of `ref`, checked against the window and the file's size now. */
-  private async locate(what: string, ref: ShmRef, length: number): Promise<{ region: Region; position: number }> {
+  private locate(what: string, ref: ShmRef, length: number): { region: Region; position: number } {
     const region = this.regions.get(ref.region);
     if (!region) throw invalid(`${what}: shared memory region '${ref.region}' is not registered`);
     if (ref.offset + length > region.byte_size) {
       throw invalid(`${what}: ${length} bytes at offset ${ref.offset} are beyond the end of shared memory region '${ref.region}' (${region.byte_size} bytes)`);
     }
     const position = region.offset + ref.offset;
-    const size = (await region.file.stat()).size;
+    const size = fstatSync(region.file.fd).size;
     if (position + length > size) throw invalid(`${what}: shared memory region '${ref.region}' has shrunk: '${region.key}' is now ${size} bytes`);
     return { region, position };
   }
 
-  /** Reads `ref.byteSize` bytes of a region (a copy: the client may change the region afterwards). */
-  async read(what: string, ref: ShmRef): Promise<Buffer> {
-    const { region, position } = await this.locate(what, ref, ref.byteSize);
+  /**
+   * Reads `ref.byteSize` bytes of a region (a copy: the client may change the
+   * region afterwards). Synchronous on purpose: a read from tmpfs is a memory
+   * copy, and the request must reach the broker in the same turn as it arrived
+   * so that the requests of a sequence keep their order.
+   */
+  read(what: string, ref: ShmRef): Buffer {
+    const { region, position } = this.locate(what, ref, ref.byteSize);
     const buf = Buffer.allocUnsafe(ref.byteSize);
     let done = 0;
     while (done < buf.length) {
-      const { bytesRead } = await region.file.read(buf, done, buf.length - done, position + done);
-      if (bytesRead === 0) throw invalid(`${what}: shared memory region '${ref.region}' ended while reading`);
-      done += bytesRead;
+      const n = readSync(region.file.fd, buf, done, buf.length - done, position + done);
+      if (n === 0) throw invalid(`${what}: shared memory region '${ref.region}' ended while reading`);
+      done += n;
     }
     return buf;
   }
@@ -203,7 +208,7 @@ export class SharedMemoryRegistry {
     if (data.length > ref.byteSize) {
       throw invalid(`${what}: shared_memory_byte_size ${ref.byteSize} is too small for the ${data.length} bytes of the result`);
     }
-    const { region, position } = await this.locate(what, ref, data.length);
+    const { region, position } = this.locate(what, ref, data.length);
     if (!region.writable) throw invalid(`${what}: shared memory region '${ref.region}' is read-only for the broker`);
     let done = 0;
     while (done < data.length) {
@@ -231,7 +236,7 @@ export class SharedMemoryRegistry {
    * needs exactly elements × size bytes) and against maxReadBytes, so a
    * reference cannot make the broker allocate what the tensor cannot use.
    */
-  async fillInputs(inputs: Tensor[], refs: Map<string, ShmRef>): Promise<Tensor[]> {
+  fillInputs(inputs: Tensor[], refs: Map<string, ShmRef>): Tensor[] {
     for (const t of inputs) {
       const ref = refs.get(t.name);
       if (!ref) continue;
@@ -242,10 +247,10 @@ export class SharedMemoryRegistry {
       }
       if (ref.byteSize > this.maxReadBytes) throw new BrokerError('PAYLOAD_TOO_LARGE', `input '${t.name}': ${ref.byteSize} bytes of shared memory are more than the limit of ${this.maxReadBytes}`);
     }
-    return Promise.all(inputs.map(async (t) => {
+    return inputs.map((t) => {
       const ref = refs.get(t.name);
-      return ref ? { ...t, data: await this.read(`input '${t.name}'`, ref) } : t;
-    }));
+      return ref ? { ...t, data: this.read(`input '${t.name}'`, ref) } : t;
+    });
   }
 
   /** Writes the outputs that name a region into it; they stay in the result, marked, with no data. */

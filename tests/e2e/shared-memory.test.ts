@@ -8,7 +8,9 @@
  */
 import { existsSync } from 'node:fs';
 import { open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { getJson, postJson, simpleModel, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
+import { create } from '@bufbuild/protobuf';
+import { ModelInferRequestSchema, type ModelInferResponse } from '../../proto/gen/grpc_service_pb';
+import { getJson, modelMain, postJson, simpleModel, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
 import { GrpcTestClient, int32Bytes, int32Values, type InferInit } from '../helpers/grpc-client';
 
 const SHM = '/dev/shm';
@@ -37,15 +39,22 @@ suite('system shared memory', () => {
     await writeFile(file('in'), Buffer.concat([int32Bytes(A), int32Bytes(B), Buffer.alloc(16)]));
     await writeFile(file('out'), Buffer.alloc(128));
     await writeFile(file('small'), Buffer.alloc(32));
-    b = await startTestBroker({ models: { simple: simpleModel() } });
+    await writeFile(file('seq'), int32Bytes([0, 11, 7, 5, 3, 2, 0, 1]));
+    b = await startTestBroker({
+      models: {
+        simple: simpleModel(),
+        simple_sequence: { command: ['node', modelMain('simple_sequence')], stateless: false, batch_size: 8, max_sequences: 4 },
+      },
+    });
     client = new GrpcTestClient(b.running.ports.grpc);
     await waitReady(b, 'simple');
+    await waitReady(b, 'simple_sequence');
   });
 
   afterAll(async () => {
     client?.close();
     await b?.stop();
-    await Promise.all(['in', 'out', 'small', 'shrinks'].map((n) => rm(file(n), { force: true })));
+    await Promise.all(['in', 'out', 'small', 'shrinks', 'seq'].map((n) => rm(file(n), { force: true })));
   });
 
   test('the extension is listed; regions registered over REST show in both bridges\' status', async () => {
@@ -105,6 +114,33 @@ suite('system shared memory', () => {
     expect(res.rawOutputContents[0]).toHaveLength(0);
     expect(int32Values(res.rawOutputContents[1])).toEqual(DIFF);
     expect(int32Values((await readFile(file('out'))).subarray(64, 128))).toEqual(SUM);
+  });
+
+  test('a sequence on a gRPC stream with every input in shared memory keeps its order', async () => {
+    const values = [0, 11, 7, 5, 3, 2, 0, 1];
+    await client.unary('systemSharedMemoryRegister', { name: 'seq_in', key: key('seq'), offset: 0n, byteSize: 32n });
+    const stream = client.stream();
+    const got: number[] = [];
+    const errors: string[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (m: { errorMessage: string; inferResponse?: ModelInferResponse }) => {
+        if (m.errorMessage) errors.push(m.errorMessage);
+        else got.push(int32Values(m.inferResponse!.rawOutputContents[0])[0]);
+        if (got.length + errors.length === values.length) resolve();
+      });
+      stream.on('error', reject);
+    });
+    const param = (v: string | bigint | boolean) => ({ parameterChoice: typeof v === 'string' ? { case: 'stringParam', value: v } : typeof v === 'bigint' ? { case: 'int64Param', value: v } : { case: 'boolParam', value: v } });
+    values.forEach((_, i) => stream.write(create(ModelInferRequestSchema, {
+      modelName: 'simple_sequence',
+      inputs: [{ name: 'INPUT', datatype: 'INT32', shape: [1n, 1n], parameters: { shared_memory_region: param('seq_in'), shared_memory_byte_size: param(4n), shared_memory_offset: param(BigInt(4 * i)) } }],
+      parameters: { sequence_id: param(77n), sequence_start: param(i === 0), sequence_end: param(i === values.length - 1) },
+    } as never)));
+    await done;
+    stream.end();
+    expect(errors).toEqual([]);
+    expect(got).toEqual([1, 11, 7, 5, 3, 2, 0, 1]);
+    await client.unary('systemSharedMemoryUnregister', { name: 'seq_in' });
   });
 
   test('bad registrations are 400 / INVALID_ARGUMENT with the reason', async () => {

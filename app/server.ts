@@ -30,6 +30,7 @@ import type { Runtime } from '../task-manager/runtime';
 import { TaskManager } from '../task-manager/task-manager';
 import type { BrokerConfig } from './config';
 import { installErrorHandlers } from './http-errors';
+import { SharedMemoryRegistry } from '../bridges/shared/shm';
 import { Metrics } from './metrics';
 
 /** The package version, from the package.json above this file (source or dist). */
@@ -97,6 +98,8 @@ export interface BuiltBroker {
   registry: StoredRegistry;
   /** The models.yaml watcher (--watch-models). */
   watcher?: ModelsWatcher;
+  /** System shared memory regions, shared by the REST and gRPC bridges. */
+  shm: SharedMemoryRegistry;
   runtime: Runtime;
   tasks: TaskManager;
   broker: Broker;
@@ -182,10 +185,12 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg });
+  // One registry of shared memory regions for both bridges: a region registered over REST is usable over gRPC.
+  const shm = new SharedMemoryRegistry();
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg, shm });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, modelsDir: file.dir };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, shm, modelsDir: file.dir };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
@@ -201,6 +206,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     if (draining) reply.header('connection', 'close');
     return payload;
   });
+  const shm = b.shm;
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;
 
@@ -226,6 +232,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     maxMessageBytes: config.grpcMaxMessageBytes,
     logger: log, // the bridge adds its own component key
     version: VERSION,
+    shm,
   });
   const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }) });
   log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
@@ -242,6 +249,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
+      await shm.close();
       slog.info({ ms: Date.now() - t0 }, 'bridges closed');
       await new Promise<void>((r) => metricsServer.close(() => r()));
       await started;

@@ -30,6 +30,8 @@ export interface TensorSpec {
   datatype: DataType;
   shape: number[];
   optional?: boolean;
+  /** Class labels of an output, by index (Triton's label file): classification answers "value:index:label". */
+  labels?: string[];
 }
 
 export function isDataType(s: unknown): s is DataType {

@@ -376,5 +376,6 @@ function toSpec(s: WireTensorSpec): TensorSpec {
     datatype: isDataType(s.datatype) ? s.datatype : 'BYTES',
     shape: s.shape.map(Number),
     ...(s.optional ? { optional: true } : {}),
+    ...(s.labels.length > 0 ? { labels: [...s.labels] } : {}),
   };
 }

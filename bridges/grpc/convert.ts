@@ -16,7 +16,9 @@ import {
   type ModelInferRequest,
   type ModelInferResponse,
 } from '../../proto/gen/grpc_service_pb';
+import { classificationCounts } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
+import { shmRef, type ShmRef } from '../shared/shm';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -24,6 +26,11 @@ export interface ParsedInfer {
   request: Omit<InferRequest, 'signal'>;
   /** The client's id, echoed in the answer ('' when it gave none, as Triton does). */
   clientId: string;
+  /** Outputs asked for as top-k classes (classification extension). */
+  classification?: Map<string, number>;
+  /** Inputs read from, and outputs written into, shared memory regions. */
+  shmInputs?: Map<string, ShmRef>;
+  shmOutputs?: Map<string, ShmRef>;
 }
 
 /** InferParameter map -> plain values (bool, bigint, string or number) for requestOptions(). */
@@ -121,22 +128,42 @@ export function contentsToRaw(name: string, datatype: DataType, shape: number[],
 const hasContents = (c: InferTensorContents | undefined) =>
   c !== undefined && (Object.keys(SNAKE) as ContentField[]).some((f) => c[f].length > 0);
 
+function shmOutputRefs(msg: ModelInferRequest): Map<string, ShmRef> | undefined {
+  let refs: Map<string, ShmRef> | undefined;
+  for (const o of msg.outputs) {
+    const ref = shmRef(`output '${o.name}'`, parameterValues(o.parameters));
+    if (ref) (refs ??= new Map()).set(o.name, ref);
+  }
+  return refs;
+}
+
 /** ModelInferRequest -> InferRequest (without the abort signal). Throws INVALID_ARGUMENT. */
 export function parseInferRequest(msg: ModelInferRequest, fallbackId: string): ParsedInfer {
   if (msg.modelName === '') throw invalid('the request needs a model_name');
   if (msg.inputs.length === 0) throw invalid('the request has no inputs');
   const raw = msg.rawInputContents;
-  if (raw.length > 0 && raw.length !== msg.inputs.length) {
-    throw invalid(`raw_input_contents has ${raw.length} entries for ${msg.inputs.length} inputs; give one per input, in order`);
+  // Inputs in shared memory have no raw_input_contents entry: the entries are the other inputs', in order (as tritonclient sends them).
+  const refs = msg.inputs.map((t) => shmRef(`input '${t.name}'`, parameterValues(t.parameters)));
+  const carried = refs.filter((r) => r === undefined).length;
+  if (raw.length > 0 && raw.length !== carried) {
+    throw invalid(`raw_input_contents has ${raw.length} entries for ${carried} inputs not in shared memory; give one per input, in order`);
   }
+  let shmInputs: Map<string, ShmRef> | undefined;
+  let nextRaw = 0;
   const inputs: Tensor[] = msg.inputs.map((t, i) => {
     const name = t.name;
     if (name === '') throw invalid(`inputs[${i}] needs a name`);
     if (!isDataType(t.datatype)) throw invalid(`input '${name}': unknown datatype ${JSON.stringify(t.datatype)}`);
     const shape = shapeOf(name, t.shape);
+    const ref = refs[i];
+    if (ref) {
+      if (hasContents(t.contents)) throw invalid(`input '${name}' names a shared memory region and has contents too`);
+      (shmInputs ??= new Map()).set(name, ref);
+      return { name, datatype: t.datatype, shape, data: Buffer.alloc(0) }; // read from the region before the request is queued
+    }
     if (raw.length > 0) {
       if (hasContents(t.contents)) throw invalid(`input '${name}' has typed contents while the request uses raw_input_contents`);
-      return { name, datatype: t.datatype, shape, data: view(raw[i]) };
+      return { name, datatype: t.datatype, shape, data: view(raw[nextRaw++]) };
     }
     if (!t.contents) throw invalid(`input '${name}' has no data: give its contents or raw_input_contents`);
     return { name, datatype: t.datatype, shape, data: contentsToRaw(name, t.datatype, shape, t.contents) };
@@ -152,6 +179,9 @@ export function parseInferRequest(msg: ModelInferRequest, fallbackId: string): P
       ...requestOptions(parameterValues(msg.parameters)),
     },
     clientId: msg.id,
+    classification: classificationCounts(msg.outputs.map((o) => [o.name, parameterValues(o.parameters).classification])),
+    shmInputs,
+    shmOutputs: shmOutputRefs(msg),
   };
 }
 

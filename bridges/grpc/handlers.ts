@@ -10,6 +10,8 @@ import type { InferResult } from '../../core/types';
 import { BrokerError, toBrokerError } from '../../core/errors';
 import { EXTENSIONS } from '../shared/extensions';
 import { tritonConfig } from '../shared/model-config';
+import { inferExtended } from '../shared/extended-infer';
+import type { SharedMemoryRegistry } from '../shared/shm';
 import { SequenceOrder } from '../shared/sequence-order';
 import {
   ModelConfigResponseSchema,
@@ -48,6 +50,7 @@ import {
 } from '../../proto/gen/grpc_service_pb';
 import { parseInferRequest, toInferResponse, withDeadline } from './convert';
 import { configMessage, metadataMessage, repositoryIndexMessage, statisticsMessage } from './describe';
+import { sharedMemoryHandlers, type SharedMemoryHandlers } from './shared-memory';
 import { toGrpcStatus } from './status';
 
 /** One handler per rpc, keyed by the proto rpc name (as in INFERENCE_SERVICE). */
@@ -66,10 +69,15 @@ export interface InferenceHandlers {
   RepositoryModelUnload: grpc.handleUnaryCall<RepositoryModelUnloadRequest, RepositoryModelUnloadResponse>;
 }
 
+/** The whole service: inference and repository rpcs, plus shared memory (./shared-memory.ts). */
+export type AllHandlers = InferenceHandlers & SharedMemoryHandlers;
+
 export interface HandlerOptions {
   broker: BrokerApi;
   logger: Logger;
   version: string;
+  /** System shared memory regions, shared with the REST bridge. */
+  shm?: SharedMemoryRegistry;
 }
 
 const opt = (s: string) => (s === '' ? undefined : s);
@@ -87,7 +95,7 @@ function refuseOverrides(params: { [key: string]: ModelRepositoryParameter }): v
   if (bad.length > 0) throw new BrokerError('INVALID_ARGUMENT', `load parameter(s) ${bad.join(', ')} are not supported: models are defined in the registry`);
 }
 
-export function createHandlers(opts: HandlerOptions): InferenceHandlers {
+export function createHandlers(opts: HandlerOptions): AllHandlers {
   const { broker, logger: log } = opts;
   const nextId = requestIds();
 
@@ -104,6 +112,7 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
   }
 
   return {
+    ...sharedMemoryHandlers(opts.shm, unary),
     ServerLive: unary('ServerLive', () => create(ServerLiveResponseSchema, { live: true })),
 
     ServerReady: unary('ServerReady', () => create(ServerReadyResponseSchema, { ready: broker.ready().ready })),
@@ -160,7 +169,7 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
         .then(() => {
           const parsed = parseInferRequest(call.request, nextId());
           clientId = parsed.clientId;
-          return broker.infer({ ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal });
+          return inferExtended(broker, opts.shm, { ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal }, parsed);
         })
         .then(
           (result) => answer(null, toInferResponse(result, clientId)),
@@ -206,7 +215,7 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
           const seq = parsed.request.sequence;
           if (seq) key = `${parsed.request.model}\0${seq.id}`;
           const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
-          work = broker.infer({ ...withDeadline(request, call.getDeadline()), signal: aborted.signal });
+          work = inferExtended(broker, opts.shm, { ...withDeadline(request, call.getDeadline()), signal: aborted.signal }, parsed);
         } catch (e) {
           work = Promise.reject(e);
         }

@@ -5,6 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { BrokerApi } from '../../core/broker';
+import type { SharedMemoryRegistry } from '../shared/shm';
 import { createHandlers } from './handlers';
 import { INFERENCE_SERVICE } from './service-definition';
 
@@ -18,6 +19,8 @@ export interface GrpcBridgeOptions {
   logger: Logger;
   /** Reported by ServerMetadata. */
   version: string;
+  /** System shared memory regions, shared with the REST bridge. */
+  shm?: SharedMemoryRegistry;
 }
 
 export interface GrpcBridge {
@@ -32,7 +35,7 @@ export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBrid
     'grpc.max_receive_message_length': opts.maxMessageBytes,
     'grpc.max_send_message_length': opts.maxMessageBytes,
   });
-  const handlers = createHandlers({ broker: opts.broker, logger: log, version: opts.version });
+  const handlers = createHandlers({ broker: opts.broker, logger: log, version: opts.version, shm: opts.shm });
   server.addService(INFERENCE_SERVICE, handlers as unknown as grpc.UntypedServiceImplementation);
 
   const host = opts.host.includes(':') && !opts.host.startsWith('[') ? `[${opts.host}]` : opts.host;

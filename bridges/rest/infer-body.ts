@@ -6,7 +6,9 @@
 import { BrokerError } from '../../core/errors';
 import { isDataType, type Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
+import { classificationCounts } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
+import { shmRef, writtenTo, type ShmRef } from '../shared/shm';
 import { tensorFromJson, tensorToJson } from './json-tensors';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -19,6 +21,11 @@ export interface ParsedInfer {
   binaryOutputs: Set<string>;
   /** The request's own `id`, echoed in the answer; undefined when the client gave none. */
   clientId?: string;
+  /** Outputs asked for as top-k classes (classification extension). */
+  classification?: Map<string, number>;
+  /** Inputs read from, and outputs written into, shared memory regions. */
+  shmInputs?: Map<string, ShmRef>;
+  shmOutputs?: Map<string, ShmRef>;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -34,6 +41,8 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   const params: Params = isObject(header.parameters) ? header.parameters : {};
   if (!Array.isArray(header.inputs) || header.inputs.length === 0) throw invalid("the request needs a non-empty 'inputs' array");
   let offset = 0;
+  let shmInputs: Map<string, ShmRef> | undefined;
+  let shmOutputs: Map<string, ShmRef> | undefined;
   const inputs: Tensor[] = header.inputs.map((raw: unknown, i: number) => {
     if (!isObject(raw)) throw invalid(`inputs[${i}] must be an object`);
     const { name, datatype, shape } = raw;
@@ -43,6 +52,12 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
       throw invalid(`input '${name}': 'shape' must be an array of non-negative integers`);
     }
     const p = isObject(raw.parameters) ? raw.parameters : {};
+    const ref = shmRef(`input '${name}'`, p);
+    if (ref) {
+      if (raw.data !== undefined || p.binary_data_size !== undefined) throw invalid(`input '${name}' names a shared memory region and carries data too`);
+      (shmInputs ??= new Map()).set(name, ref);
+      return { name, datatype, shape: shape as number[], data: Buffer.alloc(0) }; // read from the region before the request is queued
+    }
     const size = p.binary_data_size;
     if (size !== undefined) {
       if (!binary) throw invalid(`input '${name}' has binary_data_size but the request has no Inference-Header-Content-Length`);
@@ -65,6 +80,8 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     outputs = header.outputs.map((o: unknown, i: number) => {
       if (!isObject(o) || typeof o.name !== 'string') throw invalid(`outputs[${i}] needs a 'name'`);
       const op = isObject(o.parameters) ? o.parameters : {};
+      const ref = shmRef(`output '${o.name}'`, op);
+      if (ref) (shmOutputs ??= new Map()).set(o.name, ref);
       if (op.binary_data === true) binaryOutputs.add(o.name);
       else if (op.binary_data === false) binaryOutputs.delete(o.name);
       return o.name;
@@ -72,10 +89,16 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   }
 
   const id = header.id === undefined ? fallbackId : String(header.id);
+  const classification = Array.isArray(header.outputs)
+    ? classificationCounts(header.outputs.map((o: Record<string, unknown>) => [o.name as string, isObject(o.parameters) ? o.parameters.classification : undefined]))
+    : undefined;
   return {
     request: { id, inputs, outputs, ...requestOptions(params) },
     binaryOutputs,
     clientId: header.id === undefined ? undefined : id,
+    ...(classification ? { classification } : {}),
+    ...(shmInputs ? { shmInputs } : {}),
+    ...(shmOutputs ? { shmOutputs } : {}),
   };
 }
 
@@ -103,7 +126,9 @@ export function encodeInferResult(result: InferResult, id: string | undefined, b
   const binary: Buffer[] = [];
   const outputs = result.outputs.map((t) => {
     const out: Record<string, unknown> = { name: t.name, datatype: t.datatype, shape: t.shape };
-    if (binaryOutputs.has('*') || binaryOutputs.has(t.name)) {
+    const shm = writtenTo(t);
+    if (shm) out.parameters = { shared_memory_region: shm.region, shared_memory_byte_size: shm.byteSize, shared_memory_offset: shm.offset };
+    else if (binaryOutputs.has('*') || binaryOutputs.has(t.name)) {
       out.parameters = { binary_data_size: t.data.length };
       binary.push(t.data);
     } else out.data = tensorToJson(t);

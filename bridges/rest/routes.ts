@@ -11,6 +11,9 @@ import { tritonConfig, PLATFORM } from '../shared/model-config';
 import multipart from '@fastify/multipart';
 import { DEFAULT_LIMITS } from '../../core/validate';
 import type { ModelMetadata } from '../../core/types';
+import { inferExtended } from '../shared/extended-infer';
+import type { SharedMemoryRegistry } from '../shared/shm';
+import { sharedMemoryRoutes } from './shared-memory';
 import { requestOptions } from '../shared/parameters';
 import { imageInput, imageOptions, imagesTensor } from './images';
 import { encodeInferResult, parseInferBody, splitBinaryBody, type ParsedInfer } from './infer-body';
@@ -32,6 +35,8 @@ export interface RestOptions {
   maxVideoBytes?: number;
   /** ffmpeg binary for video uploads (config `ffmpeg`, TB_FFMPEG). */
   ffmpeg?: string;
+  /** System shared memory regions, shared with the gRPC bridge (none: the extension answers 400). */
+  shm?: SharedMemoryRegistry;
 }
 
 /** Extensions of the KServe v2 / Triton protocol this server implements. */
@@ -64,6 +69,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   });
 
   repositoryRoutes(app, broker);
+  sharedMemoryRoutes(app, opts.shm);
 
   app.get('/v2', async () => ({ name: 'tensorbroker', version: opts.version, extensions: EXTENSIONS }));
   app.get('/v2/health/live', async (_req, reply) => reply.code(200).send());
@@ -155,7 +161,7 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
       if (!reply.raw.writableFinished) aborted.abort();
     });
     req.log.debug({ model, requestId: parsed.request.id }, 'infer');
-    const result = await broker.infer({ ...parsed.request, model, version, signal: aborted.signal });
+    const result = await inferExtended(broker, opts.shm, { ...parsed.request, model, version, signal: aborted.signal }, parsed);
     const enc = encodeInferResult(result, parsed.clientId, parsed.binaryOutputs);
     if (enc.binary.length === 0) return reply.send(enc.json);
     const json = Buffer.from(JSON.stringify(enc.json));

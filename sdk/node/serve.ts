@@ -43,7 +43,7 @@ const REASONS: Record<EndSequence_Reason, EndSequenceReason> = {
 };
 
 function specToProto(s: TensorSpec) {
-  return create(TensorSpecSchema, { name: s.name, datatype: s.datatype, shape: s.shape.map(BigInt), optional: s.optional ?? false });
+  return create(TensorSpecSchema, { name: s.name, datatype: s.datatype, shape: s.shape.map(BigInt), optional: s.optional ?? false, labels: s.labels ?? [] });
 }
 
 function errorText(e: unknown): string {

@@ -17,6 +17,8 @@ class TensorSpec:
     datatype: str
     shape: Sequence[int]
     optional: bool = False
+    #: An output's class labels by index, for classification answers "value:index:label".
+    labels: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

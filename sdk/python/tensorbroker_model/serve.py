@@ -70,7 +70,8 @@ def _make_logger(copy_id: str, model: str) -> logging.Logger:
 
 
 def _spec(s: TensorSpec) -> pb.TensorSpec:
-    return pb.TensorSpec(name=s.name, datatype=s.datatype, shape=[int(d) for d in s.shape], optional=bool(s.optional))
+    return pb.TensorSpec(name=s.name, datatype=s.datatype, shape=[int(d) for d in s.shape], optional=bool(s.optional),
+                         labels=[str(x) for x in s.labels])
 
 
 def _envelope(**kind: Any) -> bytes:

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Triton's example client scripts, replayed with plain grpcio against the broker.
+
+Makes the calls that Triton's client examples make (simple_grpc_string_infer_client,
+grpc_explicit_int8_content_client, simple_grpc_sequence_sync_infer_client,
+simple_grpc_sequence_stream_infer_client, simple_grpc_shm_client, and image_client's
+class_count on a toy classifier) against the models of
+examples/triton/models.yaml, with stubs generated from proto/*.proto (see
+grpc_client.py), and checks the outputs those scripts check. Written here from
+their logic, not copied. Prints one JSON document; exit code 0 = every check passed.
+
+    /usr/bin/python3 tests/clients/triton_examples_client.py --port 8001 [--proto-dir proto]
+"""
+import argparse
+import json
+import os
+import queue
+import sys
+import tempfile
+import uuid
+
+import grpc
+import numpy as np
+
+from grpc_client import generate_stubs
+
+VALUES = [11, 7, 5, 3, 2, 0, 1]
+
+
+def bytes_blob(items):
+    """BYTES elements as tritonclient serialises them: uint32 LE length, then the bytes."""
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+
+
+def bytes_items(blob):
+    out, i = [], 0
+    while i < len(blob):
+        n = int.from_bytes(blob[i:i + 4], "little")
+        out.append(bytes(blob[i + 4:i + 4 + n]))
+        i += 4 + n
+    return out
+
+
+def outputs_of(response):
+    return {o.name: (o, response.raw_output_contents[i]) for i, o in enumerate(response.outputs)}
+
+
+def seq_params(pb, req, seq_id, start, end):
+    if isinstance(seq_id, int):
+        req.parameters["sequence_id"].int64_param = seq_id
+    else:
+        req.parameters["sequence_id"].string_param = seq_id
+    req.parameters["sequence_start"].bool_param = start
+    req.parameters["sequence_end"].bool_param = end
+
+
+def sequence_request(pb, seq_id, count, value, start, end):
+    req = pb.ModelInferRequest(model_name="simple_sequence", id=f"{seq_id}_{count}")
+    t = req.inputs.add()
+    t.name, t.datatype = "INPUT", "INT32"
+    t.shape.extend([1, 1])
+    req.raw_input_contents.append(np.full((1, 1), value, dtype=np.int32).tobytes())
+    req.outputs.add().name = "OUTPUT"
+    seq_params(pb, req, seq_id, start, end)
+    return req
+
+
+def expected_sequences(ids):
+    """What Triton's sequence clients expect from simple_sequence: INPUT + START."""
+    return {
+        ids[0]: [1] + VALUES,
+        ids[1]: [101] + [-v for v in VALUES],
+        ids[2]: [21] + [-v for v in VALUES],
+    }
+
+
+def sequences_to_send(ids):
+    return [(ids[0], [0] + VALUES), (ids[1], [100] + [-v for v in VALUES]), (ids[2], [20] + [-v for v in VALUES])]
+
+
+def string_example(pb, stub, checks, out):
+    """simple_grpc_string_infer_client: simple_string sums, then simple_identity twice."""
+    in0 = np.arange(16, dtype=np.int32).reshape(1, 16)
+    in1 = np.ones((1, 16), dtype=np.int32)
+    req = pb.ModelInferRequest(model_name="simple_string")
+    for name, arr in (("INPUT0", in0), ("INPUT1", in1)):
+        t = req.inputs.add()
+        t.name, t.datatype = name, "BYTES"
+        t.shape.extend([1, 16])
+        req.raw_input_contents.append(bytes_blob([str(x).encode("utf-8") for x in arr.reshape(-1)]))
+    for name in ("OUTPUT0", "OUTPUT1"):
+        req.outputs.add().name = name
+    outs = outputs_of(stub.ModelInfer(req, timeout=20))
+    sums = [int(b) for b in bytes_items(outs["OUTPUT0"][1])]
+    diffs = [int(b) for b in bytes_items(outs["OUTPUT1"][1])]
+    checks["string_sum"] = sums == list((in0 + in1).reshape(-1))
+    checks["string_diff"] = diffs == list((in0 - in1).reshape(-1))
+    out["string_shape"] = list(outs["OUTPUT0"][0].shape)
+
+    for label, items in (("identity_null_chars", ["he\x00llo".encode("utf-8")] * 16),
+                         ("identity_bytes", [b"\x00\x01\x02\x03"] * 16)):
+        req = pb.ModelInferRequest(model_name="simple_identity")
+        t = req.inputs.add()
+        t.name, t.datatype = "INPUT0", "BYTES"
+        t.shape.extend([1, 16])
+        req.raw_input_contents.append(bytes_blob(items))
+        req.outputs.add().name = "OUTPUT0"
+        outs = outputs_of(stub.ModelInfer(req, timeout=20))
+        checks[label] = bytes_items(outs["OUTPUT0"][1]) == items
+
+
+def int8_example(pb, stub, checks, out):
+    """grpc_explicit_int8_content_client: INT8 inputs as int_contents, raw outputs."""
+    req = pb.ModelInferRequest(model_name="simple_int8", model_version="")
+    a, b = list(range(16)), [1] * 16
+    for name, data in (("INPUT0", a), ("INPUT1", b)):
+        t = req.inputs.add()
+        t.name, t.datatype = name, "INT8"
+        t.shape.extend([1, 16])
+        t.contents.int_contents[:] = data
+    for name in ("OUTPUT0", "OUTPUT1"):
+        req.outputs.add().name = name
+    outs = outputs_of(stub.ModelInfer(req, timeout=20))
+    checks["int8_sum"] = list(np.frombuffer(outs["OUTPUT0"][1], dtype=np.int8)) == [x + y for x, y in zip(a, b)]
+    checks["int8_diff"] = list(np.frombuffer(outs["OUTPUT1"][1], dtype=np.int8)) == [x - y for x, y in zip(a, b)]
+    # The script ends by sending a version that is not a number and expects an error.
+    req.model_version = "wrong_specification"
+    try:
+        stub.ModelInfer(req, timeout=20)
+        checks["int8_wrong_version_refused"] = False
+    except grpc.RpcError as e:
+        checks["int8_wrong_version_refused"] = True
+        out["wrong_version"] = {"code": e.code().name, "details": e.details()}
+
+
+def sequence_sync_example(pb, stub, checks, out):
+    """simple_grpc_sequence_sync_infer_client: each sequence sent whole, unary calls."""
+    ids = [3000, 3001, str(uuid.uuid4())]
+    got = {}
+    for seq_id, values in sequences_to_send(ids):
+        for i, v in enumerate(values):
+            res = stub.ModelInfer(sequence_request(pb, seq_id, i + 1, v, i == 0, i == len(values) - 1), timeout=20)
+            got.setdefault(seq_id, []).append(int(np.frombuffer(res.raw_output_contents[0], dtype=np.int32)[0]))
+    checks["sequence_sync"] = got == expected_sequences(ids)
+    out["sequence_sync"] = {str(k): v for k, v in got.items()}
+
+
+def sequence_stream_example(pb, stub, checks, out):
+    """simple_grpc_sequence_stream_infer_client: three sequences written on one stream
+    without waiting, answers matched back by the request id prefix."""
+    ids = [1000, 1001, str(uuid.uuid4())]
+    requests = queue.Queue()
+    total = 0
+    for seq_id, values in sequences_to_send(ids):
+        for i, v in enumerate(values):
+            requests.put(sequence_request(pb, seq_id, i + 1, v, i == 0, i == len(values) - 1))
+            total += 1
+    requests.put(None)
+    got, errors = {}, []
+    stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=60)
+    for n, msg in enumerate(stream):
+        if msg.error_message:
+            errors.append(msg.error_message)
+        else:
+            r = msg.infer_response
+            key = r.id.split("_")[0]
+            got.setdefault(key, []).append(int(np.frombuffer(r.raw_output_contents[0], dtype=np.int32)[0]))
+        if n + 1 == total:
+            break
+    stream.cancel()
+    want = {str(k): v for k, v in expected_sequences(ids).items()}
+    checks["sequence_stream"] = not errors and got == want
+    out["sequence_stream"] = got
+    out["sequence_stream_errors"] = errors
+
+
+def shm_example(pb, stub, checks, out):
+    """simple_grpc_shm_client: regions for the outputs and the inputs of `simple`
+    in /dev/shm, registered, used for every tensor, checked, unregistered."""
+    tag = f"tb-triton-py-{os.getpid()}"
+    stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
+    in0 = np.arange(16, dtype=np.int32)
+    in1 = np.ones(16, dtype=np.int32)
+    paths = {"input": f"/dev/shm/{tag}-input", "output": f"/dev/shm/{tag}-output"}
+    try:
+        with open(paths["output"], "wb") as f:
+            f.write(bytes(128))
+        with open(paths["input"], "wb") as f:
+            f.write(in0.tobytes() + in1.tobytes())
+        stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(
+            name="output_data", key=f"/{tag}-output", offset=0, byte_size=128), timeout=10)
+        stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(
+            name="input_data", key=f"/{tag}-input", offset=0, byte_size=128), timeout=10)
+        req = pb.ModelInferRequest(model_name="simple")
+        for i, name in enumerate(("INPUT0", "INPUT1")):
+            t = req.inputs.add()
+            t.name, t.datatype = name, "INT32"
+            t.shape.extend([1, 16])
+            t.parameters["shared_memory_region"].string_param = "input_data"
+            t.parameters["shared_memory_byte_size"].int64_param = 64
+            t.parameters["shared_memory_offset"].int64_param = 64 * i
+        for i, name in enumerate(("OUTPUT0", "OUTPUT1")):
+            o = req.outputs.add()
+            o.name = name
+            o.parameters["shared_memory_region"].string_param = "output_data"
+            o.parameters["shared_memory_byte_size"].int64_param = 64
+            o.parameters["shared_memory_offset"].int64_param = 64 * i
+        res = stub.ModelInfer(req, timeout=20)
+        shapes = {o.name: list(o.shape) for o in res.outputs}
+        with open(paths["output"], "rb") as f:
+            data = f.read()
+        out0 = np.frombuffer(data[:64], dtype=np.int32).reshape(shapes["OUTPUT0"])
+        out1 = np.frombuffer(data[64:128], dtype=np.int32).reshape(shapes["OUTPUT1"])
+        checks["shm_sum"] = list(out0[0]) == list(in0 + in1)
+        checks["shm_diff"] = list(out1[0]) == list(in0 - in1)
+        status = stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10)
+        out["shm_status"] = sorted(status.regions.keys())
+        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
+        checks["shm_unregistered"] = len(stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10).regions) == 0
+    finally:
+        for p in paths.values():
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def classification_example(pb, stub, checks, out):
+    """What image_client.py does with class_count, against the `classes` toy classifier:
+    RepositoryModelLoad (it has no copy at boot), then OUTPUT0 asked with
+    parameters["classification"].int64_param = 3, answers parsed as value:index:label."""
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="classes"), timeout=60)
+    req = pb.ModelInferRequest(model_name="classes")
+    t = req.inputs.add()
+    t.name, t.datatype = "INPUT0", "FP32"
+    t.shape.extend([2, 4])
+    req.raw_input_contents.append(np.array([[0.1, 0.7, 0.2, 0.0], [3, 1, 4, 1]], dtype=np.float32).tobytes())
+    o = req.outputs.add()
+    o.name = "OUTPUT0"
+    o.parameters["classification"].int64_param = 3
+    res = stub.ModelInfer(req, timeout=20)
+    items = [b.decode() for b in bytes_items(res.raw_output_contents[0])]
+    out["classification"] = {"datatype": res.outputs[0].datatype, "shape": list(res.outputs[0].shape), "data": items}
+    parsed = [(np.float32(v), int(i), label) for v, i, label in (s.split(":") for s in items)]
+    checks["classification"] = res.outputs[0].datatype == "BYTES" and parsed[:3] == [
+        (np.float32(0.7), 1, "pickle"), (np.float32(0.2), 2, "banana"), (np.float32(0.1), 0, "apple")]
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--proto-dir", default=os.path.join(here, "..", "..", "proto"))
+    args = ap.parse_args()
+
+    out = {"checks": {}}
+    checks = out["checks"]
+    with tempfile.TemporaryDirectory(prefix="tb-triton-py-") as tmp:
+        pb, pb_grpc, _ = generate_stubs(os.path.abspath(args.proto_dir), tmp)
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"{args.host}:{args.port}"))
+        string_example(pb, stub, checks, out)
+        int8_example(pb, stub, checks, out)
+        sequence_sync_example(pb, stub, checks, out)
+        sequence_stream_example(pb, stub, checks, out)
+        shm_example(pb, stub, checks, out)
+        classification_example(pb, stub, checks, out)
+    out["ok"] = all(checks.values())
+    print(json.dumps(out))
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,11 @@ export interface BrokerConfig {
   socketDir: string;
   dockerSocket: string;
   bodyLimit: number;
+  /** REST: longest gap in a request body, and longest time for a whole body (0 = none), in ms (408 beyond). */
+  bodyIdleTimeoutMs: number;
+  bodyTimeoutMs: number;
+  /** REST: responses of at least this many bytes are compressed when the client accepts gzip/deflate. */
+  compressThreshold: number;
   /** Largest gRPC message, each way (gRPC's own default is 4 MiB: too small for images). */
   grpcMaxMessageBytes: number;
   maxTensors: number;
@@ -57,6 +62,9 @@ export const OPTIONS = {
   socketDir: ['--socket-dir <dir>', 'TB_SOCKET_DIR', path.join(os.tmpdir(), 'tensorbroker'), String, 'folder of the model-link ipc socket'],
   dockerSocket: ['--docker-socket <path>', 'TB_DOCKER_SOCKET', '/var/run/docker.sock', String, 'Docker API socket'],
   bodyLimit: ['--body-limit <bytes>', 'TB_BODY_LIMIT', 64 * 1024 * 1024, parsePositive, 'largest request body (413 beyond)'],
+  bodyIdleTimeoutMs: ['--body-idle-timeout-ms <ms>', 'TB_BODY_IDLE_TIMEOUT_MS', 10_000, parsePositive, 'longest gap in a REST request body (408 and the connection closed beyond)'],
+  bodyTimeoutMs: ['--body-timeout-ms <ms>', 'TB_BODY_TIMEOUT_MS', 60_000, parseCount, 'longest time to receive a REST request body, video uploads excepted (0 = no limit)'],
+  compressThreshold: ['--compress-threshold <bytes>', 'TB_COMPRESS_THRESHOLD', 1024, parseCount, 'REST responses this large or larger are gzip/deflate-compressed when the client asks'],
   grpcMaxMessageBytes: ['--grpc-max-message-bytes <bytes>', 'TB_GRPC_MAX_MESSAGE_BYTES', 64 * 1024 * 1024, parsePositive, 'largest gRPC message each way'],
   maxTensors: ['--max-tensors <n>', 'TB_MAX_TENSORS', 64, parsePositive, 'input tensors per request'],
   maxElements: ['--max-elements <n>', 'TB_MAX_ELEMENTS', 64 * 1024 * 1024, parsePositive, 'elements per input tensor'],

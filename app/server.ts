@@ -11,6 +11,7 @@ import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
+import { restServerOptions } from '../bridges/rest/server-options';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
@@ -126,6 +127,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   const reconciled = tasks.reconcile(registry.list()).catch((err: Error) => log.error({ err: err.message }, 'starting model copies failed'));
 
   const app = Fastify({
+    ...restServerOptions(),
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     // One line per request would dominate the log at 10k req/s: errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
@@ -141,7 +143,15 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     if (draining) reply.header('connection', 'close');
     return payload;
   });
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
+  await app.register(restRoutes, {
+    broker,
+    version: VERSION,
+    bodyLimit: config.bodyLimit,
+    maxElements: config.maxElements,
+    bodyIdleTimeoutMs: config.bodyIdleTimeoutMs,
+    bodyTimeoutMs: config.bodyTimeoutMs,
+    compressThreshold: config.compressThreshold,
+  });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.listen({ host: config.host, port: config.httpPort });
   const httpPort = (app.server.address() as { port: number }).port;

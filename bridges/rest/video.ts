@@ -6,6 +6,7 @@
  * stream back as newline-delimited JSON, one line per frame, as they are
  * produced, then one closing line. See bridges/README.md ("Video").
  */
+import { quote } from '../shared/truncate';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
 import type { BrokerApi } from '../../core/broker';
@@ -47,7 +48,7 @@ export interface VideoResponse {
 function fpsOption(v: unknown): number | undefined {
   if (v === undefined || v === '') return undefined;
   const n = typeof v === 'string' && /^\d+(\.\d+)?$/.test(v) ? Number(v) : NaN;
-  if (!(n > 0 && n <= 240)) throw invalid(`query 'fps' must be a number above 0 and at most 240 (got ${JSON.stringify(v)})`);
+  if (!(n > 0 && n <= 240)) throw invalid(`query 'fps' must be a number above 0 and at most 240 (got ${quote(v)})`);
   return n;
 }
 

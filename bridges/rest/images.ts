@@ -109,6 +109,8 @@ export interface ImageProbe {
 export function resizedSize(iw: number, ih: number, opts: Pick<ImageOptions, 'width' | 'height' | 'fit'>): { width: number; height: number } {
   const { width: w, height: h } = opts;
   if (w === undefined && h === undefined) return { width: iw, height: ih };
+  // fill with one side stretches that side only; the other keeps the input's.
+  if (opts.fit === 'fill' && (w === undefined || h === undefined)) return { width: w ?? iw, height: h ?? ih };
   if (w !== undefined && h === undefined) return { width: w, height: Math.max(1, Math.ceil((ih * w) / iw)) };
   if (w === undefined && h !== undefined) return { width: Math.max(1, Math.ceil((iw * h) / ih)), height: h };
   const tw = w as number;

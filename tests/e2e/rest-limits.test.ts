@@ -109,6 +109,21 @@ describe('REST bridge limits, process runtime', () => {
       expect(outside.status).toBe(200);
     });
 
+    test('a small upload does not wait behind big decodes (they have their own lane)', async () => {
+      const big = await png(4000, 4000); // small to send, 48 M elements to decode
+      const small = await png(8, 8);
+      const order: string[] = [];
+      const send = (name: string, image: Buffer) => post('image-info', image, { 'content-type': 'image/png' }).then((r) => {
+        order.push(name);
+        return r.status;
+      });
+      const bigs = [1, 2, 3, 4].map((i) => send(`big${i}`, big));
+      // The small one is sent once the broker is busy decoding the big ones.
+      const statuses = await Promise.all([...bigs, send('small', small)]);
+      expect(statuses).toEqual([200, 200, 200, 200, 200]);
+      expect(order.indexOf('small')).toBeLessThan(order.length - 1);
+    });
+
     test('a multipart of many images whose sum exceeds the limit is refused before any decode', async () => {
       const form = new FormData();
       const image = await png(2, 300);

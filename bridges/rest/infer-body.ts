@@ -8,7 +8,7 @@ import { isDataType, type Tensor } from '../../proto/tensor';
 import type { InferRequest, InferResult } from '../../core/types';
 import { requestOptions } from '../shared/parameters';
 import { tensorFromJson, tensorToJson } from './json-tensors';
-import { parseJson } from './json-body';
+import { checkExact } from './json-body';
 import { quote } from '../shared/truncate';
 
 /** Longest tensor name accepted: names are echoed in errors, and no model has longer ones. */
@@ -78,6 +78,11 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     });
   }
 
+  if (header.id !== undefined && typeof header.id !== 'string' && typeof header.id !== 'number' && typeof header.id !== 'bigint') {
+    throw invalid(`the request's 'id' must be a string (got ${quote(header.id)})`);
+  }
+  checkExact(header.id, "the request's 'id'");
+  checkExact(params.sequence_id, "parameter 'sequence_id'");
   const id = header.id === undefined ? fallbackId : String(header.id);
   return {
     request: { id, inputs, outputs, ...requestOptions(params) },
@@ -86,13 +91,12 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   };
 }
 
-/** Splits a binary-extension body into its JSON header and the raw bytes after it. */
-export function splitBinaryBody(body: Buffer, headerLength: number): { header: unknown; binary: Buffer } {
+/** Splits a binary-extension body into its JSON header (text) and the raw bytes after it. */
+export function splitBinaryBody(body: Buffer, headerLength: number): { header: string; binary: Buffer } {
   if (!Number.isInteger(headerLength) || headerLength < 0 || headerLength > body.length) {
     throw invalid(`Inference-Header-Content-Length ${quote(headerLength)} does not fit a body of ${body.length} bytes`);
   }
-  const header = parseJson(body.toString('utf8', 0, headerLength), 'the JSON header');
-  return { header, binary: body.subarray(headerLength) };
+  return { header: body.toString('utf8', 0, headerLength), binary: body.subarray(headerLength) };
 }
 
 export interface EncodedResponse {

@@ -9,7 +9,7 @@ import { BrokerError } from '../../core/errors';
 import { requestOptions } from '../shared/parameters';
 import type { BodyTimeouts } from './body-timeout';
 import { encodeInferResult, parseInferBody, splitBinaryBody, type ParsedInfer } from './infer-body';
-import { parseJson, stringifyJson } from './json-body';
+import { readJson, stringifyJson } from './json-body';
 import { bodyEncoding, IMAGE_TYPES, isJsonType, mediaType, UnsupportedMediaType } from './media';
 import { rawInputTensor } from './raw-input';
 import { abortOnClose, both, type ModelParams } from './route-helpers';
@@ -58,7 +58,7 @@ function bodyForms(o: InferRouteOptions): BodyForm[] {
       matches: (c) => c.headerLength !== undefined,
       parse: (c) => {
         const { header, binary } = splitBinaryBody(c.body, Number(c.headerLength));
-        return parseInferBody(header, binary, c.id);
+        return readJson(header, 'the JSON header', (h) => parseInferBody(h, binary, c.id));
       },
     },
     {
@@ -69,7 +69,7 @@ function bodyForms(o: InferRouteOptions): BodyForm[] {
     {
       name: 'KServe v2 JSON',
       matches: (c) => isJsonType(c.type),
-      parse: (c) => parseInferBody(parseJson(c.body.toString('utf8')), undefined, c.id),
+      parse: (c) => readJson(c.body.toString('utf8'), 'the body', (h) => parseInferBody(h, undefined, c.id)),
     },
   ];
 }

@@ -2,18 +2,18 @@
  * JSON text <-> values for the REST bridge, exact for 64-bit integers.
  *
  * JSON.parse rounds integers beyond 2^53 (4611686018427387907 becomes
- * 4611686018427388000), so an INT64/UINT64 tensor would change silently. A
- * body with an integer literal of 16 digits or more (the first length that can
- * exceed 2^53) is parsed with lossless-json, which hands such integers over as
- * bigint; every other body takes JSON.parse, as fast as before. Output JSON
- * holding a bigint is written by lossless-json's stringify, digit for digit.
+ * 4611686018427388000), so an INT64/UINT64 tensor would change silently.
+ * Every body is parsed with JSON.parse first, as fast as before. Where a
+ * value may have been rounded (an integer beyond 2^53 in an INT64/UINT64
+ * input, a sequence id or a request id) the codec throws InexactInteger, and
+ * the body is parsed again with lossless-json, which hands such integers over
+ * as bigint. So only bodies that carry such integers pay for the exact parser,
+ * and nothing scans the others. Output JSON holding a bigint is written by
+ * lossless-json's stringify, digit for digit.
  */
 import { parse as losslessParse, stringify as losslessStringify } from 'lossless-json';
 import { BrokerError } from '../../core/errors';
 import { boundMessage } from '../shared/truncate';
-
-/** An integer literal of 16+ digits, not part of a fraction or an exponent. */
-const LONG_INTEGER = /(?:^|[^\d.eE+-])-?\d{16,}(?![\d.eE])/;
 
 /** Integers too long for a double become bigint; every other number a number, as JSON.parse gives. */
 function parseNumber(text: string): number | bigint {
@@ -24,22 +24,51 @@ function parseNumber(text: string): number | bigint {
   return Number(text);
 }
 
-/** True when the text needs the exact parser (exported for tests). */
-export function hasLongInteger(text: string): boolean {
-  return LONG_INTEGER.test(text);
+/** A JSON number that is an integer beyond 2^53: JSON.parse may have rounded it, so the body is read again exactly. */
+export class InexactInteger extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InexactInteger';
+  }
+}
+
+/** Throws InexactInteger when `v` is a number that is an integer beyond 2^53 (`what` names it for the error). */
+export function checkExact(v: unknown, what: string): void {
+  if (typeof v === 'number' && Number.isInteger(v) && !Number.isSafeInteger(v)) {
+    throw new InexactInteger(`${what} (${v}) is an integer beyond 2^53 that is not written exactly: write its digits (or a string)`);
+  }
 }
 
 /**
- * Parses a request's JSON. Malformed JSON, or JSON nested too deep for the
- * exact parser's recursion, is a 400 with a bounded message (never a 500).
+ * Parses a request's JSON (`exact`: with lossless-json). Malformed JSON, or
+ * JSON nested too deep for the exact parser's recursion, is a 400 with a
+ * bounded message (never a 500).
  */
-export function parseJson(text: string, what = 'the body'): unknown {
+export function parseJson(text: string, what = 'the body', exact = false): unknown {
   try {
-    if (!hasLongInteger(text)) return JSON.parse(text);
-    return losslessParse(text, null, parseNumber);
+    return exact ? losslessParse(text, null, parseNumber) : JSON.parse(text);
   } catch (e) {
     const why = e instanceof RangeError ? 'it is nested too deep' : (e as Error).message;
     throw new BrokerError('INVALID_ARGUMENT', boundMessage(`${what} is not valid JSON: ${why}`));
+  }
+}
+
+/**
+ * Parses `text` and reads it with `read`; when `read` finds an integer JSON.parse
+ * may have rounded (InexactInteger), parses again exactly and reads again. An
+ * integer still inexact then (written as 1e20, say) is a 400.
+ */
+export function readJson<T>(text: string, what: string, read: (value: unknown) => T): T {
+  try {
+    return read(parseJson(text, what));
+  } catch (e) {
+    if (!(e instanceof InexactInteger)) throw e;
+  }
+  try {
+    return read(parseJson(text, what, true));
+  } catch (e) {
+    if (e instanceof InexactInteger) throw new BrokerError('INVALID_ARGUMENT', e.message);
+    throw e;
   }
 }
 

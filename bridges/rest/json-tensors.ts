@@ -5,6 +5,7 @@
 import { BrokerError } from '../../core/errors';
 import { elementCount, elementSize, bytesOffsets, encodeBytes, type DataType, type Tensor } from '../../proto/tensor';
 import { quote } from '../shared/truncate';
+import { checkExact } from './json-body';
 import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from './half';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -82,6 +83,7 @@ export function tensorFromJson(name: string, datatype: DataType, shape: number[]
         for (let i = 0; i < count; i++) {
           const v = values[i];
           let b: bigint;
+          checkExact(v, `input '${name}': element ${i}`);
           if (typeof v === 'number' && Number.isSafeInteger(v)) b = BigInt(v);
           else if (typeof v === 'bigint') b = v; // exact, from json-body.ts
           else if (typeof v === 'string' && /^-?\d+$/.test(v)) b = BigInt(v);

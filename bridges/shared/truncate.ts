@@ -26,13 +26,12 @@ export function quote(value: unknown, max = QUOTE_LIMIT): string {
     return value.length <= max ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, max))}… (${value.length - max} more characters)`;
   }
   if (typeof value === 'bigint') return truncate(value.toString(), max);
-  let text: string | undefined;
   try {
-    text = JSON.stringify(value);
+    // JSON.stringify and String() both recurse: an array nested 10,000 deep overflows the stack.
+    return truncate(JSON.stringify(value) ?? String(value), max);
   } catch {
-    text = undefined; // cycles cannot come from JSON; anything odd is just unnamed
+    return Array.isArray(value) ? '(an array nested too deep to show)' : '(a value that cannot be shown)';
   }
-  return truncate(text ?? String(value), max);
 }
 
 /** A whole error message, bounded (for messages built from texts the broker does not control, e.g. a parser's). */

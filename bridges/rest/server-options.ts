@@ -40,9 +40,12 @@ function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
   socket.destroy(err);
 }
 
-export function restServerOptions(): Pick<FastifyServerOptions, 'routerOptions' | 'frameworkErrors' | 'clientErrorHandler'> {
+export function restServerOptions(): Pick<FastifyServerOptions, 'routerOptions' | 'frameworkErrors' | 'clientErrorHandler' | 'return503OnClosing'> {
   return {
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // While closing, fastify would answer requests on open keep-alive connections with its own
+    // 503 body; the routes answer instead (the broker says "shutting down" in the KServe form).
+    return503OnClosing: false,
     frameworkErrors,
     clientErrorHandler,
   };

@@ -16,6 +16,7 @@ import { requestOptions } from '../shared/parameters';
 import { decodeVideo } from './ffmpeg';
 import { imageInput, imageOptions } from './images';
 import { tensorToJson } from './json-tensors';
+import { stringifyJson } from './json-body';
 
 export const VIDEO_TYPES = new Set(['video/mp4', 'video/webm', 'video/quicktime', 'video/x-matroska']);
 
@@ -52,7 +53,8 @@ function fpsOption(v: unknown): number | undefined {
   return n;
 }
 
-const line = (o: unknown) => `${JSON.stringify(o)}\n`;
+/** One NDJSON line (64-bit integers beyond 2^53 written exactly). */
+const line = (o: unknown) => `${stringifyJson(o)}\n`;
 
 function frameLine(frame: number, r: InferResult): string {
   return line({

@@ -12,6 +12,7 @@ import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
 import { rootRoute } from '../bridges/rest/root';
+import { restServerOptions } from '../bridges/rest/server-options';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
@@ -177,6 +178,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   await broker.warm();
 
   const app = Fastify({
+    ...restServerOptions(),
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     // One line per request would dominate the log at 10k req/s: errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
@@ -187,7 +189,9 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   installErrorHandlers(app);
   // One registry of shared memory regions for both bridges: a region registered over REST is usable over gRPC.
   const shm = new SharedMemoryRegistry();
-  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg, shm });
+  await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg, shm,
+    bodyIdleTimeoutMs: config.bodyIdleTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, compressThreshold: config.compressThreshold,
+  });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
   return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, shm, modelsDir: file.dir };

@@ -8,6 +8,8 @@ import { BrokerError } from '../../core/errors';
 import type { Tensor, TensorSpec } from '../../proto/tensor';
 import type { ModelMetadata } from '../../core/types';
 import { UnsupportedMediaType } from './media';
+import { quote, truncate } from '../shared/truncate';
+import { Slots } from '../shared/slots';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 const tooLarge = (msg: string) => new BrokerError('PAYLOAD_TOO_LARGE', msg);
@@ -43,7 +45,7 @@ function dimension(query: Record<string, unknown>, key: string): number | undefi
   const v = query[key];
   if (v === undefined || v === '') return undefined;
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > MAX_SIDE) throw invalid(`query '${key}' must be an integer from 1 to ${MAX_SIDE} (got ${JSON.stringify(v)})`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_SIDE) throw invalid(`query '${key}' must be an integer from 1 to ${MAX_SIDE} (got ${quote(v)})`);
   return n;
 }
 
@@ -51,7 +53,7 @@ function dimension(query: Record<string, unknown>, key: string): number | undefi
 export function imageOptions(query: Record<string, unknown>): ImageOptions {
   const fit = query.fit === undefined || query.fit === '' ? 'cover' : query.fit;
   if (typeof fit !== 'string' || !(FITS as readonly string[]).includes(fit)) {
-    throw invalid(`query 'fit' must be one of ${FITS.join(', ')} (got ${JSON.stringify(fit)})`);
+    throw invalid(`query 'fit' must be one of ${FITS.join(', ')} (got ${quote(fit)})`);
   }
   const input = query.input;
   if (input !== undefined && (typeof input !== 'string' || input === '')) throw invalid("query 'input' must be an input name");
@@ -66,7 +68,7 @@ export function imageInput(meta: ModelMetadata, name: string | undefined): Tenso
   let spec: TensorSpec | undefined;
   if (name !== undefined) {
     spec = meta.inputs.find((t) => t.name === name);
-    if (!spec) throw invalid(`model '${meta.name}' has no input named '${name}' (inputs: ${meta.inputs.map((t) => t.name).join(', ')})`);
+    if (!spec) throw invalid(`model '${meta.name}' has no input named '${truncate(name)}' (inputs: ${meta.inputs.map((t) => t.name).join(', ')})`);
   } else if (meta.inputs.length === 1) {
     spec = meta.inputs[0];
   } else {
@@ -90,38 +92,93 @@ export function resizeTarget(spec: TensorSpec, opts: ImageOptions): ImageOptions
   return h > 0 && w > 0 ? { ...opts, width: w, height: h } : opts;
 }
 
+/** The picture an upload will become, read from its header alone. */
+export interface ImageProbe {
+  label: string;
+  bytes: Buffer;
+  /** Size of the decoded (and resized) picture, worked out before decoding. */
+  width: number;
+  height: number;
+}
+
 /**
- * Decodes one image to RGB bytes. Header first (cheap): an unsupported format
- * is a 415, a picture whose pixels would exceed `maxElements` a 413 before
- * anything is decoded; undecodable bytes are a 400.
+ * Size of the picture sharp makes from an iw x ih input (after EXIF rotation)
+ * for a resize target, for every mode: one side (the other follows the aspect
+ * ratio), both sides with each fit. Rounded up, so it never underestimates.
  */
-export async function decodeImage(bytes: Buffer, label: string, opts: ImageOptions, maxElements: number): Promise<DecodedImage> {
+export function resizedSize(iw: number, ih: number, opts: Pick<ImageOptions, 'width' | 'height' | 'fit'>): { width: number; height: number } {
+  const { width: w, height: h } = opts;
+  if (w === undefined && h === undefined) return { width: iw, height: ih };
+  // fill with one side stretches that side only; the other keeps the input's.
+  if (opts.fit === 'fill' && (w === undefined || h === undefined)) return { width: w ?? iw, height: h ?? ih };
+  if (w !== undefined && h === undefined) return { width: w, height: Math.max(1, Math.ceil((ih * w) / iw)) };
+  if (w === undefined && h !== undefined) return { width: Math.max(1, Math.ceil((iw * h) / ih)), height: h };
+  const tw = w as number;
+  const th = h as number;
+  if (opts.fit === 'inside' || opts.fit === 'outside') {
+    const scale = opts.fit === 'inside' ? Math.min(tw / iw, th / ih) : Math.max(tw / iw, th / ih);
+    return { width: Math.max(1, Math.ceil(iw * scale)), height: Math.max(1, Math.ceil(ih * scale)) };
+  }
+  return { width: tw, height: th }; // cover crops, contain pads, fill stretches: exactly the target
+}
+
+/**
+ * Reads one image's header (cheap: nothing is decoded) and works out the size
+ * it will decode to. An unsupported format is a 415; a picture whose input or
+ * output would exceed `maxElements` a 413, before a byte is allocated for it;
+ * unreadable bytes a 400.
+ */
+export async function probeImage(bytes: Buffer, label: string, opts: ImageOptions, maxElements: number): Promise<ImageProbe> {
   const maxPixels = Math.max(1, Math.floor(maxElements / 3));
   let meta: sharp.Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
-    throw invalid(`${label}: not a readable image (${(e as Error).message})`);
+    throw invalid(`${label}: not a readable image (${truncate((e as Error).message)})`);
   }
   if (!meta.format || !FORMATS.has(meta.format)) {
-    throw new UnsupportedMediaType(`${label} is ${meta.format ? `a ${meta.format} image` : 'of an unknown format'}: uploads take JPEG, PNG or WebP`);
+    throw new UnsupportedMediaType(`${label} is ${meta.format ? `a ${truncate(meta.format, 20)} image` : 'of an unknown format'}: uploads take JPEG, PNG or WebP`);
   }
-  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
-  if (pixels > maxPixels) {
-    throw tooLarge(`${label} is ${meta.width}x${meta.height}: decoded it has ${pixels * 3} elements, over the limit of ${maxElements}`);
+  const rotated = (meta.orientation ?? 1) >= 5; // autoOrient swaps the sides of EXIF orientations 5 to 8
+  const iw = (rotated ? meta.height : meta.width) ?? 0;
+  const ih = (rotated ? meta.width : meta.height) ?? 0;
+  if (iw < 1 || ih < 1) throw invalid(`${label}: the image header gives no size`);
+  if (iw * ih > maxPixels) {
+    throw tooLarge(`${label} is ${iw}x${ih}: decoded it has ${iw * ih * 3} elements, over the limit of ${maxElements}`);
   }
-  if (opts.width !== undefined && opts.height !== undefined && opts.width * opts.height > maxPixels) {
-    throw tooLarge(`a ${opts.width}x${opts.height} resize gives ${opts.width * opts.height * 3} elements, over the limit of ${maxElements}`);
+  const out = resizedSize(iw, ih, opts);
+  if (out.width * out.height > maxPixels) {
+    const how = opts.width !== undefined && opts.height !== undefined ? `${opts.width}x${opts.height} (fit ${opts.fit})` : `to ${opts.width !== undefined ? `width ${opts.width}` : `height ${opts.height}`}`;
+    throw tooLarge(`${label} (${iw}x${ih}) resized ${how} would be ${out.width}x${out.height}: ` +
+      `${out.width * out.height * 3} elements, over the limit of ${maxElements}`);
   }
+  return { label, bytes, width: out.width, height: out.height };
+}
+
+/** Pictures up to this many pixels decode in their own lane, so they never wait behind big ones. */
+const SMALL_PIXELS = 1024 * 1024;
+/**
+ * Decodes at once, in two lanes: libuv has 4 threads by default, and two
+ * image decodes plus one big one leave a thread for files, zlib and DNS.
+ */
+const smallLane = new Slots(2);
+const bigLane = new Slots(1);
+
+/** Decodes a probed image to RGB bytes (the probe has already bounded its size). */
+export async function decodeImage(probe: ImageProbe, opts: ImageOptions, maxElements: number): Promise<DecodedImage> {
+  const { bytes, label } = probe;
+  const maxPixels = Math.max(1, Math.floor(maxElements / 3));
+  // limitInputPixels again: the probe read the header, this guards the decoder itself.
   let pipeline = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'truncated' }).autoOrient();
   if (opts.width !== undefined || opts.height !== undefined) {
     pipeline = pipeline.resize({ width: opts.width, height: opts.height, fit: opts.fit, background: { r: 0, g: 0, b: 0 } });
   }
+  const lane = probe.width * probe.height > SMALL_PIXELS ? bigLane : smallLane;
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
-    out = await pipeline.removeAlpha().toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    out = await lane.run(() => pipeline.removeAlpha().toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true }));
   } catch (e) {
-    throw invalid(`${label}: the image could not be decoded (${(e as Error).message})`);
+    throw invalid(`${label}: the image could not be decoded (${truncate((e as Error).message)})`);
   }
   const { data, info } = out;
   if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
@@ -160,7 +217,13 @@ export async function imagesTensor(
 ): Promise<Tensor> {
   if (files.length === 0) throw invalid('the request has no image');
   const target = resizeTarget(spec, opts);
-  const images = await mapLimited(files, 2, (f) => decodeImage(f.bytes, f.label, target, maxElements));
+  // Every header first: the whole tensor's size is known (and bounded) before any decode.
+  const probes = await mapLimited(files, 4, (f) => probeImage(f.bytes, f.label, target, maxElements));
+  const planned = probes.reduce((n, p) => n + p.width * p.height * 3, 0);
+  if (planned > maxElements) {
+    throw tooLarge(`${probes.length} images (${probes.map((p) => `${p.width}x${p.height}`).join(', ')}) make ${planned} elements, over the limit of ${maxElements}`);
+  }
+  const images = await mapLimited(probes, 2, (p) => decodeImage(p, target, maxElements));
   const { width, height } = images[0];
   if (images.some((im) => im.width !== width || im.height !== height)) {
     const sizes = images.map((im) => `${im.label} ${im.width}x${im.height}`).join(', ');

@@ -10,6 +10,11 @@ import { classificationCounts } from '../shared/classification';
 import { requestOptions } from '../shared/parameters';
 import { shmRef, writtenTo, type ShmRef } from '../shared/shm';
 import { tensorFromJson, tensorToJson } from './json-tensors';
+import { checkExact } from './json-body';
+import { quote } from '../shared/truncate';
+
+/** Longest tensor name accepted: names are echoed in errors, and no model has longer ones. */
+export const MAX_NAME_LENGTH = 1024;
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -47,7 +52,8 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     if (!isObject(raw)) throw invalid(`inputs[${i}] must be an object`);
     const { name, datatype, shape } = raw;
     if (typeof name !== 'string' || name === '') throw invalid(`inputs[${i}] needs a 'name'`);
-    if (!isDataType(datatype)) throw invalid(`input '${name}': unknown datatype ${JSON.stringify(datatype)}`);
+    if (name.length > MAX_NAME_LENGTH) throw invalid(`inputs[${i}]: the name ${quote(name)} is longer than ${MAX_NAME_LENGTH} characters`);
+    if (!isDataType(datatype)) throw invalid(`input '${name}': unknown datatype ${quote(datatype)}`);
     if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
       throw invalid(`input '${name}': 'shape' must be an array of non-negative integers`);
     }
@@ -79,6 +85,7 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     if (!Array.isArray(header.outputs)) throw invalid("'outputs' must be an array");
     outputs = header.outputs.map((o: unknown, i: number) => {
       if (!isObject(o) || typeof o.name !== 'string') throw invalid(`outputs[${i}] needs a 'name'`);
+      if (o.name.length > MAX_NAME_LENGTH) throw invalid(`outputs[${i}]: the name ${quote(o.name)} is longer than ${MAX_NAME_LENGTH} characters`);
       const op = isObject(o.parameters) ? o.parameters : {};
       const ref = shmRef(`output '${o.name}'`, op);
       if (ref) (shmOutputs ??= new Map()).set(o.name, ref);
@@ -88,6 +95,11 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
     });
   }
 
+  if (header.id !== undefined && typeof header.id !== 'string' && typeof header.id !== 'number' && typeof header.id !== 'bigint') {
+    throw invalid(`the request's 'id' must be a string (got ${quote(header.id)})`);
+  }
+  checkExact(header.id, "the request's 'id'");
+  checkExact(params.sequence_id, "parameter 'sequence_id'");
   const id = header.id === undefined ? fallbackId : String(header.id);
   const classification = Array.isArray(header.outputs)
     ? classificationCounts(header.outputs.map((o: Record<string, unknown>) => [o.name as string, isObject(o.parameters) ? o.parameters.classification : undefined]))
@@ -102,18 +114,12 @@ export function parseInferBody(header: unknown, binary: Buffer | undefined, fall
   };
 }
 
-/** Splits a binary-extension body into its JSON header and the raw bytes after it. */
-export function splitBinaryBody(body: Buffer, headerLength: number): { header: unknown; binary: Buffer } {
+/** Splits a binary-extension body into its JSON header (text) and the raw bytes after it. */
+export function splitBinaryBody(body: Buffer, headerLength: number): { header: string; binary: Buffer } {
   if (!Number.isInteger(headerLength) || headerLength < 0 || headerLength > body.length) {
-    throw invalid(`Inference-Header-Content-Length ${headerLength} does not fit a body of ${body.length} bytes`);
+    throw invalid(`Inference-Header-Content-Length ${quote(headerLength)} does not fit a body of ${body.length} bytes`);
   }
-  let header: unknown;
-  try {
-    header = JSON.parse(body.toString('utf8', 0, headerLength));
-  } catch (e) {
-    throw invalid(`the JSON header is malformed: ${(e as Error).message}`);
-  }
-  return { header, binary: body.subarray(headerLength) };
+  return { header: body.toString('utf8', 0, headerLength), binary: body.subarray(headerLength) };
 }
 
 export interface EncodedResponse {

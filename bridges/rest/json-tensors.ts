@@ -4,6 +4,8 @@
  */
 import { BrokerError } from '../../core/errors';
 import { elementCount, elementSize, bytesOffsets, encodeBytes, type DataType, type Tensor } from '../../proto/tensor';
+import { quote } from '../shared/truncate';
+import { checkExact } from './json-body';
 import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from './half';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -20,23 +22,38 @@ const INT_TYPES: Partial<Record<DataType, IntRange>> = {
   UINT32: [Uint32Array, 0, 4294967295],
 };
 
-/** Flattens nested arrays (row-major) into `out`. */
-function flatten(data: unknown, out: unknown[]): void {
-  if (Array.isArray(data)) for (const d of data) flatten(d, out);
-  else out.push(data);
+/**
+ * Flattens nested arrays (row-major), without recursion: a body nested
+ * thousands deep is a 400, not a stack overflow. Nesting deeper than the
+ * shape's rank (a flat array is depth 1) is refused.
+ */
+function flatten(name: string, data: unknown[], maxDepth: number): unknown[] {
+  const out: unknown[] = [];
+  const stack: { items: unknown[]; next: number }[] = [{ items: data, next: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.next >= top.items.length) {
+      stack.pop();
+      continue;
+    }
+    const v = top.items[top.next++];
+    if (!Array.isArray(v)) out.push(v);
+    else if (stack.length >= maxDepth) throw invalid(`input '${name}': 'data' is nested deeper than its shape's ${maxDepth} dimensions`);
+    else stack.push({ items: v, next: 0 });
+  }
+  return out;
 }
 
 /** Encodes a JSON `data` array (flat or nested) into raw little-endian bytes. */
 export function tensorFromJson(name: string, datatype: DataType, shape: number[], data: unknown): Tensor {
   if (!Array.isArray(data)) throw invalid(`input '${name}': 'data' must be an array`);
-  const values: unknown[] = [];
-  flatten(data, values);
+  const values = flatten(name, data, Math.max(1, shape.length));
   const count = elementCount(shape);
   if (values.length !== count) {
     throw invalid(`input '${name}': shape ${JSON.stringify(shape)} needs ${count} elements, 'data' has ${values.length}`);
   }
   const bad = (i: number, what: string) =>
-    invalid(`input '${name}': element ${i} (${JSON.stringify(values[i])}) is not ${what}`);
+    invalid(`input '${name}': element ${i} (${quote(values[i])}) is not ${what}`);
   const ints = INT_TYPES[datatype];
   let bytes: Buffer;
   if (ints) {
@@ -66,7 +83,9 @@ export function tensorFromJson(name: string, datatype: DataType, shape: number[]
         for (let i = 0; i < count; i++) {
           const v = values[i];
           let b: bigint;
+          checkExact(v, `input '${name}': element ${i}`);
           if (typeof v === 'number' && Number.isSafeInteger(v)) b = BigInt(v);
+          else if (typeof v === 'bigint') b = v; // exact, from json-body.ts
           else if (typeof v === 'string' && /^-?\d+$/.test(v)) b = BigInt(v);
           else throw bad(i, `a ${datatype} integer`);
           const ok = datatype === 'INT64' ? b >= -(1n << 63n) && b < 1n << 63n : b >= 0n && b < 1n << 64n;
@@ -83,8 +102,9 @@ export function tensorFromJson(name: string, datatype: DataType, shape: number[]
         const arr = datatype === 'FP64' ? new Float64Array(count) : new Float32Array(count);
         for (let i = 0; i < count; i++) {
           const v = values[i];
-          if (typeof v !== 'number') throw bad(i, 'a number');
-          arr[i] = v;
+          if (typeof v === 'number') arr[i] = v;
+          else if (typeof v === 'bigint') arr[i] = Number(v); // a long integer literal, as JSON.parse would round it
+          else throw bad(i, 'a number');
         }
         if (datatype === 'FP16' || datatype === 'BF16') {
           const half = new Uint16Array(count);
@@ -114,6 +134,12 @@ function view<T>(data: Buffer, size: number, make: (ab: ArrayBufferLike, off: nu
   return make(copy.buffer, 0, len);
 }
 
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** A 64-bit value as a number when a double holds it exactly, else as the bigint (written digit for digit by json-body.ts). */
+const exactInteger = (b: bigint): number | bigint => (b >= MIN_SAFE && b <= MAX_SAFE ? Number(b) : b);
+
 /** Decodes raw bytes into a flat JSON array of numbers, booleans or strings. */
 export function tensorToJson(t: Tensor): unknown[] {
   const d = t.data;
@@ -137,9 +163,9 @@ export function tensorToJson(t: Tensor): unknown[] {
     case 'FP64':
       return Array.from(view(d, 8, (b, o, n) => new Float64Array(b, o, n)));
     case 'INT64':
-      return Array.from(view(d, 8, (b, o, n) => new BigInt64Array(b, o, n)), Number);
+      return Array.from(view(d, 8, (b, o, n) => new BigInt64Array(b, o, n)), exactInteger);
     case 'UINT64':
-      return Array.from(view(d, 8, (b, o, n) => new BigUint64Array(b, o, n)), Number);
+      return Array.from(view(d, 8, (b, o, n) => new BigUint64Array(b, o, n)), exactInteger);
     case 'FP16':
       return Array.from(view(d, 2, (b, o, n) => new Uint16Array(b, o, n)), f16ToF32);
     case 'BF16':

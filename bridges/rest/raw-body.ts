@@ -1,7 +1,9 @@
 /**
- * A content-type parser that reads the body into one Buffer sized from
- * Content-Length: no chunk list, no concat, one copy of each byte. Chunked
- * bodies (no Content-Length) fall back to collecting chunks, under the limit.
+ * A content-type parser that reads the body into one Buffer. A body of up to
+ * 1 MiB declared by Content-Length is read into a Buffer of that size (one
+ * copy of each byte); a larger one is collected as it arrives and joined at
+ * the end, so a client announcing 64 MB and sending slowly holds only what it
+ * has sent. The body must keep coming (body-timeout.ts: 408 otherwise).
  * A gzip or deflate Content-Encoding is undone after reading (media.ts), the
  * decoded size bounded by the same limit; other encodings are a 415.
  */
@@ -9,6 +11,10 @@ import type { FastifyRequest } from 'fastify';
 import type { IncomingMessage } from 'node:http';
 import { BrokerError } from '../../core/errors';
 import { bodyEncoding, decodeBody, type BodyEncoding } from './media';
+import { DEFAULT_BODY_TIMEOUTS, watchBody, type BodyTimeouts } from './body-timeout';
+
+/** Bodies up to this size (by Content-Length) are read into one Buffer allocated up front. */
+const PREALLOCATE_MAX = 1024 * 1024;
 
 type Done = (err: Error | null, body?: Buffer) => void;
 
@@ -20,7 +26,7 @@ function decoding(encoding: BodyEncoding, limit: number, done: Done): Done {
   };
 }
 
-export function rawBodyParser(limit: number) {
+export function rawBodyParser(limit: number, timeouts: BodyTimeouts = DEFAULT_BODY_TIMEOUTS) {
   return (req: FastifyRequest, payload: IncomingMessage, rawDone: Done): void => {
     let encoding: BodyEncoding | undefined;
     try {
@@ -29,49 +35,43 @@ export function rawBodyParser(limit: number) {
       payload.resume();
       return rawDone(e as Error);
     }
-    const done = encoding ? decoding(encoding, limit, rawDone) : rawDone;
+    let finished = false;
+    const decoded = encoding ? decoding(encoding, limit, rawDone) : rawDone;
+    // Exactly one answer, whichever of end, error, limit or timeout comes first.
+    const done: Done = (err, body) => {
+      if (finished) return;
+      finished = true;
+      watch.stop();
+      if (err) {
+        payload.removeListener('data', onData);
+        payload.resume(); // drain, so the connection can carry the error (a 408 closes it)
+      }
+      decoded(err, body);
+    };
+    const watch = watchBody(payload, timeouts, (e) => done(e));
     const tooLarge = () => new BrokerError('PAYLOAD_TOO_LARGE', `the body is larger than the limit of ${limit} bytes`);
     const declared = req.headers['content-length'];
+    let length = -1;
     if (declared !== undefined) {
-      const length = Number(declared);
+      length = Number(declared);
       if (!Number.isInteger(length) || length < 0) return done(new BrokerError('INVALID_ARGUMENT', 'invalid Content-Length'));
-      if (length > limit) {
-        payload.resume(); // drain, so the connection can carry the 413
-        return done(tooLarge());
-      }
-      const body = Buffer.allocUnsafe(length);
-      let offset = 0;
-      payload.on('data', (chunk: Buffer) => {
-        if (offset + chunk.length > length) {
-          payload.removeAllListeners('data');
-          payload.resume();
-          offset = -1;
-          return done(new BrokerError('INVALID_ARGUMENT', 'the body is longer than its Content-Length'));
-        }
-        chunk.copy(body, offset);
-        offset += chunk.length;
-      });
-      payload.on('end', () => {
-        if (offset === -1) return;
-        if (offset !== length) return done(new BrokerError('INVALID_ARGUMENT', 'the body is shorter than its Content-Length'));
-        done(null, body);
-      });
-      payload.on('error', (e) => done(e));
-      return;
+      if (length > limit) return done(tooLarge());
     }
+    const whole = length >= 0 && length <= PREALLOCATE_MAX ? Buffer.allocUnsafe(length) : undefined;
     const chunks: Buffer[] = [];
     let size = 0;
-    payload.on('data', (chunk: Buffer) => {
+    function onData(chunk: Buffer): void {
+      watch.touch();
+      if (length >= 0 && size + chunk.length > length) return done(new BrokerError('INVALID_ARGUMENT', 'the body is longer than its Content-Length'));
+      if (size + chunk.length > limit) return done(tooLarge());
+      if (whole) chunk.copy(whole, size);
+      else chunks.push(chunk);
       size += chunk.length;
-      if (size > limit) {
-        payload.removeAllListeners('data');
-        payload.resume();
-        return done(tooLarge());
-      }
-      chunks.push(chunk);
-    });
+    }
+    payload.on('data', onData);
     payload.on('end', () => {
-      if (size <= limit) done(null, Buffer.concat(chunks, size));
+      if (length >= 0 && size !== length) return done(new BrokerError('INVALID_ARGUMENT', 'the body is shorter than its Content-Length'));
+      done(null, whole ?? Buffer.concat(chunks, size));
     });
     payload.on('error', (e) => done(e));
   };

@@ -6,6 +6,7 @@
  * stream back as newline-delimited JSON, one line per frame, as they are
  * produced, then one closing line. See bridges/README.md ("Video").
  */
+import { quote } from '../shared/truncate';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
 import type { BrokerApi } from '../../core/broker';
@@ -15,6 +16,7 @@ import { requestOptions } from '../shared/parameters';
 import { decodeVideo } from './ffmpeg';
 import { imageInput, imageOptions } from './images';
 import { tensorToJson } from './json-tensors';
+import { stringifyJson } from './json-body';
 
 export const VIDEO_TYPES = new Set(['video/mp4', 'video/webm', 'video/quicktime', 'video/x-matroska']);
 
@@ -48,11 +50,12 @@ export interface VideoResponse {
 function fpsOption(v: unknown): number | undefined {
   if (v === undefined || v === '') return undefined;
   const n = typeof v === 'string' && /^\d+(\.\d+)?$/.test(v) ? Number(v) : NaN;
-  if (!(n > 0 && n <= 240)) throw invalid(`query 'fps' must be a number above 0 and at most 240 (got ${JSON.stringify(v)})`);
+  if (!(n > 0 && n <= 240)) throw invalid(`query 'fps' must be a number above 0 and at most 240 (got ${quote(v)})`);
   return n;
 }
 
-const line = (o: unknown) => `${JSON.stringify(o)}\n`;
+/** One NDJSON line (64-bit integers beyond 2^53 written exactly). */
+const line = (o: unknown) => `${stringifyJson(o)}\n`;
 
 function frameLine(frame: number, r: InferResult): string {
   return line({

@@ -6,6 +6,7 @@
  * Values may arrive as numbers, bigints, booleans or strings depending on the
  * protocol (a query string gives only strings).
  */
+import { quote } from './truncate';
 import { BrokerError } from '../../core/errors';
 import type { SequenceRef } from '../../core/types';
 
@@ -21,7 +22,7 @@ function nonNegativeInt(key: string, v: unknown): number | undefined {
   if (v === undefined || v === null) return undefined;
   const n = typeof v === 'bigint' ? Number(v) : typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-    throw invalid(`parameter '${key}' must be a non-negative integer (got ${JSON.stringify(String(v))})`);
+    throw invalid(`parameter '${key}' must be a non-negative integer (got ${quote(v)})`);
   }
   return n;
 }
@@ -31,7 +32,7 @@ function flag(key: string, v: unknown): boolean {
   if (typeof v === 'boolean') return v;
   if (v === 1 || v === 0 || v === 1n || v === 0n) return Number(v) === 1;
   if (typeof v === 'string' && /^(true|false|1|0)$/i.test(v)) return /^(true|1)$/i.test(v);
-  throw invalid(`parameter '${key}' must be a boolean (got ${JSON.stringify(String(v))})`);
+  throw invalid(`parameter '${key}' must be a boolean (got ${quote(v)})`);
 }
 
 /**
@@ -55,7 +56,7 @@ export function sequenceId(v: unknown): string | undefined {
     if (v.length > 256) throw invalid('parameter \'sequence_id\' is longer than 256 characters');
     return /^\d+$/.test(v) ? (BigInt(v) === 0n ? undefined : BigInt(v).toString()) : v;
   }
-  throw invalid(`parameter 'sequence_id' must be an unsigned integer or a string (got ${JSON.stringify(String(v))})`);
+  throw invalid(`parameter 'sequence_id' must be an unsigned integer or a string (got ${quote(v)})`);
 }
 
 /** The sequence control of a request, or undefined when it is not in a sequence. */

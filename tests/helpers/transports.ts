@@ -4,6 +4,7 @@
  * broker's error code recovered from the protocol's own status).
  */
 import { tensorToJson } from '../../bridges/rest/json-tensors';
+import { parseJson, stringifyJson } from '../../bridges/rest/json-body';
 import { HTTP_STATUS, type ErrorCode } from '../../core/errors';
 import type { DataType, Tensor } from '../../proto/tensor';
 import type { ServiceError } from '@grpc/grpc-js';
@@ -80,9 +81,10 @@ export const restJson: TransportFactory = {
           outputs: opts.outputs?.map((name) => ({ name })),
           parameters: parameters(opts),
         };
-        const res = await fetch(modelPath(b, model, opts.version), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        // Exact both ways: INT64/UINT64 beyond 2^53 are written and read digit for digit.
+        const res = await fetch(modelPath(b, model, opts.version), { method: 'POST', headers: { 'content-type': 'application/json' }, body: stringifyJson(body) });
         return httpOutcome(res, (buf) => {
-          const json = JSON.parse(buf.toString()) as { outputs: { name: string; datatype: DataType; shape: number[]; data: unknown[] }[] };
+          const json = parseJson(buf.toString(), 'the answer', true) as { outputs: { name: string; datatype: DataType; shape: number[]; data: unknown[] }[] };
           return { ok: true, outputs: Object.fromEntries(json.outputs.map((o) => [o.name, { datatype: o.datatype, shape: o.shape, values: o.data }])) };
         });
       },

@@ -32,6 +32,11 @@ export interface BrokerConfig {
   shutdownGraceMs: number;
   logLevel: string;
   adminToken?: string;
+  /** TB_API_KEYS (comma-separated, environment only): when set, inference on every bridge needs one of them. */
+  apiKeys: string[];
+  /** PEM certificate chain and key files: REST and gRPC serve TLS when both are given. */
+  tlsCert?: string;
+  tlsKey?: string;
   /** GPU ids used when nvidia-smi is absent (TB_GPUS=0,1,2,3). */
   gpus: string[];
   /** 'fake': GPU requests are recorded on containers but not sent (tests on hosts without a GPU runtime). */
@@ -69,6 +74,8 @@ export const OPTIONS = {
   maxCopies: ['--max-copies <n>', 'TB_MAX_COPIES', 0, parseCount, 'global cap on model copies (0 = none)'],
   maxMemoryMb: ['--max-memory-mb <mb>', 'TB_MAX_MEMORY_MB', 0, parseCount, 'global cap on the sum of memory_mb of copies (0 = none)'],
   autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
+  tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', undefined as string | undefined, String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
+  tlsKey: ['--tls-key <file>', 'TB_TLS_KEY', undefined as string | undefined, String, 'PEM private key of --tls-cert'],
 } as const;
 
 type Key = keyof typeof OPTIONS;
@@ -117,5 +124,7 @@ export function resolveConfig(flags: Partial<Record<Key, string>>, env: NodeJS.P
     }
   }
   out.adminToken = env.TB_ADMIN_TOKEN || undefined;
+  out.apiKeys = parseList(env.TB_API_KEYS ?? '');
+  if ((out.tlsCert === undefined) !== (out.tlsKey === undefined)) throw new Error('--tls-cert / TB_TLS_CERT and --tls-key / TB_TLS_KEY go together: give both or neither');
   return out as unknown as BrokerConfig;
 }

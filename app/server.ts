@@ -13,6 +13,8 @@ import { Broker } from '../core/broker';
 import { restRoutes } from '../bridges/rest/routes';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
+import { AccessControl } from '../bridges/shared/access';
+import { installAccessHook } from '../bridges/rest/access-hook';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
@@ -125,7 +127,11 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const reconciled = tasks.reconcile(registry.list()).catch((err: Error) => log.error({ err: err.message }, 'starting model copies failed'));
 
+  // One access policy for every bridge (bridges/shared/access.ts); TLS for REST and gRPC from one certificate.
+  const access = new AccessControl({ adminToken: config.adminToken, apiKeys: config.apiKeys });
+  const tls = config.tlsCert && config.tlsKey ? { cert: fs.readFileSync(config.tlsCert), key: fs.readFileSync(config.tlsKey) } : undefined;
   const app = Fastify({
+    ...(tls ? { https: tls } : {}),
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     // One line per request would dominate the log at 10k req/s: errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
@@ -134,6 +140,7 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
+  installAccessHook(app, access);
   // While draining, close each connection after its answer: keep-alive sockets
   // would otherwise hold app.close() open for fastify's 72 s keep-alive timeout.
   let draining = false;
@@ -168,8 +175,10 @@ export async function startBroker(config: BrokerConfig, logger?: Logger): Promis
     maxMessageBytes: config.grpcMaxMessageBytes,
     logger: log.child({ component: 'grpc-bridge' }),
     version: VERSION,
+    access,
+    tls,
   });
-  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, logger: log.child({ component: 'zmq-bridge' }) });
+  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access, logger: log.child({ component: 'zmq-bridge' }) });
   log.info({ http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;

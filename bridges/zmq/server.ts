@@ -18,6 +18,8 @@ import {
   parametersFromProto, peekId, tensorsFromFrames, toMeta, type InferRequest,
 } from '../../proto/client';
 import { create } from '@bufbuild/protobuf';
+import { AccessControl, withoutLogLines } from '../shared/access';
+import { bounded } from '../shared/bounded';
 import { requestOptions } from '../shared/parameters';
 import { SequenceOrder } from '../shared/sequence-order';
 
@@ -29,6 +31,14 @@ export interface ZmqBridgeOptions {
   port: number;
   /** Largest request accepted, all frames together, in bytes. Also the socket's ZMQ_MAXMSGSIZE (per frame). */
   maxMessageBytes: number;
+  /** Most frames in one request (routing id and delimiter not counted): header + tensors (+ key frame). Default 66. */
+  maxFrames?: number;
+  /** Who may call what (bridges/shared/access.ts): API keys for inference. Default: open. */
+  access?: AccessControl;
+  /** Bytes of replies one client may have waiting in the bridge's send queue before its new requests are refused. Default 256 MiB. */
+  clientQueueBytes?: number;
+  /** ZMQ_SNDHWM: replies libzmq holds per client that does not read (beyond the kernel's socket buffer). Default 1000. */
+  sendHighWaterMark?: number;
   logger: Logger;
   /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
   closeGraceMs?: number;
@@ -42,11 +52,17 @@ export interface ZmqBridge {
   close(): Promise<void>;
 }
 
-type Outgoing = { frames: Buffer[]; peer: string } | { flushed: () => void };
+type Outgoing = { frames: Buffer[]; peer: string; bytes: number } | { flushed: () => void };
+
+/** The optional first frame of a request that carries an API key: `tb-api-key:<key>` (a protobuf header never starts with 't'). */
+export const KEY_FRAME_PREFIX = Buffer.from('tb-api-key:');
+/** Messages libzmq queues per client before the bridge reads them: with ZMQ_MAXMSGSIZE, bounds what a fast sender can park in memory. */
+const RECEIVE_HWM = 16;
+
 
 const EMPTY = Buffer.alloc(0);
-/** Replies a client can leave unread before further replies to it are dropped (EAGAIN). */
-const SEND_HWM = 10_000;
+/** Replies a client can leave unread in libzmq before further replies to it are dropped (EAGAIN). */
+const SEND_HWM = 1000;
 /** Client ids remembered as gone (their remaining replies are dropped quietly). */
 const GONE_LIMIT = 10_000;
 
@@ -83,13 +99,25 @@ class ZmqBridgeServer implements ZmqBridge {
   private closed = false;
   private closePromise?: Promise<void>;
   private loops: Promise<void>[] = [];
+  /** Bytes of replies waiting in `queue`, per client. */
+  private readonly queuedBytes = new Map<string, number>();
+  /** Clients whose last reply failed with EAGAIN (they do not read): new requests refused until a reply gets through. */
+  private readonly stalled = new Set<string>();
+  private readonly access: AccessControl;
+  private readonly maxFrames: number;
+  private readonly clientQueueBytes: number;
 
   constructor(private readonly opts: ZmqBridgeOptions) {
     this.log = opts.logger.child({ bridge: 'zmq' });
+    this.access = opts.access ?? new AccessControl();
+    this.maxFrames = opts.maxFrames ?? 66;
+    this.clientQueueBytes = opts.clientQueueBytes ?? 256 * 1024 * 1024;
     this.router = new Router({
       mandatory: true, // unroutable replies fail with EHOSTUNREACH instead of vanishing
       sendTimeout: 0, // never block the send loop on one slow client: EAGAIN instead
-      sendHighWaterMark: SEND_HWM,
+      sendHighWaterMark: opts.sendHighWaterMark ?? SEND_HWM,
+      receiveHighWaterMark: RECEIVE_HWM,
+      // libzmq checks this per frame, as it decodes each one (a bigger frame drops the connection).
       maxMessageSize: opts.maxMessageBytes,
       linger: 500,
       // ZMTP heartbeats: half-open connections are dropped, so replies to dead clients fail fast.
@@ -138,8 +166,15 @@ class ZmqBridgeServer implements ZmqBridge {
   }
 
   private push(item: Outgoing): void {
+    if ('peer' in item) this.queuedBytes.set(item.peer, (this.queuedBytes.get(item.peer) ?? 0) + item.bytes);
     this.queue.push(item);
     this.wake?.();
+  }
+
+  private dequeued(peer: string, bytes: number): void {
+    const left = (this.queuedBytes.get(peer) ?? 0) - bytes;
+    if (left > 0) this.queuedBytes.set(peer, left);
+    else this.queuedBytes.delete(peer);
   }
 
   private async sendLoop(): Promise<void> {
@@ -154,12 +189,14 @@ class ZmqBridgeServer implements ZmqBridge {
         item.flushed();
         continue;
       }
+      this.dequeued(item.peer, item.bytes);
       if (this.gone.has(item.peer)) {
         this.log.debug({ client: item.peer }, 'zmq: reply to a client that is gone dropped');
         continue;
       }
       try {
         await this.router.send(item.frames);
+        this.stalled.delete(item.peer);
       } catch (err) {
         if (this.closed) return;
         this.undelivered(item.peer, err);
@@ -179,7 +216,9 @@ class ZmqBridgeServer implements ZmqBridge {
       this.owners.get(peer)?.abort();
       this.owners.delete(peer);
     } else if (code === 'EAGAIN') {
-      this.log.warn({ client: peer }, `zmq: client has ${SEND_HWM} unread replies; reply dropped`);
+      if (!this.stalled.has(peer)) this.log.error({ client: peer }, 'zmq: client does not read its replies (send high-water mark reached): reply dropped, its new requests refused until it reads');
+      this.stalled.add(peer);
+      if (this.stalled.size > GONE_LIMIT) this.stalled.clear();
     } else {
       this.log.error({ client: peer, err }, 'zmq: reply not sent');
     }
@@ -216,14 +255,28 @@ class ZmqBridgeServer implements ZmqBridge {
 
     let total = 0;
     for (const f of body) total += f.length;
-    if (total > this.opts.maxMessageBytes) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${total} bytes; the limit is ${this.opts.maxMessageBytes}`));
+    if (total > this.opts.maxMessageBytes || body.length > this.maxFrames) {
+      // libzmq has already assembled it (ZMQ_MAXMSGSIZE bounds frames, not messages; RECEIVE_HWM bounds how many wait).
+      const what = total > this.opts.maxMessageBytes ? `${total} bytes; the limit is ${this.opts.maxMessageBytes}` : `${body.length} frames; the limit is ${this.maxFrames}`;
+      this.log.warn({ client: peer, bytes: total, frames: body.length }, 'zmq: oversized message refused');
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${what}`));
+    }
+    // Optional API key frame before the header.
+    let credential: string | undefined;
+    if (body.length > 0 && body[0].length >= KEY_FRAME_PREFIX.length && body[0].subarray(0, KEY_FRAME_PREFIX.length).equals(KEY_FRAME_PREFIX)) {
+      credential = body[0].subarray(KEY_FRAME_PREFIX.length).toString('utf8');
+      body = body.slice(1);
+    }
+    const refused = this.access.check('infer', { credential });
+    if (refused) return this.fail(prefix, peer, { id: peekId(body[0]) }, refused);
+    if (this.stalled.has(peer) || (this.queuedBytes.get(peer) ?? 0) > this.clientQueueBytes) {
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, new BrokerError('RESOURCE_EXHAUSTED', 'this client has too many unread replies: read them first', 100));
     }
     let header: InferRequest;
     try {
       header = decodeHeader(InferRequestSchema, body[0]);
     } catch (err) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid((err as Error).message));
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(bounded((err as Error).message)));
     }
     const id = header.id !== '' ? header.id : `zmq-${++this.seq}`;
     const ctx = { id, model: header.model, version: header.version };
@@ -232,7 +285,7 @@ class ZmqBridgeServer implements ZmqBridge {
     try {
       req = this.toRequest(header, id, body.slice(1), peer);
     } catch (err) {
-      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(err.message) : toBrokerError(err));
+      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err));
     }
     this.run(prefix, peer, req);
   }
@@ -299,21 +352,23 @@ class ZmqBridgeServer implements ZmqBridge {
       outputs: r.outputs.map(toMeta),
     });
     // Output frames are the broker's buffers (views of the model's reply): no copy.
-    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)], peer });
+    const frames = [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)];
+    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
   }
 
   private fail(prefix: Buffer[], peer: string, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {
     if (err.code === 'INVALID_ARGUMENT' || err.code === 'NOT_FOUND') {
-      this.log.debug({ client: peer, id: ctx.id, model: ctx.model, code: err.code, err: err.message }, 'zmq: request refused');
+      this.log.debug({ client: peer, id: bounded(ctx.id, 256), model: bounded(ctx.model ?? '', 256), code: err.code, err: { message: bounded(err.message) } }, 'zmq: request refused');
     }
     const header = create(InferReplySchema, {
       id: ctx.id, model: ctx.model ?? '', version: ctx.version ?? '',
       status: create(StatusSchema, {
         code: err.code,
-        message: err.message,
+        message: bounded(withoutLogLines(err.message)),
         retryAfterMs: err.retryAfterMs !== undefined ? Math.max(0, Math.ceil(err.retryAfterMs)) : 0,
       }),
     });
-    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header)], peer });
+    const frames = [...prefix, ...encodeFrames(InferReplySchema, header)];
+    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
   }
 }

@@ -6,6 +6,7 @@
  * from callers without the admin token.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { HTTP_STATUS } from '../../core/errors';
 import { AccessControl, credentialOf, withoutLogLines, type CallClass } from '../shared/access';
 
 const MODEL = '/v2/models/:model';
@@ -33,6 +34,8 @@ export function seesAdminDetails(req: FastifyRequest): boolean {
   return adminRequests.has(req);
 }
 
+const mayQuoteLogs = (s: string) => s.includes('model copy ') || s.includes('; last log lines: ');
+
 export function installAccessHook(app: FastifyInstance, access: AccessControl): void {
   app.addHook('onRequest', async (req, reply) => {
     const caller = { credential: credentialOf(req.headers.authorization, req.headers['x-api-key']), address: req.socket.remoteAddress };
@@ -42,13 +45,15 @@ export function installAccessHook(app: FastifyInstance, access: AccessControl): 
     if (refused) {
       req.log.warn({ method: req.method, route: req.routeOptions.url, ip: req.ip, code: refused.code }, 'request refused by the access policy');
       if (refused.code === 'UNAUTHENTICATED') void reply.header('www-authenticate', 'Bearer');
-      throw refused;
+      // Answered here, not thrown: plugins with their own error handler (the admin API) would make it a 500.
+      return reply.code(HTTP_STATUS[refused.code]).type('application/json').send({ error: refused.message });
     }
   });
   // Crash log lines ride in "unavailable" reasons (errors, repository index, model status).
   app.addHook('onSend', async (req, _reply, payload) => {
-    if (typeof payload === 'string' && !adminRequests.has(req) && payload.includes('; last log lines: ')) {
-      return payload.replace(/; last log lines: (?:[^"\\]|\\.)*/g, (m) => withoutLogLines(m));
+    if (typeof payload === 'string' && !adminRequests.has(req) && mayQuoteLogs(payload)) {
+      // Each JSON string on its own: the redaction must not run past a closing quote.
+      return payload.replace(/"(?:[^"\\]|\\.)*"/g, (str) => (mayQuoteLogs(str) ? withoutLogLines(str.slice(0, -1)) + '"' : str));
     }
     return payload;
   });

@@ -123,8 +123,18 @@ export function credentialOf(authorization: unknown, apiKey: unknown): string | 
 
 /** The part of an "unavailable" reason that quotes a crashed copy's log (task-manager/health.ts). */
 const LOG_LINES = /; last log lines: [\s\S]*$/;
+/**
+ * A copy's exit message quotes its last log line after how it ended
+ * (task-manager/copies.ts exitMessage): "… exited with code 3: <line>".
+ */
+const EXIT_LINE = /(exited with code -?\d+|exited \(code -?\d+\)|killed by \w+|OOM killed|\bended): (.*?)(?= \((?:exit code|OOM)|; last log lines: |$)/g;
 
-/** Removes quoted crash log lines from a reason or error message (they may hold secrets or paths). */
+/**
+ * Removes quoted crash log lines from a reason or error message (they may hold
+ * secrets or paths). Text-based, because the task manager puts them into its
+ * messages; the admin token holder sees them whole.
+ */
 export function withoutLogLines(text: string): string {
-  return text.replace(LOG_LINES, '; last log lines: (hidden: need the admin token)');
+  if (!text.includes(': ')) return text;
+  return text.replace(EXIT_LINE, '$1: (log line hidden)').replace(LOG_LINES, '; last log lines: (hidden: need the admin token)');
 }

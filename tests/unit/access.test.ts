@@ -80,10 +80,13 @@ test('REST route classes', () => {
 });
 
 test('crash log lines are cut from reasons; messages are bounded', () => {
-  const reason = 'unavailable: 3 copy failures within 60000 ms (max_failures 3); last: exited (exit code 7); last log lines: DB_PASSWORD=hunter2 | boom';
+  const reason = 'unavailable: 3 copy failures within 60000 ms (max_failures 3); last: model copy ab12 of m exited with code 7: boom KEY=abc (exit code 7); last log lines: DB_PASSWORD=hunter2 | boom';
   const cut = withoutLogLines(reason);
   expect(cut).not.toContain('hunter2');
-  expect(cut).toContain('exit code 7');
+  expect(cut).not.toContain('KEY=abc');
+  expect(cut).toContain('exited with code 7: (log line hidden) (exit code 7)');
+  expect(withoutLogLines('model copy c1 of m killed by SIGKILL: last words')).toBe('model copy c1 of m killed by SIGKILL: (log line hidden)');
+  expect(withoutLogLines('model copy c1 of m exited (code 2): x; more')).toBe('model copy c1 of m exited (code 2): (log line hidden)');
   expect(withoutLogLines('no lines here')).toBe('no lines here');
   const long = 'x'.repeat(20_000_000);
   const b = bounded(long);

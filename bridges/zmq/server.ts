@@ -35,9 +35,13 @@ export interface ZmqBridgeOptions {
   maxFrames?: number;
   /** Who may call what (bridges/shared/access.ts): API keys for inference. Default: open. */
   access?: AccessControl;
-  /** Bytes of replies one client may have waiting in the bridge's send queue before its new requests are refused. Default 256 MiB. */
+  /**
+   * Bytes of replies the bridge keeps for one client that does not read (beyond the
+   * `sendHighWaterMark` replies libzmq holds): past it, new requests from that client are
+   * refused RESOURCE_EXHAUSTED and replies that still do not fit are dropped (logged). Default 64 MiB.
+   */
   clientQueueBytes?: number;
-  /** ZMQ_SNDHWM: replies libzmq holds per client that does not read (beyond the kernel's socket buffer). Default 1000. */
+  /** ZMQ_SNDHWM: replies libzmq holds per client beyond the kernel's socket buffer. Default 16. */
   sendHighWaterMark?: number;
   logger: Logger;
   /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
@@ -48,11 +52,23 @@ export interface ZmqBridge {
   port: number;
   /** The bound endpoint, e.g. tcp://127.0.0.1:7787. */
   endpoint: string;
+  /** Bytes of replies waiting in the bridge for clients (send queue and held back for clients that do not read). */
+  backlogBytes(): number;
   /** Answers what is in flight (within closeGraceMs), then closes the socket. */
   close(): Promise<void>;
 }
 
-type Outgoing = { frames: Buffer[]; peer: string; bytes: number } | { flushed: () => void };
+type Reply = { frames: Buffer[]; peer: string; bytes: number };
+type Outgoing = Reply | { flushed: () => void } | { retry: string };
+
+/** Replies held back for one client whose libzmq queue is full (EAGAIN), oldest first. */
+interface Held {
+  items: Reply[];
+  bytes: number;
+  delayMs: number;
+  timer?: NodeJS.Timeout;
+  dropped: number;
+}
 
 /** The optional first frame of a request that carries an API key: `tb-api-key:<key>` (a protobuf header never starts with 't'). */
 export const KEY_FRAME_PREFIX = Buffer.from('tb-api-key:');
@@ -61,8 +77,9 @@ const RECEIVE_HWM = 16;
 
 
 const EMPTY = Buffer.alloc(0);
-/** Replies a client can leave unread in libzmq before further replies to it are dropped (EAGAIN). */
-const SEND_HWM = 1000;
+/** Replies libzmq queues per client before a send fails with EAGAIN (the bridge then holds them, bounded in bytes). */
+const SEND_HWM = 16;
+const RETRY_MAX_MS = 100;
 /** Client ids remembered as gone (their remaining replies are dropped quietly). */
 const GONE_LIMIT = 10_000;
 
@@ -101,8 +118,8 @@ class ZmqBridgeServer implements ZmqBridge {
   private loops: Promise<void>[] = [];
   /** Bytes of replies waiting in `queue`, per client. */
   private readonly queuedBytes = new Map<string, number>();
-  /** Clients whose last reply failed with EAGAIN (they do not read): new requests refused until a reply gets through. */
-  private readonly stalled = new Set<string>();
+  /** Per client that does not read: replies waiting for room in libzmq, bounded by clientQueueBytes. */
+  private readonly held = new Map<string, Held>();
   private readonly access: AccessControl;
   private readonly maxFrames: number;
   private readonly clientQueueBytes: number;
@@ -111,7 +128,7 @@ class ZmqBridgeServer implements ZmqBridge {
     this.log = opts.logger.child({ bridge: 'zmq' });
     this.access = opts.access ?? new AccessControl();
     this.maxFrames = opts.maxFrames ?? 66;
-    this.clientQueueBytes = opts.clientQueueBytes ?? 256 * 1024 * 1024;
+    this.clientQueueBytes = opts.clientQueueBytes ?? 64 * 1024 * 1024;
     this.router = new Router({
       mandatory: true, // unroutable replies fail with EHOSTUNREACH instead of vanishing
       sendTimeout: 0, // never block the send loop on one slow client: EAGAIN instead
@@ -134,6 +151,13 @@ class ZmqBridgeServer implements ZmqBridge {
     this.port = m ? Number(m[1]) : this.opts.port;
     this.loops = [this.receiveLoop(), this.sendLoop()];
     this.log.info({ endpoint: this.endpoint, maxMessageBytes: this.opts.maxMessageBytes }, 'zmq bridge bound');
+  }
+
+  backlogBytes(): number {
+    let n = 0;
+    for (const b of this.queuedBytes.values()) n += b;
+    for (const h of this.held.values()) n += h.bytes;
+    return n;
   }
 
   close(): Promise<void> {
@@ -159,6 +183,8 @@ class ZmqBridgeServer implements ZmqBridge {
     // Let the replies queued so far reach the socket, then close it (linger flushes them to the wire).
     await new Promise<void>((flushed) => this.push({ flushed }));
     this.closed = true;
+    for (const h of this.held.values()) clearTimeout(h.timer);
+    this.held.clear();
     this.wake?.();
     this.router.close();
     await Promise.allSettled(this.loops);
@@ -189,19 +215,73 @@ class ZmqBridgeServer implements ZmqBridge {
         item.flushed();
         continue;
       }
+      if ('retry' in item) {
+        await this.sendHeld(item.retry);
+        continue;
+      }
       this.dequeued(item.peer, item.bytes);
       if (this.gone.has(item.peer)) {
         this.log.debug({ client: item.peer }, 'zmq: reply to a client that is gone dropped');
         continue;
       }
+      const held = this.held.get(item.peer);
+      if (held) {
+        this.hold(held, item); // keep the client's order: behind what is already waiting
+        continue;
+      }
       try {
         await this.router.send(item.frames);
-        this.stalled.delete(item.peer);
       } catch (err) {
         if (this.closed) return;
-        this.undelivered(item.peer, err);
+        if ((err as { code?: string }).code === 'EAGAIN') {
+          const h: Held = { items: [], bytes: 0, delayMs: 1, dropped: 0 };
+          this.held.set(item.peer, h);
+          this.hold(h, item);
+          this.retryLater(item.peer, h);
+        } else this.undelivered(item.peer, err);
       }
     }
+  }
+
+  /** Bytes waiting for one client, in the send queue and held back. */
+  private backlog(peer: string): number {
+    return (this.queuedBytes.get(peer) ?? 0) + (this.held.get(peer)?.bytes ?? 0);
+  }
+
+  private hold(h: Held, item: Reply): void {
+    if (h.bytes + item.bytes > this.clientQueueBytes) {
+      if (h.dropped++ === 0) {
+        this.log.error({ client: item.peer, heldBytes: h.bytes, limit: this.clientQueueBytes }, 'zmq: client does not read its replies: over its byte budget, replies dropped');
+      }
+      return;
+    }
+    h.items.push(item);
+    h.bytes += item.bytes;
+  }
+
+  private retryLater(peer: string, h: Held): void {
+    h.timer = setTimeout(() => this.push({ retry: peer }), h.delayMs);
+    h.delayMs = Math.min(RETRY_MAX_MS, h.delayMs * 2);
+  }
+
+  /** Sends what is held for `peer` until libzmq is full again (then retries later) or nothing is left. */
+  private async sendHeld(peer: string): Promise<void> {
+    const h = this.held.get(peer);
+    if (!h) return;
+    while (h.items.length > 0) {
+      try {
+        await this.router.send(h.items[0].frames);
+      } catch (err) {
+        if (this.closed) return;
+        if ((err as { code?: string }).code === 'EAGAIN') return this.retryLater(peer, h);
+        this.held.delete(peer);
+        return this.undelivered(peer, err);
+      }
+      h.bytes -= h.items.shift()!.bytes;
+      h.delayMs = 1;
+    }
+    this.held.delete(peer);
+    if (h.dropped > 0) this.log.warn({ client: peer, dropped: h.dropped }, 'zmq: client reads again');
   }
 
   /** A reply could not be sent: the client disconnected (EHOSTUNREACH) or stopped reading (EAGAIN). */
@@ -215,10 +295,6 @@ class ZmqBridgeServer implements ZmqBridge {
       if (set) for (const ac of set) ac.abort();
       this.owners.get(peer)?.abort();
       this.owners.delete(peer);
-    } else if (code === 'EAGAIN') {
-      if (!this.stalled.has(peer)) this.log.error({ client: peer }, 'zmq: client does not read its replies (send high-water mark reached): reply dropped, its new requests refused until it reads');
-      this.stalled.add(peer);
-      if (this.stalled.size > GONE_LIMIT) this.stalled.clear();
     } else {
       this.log.error({ client: peer, err }, 'zmq: reply not sent');
     }
@@ -269,7 +345,7 @@ class ZmqBridgeServer implements ZmqBridge {
     }
     const refused = this.access.check('infer', { credential });
     if (refused) return this.fail(prefix, peer, { id: peekId(body[0]) }, refused);
-    if (this.stalled.has(peer) || (this.queuedBytes.get(peer) ?? 0) > this.clientQueueBytes) {
+    if (this.backlog(peer) > this.clientQueueBytes) {
       return this.fail(prefix, peer, { id: peekId(body[0]) }, new BrokerError('RESOURCE_EXHAUSTED', 'this client has too many unread replies: read them first', 100));
     }
     let header: InferRequest;

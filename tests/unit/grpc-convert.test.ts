@@ -71,7 +71,7 @@ describe('deadlines', () => {
     expect(code(() => deadlineMs(now - 1, now))).toMatch(/^DEADLINE_EXCEEDED/);
     expect(deadlineMs(now + 1500.7, now)).toBe(1500);
     expect(withDeadline({ timeoutMs: 100 }, Date.now() + 60_000)).toEqual({ timeoutMs: 100 });
-    expect(withDeadline({}, Date.now() + 60_000).timeoutMs).toBeGreaterThan(59_000);
+    expect(withDeadline<{ timeoutMs?: number }>({}, Date.now() + 60_000).timeoutMs).toBeGreaterThan(59_000);
     // 30 days: more than setTimeout can wait; left to gRPC, not turned into a timeout that would fire at once.
     expect(withDeadline({}, Date.now() + 30 * 86_400_000)).toEqual({});
     expect(withDeadline({ timeoutMs: 5 }, Date.now() + 30 * 86_400_000)).toEqual({ timeoutMs: 5 });

@@ -34,6 +34,8 @@ export function seesAdminDetails(req: FastifyRequest): boolean {
   return adminRequests.has(req);
 }
 
+const LAST_LINES_KEY = '"lastLines":';
+const LAST_LINES_ARRAY = /"lastLines":\[(?:"(?:[^"\\]|\\.)*",?)*\]/g;
 const mayQuoteLogs = (s: string) => s.includes('model copy ') || s.includes('; last log lines: ');
 
 export function installAccessHook(app: FastifyInstance, access: AccessControl): void {
@@ -51,9 +53,11 @@ export function installAccessHook(app: FastifyInstance, access: AccessControl): 
   });
   // Crash log lines ride in "unavailable" reasons (errors, repository index, model status).
   app.addHook('onSend', async (req, _reply, payload) => {
-    if (typeof payload === 'string' && !adminRequests.has(req) && mayQuoteLogs(payload)) {
+    if (typeof payload === 'string' && !adminRequests.has(req) && (mayQuoteLogs(payload) || payload.includes(LAST_LINES_KEY))) {
       // Each JSON string on its own: the redaction must not run past a closing quote.
-      return payload.replace(/"(?:[^"\\]|\\.)*"/g, (str) => (mayQuoteLogs(str) ? withoutLogLines(str.slice(0, -1)) + '"' : str));
+      return payload
+        .replace(LAST_LINES_ARRAY, `${LAST_LINES_KEY}[]`) // the model status (/admin/models/{m}) carries them as an array
+        .replace(/"(?:[^"\\]|\\.)*"/g, (str) => (mayQuoteLogs(str) ? withoutLogLines(str.slice(0, -1)) + '"' : str));
     }
     return payload;
   });

@@ -42,11 +42,12 @@ export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBrid
     'grpc.max_receive_message_length': opts.maxMessageBytes,
     'grpc.max_send_message_length': opts.maxMessageBytes,
   });
+  const handlersAccess = opts.access ?? new AccessControl();
   const handlers = createHandlers({
     broker: opts.broker,
     logger: log,
     version: opts.version,
-    access: opts.access ?? new AccessControl(),
+    access: handlersAccess,
     streamWindow: opts.streamWindow ?? 64,
   });
   server.addService(SERVER_SERVICE, handlers as unknown as grpc.UntypedServiceImplementation);
@@ -58,7 +59,8 @@ export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBrid
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${host}:${opts.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
   });
-  log.info({ host: opts.host, port, maxMessageBytes: opts.maxMessageBytes, tls: opts.tls !== undefined }, 'gRPC bridge listening');
+  const access = handlersAccess;
+  log.info({ host: opts.host, port, maxMessageBytes: opts.maxMessageBytes, tls: opts.tls !== undefined, apiKeys: access.inferenceKeyed, adminToken: access.adminConfigured }, 'gRPC bridge listening');
 
   let closing: Promise<void> | undefined;
   return {

@@ -51,7 +51,6 @@ describe('gRPC bridge robustness', () => {
   let b: TestBroker;
   let bridge: GrpcBridge;
   let c: GrpcTestClient;
-  const inferCount = (model: string) => b.running.broker.stats(model)[0]?.inference_count ?? 0;
 
   beforeAll(async () => {
     b = await startTestBroker({

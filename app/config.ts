@@ -50,6 +50,8 @@ export const OPTIONS = {
   autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
   registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
+  tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
+  tlsKey: ['--tls-key <file>', 'TB_TLS_KEY', '', String, 'PEM private key of --tls-cert'],
 } as const;
 
 /**
@@ -67,6 +69,9 @@ type Options = typeof OPTIONS;
 /** The resolved configuration: one field per row of OPTIONS, typed by its parser, plus the secrets. */
 export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {
   -readonly [K in keyof typeof SECRETS]?: string;
+} & {
+  /** TB_API_KEYS (comma-separated, environment only, never logged): when set, inference on every bridge needs one of them. */
+  apiKeys: string[];
 };
 
 type Key = keyof typeof OPTIONS;
@@ -121,5 +126,7 @@ export function resolveConfig(flags: Partial<Record<Key, string>>, env: NodeJS.P
     }
   }
   for (const [key, envName] of Object.entries(SECRETS)) out[key] = env[envName] || undefined;
+  out.apiKeys = parseList(env.TB_API_KEYS ?? '');
+  if (!out.tlsCert !== !out.tlsKey) throw new Error('--tls-cert / TB_TLS_CERT and --tls-key / TB_TLS_KEY go together: give both or neither');
   return out as unknown as BrokerConfig;
 }

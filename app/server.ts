@@ -15,6 +15,8 @@ import { rootRoute } from '../bridges/rest/root';
 import { restServerOptions } from '../bridges/rest/server-options';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
+import { AccessControl } from '../bridges/shared/access';
+import { installAccessHook } from '../bridges/rest/access-hook';
 import { adminRoutes } from '../model-manager/admin-api';
 import { loadModelsFile } from '../model-manager/models-file';
 import { watchModelsFile, type ModelsWatcher } from '../model-manager/models-watcher';
@@ -101,6 +103,10 @@ export interface BuiltBroker {
   watcher?: ModelsWatcher;
   /** System shared memory regions, shared by the REST and gRPC bridges. */
   shm: SharedMemoryRegistry;
+  /** Who may call what, on every bridge. */
+  access: AccessControl;
+  /** REST and gRPC serve TLS with these when set. */
+  tls?: { cert: Buffer; key: Buffer };
   runtime: Runtime;
   tasks: TaskManager;
   broker: Broker;
@@ -177,8 +183,12 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();
 
+  // One access policy for every bridge (bridges/shared/access.ts); TLS for REST and gRPC from one certificate.
+  const access = new AccessControl({ adminToken: config.adminToken, apiKeys: config.apiKeys });
+  const tls = config.tlsCert && config.tlsKey ? { cert: fs.readFileSync(config.tlsCert), key: fs.readFileSync(config.tlsKey) } : undefined;
   const app = Fastify({
     ...restServerOptions(),
+    ...(tls ? { https: tls } : {}),
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     // One line per request would dominate the log at 10k req/s: errors are logged by the error handler.
     logController: new LogController({ disableRequestLogging: true }),
@@ -187,6 +197,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     genReqId: requestIds(),
   });
   installErrorHandlers(app);
+  installAccessHook(app, access);
   // One registry of shared memory regions for both bridges: a region registered over REST is usable over gRPC.
   const shm = new SharedMemoryRegistry();
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg, shm,
@@ -194,12 +205,12 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, shm, modelsDir: file.dir };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, shm, access, tls, modelsDir: file.dir };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
-  const { config, logger: log, registry, watcher, tasks, broker, metrics, http: app } = b;
+  const { config, logger: log, registry, watcher, tasks, broker, metrics, http: app, access, tls } = b;
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -237,8 +248,13 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     logger: log, // the bridge adds its own component key
     version: VERSION,
     shm,
+    access,
+    tls,
   });
-  const zmq = await startZmqBridge({ broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }) });
+  const zmq = await startZmqBridge({
+    broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access,
+    closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }),
+  });
   log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;

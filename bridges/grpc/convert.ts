@@ -197,10 +197,17 @@ export function deadlineMs(deadline: Date | number, now = Date.now()): number | 
   return Math.max(1, Math.floor(left));
 }
 
-/** The request's timeout: the smaller of the client's deadline and its `timeout` parameter. */
+/** Longest delay a Node timer takes (setTimeout fires at once beyond it). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The request's timeout: the smaller of the client's deadline and its `timeout`
+ * parameter. A deadline further away than a timer can wait (24.8 days) is left
+ * to gRPC itself (grpcjs-fixes.ts keeps it exact), so it never overflows a timer.
+ */
 export function withDeadline<T extends { timeoutMs?: number }>(req: T, deadline: Date | number): T {
   const left = deadlineMs(deadline);
-  if (left === undefined) return req;
+  if (left === undefined || left > MAX_TIMER_MS) return req;
   return { ...req, timeoutMs: req.timeoutMs === undefined ? left : Math.min(req.timeoutMs, left) };
 }
 

@@ -6,8 +6,10 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { BrokerApi } from '../../core/broker';
 import type { SharedMemoryRegistry } from '../shared/shm';
+import { AccessControl } from '../shared/access';
+import { applyGrpcJsFixes } from './grpcjs-fixes';
 import { createHandlers } from './handlers';
-import { INFERENCE_SERVICE } from './service-definition';
+import { SERVER_SERVICE } from './service-definition';
 
 export interface GrpcBridgeOptions {
   broker: BrokerApi;
@@ -21,6 +23,12 @@ export interface GrpcBridgeOptions {
   version: string;
   /** System shared memory regions, shared with the REST bridge. */
   shm?: SharedMemoryRegistry;
+  /** Who may call what (bridges/shared/access.ts); default: everything open except control from non-loopback peers. */
+  access?: AccessControl;
+  /** PEM certificate chain and private key: serve TLS instead of plaintext. */
+  tls?: { cert: Buffer; key: Buffer };
+  /** ModelStreamInfer: requests in flight per stream before the stream stops reading (default 64). */
+  streamWindow?: number;
 }
 
 export interface GrpcBridge {
@@ -30,19 +38,33 @@ export interface GrpcBridge {
 }
 
 export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBridge> {
-  const log = opts.logger.child({ component: 'grpc' });
+  // The caller names the component (app/server.ts: 'grpc-bridge'); a second `component` key would repeat it.
+  const log = opts.logger;
+  if (!applyGrpcJsFixes()) log.warn('grpc-js internals changed: long deadlines and response compression are not fixed up');
   const server = new grpc.Server({
     'grpc.max_receive_message_length': opts.maxMessageBytes,
     'grpc.max_send_message_length': opts.maxMessageBytes,
   });
-  const handlers = createHandlers({ broker: opts.broker, logger: log, version: opts.version, shm: opts.shm });
-  server.addService(INFERENCE_SERVICE, handlers as unknown as grpc.UntypedServiceImplementation);
+  const handlersAccess = opts.access ?? new AccessControl();
+  const handlers = createHandlers({
+    broker: opts.broker,
+    logger: log,
+    version: opts.version,
+    access: handlersAccess,
+    streamWindow: opts.streamWindow ?? 64,
+    shm: opts.shm,
+  });
+  server.addService(SERVER_SERVICE, handlers as unknown as grpc.UntypedServiceImplementation);
+  const credentials = opts.tls
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false)
+    : grpc.ServerCredentials.createInsecure();
 
   const host = opts.host.includes(':') && !opts.host.startsWith('[') ? `[${opts.host}]` : opts.host;
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+    server.bindAsync(`${host}:${opts.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
   });
-  log.info({ host: opts.host, port, maxMessageBytes: opts.maxMessageBytes }, 'gRPC bridge listening');
+  const access = handlersAccess;
+  log.info({ host: opts.host, port, maxMessageBytes: opts.maxMessageBytes, tls: opts.tls !== undefined, apiKeys: access.inferenceKeyed, adminToken: access.adminConfigured }, 'gRPC bridge listening');
 
   let closing: Promise<void> | undefined;
   return {

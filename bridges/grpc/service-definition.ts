@@ -16,9 +16,28 @@ function serializer<D extends DescMessage>(schema: D): (m: MessageInitShape<D>) 
   };
 }
 
-/** Decoded `bytes` fields are views into `buf` (no copy). Throws on malformed input: grpc-js answers INTERNAL. */
+/** Decoded `bytes` fields are views into `buf` (no copy). Throws on malformed input. */
 function deserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> {
   return (buf) => fromBinary(schema, buf);
+}
+
+/**
+ * What the server's request deserializer hands on for bytes that are not a
+ * valid message. grpc-js answers a throwing deserializer with INTERNAL (and no
+ * reason); the handlers answer this with INVALID_ARGUMENT instead.
+ */
+export class Undecodable {
+  constructor(readonly reason: string) {}
+}
+
+function lenientDeserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> | Undecodable {
+  return (buf) => {
+    try {
+      return fromBinary(schema, buf);
+    } catch (e) {
+      return new Undecodable(`the request is not a valid ${schema.typeName}: ${(e as Error).message}`);
+    }
+  };
 }
 
 export function methodPath(service: DescService, method: DescMethod): string {
@@ -26,7 +45,7 @@ export function methodPath(service: DescService, method: DescMethod): string {
 }
 
 /** Keys are the proto rpc names (`ModelInfer`); `originalName` is the camelCase local name. */
-export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
+export function serviceDefinition(service: DescService, opts: { lenientRequests?: boolean } = {}): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     def[m.name] = {
@@ -34,7 +53,7 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
       requestStream: m.methodKind === 'client_streaming' || m.methodKind === 'bidi_streaming',
       responseStream: m.methodKind === 'server_streaming' || m.methodKind === 'bidi_streaming',
       requestSerialize: serializer(m.input) as (m: unknown) => Buffer,
-      requestDeserialize: deserializer(m.input),
+      requestDeserialize: opts.lenientRequests ? lenientDeserializer(m.input) : deserializer(m.input),
       responseSerialize: serializer(m.output) as (m: unknown) => Buffer,
       responseDeserialize: deserializer(m.output),
       originalName: m.localName,
@@ -44,3 +63,6 @@ export function serviceDefinition(service: DescService): grpc.ServiceDefinition 
 }
 
 export const INFERENCE_SERVICE: grpc.ServiceDefinition = serviceDefinition(GRPCInferenceService);
+
+/** The server's copy: undecodable requests reach the handlers as `Undecodable`. */
+export const SERVER_SERVICE: grpc.ServiceDefinition = serviceDefinition(GRPCInferenceService, { lenientRequests: true });

@@ -6,25 +6,33 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { BrokerError, GRPC_STATUS, toBrokerError } from '../../core/errors';
+import { withoutLogLines } from '../shared/access';
+import { bounded } from '../shared/bounded';
 
 export type GrpcStatus = Partial<grpc.StatusObject> & { code: grpc.status; details: string };
 
-export function grpcStatus(e: BrokerError): GrpcStatus {
+/**
+ * The message a client gets: bounded (it may quote the client's input), and
+ * without a crashed copy's log lines unless the caller holds the admin token.
+ */
+export function clientMessage(e: BrokerError, adminDetails: boolean): string {
+  return bounded(adminDetails ? e.message : withoutLogLines(e.message));
+}
+
+export function grpcStatus(e: BrokerError, adminDetails = false): GrpcStatus {
   const metadata = new grpc.Metadata();
   if (e.code === 'RESOURCE_EXHAUSTED' && e.retryAfterMs !== undefined) {
     metadata.set('retry-after', String(Math.max(1, Math.ceil(e.retryAfterMs / 1000))));
   }
-  return { code: GRPC_STATUS[e.code] as grpc.status, details: e.message, metadata };
+  return { code: GRPC_STATUS[e.code] as grpc.status, details: clientMessage(e, adminDetails), metadata };
 }
 
 /** Maps any error; an unexpected one (INTERNAL) is logged with its stack. */
-export function toGrpcStatus(err: unknown, log: Logger, rpc: string): GrpcStatus {
+export function toGrpcStatus(err: unknown, log: Logger, rpc: string, adminDetails = false): GrpcStatus {
   const e = toBrokerError(err);
   if (e.code === 'INTERNAL') {
     // A model's own error is a BrokerError; anything else is a bug here: keep its stack.
-    const stack = err instanceof BrokerError || !(err instanceof Error) ? undefined : err.stack;
-    log.warn({ rpc, err: e.message, stack }, 'gRPC call failed');
-  }
-  else log.debug({ rpc, code: e.code, err: e.message }, 'gRPC call refused');
-  return grpcStatus(e);
+    log.warn({ rpc, err: err instanceof BrokerError || !(err instanceof Error) ? { message: bounded(e.message) } : err }, 'gRPC call failed');
+  } else log.debug({ rpc, code: e.code, err: { message: bounded(e.message) } }, 'gRPC call refused');
+  return grpcStatus(e, adminDetails);
 }

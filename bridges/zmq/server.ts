@@ -18,6 +18,8 @@ import {
   parametersFromProto, peekId, tensorsFromFrames, toMeta, type InferRequest,
 } from '../../proto/client';
 import { create } from '@bufbuild/protobuf';
+import { AccessControl, withoutLogLines } from '../shared/access';
+import { bounded } from '../shared/bounded';
 import { requestOptions } from '../shared/parameters';
 import { SequenceOrder } from '../shared/sequence-order';
 
@@ -29,6 +31,18 @@ export interface ZmqBridgeOptions {
   port: number;
   /** Largest request accepted, all frames together, in bytes. Also the socket's ZMQ_MAXMSGSIZE (per frame). */
   maxMessageBytes: number;
+  /** Most frames in one request (routing id and delimiter not counted): header + tensors (+ key frame). Default 66. */
+  maxFrames?: number;
+  /** Who may call what (bridges/shared/access.ts): API keys for inference. Default: open. */
+  access?: AccessControl;
+  /**
+   * Bytes of replies the bridge keeps for one client that does not read (beyond the
+   * `sendHighWaterMark` replies libzmq holds): past it, new requests from that client are
+   * refused RESOURCE_EXHAUSTED and replies that still do not fit are dropped (logged). Default 64 MiB.
+   */
+  clientQueueBytes?: number;
+  /** ZMQ_SNDHWM: replies libzmq holds per client beyond the kernel's socket buffer. Default 16. */
+  sendHighWaterMark?: number;
   logger: Logger;
   /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
   closeGraceMs?: number;
@@ -38,15 +52,34 @@ export interface ZmqBridge {
   port: number;
   /** The bound endpoint, e.g. tcp://127.0.0.1:7787. */
   endpoint: string;
+  /** Bytes of replies waiting in the bridge for clients (send queue and held back for clients that do not read). */
+  backlogBytes(): number;
   /** Answers what is in flight (within closeGraceMs), then closes the socket. */
   close(): Promise<void>;
 }
 
-type Outgoing = { frames: Buffer[]; peer: string } | { flushed: () => void };
+type Reply = { frames: Buffer[]; peer: string; bytes: number };
+type Outgoing = Reply | { flushed: () => void } | { retry: string };
+
+/** Replies held back for one client whose libzmq queue is full (EAGAIN), oldest first. */
+interface Held {
+  items: Reply[];
+  bytes: number;
+  delayMs: number;
+  timer?: NodeJS.Timeout;
+  dropped: number;
+}
+
+/** The optional first frame of a request that carries an API key: `tb-api-key:<key>` (a protobuf header never starts with 't'). */
+export const KEY_FRAME_PREFIX = Buffer.from('tb-api-key:');
+/** Messages libzmq queues per client before the bridge reads them: with ZMQ_MAXMSGSIZE, bounds what a fast sender can park in memory. */
+const RECEIVE_HWM = 16;
+
 
 const EMPTY = Buffer.alloc(0);
-/** Replies a client can leave unread before further replies to it are dropped (EAGAIN). */
-const SEND_HWM = 10_000;
+/** Replies libzmq queues per client before a send fails with EAGAIN (the bridge then holds them, bounded in bytes). */
+const SEND_HWM = 16;
+const RETRY_MAX_MS = 100;
 /** Client ids remembered as gone (their remaining replies are dropped quietly). */
 const GONE_LIMIT = 10_000;
 
@@ -83,13 +116,25 @@ class ZmqBridgeServer implements ZmqBridge {
   private closed = false;
   private closePromise?: Promise<void>;
   private loops: Promise<void>[] = [];
+  /** Bytes of replies waiting in `queue`, per client. */
+  private readonly queuedBytes = new Map<string, number>();
+  /** Per client that does not read: replies waiting for room in libzmq, bounded by clientQueueBytes. */
+  private readonly held = new Map<string, Held>();
+  private readonly access: AccessControl;
+  private readonly maxFrames: number;
+  private readonly clientQueueBytes: number;
 
   constructor(private readonly opts: ZmqBridgeOptions) {
     this.log = opts.logger.child({ bridge: 'zmq' });
+    this.access = opts.access ?? new AccessControl();
+    this.maxFrames = opts.maxFrames ?? 66;
+    this.clientQueueBytes = opts.clientQueueBytes ?? 64 * 1024 * 1024;
     this.router = new Router({
       mandatory: true, // unroutable replies fail with EHOSTUNREACH instead of vanishing
       sendTimeout: 0, // never block the send loop on one slow client: EAGAIN instead
-      sendHighWaterMark: SEND_HWM,
+      sendHighWaterMark: opts.sendHighWaterMark ?? SEND_HWM,
+      receiveHighWaterMark: RECEIVE_HWM,
+      // libzmq checks this per frame, as it decodes each one (a bigger frame drops the connection).
       maxMessageSize: opts.maxMessageBytes,
       linger: 500,
       // ZMTP heartbeats: half-open connections are dropped, so replies to dead clients fail fast.
@@ -106,6 +151,13 @@ class ZmqBridgeServer implements ZmqBridge {
     this.port = m ? Number(m[1]) : this.opts.port;
     this.loops = [this.receiveLoop(), this.sendLoop()];
     this.log.info({ endpoint: this.endpoint, maxMessageBytes: this.opts.maxMessageBytes }, 'zmq bridge bound');
+  }
+
+  backlogBytes(): number {
+    let n = 0;
+    for (const b of this.queuedBytes.values()) n += b;
+    for (const h of this.held.values()) n += h.bytes;
+    return n;
   }
 
   close(): Promise<void> {
@@ -131,6 +183,8 @@ class ZmqBridgeServer implements ZmqBridge {
     // Let the replies queued so far reach the socket, then close it (linger flushes them to the wire).
     await new Promise<void>((flushed) => this.push({ flushed }));
     this.closed = true;
+    for (const h of this.held.values()) clearTimeout(h.timer);
+    this.held.clear();
     this.wake?.();
     this.router.close();
     await Promise.allSettled(this.loops);
@@ -138,8 +192,15 @@ class ZmqBridgeServer implements ZmqBridge {
   }
 
   private push(item: Outgoing): void {
+    if ('peer' in item) this.queuedBytes.set(item.peer, (this.queuedBytes.get(item.peer) ?? 0) + item.bytes);
     this.queue.push(item);
     this.wake?.();
+  }
+
+  private dequeued(peer: string, bytes: number): void {
+    const left = (this.queuedBytes.get(peer) ?? 0) - bytes;
+    if (left > 0) this.queuedBytes.set(peer, left);
+    else this.queuedBytes.delete(peer);
   }
 
   private async sendLoop(): Promise<void> {
@@ -154,17 +215,73 @@ class ZmqBridgeServer implements ZmqBridge {
         item.flushed();
         continue;
       }
+      if ('retry' in item) {
+        await this.sendHeld(item.retry);
+        continue;
+      }
+      this.dequeued(item.peer, item.bytes);
       if (this.gone.has(item.peer)) {
         this.log.debug({ client: item.peer }, 'zmq: reply to a client that is gone dropped');
+        continue;
+      }
+      const held = this.held.get(item.peer);
+      if (held) {
+        this.hold(held, item); // keep the client's order: behind what is already waiting
         continue;
       }
       try {
         await this.router.send(item.frames);
       } catch (err) {
         if (this.closed) return;
-        this.undelivered(item.peer, err);
+        if ((err as { code?: string }).code === 'EAGAIN') {
+          const h: Held = { items: [], bytes: 0, delayMs: 1, dropped: 0 };
+          this.held.set(item.peer, h);
+          this.hold(h, item);
+          this.retryLater(item.peer, h);
+        } else this.undelivered(item.peer, err);
       }
     }
+  }
+
+  /** Bytes waiting for one client, in the send queue and held back. */
+  private backlog(peer: string): number {
+    return (this.queuedBytes.get(peer) ?? 0) + (this.held.get(peer)?.bytes ?? 0);
+  }
+
+  private hold(h: Held, item: Reply): void {
+    if (h.bytes + item.bytes > this.clientQueueBytes) {
+      if (h.dropped++ === 0) {
+        this.log.error({ client: item.peer, heldBytes: h.bytes, limit: this.clientQueueBytes }, 'zmq: client does not read its replies: over its byte budget, replies dropped');
+      }
+      return;
+    }
+    h.items.push(item);
+    h.bytes += item.bytes;
+  }
+
+  private retryLater(peer: string, h: Held): void {
+    h.timer = setTimeout(() => this.push({ retry: peer }), h.delayMs);
+    h.delayMs = Math.min(RETRY_MAX_MS, h.delayMs * 2);
+  }
+
+  /** Sends what is held for `peer` until libzmq is full again (then retries later) or nothing is left. */
+  private async sendHeld(peer: string): Promise<void> {
+    const h = this.held.get(peer);
+    if (!h) return;
+    while (h.items.length > 0) {
+      try {
+        await this.router.send(h.items[0].frames);
+      } catch (err) {
+        if (this.closed) return;
+        if ((err as { code?: string }).code === 'EAGAIN') return this.retryLater(peer, h);
+        this.held.delete(peer);
+        return this.undelivered(peer, err);
+      }
+      h.bytes -= h.items.shift()!.bytes;
+      h.delayMs = 1;
+    }
+    this.held.delete(peer);
+    if (h.dropped > 0) this.log.warn({ client: peer, dropped: h.dropped }, 'zmq: client reads again');
   }
 
   /** A reply could not be sent: the client disconnected (EHOSTUNREACH) or stopped reading (EAGAIN). */
@@ -178,8 +295,6 @@ class ZmqBridgeServer implements ZmqBridge {
       if (set) for (const ac of set) ac.abort();
       this.owners.get(peer)?.abort();
       this.owners.delete(peer);
-    } else if (code === 'EAGAIN') {
-      this.log.warn({ client: peer }, `zmq: client has ${SEND_HWM} unread replies; reply dropped`);
     } else {
       this.log.error({ client: peer, err }, 'zmq: reply not sent');
     }
@@ -216,14 +331,28 @@ class ZmqBridgeServer implements ZmqBridge {
 
     let total = 0;
     for (const f of body) total += f.length;
-    if (total > this.opts.maxMessageBytes) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${total} bytes; the limit is ${this.opts.maxMessageBytes}`));
+    if (total > this.opts.maxMessageBytes || body.length > this.maxFrames) {
+      // libzmq has already assembled it (ZMQ_MAXMSGSIZE bounds frames, not messages; RECEIVE_HWM bounds how many wait).
+      const what = total > this.opts.maxMessageBytes ? `${total} bytes; the limit is ${this.opts.maxMessageBytes}` : `${body.length} frames; the limit is ${this.maxFrames}`;
+      this.log.warn({ client: peer, bytes: total, frames: body.length }, 'zmq: oversized message refused');
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${what}`));
+    }
+    // Optional API key frame before the header.
+    let credential: string | undefined;
+    if (body.length > 0 && body[0].length >= KEY_FRAME_PREFIX.length && body[0].subarray(0, KEY_FRAME_PREFIX.length).equals(KEY_FRAME_PREFIX)) {
+      credential = body[0].subarray(KEY_FRAME_PREFIX.length).toString('utf8');
+      body = body.slice(1);
+    }
+    const refused = this.access.check('infer', { credential });
+    if (refused) return this.fail(prefix, peer, { id: peekId(body[0]) }, refused);
+    if (this.backlog(peer) > this.clientQueueBytes) {
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, new BrokerError('RESOURCE_EXHAUSTED', 'this client has too many unread replies: read them first', 100));
     }
     let header: InferRequest;
     try {
       header = decodeHeader(InferRequestSchema, body[0]);
     } catch (err) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid((err as Error).message));
+      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(bounded((err as Error).message)));
     }
     const id = header.id !== '' ? header.id : `zmq-${++this.seq}`;
     const ctx = { id, model: header.model, version: header.version };
@@ -232,7 +361,7 @@ class ZmqBridgeServer implements ZmqBridge {
     try {
       req = this.toRequest(header, id, body.slice(1), peer);
     } catch (err) {
-      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(err.message) : toBrokerError(err));
+      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err));
     }
     this.run(prefix, peer, req);
   }
@@ -299,21 +428,23 @@ class ZmqBridgeServer implements ZmqBridge {
       outputs: r.outputs.map(toMeta),
     });
     // Output frames are the broker's buffers (views of the model's reply): no copy.
-    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)], peer });
+    const frames = [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)];
+    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
   }
 
   private fail(prefix: Buffer[], peer: string, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {
     if (err.code === 'INVALID_ARGUMENT' || err.code === 'NOT_FOUND') {
-      this.log.debug({ client: peer, id: ctx.id, model: ctx.model, code: err.code, err: err.message }, 'zmq: request refused');
+      this.log.debug({ client: peer, id: bounded(ctx.id, 256), model: bounded(ctx.model ?? '', 256), code: err.code, err: { message: bounded(err.message) } }, 'zmq: request refused');
     }
     const header = create(InferReplySchema, {
       id: ctx.id, model: ctx.model ?? '', version: ctx.version ?? '',
       status: create(StatusSchema, {
         code: err.code,
-        message: err.message,
+        message: bounded(withoutLogLines(err.message)),
         retryAfterMs: err.retryAfterMs !== undefined ? Math.max(0, Math.ceil(err.retryAfterMs)) : 0,
       }),
     });
-    this.push({ frames: [...prefix, ...encodeFrames(InferReplySchema, header)], peer });
+    const frames = [...prefix, ...encodeFrames(InferReplySchema, header)];
+    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
   }
 }

@@ -28,6 +28,8 @@ export interface BatchRequest {
   outputs: string[];
   /** Epoch ms after which the copy is considered hung for this batch. */
   deadline: number;
+  /** A non-batching model: one item, tensors without a batch dimension (link Batch.whole). */
+  whole?: boolean;
 }
 
 export interface BatchResponse {

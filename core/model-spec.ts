@@ -10,7 +10,7 @@ export interface ModelSpec {
   /** Docker image (Inferoxy's `address` is accepted as an alias). */
   image?: string;
   version: string;
-  /** Max rows per batch. */
+  /** Max rows per batch; 0 = no batch dimension (Triton max_batch_size 0): shapes are whole, one request per run. */
   batch_size: number;
   run_on_gpu: boolean;
   stateless: boolean;

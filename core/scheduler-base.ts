@@ -153,10 +153,11 @@ export abstract class SchedulerBase<X = undefined> {
 
   private admit(req: InferRequest): Promise<InferResult> {
     if (this.closed) throw this.closed;
-    const rows = requestRows(req);
+    const whole = this.whole;
+    const rows = requestRows(req, whole);
     const meta = this.copies.metadata;
-    if (meta) validateAgainst(req, meta, rows, this.maxRows(meta));
-    else if (rows > this.config.batchSize) {
+    if (meta) validateAgainst(req, meta, rows, this.maxRows(meta), whole);
+    else if (!whole && rows > this.config.batchSize) {
       throw new BrokerError('INVALID_ARGUMENT', `model '${this.model}' takes at most ${this.config.batchSize} rows per request, got ${rows}`);
     }
     if (req.signal?.aborted) throw new BrokerError('CANCELLED', 'the client cancelled the request');
@@ -193,7 +194,13 @@ export abstract class SchedulerBase<X = undefined> {
     throw new BrokerError('RESOURCE_EXHAUSTED', message, { retryAfterMs: this.retryAfterMs(), kind: 'overloaded' });
   }
 
+  /** A non-batching model (batch_size 0): shapes are whole and each request runs alone. */
+  protected get whole(): boolean {
+    return this.config.batchSize === 0;
+  }
+
   protected maxRows(meta: ModelMetadata): number {
+    if (this.whole) return 1;
     return meta.maxBatch > 0 ? Math.min(meta.maxBatch, this.config.batchSize) : this.config.batchSize;
   }
 
@@ -279,6 +286,7 @@ export abstract class SchedulerBase<X = undefined> {
       tensors,
       outputs,
       deadline: Date.now() + this.config.timeoutMs,
+      ...(this.whole ? { whole: true } : {}),
     };
   }
 
@@ -286,7 +294,8 @@ export abstract class SchedulerBase<X = undefined> {
     const computeNs = res.computeNs;
     this.stats.execution(rows, computeNs);
     this.observer?.batch(this.model, rows, computeNs / 1e9);
-    const bad = res.tensors.find((t) => t.shape[0] !== rows);
+    const whole = this.whole;
+    const bad = whole ? undefined : res.tensors.find((t) => t.shape[0] !== rows);
     if (bad || res.itemErrors.length !== batch.length) {
       const msg = bad
         ? `model returned output '${bad.name}' with ${bad.shape[0]} rows for a batch of ${rows}`
@@ -307,7 +316,8 @@ export abstract class SchedulerBase<X = undefined> {
       const wanted = p.req.outputs ? new Set(p.req.outputs) : undefined;
       let outputs: Tensor[];
       try {
-        outputs = res.tensors.filter((t) => !wanted || wanted.has(t.name)).map((t) => sliceRows(t, from, p.rows));
+        const kept = res.tensors.filter((t) => !wanted || wanted.has(t.name));
+        outputs = whole ? kept : kept.map((t) => sliceRows(t, from, p.rows));
       } catch (e) {
         this.settle(p, toBrokerError(e));
         return;

@@ -24,7 +24,8 @@ export const ENTRY_FIELDS = {
   version: Type.Union([Type.String({ minLength: 1 }), Type.Number()], {
     description: 'a non-empty string or a number',
   }),
-  batch_size: int(1),
+  // 0 = a non-batching model (Triton max_batch_size: 0): no batch dimension, one request per run.
+  batch_size: Type.Integer({ minimum: 0, description: 'an integer >= 0 (0: a non-batching model)' }),
   run_on_gpu: Type.Boolean({ description: 'a boolean (true or false)' }),
   stateless: Type.Boolean({ description: 'a boolean (true or false)' }),
   max_wait_ms: int(0),
@@ -214,6 +215,9 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
     errors.push(
       `${label}: field "min_replicas" (${spec.min_replicas}) must be <= "max_replicas" (${spec.max_replicas})`,
     );
+  }
+  if (spec.batch_size === 0 && !spec.stateless) {
+    errors.push(`${label}: field "batch_size" 0 (a non-batching model) needs "stateless": true`);
   }
   if ((opts.requireLaunch ?? true) && spec.image === undefined && spec.command === undefined) {
     errors.push(

@@ -157,6 +157,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
         ),
         tensors: batch.tensors.map(toMeta),
         outputs: batch.outputs,
+        whole: batch.whole ?? false,
       });
       frames = encodeFrames({ case: 'batch', value }, batch.tensors);
     } catch (err) {

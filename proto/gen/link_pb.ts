@@ -1,4 +1,5 @@
-// Broker <-> model copy protocol ("the link"), version 1.
+// Broker <-> model copy protocol ("the link"), version 2 (version 1 copies still
+// work: version 2 only adds fields and a message; see proto/README.md).
 //
 // Transport: ZeroMQ. The broker binds one ROUTER; every model copy connects a
 // DEALER whose routing id is its copy id (env TB_COPY_ID). Every ZeroMQ message
@@ -18,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file link.proto.
  */
 export const file_link: GenFile = /*@__PURE__*/
-  fileDesc("CgpsaW5rLnByb3RvEhR0ZW5zb3Jicm9rZXIubGluay52MSI7CgpUZW5zb3JNZXRhEgwKBG5hbWUYASABKAkSEAoIZGF0YXR5cGUYAiABKAkSDQoFc2hhcGUYAyADKAMiTQoKVGVuc29yU3BlYxIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhAKCG9wdGlvbmFsGAQgASgIIu4BCgVSZWFkeRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEg0KBW1vZGVsGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSEQoJbWF4X2JhdGNoGAQgASgNEg8KB2NyZWRpdHMYBSABKA0SMAoGaW5wdXRzGAYgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yU3BlYxIxCgdvdXRwdXRzGAcgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yU3BlYxILCgNwaWQYCCABKA0SFQoNbWF4X3NlcXVlbmNlcxgJIAEoDSJHCg9TZXF1ZW5jZUNvbnRyb2wSCgoCaWQYASABKAkSDAoEc2xvdBgCIAEoDRINCgVzdGFydBgDIAEoCBILCgNlbmQYBCABKAgiZgoJQmF0Y2hJdGVtEhIKCnJlcXVlc3RfaWQYASABKAkSDAoEcm93cxgCIAEoDRI3CghzZXF1ZW5jZRgDIAEoCzIlLnRlbnNvcmJyb2tlci5saW5rLnYxLlNlcXVlbmNlQ29udHJvbCKcAQoFQmF0Y2gSEAoIYmF0Y2hfaWQYASABKAQSDQoFbW9kZWwYAiABKAkSLgoFaXRlbXMYAyADKAsyHy50ZW5zb3Jicm9rZXIubGluay52MS5CYXRjaEl0ZW0SMQoHdGVuc29ycxgEIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvck1ldGESDwoHb3V0cHV0cxgFIAMoCSIbCgpJdGVtU3RhdHVzEg0KBWVycm9yGAEgASgJIqEBCgZSZXN1bHQSEAoIYmF0Y2hfaWQYASABKAQSLwoFaXRlbXMYAiADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5JdGVtU3RhdHVzEjEKB3RlbnNvcnMYAyADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5UZW5zb3JNZXRhEg0KBWVycm9yGAQgASgJEhIKCmNvbXB1dGVfbnMYBSABKAQiHAoJSGVhcnRiZWF0Eg8KB3RpbWVfbXMYASABKAQiugEKC0VuZFNlcXVlbmNlEgoKAmlkGAEgASgJEgwKBHNsb3QYAiABKA0SOAoGcmVhc29uGAMgASgOMigudGVuc29yYnJva2VyLmxpbmsudjEuRW5kU2VxdWVuY2UuUmVhc29uIlcKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABIOCgpSRUFTT05fRU5EEAESFAoQUkVBU09OX0NBTkNFTExFRBACEg8KC1JFQVNPTl9JRExFEAMiLAoIU2h1dGRvd24SEAoIZ3JhY2VfbXMYASABKA0SDgoGcmVhc29uGAIgASgJIsMCCghFbnZlbG9wZRIsCgVyZWFkeRgBIAEoCzIbLnRlbnNvcmJyb2tlci5saW5rLnYxLlJlYWR5SAASLAoFYmF0Y2gYAiABKAsyGy50ZW5zb3Jicm9rZXIubGluay52MS5CYXRjaEgAEi4KBnJlc3VsdBgDIAEoCzIcLnRlbnNvcmJyb2tlci5saW5rLnYxLlJlc3VsdEgAEjQKCWhlYXJ0YmVhdBgEIAEoCzIfLnRlbnNvcmJyb2tlci5saW5rLnYxLkhlYXJ0YmVhdEgAEjkKDGVuZF9zZXF1ZW5jZRgFIAEoCzIhLnRlbnNvcmJyb2tlci5saW5rLnYxLkVuZFNlcXVlbmNlSAASMgoIc2h1dGRvd24YBiABKAsyHi50ZW5zb3Jicm9rZXIubGluay52MS5TaHV0ZG93bkgAQgYKBGtpbmRiBnByb3RvMw");
+  fileDesc("CgpsaW5rLnByb3RvEhR0ZW5zb3Jicm9rZXIubGluay52MSI7CgpUZW5zb3JNZXRhEgwKBG5hbWUYASABKAkSEAoIZGF0YXR5cGUYAiABKAkSDQoFc2hhcGUYAyADKAMiTQoKVGVuc29yU3BlYxIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhAKCG9wdGlvbmFsGAQgASgIIoECCgVSZWFkeRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEg0KBW1vZGVsGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSEQoJbWF4X2JhdGNoGAQgASgNEg8KB2NyZWRpdHMYBSABKA0SMAoGaW5wdXRzGAYgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yU3BlYxIxCgdvdXRwdXRzGAcgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yU3BlYxILCgNwaWQYCCABKA0SFQoNbWF4X3NlcXVlbmNlcxgJIAEoDRIRCglkZWNvdXBsZWQYCyABKAgiRwoPU2VxdWVuY2VDb250cm9sEgoKAmlkGAEgASgJEgwKBHNsb3QYAiABKA0SDQoFc3RhcnQYAyABKAgSCwoDZW5kGAQgASgIImYKCUJhdGNoSXRlbRISCgpyZXF1ZXN0X2lkGAEgASgJEgwKBHJvd3MYAiABKA0SNwoIc2VxdWVuY2UYAyABKAsyJS50ZW5zb3Jicm9rZXIubGluay52MS5TZXF1ZW5jZUNvbnRyb2wiqwEKBUJhdGNoEhAKCGJhdGNoX2lkGAEgASgEEg0KBW1vZGVsGAIgASgJEi4KBWl0ZW1zGAMgAygLMh8udGVuc29yYnJva2VyLmxpbmsudjEuQmF0Y2hJdGVtEjEKB3RlbnNvcnMYBCADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5UZW5zb3JNZXRhEg8KB291dHB1dHMYBSADKAkSDQoFd2hvbGUYCyABKAgiGwoKSXRlbVN0YXR1cxINCgVlcnJvchgBIAEoCSLWAQoGUmVzdWx0EhAKCGJhdGNoX2lkGAEgASgEEi8KBWl0ZW1zGAIgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuSXRlbVN0YXR1cxIxCgd0ZW5zb3JzGAMgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yTWV0YRINCgVlcnJvchgEIAEoCRISCgpjb21wdXRlX25zGAUgASgEEhgKEGNvbXB1dGVfaW5wdXRfbnMYCyABKAQSGQoRY29tcHV0ZV9vdXRwdXRfbnMYDCABKAQiXQoIUmVzcG9uc2USEAoIYmF0Y2hfaWQYASABKAQSDAoEaXRlbRgCIAEoDRIxCgd0ZW5zb3JzGAMgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yTWV0YSIcCglIZWFydGJlYXQSDwoHdGltZV9tcxgBIAEoBCK6AQoLRW5kU2VxdWVuY2USCgoCaWQYASABKAkSDAoEc2xvdBgCIAEoDRI4CgZyZWFzb24YAyABKA4yKC50ZW5zb3Jicm9rZXIubGluay52MS5FbmRTZXF1ZW5jZS5SZWFzb24iVwoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEg4KClJFQVNPTl9FTkQQARIUChBSRUFTT05fQ0FOQ0VMTEVEEAISDwoLUkVBU09OX0lETEUQAyIsCghTaHV0ZG93bhIQCghncmFjZV9tcxgBIAEoDRIOCgZyZWFzb24YAiABKAki9wIKCEVudmVsb3BlEiwKBXJlYWR5GAEgASgLMhsudGVuc29yYnJva2VyLmxpbmsudjEuUmVhZHlIABIsCgViYXRjaBgCIAEoCzIbLnRlbnNvcmJyb2tlci5saW5rLnYxLkJhdGNoSAASLgoGcmVzdWx0GAMgASgLMhwudGVuc29yYnJva2VyLmxpbmsudjEuUmVzdWx0SAASNAoJaGVhcnRiZWF0GAQgASgLMh8udGVuc29yYnJva2VyLmxpbmsudjEuSGVhcnRiZWF0SAASOQoMZW5kX3NlcXVlbmNlGAUgASgLMiEudGVuc29yYnJva2VyLmxpbmsudjEuRW5kU2VxdWVuY2VIABIyCghzaHV0ZG93bhgGIAEoCzIeLnRlbnNvcmJyb2tlci5saW5rLnYxLlNodXRkb3duSAASMgoIcmVzcG9uc2UYDCABKAsyHi50ZW5zb3Jicm9rZXIubGluay52MS5SZXNwb25zZUgAQgYKBGtpbmRiBnByb3RvMw");
 
 /**
  * Describes one raw tensor frame. `datatype` is a KServe v2 name: BOOL, UINT8,
@@ -94,7 +95,7 @@ export const TensorSpecSchema: GenMessage<TensorSpec> = /*@__PURE__*/
  */
 export type Ready = Message<"tensorbroker.link.v1.Ready"> & {
   /**
-   * 1
+   * 2 (1: before decoupled models, whole batches and timed RESULT)
    *
    * @generated from field: uint32 protocol_version = 1;
    */
@@ -145,6 +146,14 @@ export type Ready = Message<"tensorbroker.link.v1.Ready"> & {
    * @generated from field: uint32 max_sequences = 9;
    */
   maxSequences: number;
+
+  /**
+   * Version 2: the copy answers each request with 0..n Response messages, then
+   * the batch's Result as the final marker (Triton's decoupled transaction policy).
+   *
+   * @generated from field: bool decoupled = 11;
+   */
+  decoupled: boolean;
 };
 
 /**
@@ -250,6 +259,14 @@ export type Batch = Message<"tensorbroker.link.v1.Batch"> & {
    * @generated from field: repeated string outputs = 5;
    */
   outputs: string[];
+
+  /**
+   * Version 2: a non-batching model (registry batch_size 0). The batch has one
+   * item (rows 1) and its tensors have no batch dimension: shapes are whole.
+   *
+   * @generated from field: bool whole = 11;
+   */
+  whole: boolean;
 };
 
 /**
@@ -313,6 +330,22 @@ export type Result = Message<"tensorbroker.link.v1.Result"> & {
    * @generated from field: uint64 compute_ns = 5;
    */
   computeNs: bigint;
+
+  /**
+   * Version 2: the copy's own timing of the steps around predictBatch (0 = not measured).
+   *
+   * decoding the input frames into tensors
+   *
+   * @generated from field: uint64 compute_input_ns = 11;
+   */
+  computeInputNs: bigint;
+
+  /**
+   * checking and encoding the outputs
+   *
+   * @generated from field: uint64 compute_output_ns = 12;
+   */
+  computeOutputNs: bigint;
 };
 
 /**
@@ -321,6 +354,41 @@ export type Result = Message<"tensorbroker.link.v1.Result"> & {
  */
 export const ResultSchema: GenMessage<Result> = /*@__PURE__*/
   messageDesc(file_link, 7);
+
+/**
+ * Version 2, copy -> broker, decoupled models only: one response to one request
+ * of a batch in flight. `tensors` describe the frames that follow, with the
+ * item's own rows as batch dimension (whole shapes when Batch.whole). Any number
+ * of them may precede the batch's Result, which is the final marker for every
+ * item and carries no tensors.
+ *
+ * @generated from message tensorbroker.link.v1.Response
+ */
+export type Response = Message<"tensorbroker.link.v1.Response"> & {
+  /**
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * index into Batch.items
+   *
+   * @generated from field: uint32 item = 2;
+   */
+  item: number;
+
+  /**
+   * @generated from field: repeated tensorbroker.link.v1.TensorMeta tensors = 3;
+   */
+  tensors: TensorMeta[];
+};
+
+/**
+ * Describes the message tensorbroker.link.v1.Response.
+ * Use `create(ResponseSchema)` to create a new message.
+ */
+export const ResponseSchema: GenMessage<Response> = /*@__PURE__*/
+  messageDesc(file_link, 8);
 
 /**
  * Both ways, every heartbeat interval (TB_HEARTBEAT_MS, default 1000 ms).
@@ -339,7 +407,7 @@ export type Heartbeat = Message<"tensorbroker.link.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_link, 8);
+  messageDesc(file_link, 9);
 
 /**
  * Broker -> copy: a sequence is over; the copy drops its state.
@@ -368,7 +436,7 @@ export type EndSequence = Message<"tensorbroker.link.v1.EndSequence"> & {
  * Use `create(EndSequenceSchema)` to create a new message.
  */
 export const EndSequenceSchema: GenMessage<EndSequence> = /*@__PURE__*/
-  messageDesc(file_link, 9);
+  messageDesc(file_link, 10);
 
 /**
  * @generated from enum tensorbroker.link.v1.EndSequence.Reason
@@ -399,7 +467,7 @@ export enum EndSequence_Reason {
  * Describes the enum tensorbroker.link.v1.EndSequence.Reason.
  */
 export const EndSequence_ReasonSchema: GenEnum<EndSequence_Reason> = /*@__PURE__*/
-  enumDesc(file_link, 9, 0);
+  enumDesc(file_link, 10, 0);
 
 /**
  * Broker -> copy: finish the batches in flight, then exit within grace_ms.
@@ -424,7 +492,7 @@ export type Shutdown = Message<"tensorbroker.link.v1.Shutdown"> & {
  * Use `create(ShutdownSchema)` to create a new message.
  */
 export const ShutdownSchema: GenMessage<Shutdown> = /*@__PURE__*/
-  messageDesc(file_link, 10);
+  messageDesc(file_link, 11);
 
 /**
  * @generated from message tensorbroker.link.v1.Envelope
@@ -469,6 +537,12 @@ export type Envelope = Message<"tensorbroker.link.v1.Envelope"> & {
      */
     value: Shutdown;
     case: "shutdown";
+  } | {
+    /**
+     * @generated from field: tensorbroker.link.v1.Response response = 12;
+     */
+    value: Response;
+    case: "response";
   } | { case: undefined; value?: undefined };
 };
 
@@ -477,5 +551,5 @@ export type Envelope = Message<"tensorbroker.link.v1.Envelope"> & {
  * Use `create(EnvelopeSchema)` to create a new message.
  */
 export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
-  messageDesc(file_link, 11);
+  messageDesc(file_link, 12);
 

@@ -187,6 +187,8 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     return item;
   });
   const totalRows = offset;
+  // A non-batching model (registry batch_size 0): one item, whole shapes, no batch dimension to check.
+  const whole = batch.whole;
   const itemErrors: string[] = items.map(() => '');
 
   let inputs: Record<string, Tensor>;
@@ -195,7 +197,7 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     for (const t of tensorsFromFrames(batch.tensors, frames)) {
       const bad = checkTensorData(t);
       if (bad) return fail(bad);
-      if (t.shape[0] !== totalRows) return fail(`input '${t.name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      if (!whole && t.shape[0] !== totalRows) return fail(`input '${t.name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
       inputs[t.name] = t;
     }
   } catch (e) {
@@ -209,7 +211,7 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     return fail(`createState failed: ${errorText(e)}`);
   }
   const ctx: BatchContext = {
-    batchId, items, totalRows, outputs: wanted, log,
+    batchId, items, totalRows, whole, outputs: wanted, log,
     state<S extends object>(index: number): S {
       const seq = items[index]?.sequence;
       if (!seq) throw new RangeError(`item ${index} of this batch is not in a sequence`);
@@ -242,7 +244,7 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     for (const name of wanted) {
       const t = produced.get(name);
       if (!t) return fail(`model did not produce output '${name}'`);
-      if (t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      if (!whole && t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
       const bad = checkTensorData(t, 'output');
       if (bad) return fail(bad);
       tensors.push(t);

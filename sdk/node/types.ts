@@ -44,8 +44,13 @@ export type EndSequenceReason = 'unspecified' | 'end' | 'cancelled' | 'idle';
 export interface BatchContext {
   batchId: bigint;
   items: BatchItemInfo[];
-  /** Sum of items[].rows: the batch dimension of every input and output. */
+  /** Sum of items[].rows: the batch dimension of every input and output (1 for a non-batching model). */
   totalRows: number;
+  /**
+   * A non-batching model (registry batch_size 0, Triton max_batch_size 0): one
+   * item, and inputs and outputs have no batch dimension (shapes are whole).
+   */
+  whole: boolean;
   /** Output names the broker wants (all declared outputs when it named none). */
   outputs: string[];
   /** Fails one item alone; its rows in the outputs are ignored (fill them with anything). */

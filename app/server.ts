@@ -15,6 +15,7 @@ import { restRoutes } from '../bridges/rest/routes';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
 import { adminRoutes } from '../model-manager/admin-api';
+import { adminHooks } from './admin-hooks';
 import { loadModelsFile } from '../model-manager/models-file';
 import { RedisModelRegistry } from '../model-manager/redis-registry';
 import { DockerRuntime } from '../task-manager/docker-runtime';
@@ -132,6 +133,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     logger: log,
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
+    admin: adminHooks(registry, config.adminToken),
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();

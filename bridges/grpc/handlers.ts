@@ -47,6 +47,7 @@ import {
   type ServerReadyResponse,
 } from '../../proto/gen/grpc_service_pb';
 import { parseInferRequest, toInferResponse, withDeadline } from './convert';
+import { configOverridePatch, currentConfig, refuseFileParameters } from '../shared/config-override';
 import { configMessage, metadataMessage, repositoryIndexMessage, statisticsMessage } from './describe';
 import { toGrpcStatus } from './status';
 
@@ -81,10 +82,13 @@ function requestIds(): () => string {
   return () => `${prefix}-${(++n).toString(36)}`;
 }
 
-/** Triton's load parameters `config` / `file:*` replace a model's files: the broker has none to replace. */
-function refuseOverrides(params: { [key: string]: ModelRepositoryParameter }): void {
-  const bad = Object.keys(params).filter((k) => k === 'config' || k.startsWith('file:'));
-  if (bad.length > 0) throw new BrokerError('INVALID_ARGUMENT', `load parameter(s) ${bad.join(', ')} are not supported: models are defined in the registry`);
+/** Triton's load `config` parameter (string_param, JSON); `file:*` parameters are never accepted. */
+function configParameter(params: { [key: string]: ModelRepositoryParameter }): string | undefined {
+  refuseFileParameters(Object.keys(params));
+  const p = params.config;
+  if (!p) return undefined;
+  if (p.parameterChoice.case !== 'stringParam') throw new BrokerError('INVALID_ARGUMENT', "load parameter 'config' must be a string_param (the model config as JSON)");
+  return p.parameterChoice.value;
 }
 
 export function createHandlers(opts: HandlerOptions): InferenceHandlers {
@@ -129,11 +133,21 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
 
     RepositoryIndex: unary('RepositoryIndex', (req) => repositoryIndexMessage(broker.repositoryIndex(), req.ready)),
 
-    RepositoryModelLoad: unary('RepositoryModelLoad', async (req) => {
-      refuseOverrides(req.parameters);
-      await broker.loadModel(req.modelName);
-      return create(RepositoryModelLoadResponseSchema);
-    }),
+    RepositoryModelLoad: (call, callback) => {
+      const req = call.request;
+      const model = req.modelName;
+      const auth = call.metadata.get('authorization')[0];
+      Promise.resolve()
+        .then(async () => {
+          const config = configParameter(req.parameters);
+          if (config !== undefined) {
+            await broker.configureModel(model, () => configOverridePatch(model, config, currentConfig(broker, model)), typeof auth === 'string' ? auth : undefined);
+          }
+          await broker.loadModel(model);
+          return create(RepositoryModelLoadResponseSchema);
+        })
+        .then((res) => callback(null, res), (err: unknown) => callback(toGrpcStatus(err, log, 'RepositoryModelLoad')));
+    },
 
     RepositoryModelUnload: unary('RepositoryModelUnload', async (req) => {
       await broker.unloadModel(req.modelName);

@@ -82,6 +82,12 @@ function requestIds(): () => string {
   return () => `${prefix}-${(++n).toString(36)}`;
 }
 
+/** tritonclient's `enable_empty_final_response=True` sets this request parameter. */
+function wantsEmptyFinal(req: ModelInferRequest): boolean {
+  const p = req.parameters.triton_enable_empty_final_response ?? req.parameters.enable_empty_final_response;
+  return p?.parameterChoice.case === 'boolParam' && p.parameterChoice.value;
+}
+
 /** Triton's load `config` parameter (string_param, JSON); `file:*` parameters are never accepted. */
 function configParameter(params: { [key: string]: ModelRepositoryParameter }): string | undefined {
   refuseFileParameters(Object.keys(params));
@@ -215,19 +221,24 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
         const echo = { modelName: req.modelName, modelVersion: req.modelVersion, id: req.id };
         let key: string | undefined;
         let work: Promise<InferResult>;
+        // Decoupled models: each response leaves at once, flagged not final (Triton's triton_final_response).
+        const onResponse = (r: InferResult) => write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(r, req.id, false) }));
         try {
           const parsed = parseInferRequest(req, nextId());
           const seq = parsed.request.sequence;
           if (seq) key = `${parsed.request.model}\0${seq.id}`;
           const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
-          work = broker.infer({ ...withDeadline(request, call.getDeadline()), signal: aborted.signal });
+          work = broker.infer({ ...withDeadline(request, call.getDeadline()), signal: aborted.signal, onResponse });
         } catch (e) {
           work = Promise.reject(e);
         }
         // Answers of one sequence leave in arrival order.
         void order.run(key, work, (result, err) => {
           if (result) {
-            write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id) }));
+            // A decoupled model's final marker is sent only when asked for (enable_empty_final_response):
+            // an empty response carrying just the flag. Other models' one answer is final.
+            if (result.responses === undefined) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id, true) }));
+            else if (wantsEmptyFinal(req)) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id, true) }));
             return;
           }
           if (gone) return; // the client cancelled the stream: nobody to answer

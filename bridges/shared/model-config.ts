@@ -31,6 +31,8 @@ export interface TritonModelConfig {
     direct: { max_queue_delay_microseconds: number; minimum_slot_utilization: number };
   };
   instance_group: { kind: string; count: number }[];
+  /** Decoupled models (READY decoupled): 0..n responses per request, gRPC ModelStreamInfer only. */
+  model_transaction_policy?: { decoupled: boolean };
   parameters: Record<string, { string_value: string }>;
 }
 
@@ -61,6 +63,7 @@ export function tritonConfig(d: ModelDescription): TritonModelConfig {
     instance_group: [{ kind: d.runOnGpu ? 'KIND_GPU' : 'KIND_CPU', count: d.maxReplicas }],
     parameters: {},
   };
+  if (meta.decoupled) config.model_transaction_policy = { decoupled: true };
   if (d.stateless) {
     config.dynamic_batching = {
       max_queue_delay_microseconds: d.maxWaitMs * 1000,

@@ -8,17 +8,18 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { startGrpcBridge, type GrpcBridge } from '../../bridges/grpc/server';
 import type { ModelStreamInferResponse } from '../../proto/gen/grpc_service_pb';
-import { getJson, modelMain, postJson, simpleModel, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
+import path from 'node:path';
+import { ROOT, getJson, modelMain, postJson, simpleModel, startTestBroker, waitReady, type TestBroker } from '../helpers/broker';
 import { GrpcTestClient, int32Values, simpleRaw, type InferInit } from '../helpers/grpc-client';
 
 const u32 = (values: number[]) => Buffer.from(Uint32Array.from(values).buffer);
 const i32 = (values: number[]) => Buffer.from(Int32Array.from(values).buffer);
 
 /** A repeat_int32 request: IN values, DELAY ms each, WAIT ms after. */
-function repeatRequest(id: string, values: number[], delayMs: number, opts: { emptyFinal?: boolean; wait?: number; delays?: number[] } = {}): InferInit {
+function repeatRequest(id: string, values: number[], delayMs: number, opts: { emptyFinal?: boolean; wait?: number; delays?: number[]; model?: string } = {}): InferInit {
   const delays = opts.delays ?? values.map(() => delayMs);
   return {
-    modelName: 'repeat_int32',
+    modelName: opts.model ?? 'repeat_int32',
     id,
     inputs: [
       { name: 'IN', datatype: 'INT32', shape: [BigInt(values.length)] },
@@ -75,14 +76,22 @@ describe('decoupled models (repeat_int32)', () => {
 
   beforeAll(async () => {
     b = await startTestBroker({
-      models: { repeat_int32: { command: ['node', modelMain('repeat')], batch_size: 0 }, simple: simpleModel() },
+      models: {
+        repeat_int32: { command: ['node', modelMain('repeat')], batch_size: 0 },
+        simple: simpleModel(),
+        // The same model written with the Python SDK (predict_stream).
+        py_repeat: {
+          command: ['/usr/bin/python3', path.join(ROOT, 'tests', 'python', 'repeat_model.py')], batch_size: 0,
+          env: { PYTHONPATH: path.join(ROOT, 'sdk', 'python'), PYTHONNOUSERSITE: '1', PYTHONDONTWRITEBYTECODE: '1' },
+        },
+      },
     });
     bridge = await startGrpcBridge({
       broker: b.running.broker, host: '127.0.0.1', port: 0, maxMessageBytes: 1 << 20,
       logger: pino({ level: 'silent' }), version: 'test',
     });
     c = new GrpcTestClient(bridge.port);
-    await Promise.all([waitReady(b, 'repeat_int32'), waitReady(b, 'simple')]);
+    await Promise.all([waitReady(b, 'repeat_int32'), waitReady(b, 'simple'), waitReady(b, 'py_repeat')]);
   });
   afterAll(async () => {
     c?.close();
@@ -122,6 +131,24 @@ describe('decoupled models (repeat_int32)', () => {
     const bad = seen.find((s) => s.id === 'bad')!;
     expect(bad.error).toContain('DELAY has 1 values for 2 in IN');
     expect(seen.filter((s) => s.id === 'plain')).toEqual([expect.objectContaining({ final: true, error: '' })]);
+  });
+
+  test('the Python SDK: predict_stream yields 0, 1 and many responses; its errors end the request', async () => {
+    const py = { model: 'py_repeat' };
+    const seen = await streamAll(c, [
+      repeatRequest('py-many', [4, 5, 6], 2, { ...py, emptyFinal: true }),
+      repeatRequest('py-zero', [], 0, { ...py, emptyFinal: true }),
+      repeatRequest('py-one', [9], 0, py),
+      repeatRequest('py-bad', [1, 2], 0, { ...py, delays: [0] }),
+    ]);
+    const of = (id: string) => seen.filter((s) => s.id === id).map((s) => [s.out, s.idx, s.final]);
+    expect(of('py-many')).toEqual([[4, 0, false], [5, 1, false], [6, 2, false], [undefined, undefined, true]]);
+    expect(of('py-zero')).toEqual([[undefined, undefined, true]]);
+    expect(of('py-one')).toEqual([[9, 0, false]]);
+    expect(seen.find((s) => s.id === 'py-bad')?.error).toContain('DELAY has 1 values for 2 in IN');
+    const stats = (await getJson(`${b.url}/v2/models/py_repeat/stats`)).model_stats[0];
+    expect(stats.inference_stats.compute_input.ns).toBeGreaterThan(0);
+    expect(stats.response_stats['0'].success.count).toBe(2);
   });
 
   test('unary gRPC and REST refuse a decoupled model as Triton does (UNIMPLEMENTED / 501)', async () => {

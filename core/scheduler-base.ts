@@ -9,12 +9,12 @@ import type { Logger } from 'pino';
 import { BrokerError, toBrokerError } from './errors';
 import type { BatchRequest, BatchResponse, ModelCopies, ModelCopy, SequenceControl } from './model-copies';
 import { ModelStats, type BatchTiming } from './stats';
-
-const NO_TIMING: BatchTiming = { inputNs: 0, computeNs: 0, outputNs: 0 };
 import { longTimeout } from './timers';
 import { sliceRows, type Tensor } from '../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
+
+const NO_TIMING: BatchTiming = { inputNs: 0, computeNs: 0, outputNs: 0 };
 
 export interface SchedulerConfig {
   version: string;
@@ -161,9 +161,10 @@ export abstract class SchedulerBase<X = undefined> {
     const whole = this.whole;
     const rows = requestRows(req, whole);
     const meta = this.copies.metadata;
-    if (meta) validateAgainst(req, meta, rows, this.maxRows(meta), whole);
-    if (meta?.decoupled && !req.onResponse) throw this.oneAnswerOnly();
-    else if (!whole && rows > this.config.batchSize) {
+    if (meta) {
+      validateAgainst(req, meta, rows, this.maxRows(meta), whole);
+      if (meta.decoupled && !req.onResponse) throw this.oneAnswerOnly();
+    } else if (!whole && rows > this.config.batchSize) {
       throw new BrokerError('INVALID_ARGUMENT', `model '${this.model}' takes at most ${this.config.batchSize} rows per request, got ${rows}`);
     }
     if (req.signal?.aborted) throw new BrokerError('CANCELLED', 'the client cancelled the request');

@@ -237,8 +237,8 @@ export function createHandlers(opts: HandlerOptions): InferenceHandlers {
           if (result) {
             // A decoupled model's final marker is sent only when asked for (enable_empty_final_response):
             // an empty response carrying just the flag. Other models' one answer is final.
-            if (result.responses === undefined) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id, true) }));
-            else if (wantsEmptyFinal(req)) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id, true) }));
+            const decoupled = result.responses !== undefined;
+            if (!decoupled || wantsEmptyFinal(req)) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, req.id, true) }));
             return;
           }
           if (gone) return; // the client cancelled the stream: nobody to answer

@@ -18,6 +18,7 @@ import { startZmqBridge } from '../bridges/zmq/server';
 import { AccessControl } from '../bridges/shared/access';
 import { installAccessHook } from '../bridges/rest/access-hook';
 import { adminRoutes } from '../model-manager/admin-api';
+import { adminHooks } from './admin-hooks';
 import { loadModelsFile } from '../model-manager/models-file';
 import { watchModelsFile, type ModelsWatcher } from '../model-manager/models-watcher';
 import { EmbeddedModelRegistry } from '../model-manager/memory-store';
@@ -179,6 +180,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     logger: log,
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
+    admin: adminHooks(registry, config.adminToken),
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();

@@ -65,6 +65,21 @@ export interface BrokerApi {
   loadModel(model: string): Promise<void>;
   /** Stops a model's copies; it stays registered and answers 503 until loaded. */
   unloadModel(model: string): Promise<void>;
+  /**
+   * Changes registry fields of a model before a load (Triton's load with a
+   * `config`): the credential is checked first (UNAUTHENTICATED / PERMISSION_DENIED),
+   * then `makePatch` runs (its INVALID_ARGUMENT naming a field) and the patch goes
+   * through the admin API's validation. The registry event reconfigures the model.
+   */
+  configureModel(model: string, makePatch: () => Record<string, unknown>, credential?: string): Promise<void>;
+}
+
+/** Registry writes on behalf of a bridge (app/server.ts wires the admin token and the registry). */
+export interface AdminHooks {
+  /** Throws UNAUTHENTICATED or PERMISSION_DENIED when the credential (an Authorization value) may not change models. */
+  authorize(credential?: string): void;
+  /** A JSON merge patch onto the model's entry, validated as PATCH /admin/models/{m} validates it. */
+  patch(model: string, patch: Record<string, unknown>): Promise<void>;
 }
 
 export interface BrokerOptions {
@@ -74,6 +89,8 @@ export interface BrokerOptions {
   logger: Logger;
   observer?: SchedulerObserver;
   limits?: RequestLimits;
+  /** Registry writes for load-with-config; without it such loads are refused. */
+  admin?: AdminHooks;
 }
 
 type Scheduler = ModelScheduler | SequenceScheduler;
@@ -228,6 +245,17 @@ export class Broker implements BrokerApi {
 
   async unloadModel(model: string): Promise<void> {
     await this.entry(model).copies.unload();
+  }
+
+  async configureModel(model: string, makePatch: () => Record<string, unknown>, credential?: string): Promise<void> {
+    const admin = this.opts.admin;
+    if (!admin) throw new BrokerError('INVALID_ARGUMENT', 'this broker takes no model config overrides (no registry writer configured)');
+    this.entry(model);
+    admin.authorize(credential);
+    const patch = makePatch();
+    if (Object.keys(patch).length === 0) return;
+    this.log.info({ model, patch }, 'model config override');
+    await admin.patch(model, patch);
   }
 
   /** Queue depth and running requests per model, for metrics. */

@@ -13,6 +13,8 @@ export type ErrorCode =
   | 'UNSUPPORTED_MEDIA_TYPE'
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
+  /** The call cannot serve this model (a decoupled model on a one-answer call, as Triton's UNSUPPORTED). */
+  | 'UNIMPLEMENTED'
   | 'INTERNAL';
 
 /**
@@ -65,6 +67,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   RESOURCE_EXHAUSTED: 429,
   CANCELLED: 499,
   INTERNAL: 500,
+  UNIMPLEMENTED: 501,
   UNAVAILABLE: 503,
   DEADLINE_EXCEEDED: 504,
 };
@@ -79,6 +82,7 @@ export const GRPC_STATUS: Record<ErrorCode, number> = {
   RESOURCE_EXHAUSTED: 8,
   PAYLOAD_TOO_LARGE: 8,
   UNSUPPORTED_MEDIA_TYPE: 3,
+  UNIMPLEMENTED: 12,
   INTERNAL: 13,
   UNAVAILABLE: 14,
   UNAUTHENTICATED: 16,

@@ -28,6 +28,13 @@ export interface BatchRequest {
   outputs: string[];
   /** Epoch ms after which the copy is considered hung for this batch. */
   deadline: number;
+  /** A non-batching model: one item, tensors without a batch dimension (link Batch.whole). */
+  whole?: boolean;
+  /**
+   * Decoupled copies: called for each response to item `item` before the batch
+   * settles (link Response); `tensors` hold that item's rows only.
+   */
+  onResponse?: (item: number, tensors: Tensor[]) => void;
 }
 
 export interface BatchResponse {
@@ -36,6 +43,9 @@ export interface BatchResponse {
   /** Outputs, batch dimension first, covering every row of the batch. */
   tensors: Tensor[];
   computeNs: number;
+  /** The copy's decode / encode time around predictBatch (0 when it did not report them). */
+  computeInputNs?: number;
+  computeOutputNs?: number;
 }
 
 export type SequenceEndReason = 'end' | 'cancelled' | 'idle';

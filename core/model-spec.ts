@@ -25,8 +25,8 @@ export const SPEC_FIELDS = {
   image: opt(Type.String({ minLength: 1, description: 'a non-empty string (Docker image)' })),
   /** Stored as a string (`1.10` in YAML is the number 1.1: quote it). */
   version: Type.String({ minLength: 1, default: '1', description: 'a non-empty string or a number' }),
-  /** Max rows per batch. */
-  batch_size: int(1, 1),
+  /** Max rows per batch; 0 = no batch dimension (Triton max_batch_size 0): shapes are whole, one request per run. */
+  batch_size: int(0, 1),
   run_on_gpu: bool(false),
   stateless: bool(true),
   /** How long the batcher may hold the oldest queued request waiting for more rows. */

@@ -8,11 +8,13 @@
 import type { Logger } from 'pino';
 import { BrokerError, toBrokerError } from './errors';
 import type { BatchRequest, BatchResponse, ModelCopies, ModelCopy, SequenceControl } from './model-copies';
-import { ModelStats } from './stats';
+import { ModelStats, type BatchTiming } from './stats';
 import { longTimeout } from './timers';
 import { sliceRows, type Tensor } from '../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
+
+const NO_TIMING: BatchTiming = { inputNs: 0, computeNs: 0, outputNs: 0 };
 
 export interface SchedulerConfig {
   version: string;
@@ -47,6 +49,9 @@ export interface Pending<X = undefined> {
   ext: X;
   /** Put back in the queue once after its copy died (task manager's retryable error). */
   retried?: boolean;
+  /** Decoupled models: responses passed to req.onResponse so far, and when the last one left (or the request started). */
+  responses?: number;
+  lastResponseNs?: bigint;
   resolve(r: InferResult): void;
   reject(e: BrokerError): void;
 }
@@ -153,10 +158,13 @@ export abstract class SchedulerBase<X = undefined> {
 
   private admit(req: InferRequest): Promise<InferResult> {
     if (this.closed) throw this.closed;
-    const rows = requestRows(req);
+    const whole = this.whole;
+    const rows = requestRows(req, whole);
     const meta = this.copies.metadata;
-    if (meta) validateAgainst(req, meta, rows, this.maxRows(meta));
-    else if (rows > this.config.batchSize) {
+    if (meta) {
+      validateAgainst(req, meta, rows, this.maxRows(meta), whole);
+      if (meta.decoupled && !req.onResponse) throw this.oneAnswerOnly();
+    } else if (!whole && rows > this.config.batchSize) {
       throw new BrokerError('INVALID_ARGUMENT', `model '${this.model}' takes at most ${this.config.batchSize} rows per request, got ${rows}`);
     }
     if (req.signal?.aborted) throw new BrokerError('CANCELLED', 'the client cancelled the request');
@@ -193,7 +201,19 @@ export abstract class SchedulerBase<X = undefined> {
     throw new BrokerError('RESOURCE_EXHAUSTED', message, { retryAfterMs: this.retryAfterMs(), kind: 'overloaded' });
   }
 
+  /** A non-batching model (batch_size 0): shapes are whole and each request runs alone. */
+  protected get whole(): boolean {
+    return this.config.batchSize === 0;
+  }
+
+  /** Triton: "ModelInfer RPC / HTTP end point doesn't support models with decoupled transaction policy". */
+  private oneAnswerOnly(): BrokerError {
+    return new BrokerError('UNIMPLEMENTED', `model '${this.model}' has the decoupled transaction policy (0..n responses per request); ` +
+      'this call takes exactly one answer: use the gRPC ModelStreamInfer stream');
+  }
+
   protected maxRows(meta: ModelMetadata): number {
+    if (this.whole) return 1;
     return meta.maxBatch > 0 ? Math.min(meta.maxBatch, this.config.batchSize) : this.config.batchSize;
   }
 
@@ -225,8 +245,10 @@ export abstract class SchedulerBase<X = undefined> {
     }
     const batchId = String(request.batchId);
     if (this.log.isLevelEnabled('debug')) this.log.debug({ batchId, copy: copy.id, rows, requests: batch.length }, 'batch dispatched');
+    const decoupled = !!copy.metadata.decoupled;
+    if (decoupled) request.onResponse = (item, tensors) => this.respond(batch[item], tensors);
     copy.execute(request).then(
-      (res) => this.debatch(batch, rows, res, batchId),
+      (res) => this.debatch(batch, rows, res, batchId, decoupled),
       (err) => {
         const e = this.batchError(toBrokerError(err));
         // The copy died or hung with the batch: the task manager flags it retryable when the
@@ -279,14 +301,32 @@ export abstract class SchedulerBase<X = undefined> {
       tensors,
       outputs,
       deadline: Date.now() + this.config.timeoutMs,
+      ...(this.whole ? { whole: true } : {}),
     };
   }
 
-  private debatch(batch: Pending<X>[], rows: number, res: BatchResponse, batchId: string): void {
+  /** One response of a decoupled model to a running request. */
+  private respond(p: Pending<X> | undefined, tensors: Tensor[]): void {
+    if (!p || p.state !== 'running' || !p.req.onResponse) return;
+    const wanted = p.req.outputs ? new Set(p.req.outputs) : undefined;
+    const now = process.hrtime.bigint();
+    this.stats.response(p.responses ?? 0, Number(now - (p.lastResponseNs ?? p.startedNs ?? now)), false);
+    p.lastResponseNs = now;
+    p.responses = (p.responses ?? 0) + 1;
+    try {
+      p.req.onResponse({ id: p.req.id, model: this.model, version: this.config.version, outputs: tensors.filter((t) => !wanted || wanted.has(t.name)) });
+    } catch (e) {
+      this.log.error({ err: e, request: p.req.id }, 'a response listener threw');
+    }
+  }
+
+  private debatch(batch: Pending<X>[], rows: number, res: BatchResponse, batchId: string, decoupled = false): void {
     const computeNs = res.computeNs;
-    this.stats.execution(rows, computeNs);
+    const timing: BatchTiming = { inputNs: res.computeInputNs ?? 0, computeNs, outputNs: res.computeOutputNs ?? 0 };
+    this.stats.execution(rows, timing);
     this.observer?.batch(this.model, rows, computeNs / 1e9);
-    const bad = res.tensors.find((t) => t.shape[0] !== rows);
+    const whole = this.whole;
+    const bad = whole ? undefined : res.tensors.find((t) => t.shape[0] !== rows);
     if (bad || res.itemErrors.length !== batch.length) {
       const msg = bad
         ? `model returned output '${bad.name}' with ${bad.shape[0]} rows for a batch of ${rows}`
@@ -304,15 +344,26 @@ export abstract class SchedulerBase<X = undefined> {
         this.settle(p, new BrokerError('INTERNAL', `model error: ${itemError}`));
         return;
       }
+      if (decoupled) {
+        // The final marker: the responses went out one by one; none when the call takes one answer.
+        if (!p.req.onResponse) this.settle(p, this.oneAnswerOnly());
+        else {
+          const now = process.hrtime.bigint();
+          this.stats.response(p.responses ?? 0, Number(now - (p.lastResponseNs ?? p.startedNs ?? now)), true);
+          this.settle(p, { id: p.req.id, model: this.model, version: this.config.version, outputs: [], responses: p.responses ?? 0 }, timing);
+        }
+        return;
+      }
       const wanted = p.req.outputs ? new Set(p.req.outputs) : undefined;
       let outputs: Tensor[];
       try {
-        outputs = res.tensors.filter((t) => !wanted || wanted.has(t.name)).map((t) => sliceRows(t, from, p.rows));
+        const kept = res.tensors.filter((t) => !wanted || wanted.has(t.name));
+        outputs = whole ? kept : kept.map((t) => sliceRows(t, from, p.rows));
       } catch (e) {
         this.settle(p, toBrokerError(e));
         return;
       }
-      this.settle(p, { id: p.req.id, model: this.model, version: this.config.version, outputs }, computeNs);
+      this.settle(p, { id: p.req.id, model: this.model, version: this.config.version, outputs }, timing);
     });
   }
 
@@ -322,7 +373,7 @@ export abstract class SchedulerBase<X = undefined> {
   }
 
   /** The one place a request ends. Later calls for the same request are ignored. */
-  protected settle(p: Pending<X>, outcome: InferResult | BrokerError, computeNs = 0): void {
+  protected settle(p: Pending<X>, outcome: InferResult | BrokerError, timing: BatchTiming = NO_TIMING): void {
     if (p.state === 'done') return;
     const wasQueued = p.state === 'queued';
     p.state = 'done';
@@ -345,7 +396,7 @@ export abstract class SchedulerBase<X = undefined> {
       this.observer?.finished(this.model, kind, queueNs !== undefined ? queueNs / 1e9 : undefined, totalNs / 1e9);
       p.reject(outcome);
     } else {
-      this.stats.success(p.rows, totalNs, queueNs ?? 0, computeNs);
+      this.stats.success(p.rows, totalNs, queueNs ?? 0, timing);
       this.observer?.finished(this.model, 'success', (queueNs ?? 0) / 1e9, totalNs / 1e9);
       p.resolve(outcome);
     }

@@ -31,6 +31,13 @@ export interface InferRequest {
   sequence?: SequenceRef;
   /** Aborted when the client goes away; the request leaves the queue. */
   signal?: AbortSignal;
+  /**
+   * Decoupled models: receives each of the 0..n responses as the model sends
+   * them; the returned promise then resolves (outputs empty) once the model
+   * sent its final marker. Without it a decoupled model refuses the request
+   * (UNIMPLEMENTED: the call takes exactly one answer).
+   */
+  onResponse?: (response: InferResult) => void;
 }
 
 export interface InferResult {
@@ -38,6 +45,8 @@ export interface InferResult {
   model: string;
   version: string;
   outputs: Tensor[];
+  /** Decoupled models, on the final result: how many responses went to onResponse. */
+  responses?: number;
 }
 
 /** What a model copy said about itself in READY. */
@@ -48,6 +57,8 @@ export interface ModelMetadata {
   maxBatch: number;
   inputs: TensorSpec[];
   outputs: TensorSpec[];
+  /** READY `decoupled`: 0..n responses per request, then a final marker (Triton's decoupled transaction policy). */
+  decoupled?: boolean;
 }
 
 /**

@@ -4,8 +4,11 @@ import type { InferRequest, ModelMetadata } from './types';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
-/** Rows the request carries along the batch dimension (the first dimension of every input). */
-export function requestRows(req: InferRequest): number {
+/**
+ * Rows the request carries along the batch dimension (the first dimension of every input).
+ * A non-batching model (`whole`) has no batch dimension: every request counts as one row.
+ */
+export function requestRows(req: InferRequest, whole = false): number {
   if (req.inputs.length === 0) throw invalid(`model '${req.model}': the request has no inputs`);
   const names = new Set<string>();
   let rows = -1;
@@ -14,18 +17,20 @@ export function requestRows(req: InferRequest): number {
     names.add(t.name);
     const err = checkTensorData(t);
     if (err) throw invalid(err);
+    if (whole) continue;
     if (t.shape.length === 0) throw invalid(`input '${t.name}': a batching model needs a batch dimension (shape is [])`);
     if (rows === -1) rows = t.shape[0];
     else if (t.shape[0] !== rows) {
       throw invalid(`inputs disagree on the batch dimension: '${req.inputs[0].name}' has ${rows} rows, '${t.name}' has ${t.shape[0]}`);
     }
   }
+  if (whole) return 1;
   if (rows < 1) throw invalid('the batch dimension must be at least 1');
   return rows;
 }
 
 /** Checks names, datatypes and shapes against what the model declared in READY. */
-export function validateAgainst(req: InferRequest, meta: ModelMetadata, rows: number, maxRows: number): void {
+export function validateAgainst(req: InferRequest, meta: ModelMetadata, rows: number, maxRows: number, whole = false): void {
   if (rows > maxRows) {
     throw invalid(`model '${meta.name}' takes at most ${maxRows} rows per request, got ${rows}`);
   }
@@ -43,7 +48,7 @@ export function validateAgainst(req: InferRequest, meta: ModelMetadata, rows: nu
     if (t.datatype !== spec.datatype) {
       throw invalid(`input '${spec.name}': model '${meta.name}' expects datatype ${spec.datatype}, got ${t.datatype}`);
     }
-    if (t.shape.length !== spec.shape.length || spec.shape.some((d, i) => i > 0 && d !== -1 && d !== t.shape[i])) {
+    if (t.shape.length !== spec.shape.length || spec.shape.some((d, i) => (whole || i > 0) && d !== -1 && d !== t.shape[i])) {
       throw invalid(`input '${spec.name}': shape ${JSON.stringify(t.shape)} does not match the model's ${JSON.stringify(spec.shape)}`);
     }
   }

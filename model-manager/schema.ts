@@ -179,6 +179,9 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
       `${label}: field "min_replicas" (${spec.min_replicas}) must be <= "max_replicas" (${spec.max_replicas})`,
     );
   }
+  if (spec.batch_size === 0 && !spec.stateless) {
+    errors.push(`${label}: field "batch_size" 0 (a non-batching model) needs "stateless": true`);
+  }
   if ((opts.requireLaunch ?? true) && spec.image === undefined && spec.command === undefined) {
     errors.push(
       `${label}: needs "image" (or Inferoxy's "address") for the Docker runtime, or "command" in models.yaml for the process runtime`,

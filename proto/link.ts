@@ -14,7 +14,8 @@ import { elementCount, elementSize, isDataType, type Tensor } from './tensor';
 
 export * from './gen/link_pb';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: decoupled models (READY decoupled, Response), whole batches, timed RESULT; version 1 copies still work. */
+export const PROTOCOL_VERSION = 2;
 
 /** Upper bound on the envelope frame, so a garbage frame can't make us allocate much. */
 export const MAX_ENVELOPE_BYTES = 1 << 20;

@@ -7,7 +7,7 @@ import { create } from '@bufbuild/protobuf';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
 import type { BatchRequest, BatchResponse, ModelCopy } from '../core/model-copies';
-import { checkTensorData, isDataType, type TensorSpec } from '../proto/tensor';
+import { checkTensorData, isDataType, type Tensor, type TensorSpec } from '../proto/tensor';
 import type { ModelMetadata } from '../core/types';
 import {
   BatchItemSchema,
@@ -21,6 +21,7 @@ import {
   toMeta,
   type DecodedMessage,
   type Ready,
+  type Response,
   type Result,
   type TensorSpec as WireTensorSpec,
 } from '../proto/link';
@@ -162,6 +163,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
         ),
         tensors: batch.tensors.map(toMeta),
         outputs: batch.outputs,
+        whole: batch.whole ?? false,
       });
       frames = encodeFrames({ case: 'batch', value }, batch.tensors);
     } catch (err) {
@@ -194,6 +196,9 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
         return;
       case 'result':
         this.onResult(kind.value, msg.frames);
+        return;
+      case 'response':
+        this.onResponse(kind.value, msg.frames);
         return;
       case 'heartbeat':
         return;
@@ -280,6 +285,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       maxBatch: r.maxBatch,
       inputs: r.inputs.map(toSpec),
       outputs: r.outputs.map(toSpec),
+      ...(r.decoupled ? { decoupled: true } : {}),
     };
     this.becomeReady(meta, r.credits, r.maxBatch, r.maxSequences);
   }
@@ -326,10 +332,33 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
         itemErrors: r.items.map((s) => (s.error ? s.error : undefined)),
         tensors,
         computeNs: Number(r.computeNs),
+        computeInputNs: Number(r.computeInputNs),
+        computeOutputNs: Number(r.computeOutputNs),
       });
     } catch (err) {
       p.reject(new BrokerError('INTERNAL', `model copy ${this.id} of ${this.model} sent a bad result: ${(err as Error).message}`));
     }
+  }
+
+  /** A decoupled copy's response to one item of a batch in flight (before that batch's RESULT). */
+  private onResponse(r: Response, frames: Buffer[]): void {
+    const p = this.inflight.get(r.batchId);
+    if (!p || !p.batch.onResponse) {
+      this.opts.logger?.warn({ copy: this.id, batch: String(r.batchId) }, 'response for a batch not in flight, or from a copy not decoupled; ignored');
+      return;
+    }
+    if (r.item >= p.batch.items.length) {
+      this.opts.logger?.warn({ copy: this.id, batch: String(r.batchId), item: r.item }, 'response for an item the batch does not have; ignored');
+      return;
+    }
+    let tensors: Tensor[];
+    try {
+      tensors = tensorsFromFrames(r.tensors, frames);
+    } catch (err) {
+      this.opts.logger?.warn({ copy: this.id, batch: String(r.batchId), err }, 'bad response frames; ignored');
+      return;
+    }
+    p.batch.onResponse(r.item, tensors);
   }
 
   private onHang(batchId: bigint): void {

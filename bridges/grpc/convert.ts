@@ -211,8 +211,10 @@ export function withDeadline<T extends { timeoutMs?: number }>(req: T, deadline:
   return { ...req, timeoutMs: req.timeoutMs === undefined ? left : Math.min(req.timeoutMs, left) };
 }
 
-export function toInferResponse(result: InferResult, clientId: string): ModelInferResponse {
+/** `final`: set Triton's `triton_final_response` parameter (stream answers), else leave it out (unary). */
+export function toInferResponse(result: InferResult, clientId: string, final?: boolean): ModelInferResponse {
   return create(ModelInferResponseSchema, {
+    ...(final === undefined ? {} : { parameters: { triton_final_response: { parameterChoice: { case: 'boolParam' as const, value: final } } } }),
     modelName: result.model,
     modelVersion: result.version,
     id: clientId,

@@ -60,6 +60,7 @@ export function configMessage(c: TritonModelConfig): ModelConfig {
     output: c.output.map((t) => ({ name: t.name, dataType: dataType(t.data_type), dims: t.dims.map((d) => BigInt(d)) })),
     instanceGroup: c.instance_group.map((g) => ({ kind: instanceKind(g.kind), count: g.count })),
     parameters: Object.fromEntries(Object.entries(c.parameters).map(([k, v]) => [k, { stringValue: v.string_value }])),
+    ...(c.model_transaction_policy ? { modelTransactionPolicy: { decoupled: c.model_transaction_policy.decoupled } } : {}),
   };
   const db = c.dynamic_batching;
   if (db) {
@@ -116,6 +117,14 @@ export function statisticsMessage(s: BrokerStats): ModelStatistics {
       computeInfer: duration(b.compute_infer),
       computeOutput: duration(b.compute_output),
     })),
+    responseStats: Object.fromEntries(Object.entries(s.response_stats).map(([k, r]) => [k, {
+      computeInfer: duration(r.compute_infer),
+      computeOutput: duration(r.compute_output),
+      success: duration(r.success),
+      fail: duration(r.fail),
+      emptyResponse: duration(r.empty_response),
+      cancel: duration(r.cancel),
+    }])),
   });
 }
 

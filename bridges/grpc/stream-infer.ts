@@ -18,6 +18,12 @@ import { decoded, type HandlerContext } from './context';
 import { parseInferRequest, toInferResponse, withDeadline } from './convert';
 import type { In, InferenceHandlers } from './handlers';
 import { Undecodable } from './service-definition';
+
+/** tritonclient's `enable_empty_final_response=True` sets this request parameter. */
+function wantsEmptyFinal(req: ModelInferRequest): boolean {
+  const p = req.parameters.triton_enable_empty_final_response ?? req.parameters.enable_empty_final_response;
+  return p?.parameterChoice.case === 'boolParam' && p.parameterChoice.value;
+}
 import { clientMessage, toGrpcStatus } from './status';
 
 export function streamInfer(ctx: HandlerContext): InferenceHandlers['ModelStreamInfer'] {
@@ -86,14 +92,19 @@ export function streamInfer(ctx: HandlerContext): InferenceHandlers['ModelStream
         const seq = parsed.request.sequence;
         if (seq) key = `${parsed.request.model}\0${seq.id}`;
         const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
-        work = inferExtended(broker, ctx.shm, { ...withDeadline(request, call.getDeadline()), signal: aborted.signal }, parsed);
+        // Decoupled models: each response leaves at once, flagged not final (Triton's triton_final_response).
+        const onResponse = (r: InferResult) => write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(r, echo.id, false) }));
+        work = inferExtended(broker, ctx.shm, { ...withDeadline(request, call.getDeadline()), signal: aborted.signal, onResponse }, parsed);
       } catch (e) {
         work = Promise.reject(e);
       }
       // Answers of one sequence leave in arrival order.
       void order.run(key, work, (result, err) => {
         if (result) {
-          write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, echo.id) }));
+          // A decoupled model's final marker is sent only when asked for (enable_empty_final_response):
+          // an empty response carrying just the flag. Other models' one answer is final.
+          const decoupled = result.responses !== undefined;
+          if (!decoupled || (req && wantsEmptyFinal(req))) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, echo.id, true) }));
           return;
         }
         if (gone) return; // the client cancelled the stream: nobody to answer

@@ -8,6 +8,7 @@ import { BrokerError } from '../../core/errors';
 import { withoutLogLines, type CallClass } from '../shared/access';
 import { EXTENSIONS } from '../shared/extensions';
 import { tritonConfig } from '../shared/model-config';
+import { configOverridePatch, currentConfig, refuseFileParameters } from '../shared/config-override';
 import {
   ModelConfigResponseSchema,
   ModelReadyResponseSchema,
@@ -28,10 +29,13 @@ import type { Undecodable } from './service-definition';
 
 const opt = (s: string) => (s === '' ? undefined : s);
 
-/** Triton's load parameters `config` / `file:*` replace a model's files: the broker has none to replace. */
-function refuseOverrides(params: { [key: string]: ModelRepositoryParameter }): void {
-  const bad = Object.keys(params).filter((k) => k === 'config' || k.startsWith('file:'));
-  if (bad.length > 0) throw new BrokerError('INVALID_ARGUMENT', `load parameter(s) ${bad.join(', ')} are not supported: models are defined in the registry`);
+/** Triton's load `config` parameter (string_param, JSON); `file:*` parameters are never accepted. */
+function configParameter(params: { [key: string]: ModelRepositoryParameter }): string | undefined {
+  refuseFileParameters(Object.keys(params));
+  const p = params.config;
+  if (!p) return undefined;
+  if (p.parameterChoice.case !== 'stringParam') throw new BrokerError('INVALID_ARGUMENT', "load parameter 'config' must be a string_param (the model config as JSON)");
+  return p.parameterChoice.value;
 }
 
 type Unary = Exclude<keyof InferenceHandlers, 'ModelInfer' | 'ModelStreamInfer'>;
@@ -39,13 +43,14 @@ type Unary = Exclude<keyof InferenceHandlers, 'ModelInfer' | 'ModelStreamInfer'>
 /** A unary rpc whose answer is computed from the request alone; access, decoding and errors handled here. */
 export function unaryCall(ctx: HandlerContext) {
   const log = ctx.logger;
-  return function unary<Req, Res>(rpc: string, cls: CallClass, fn: (req: Req, admin: () => boolean) => Res | Promise<Res>): grpc.handleUnaryCall<Req | Undecodable, Res> {
+  return function unary<Req, Res>(rpc: string, cls: CallClass, fn: (req: Req, admin: () => boolean, credential?: string) => Res | Promise<Res>): grpc.handleUnaryCall<Req | Undecodable, Res> {
     return (call, callback) => {
       let admin = () => false;
       Promise.resolve()
         .then(() => {
           admin = ctx.admit(call, cls).admin;
-          return fn(decoded(call.request), admin);
+          const auth = call.metadata.get('authorization')[0];
+          return fn(decoded(call.request), admin, typeof auth === 'string' ? auth : undefined);
         })
         .then(
           (res) => callback(null, res),
@@ -95,9 +100,13 @@ export function unaryHandlers(ctx: HandlerContext): Pick<InferenceHandlers, Unar
       return repositoryIndexMessage(admin() ? index : index.map((e) => (e.reason ? { ...e, reason: withoutLogLines(e.reason) } : e)), req.ready);
     }),
 
-    RepositoryModelLoad: unary('RepositoryModelLoad', 'admin', async (req) => {
-      refuseOverrides(req.parameters);
-      await broker.loadModel(req.modelName);
+    RepositoryModelLoad: unary('RepositoryModelLoad', 'admin', async (req, _admin, credential) => {
+      const model = req.modelName;
+      const config = configParameter(req.parameters);
+      if (config !== undefined) {
+        await broker.configureModel(model, () => configOverridePatch(model, config, currentConfig(broker, model)), credential);
+      }
+      await broker.loadModel(model);
       return create(RepositoryModelLoadResponseSchema);
     }),
 

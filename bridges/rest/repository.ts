@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError } from '../../core/errors';
+import { configOverridePatch, currentConfig, refuseFileParameters } from '../shared/config-override';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -35,14 +36,18 @@ export function repositoryRoutes(app: FastifyInstance, broker: BrokerApi): void 
 
   app.post<ModelParams>('/v2/repository/models/:model/load', async (req) => {
     const { parameters } = optionalObject(req);
+    const model = req.params.model;
     if (parameters !== undefined && parameters !== null) {
       if (typeof parameters !== 'object' || Array.isArray(parameters)) throw invalid("'parameters' must be an object");
-      const keys = Object.keys(parameters).filter((k) => k === 'config' || k.startsWith('file:'));
-      if (keys.length > 0) {
-        throw invalid(`load parameters ${keys.map((k) => `'${k}'`).join(', ')} are not supported: models are configured in models.yaml or through /admin/models`);
+      const params = parameters as Record<string, unknown>;
+      refuseFileParameters(Object.keys(params));
+      if (params.config !== undefined) {
+        const config = params.config;
+        if (typeof config !== 'string') throw invalid("load parameter 'config' must be a string (the model config as JSON)");
+        await broker.configureModel(model, () => configOverridePatch(model, config, currentConfig(broker, model)), req.headers.authorization);
       }
     }
-    await broker.loadModel(req.params.model);
+    await broker.loadModel(model);
     return {};
   });
 

@@ -31,11 +31,13 @@ export interface TritonModelConfig {
     direct: { max_queue_delay_microseconds: number; minimum_slot_utilization: number };
   };
   instance_group: { kind: string; count: number }[];
+  /** Decoupled models (READY decoupled): 0..n responses per request, gRPC ModelStreamInfer only. */
+  model_transaction_policy?: { decoupled: boolean };
   parameters: Record<string, { string_value: string }>;
 }
 
-/** Dims without the batch dimension, as Triton configs list them when max_batch_size > 0. */
-const dims = (t: TensorSpec) => t.shape.slice(1);
+/** Dims without the batch dimension when max_batch_size > 0; whole shapes for a non-batching model (0), as Triton lists them. */
+const dimsOf = (batching: boolean) => (t: TensorSpec) => (batching ? t.shape.slice(1) : [...t.shape]);
 
 /**
  * The config of a described model; UNAVAILABLE when it never reported metadata
@@ -47,7 +49,9 @@ export function tritonConfig(d: ModelDescription): TritonModelConfig {
     throw new BrokerError('UNAVAILABLE', `model '${d.name}' has never been ready, so its config (inputs, outputs) is not known yet ` +
       `(${d.readiness.phase}${d.readiness.reason ? `: ${d.readiness.reason}` : ''}); an inference request starts a copy`);
   }
-  const maxBatch = meta.maxBatch > 0 ? Math.min(meta.maxBatch, d.batchSize) : d.batchSize;
+  // batch_size 0: a non-batching model, Triton's max_batch_size 0.
+  const maxBatch = d.batchSize === 0 ? 0 : meta.maxBatch > 0 ? Math.min(meta.maxBatch, d.batchSize) : d.batchSize;
+  const dims = dimsOf(maxBatch > 0);
   const config: TritonModelConfig = {
     name: d.name,
     platform: PLATFORM,
@@ -59,6 +63,7 @@ export function tritonConfig(d: ModelDescription): TritonModelConfig {
     instance_group: [{ kind: d.runOnGpu ? 'KIND_GPU' : 'KIND_CPU', count: d.maxReplicas }],
     parameters: {},
   };
+  if (meta.decoupled) config.model_transaction_policy = { decoupled: true };
   if (d.stateless) {
     config.dynamic_batching = {
       max_queue_delay_microseconds: d.maxWaitMs * 1000,

@@ -1,4 +1,5 @@
-// Broker <-> model copy protocol ("the link"), version 1.
+// Broker <-> model copy protocol ("the link"), version 2 (version 1 copies still
+// work: version 2 only adds fields and a message; see proto/README.md).
 //
 // Transport: ZeroMQ. The broker binds one ROUTER; every model copy connects a
 // DEALER whose routing id is TB_ROUTING_ID (a per-copy unguessable token; an
@@ -19,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file link.proto.
  */
 export const file_link: GenFile = /*@__PURE__*/
-  fileDesc("CgpsaW5rLnByb3RvEhR0ZW5zb3Jicm9rZXIubGluay52MSI7CgpUZW5zb3JNZXRhEgwKBG5hbWUYASABKAkSEAoIZGF0YXR5cGUYAiABKAkSDQoFc2hhcGUYAyADKAMiXQoKVGVuc29yU3BlYxIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhAKCG9wdGlvbmFsGAQgASgIEg4KBmxhYmVscxgFIAMoCSL+AQoFUmVhZHkSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhEKCW1heF9iYXRjaBgEIAEoDRIPCgdjcmVkaXRzGAUgASgNEjAKBmlucHV0cxgGIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvclNwZWMSMQoHb3V0cHV0cxgHIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvclNwZWMSCwoDcGlkGAggASgNEhUKDW1heF9zZXF1ZW5jZXMYCSABKA0SDgoGc2VjcmV0GAogASgJIkcKD1NlcXVlbmNlQ29udHJvbBIKCgJpZBgBIAEoCRIMCgRzbG90GAIgASgNEg0KBXN0YXJ0GAMgASgIEgsKA2VuZBgEIAEoCCJmCglCYXRjaEl0ZW0SEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgRyb3dzGAIgASgNEjcKCHNlcXVlbmNlGAMgASgLMiUudGVuc29yYnJva2VyLmxpbmsudjEuU2VxdWVuY2VDb250cm9sIpwBCgVCYXRjaBIQCghiYXRjaF9pZBgBIAEoBBINCgVtb2RlbBgCIAEoCRIuCgVpdGVtcxgDIAMoCzIfLnRlbnNvcmJyb2tlci5saW5rLnYxLkJhdGNoSXRlbRIxCgd0ZW5zb3JzGAQgAygLMiAudGVuc29yYnJva2VyLmxpbmsudjEuVGVuc29yTWV0YRIPCgdvdXRwdXRzGAUgAygJIhsKCkl0ZW1TdGF0dXMSDQoFZXJyb3IYASABKAkioQEKBlJlc3VsdBIQCghiYXRjaF9pZBgBIAEoBBIvCgVpdGVtcxgCIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLkl0ZW1TdGF0dXMSMQoHdGVuc29ycxgDIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvck1ldGESDQoFZXJyb3IYBCABKAkSEgoKY29tcHV0ZV9ucxgFIAEoBCIcCglIZWFydGJlYXQSDwoHdGltZV9tcxgBIAEoBCK6AQoLRW5kU2VxdWVuY2USCgoCaWQYASABKAkSDAoEc2xvdBgCIAEoDRI4CgZyZWFzb24YAyABKA4yKC50ZW5zb3Jicm9rZXIubGluay52MS5FbmRTZXF1ZW5jZS5SZWFzb24iVwoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEg4KClJFQVNPTl9FTkQQARIUChBSRUFTT05fQ0FOQ0VMTEVEEAISDwoLUkVBU09OX0lETEUQAyIsCghTaHV0ZG93bhIQCghncmFjZV9tcxgBIAEoDRIOCgZyZWFzb24YAiABKAkiwwIKCEVudmVsb3BlEiwKBXJlYWR5GAEgASgLMhsudGVuc29yYnJva2VyLmxpbmsudjEuUmVhZHlIABIsCgViYXRjaBgCIAEoCzIbLnRlbnNvcmJyb2tlci5saW5rLnYxLkJhdGNoSAASLgoGcmVzdWx0GAMgASgLMhwudGVuc29yYnJva2VyLmxpbmsudjEuUmVzdWx0SAASNAoJaGVhcnRiZWF0GAQgASgLMh8udGVuc29yYnJva2VyLmxpbmsudjEuSGVhcnRiZWF0SAASOQoMZW5kX3NlcXVlbmNlGAUgASgLMiEudGVuc29yYnJva2VyLmxpbmsudjEuRW5kU2VxdWVuY2VIABIyCghzaHV0ZG93bhgGIAEoCzIeLnRlbnNvcmJyb2tlci5saW5rLnYxLlNodXRkb3duSABCBgoEa2luZGIGcHJvdG8z");
+  fileDesc("CgpsaW5rLnByb3RvEhR0ZW5zb3Jicm9rZXIubGluay52MSI7CgpUZW5zb3JNZXRhEgwKBG5hbWUYASABKAkSEAoIZGF0YXR5cGUYAiABKAkSDQoFc2hhcGUYAyADKAMiXQoKVGVuc29yU3BlYxIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhAKCG9wdGlvbmFsGAQgASgIEg4KBmxhYmVscxgFIAMoCSKRAgoFUmVhZHkSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhEKCW1heF9iYXRjaBgEIAEoDRIPCgdjcmVkaXRzGAUgASgNEjAKBmlucHV0cxgGIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvclNwZWMSMQoHb3V0cHV0cxgHIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvclNwZWMSCwoDcGlkGAggASgNEhUKDW1heF9zZXF1ZW5jZXMYCSABKA0SDgoGc2VjcmV0GAogASgJEhEKCWRlY291cGxlZBgLIAEoCCJHCg9TZXF1ZW5jZUNvbnRyb2wSCgoCaWQYASABKAkSDAoEc2xvdBgCIAEoDRINCgVzdGFydBgDIAEoCBILCgNlbmQYBCABKAgiZgoJQmF0Y2hJdGVtEhIKCnJlcXVlc3RfaWQYASABKAkSDAoEcm93cxgCIAEoDRI3CghzZXF1ZW5jZRgDIAEoCzIlLnRlbnNvcmJyb2tlci5saW5rLnYxLlNlcXVlbmNlQ29udHJvbCKrAQoFQmF0Y2gSEAoIYmF0Y2hfaWQYASABKAQSDQoFbW9kZWwYAiABKAkSLgoFaXRlbXMYAyADKAsyHy50ZW5zb3Jicm9rZXIubGluay52MS5CYXRjaEl0ZW0SMQoHdGVuc29ycxgEIAMoCzIgLnRlbnNvcmJyb2tlci5saW5rLnYxLlRlbnNvck1ldGESDwoHb3V0cHV0cxgFIAMoCRINCgV3aG9sZRgLIAEoCCIbCgpJdGVtU3RhdHVzEg0KBWVycm9yGAEgASgJItYBCgZSZXN1bHQSEAoIYmF0Y2hfaWQYASABKAQSLwoFaXRlbXMYAiADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5JdGVtU3RhdHVzEjEKB3RlbnNvcnMYAyADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5UZW5zb3JNZXRhEg0KBWVycm9yGAQgASgJEhIKCmNvbXB1dGVfbnMYBSABKAQSGAoQY29tcHV0ZV9pbnB1dF9ucxgLIAEoBBIZChFjb21wdXRlX291dHB1dF9ucxgMIAEoBCJdCghSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoBBIMCgRpdGVtGAIgASgNEjEKB3RlbnNvcnMYAyADKAsyIC50ZW5zb3Jicm9rZXIubGluay52MS5UZW5zb3JNZXRhIhwKCUhlYXJ0YmVhdBIPCgd0aW1lX21zGAEgASgEIroBCgtFbmRTZXF1ZW5jZRIKCgJpZBgBIAEoCRIMCgRzbG90GAIgASgNEjgKBnJlYXNvbhgDIAEoDjIoLnRlbnNvcmJyb2tlci5saW5rLnYxLkVuZFNlcXVlbmNlLlJlYXNvbiJXCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASDgoKUkVBU09OX0VORBABEhQKEFJFQVNPTl9DQU5DRUxMRUQQAhIPCgtSRUFTT05fSURMRRADIiwKCFNodXRkb3duEhAKCGdyYWNlX21zGAEgASgNEg4KBnJlYXNvbhgCIAEoCSL3AgoIRW52ZWxvcGUSLAoFcmVhZHkYASABKAsyGy50ZW5zb3Jicm9rZXIubGluay52MS5SZWFkeUgAEiwKBWJhdGNoGAIgASgLMhsudGVuc29yYnJva2VyLmxpbmsudjEuQmF0Y2hIABIuCgZyZXN1bHQYAyABKAsyHC50ZW5zb3Jicm9rZXIubGluay52MS5SZXN1bHRIABI0CgloZWFydGJlYXQYBCABKAsyHy50ZW5zb3Jicm9rZXIubGluay52MS5IZWFydGJlYXRIABI5CgxlbmRfc2VxdWVuY2UYBSABKAsyIS50ZW5zb3Jicm9rZXIubGluay52MS5FbmRTZXF1ZW5jZUgAEjIKCHNodXRkb3duGAYgASgLMh4udGVuc29yYnJva2VyLmxpbmsudjEuU2h1dGRvd25IABIyCghyZXNwb25zZRgMIAEoCzIeLnRlbnNvcmJyb2tlci5saW5rLnYxLlJlc3BvbnNlSABCBgoEa2luZGIGcHJvdG8z");
 
 /**
  * Describes one raw tensor frame. `datatype` is a KServe v2 name: BOOL, UINT8,
@@ -102,7 +103,7 @@ export const TensorSpecSchema: GenMessage<TensorSpec> = /*@__PURE__*/
  */
 export type Ready = Message<"tensorbroker.link.v1.Ready"> & {
   /**
-   * 1
+   * 2 (1: before decoupled models, whole batches and timed RESULT)
    *
    * @generated from field: uint32 protocol_version = 1;
    */
@@ -161,6 +162,14 @@ export type Ready = Message<"tensorbroker.link.v1.Ready"> & {
    * @generated from field: string secret = 10;
    */
   secret: string;
+
+  /**
+   * Version 2: the copy answers each request with 0..n Response messages, then
+   * the batch's Result as the final marker (Triton's decoupled transaction policy).
+   *
+   * @generated from field: bool decoupled = 11;
+   */
+  decoupled: boolean;
 };
 
 /**
@@ -266,6 +275,14 @@ export type Batch = Message<"tensorbroker.link.v1.Batch"> & {
    * @generated from field: repeated string outputs = 5;
    */
   outputs: string[];
+
+  /**
+   * Version 2: a non-batching model (registry batch_size 0). The batch has one
+   * item (rows 1) and its tensors have no batch dimension: shapes are whole.
+   *
+   * @generated from field: bool whole = 11;
+   */
+  whole: boolean;
 };
 
 /**
@@ -329,6 +346,22 @@ export type Result = Message<"tensorbroker.link.v1.Result"> & {
    * @generated from field: uint64 compute_ns = 5;
    */
   computeNs: bigint;
+
+  /**
+   * Version 2: the copy's own timing of the steps around predictBatch (0 = not measured).
+   *
+   * decoding the input frames into tensors
+   *
+   * @generated from field: uint64 compute_input_ns = 11;
+   */
+  computeInputNs: bigint;
+
+  /**
+   * checking and encoding the outputs
+   *
+   * @generated from field: uint64 compute_output_ns = 12;
+   */
+  computeOutputNs: bigint;
 };
 
 /**
@@ -337,6 +370,41 @@ export type Result = Message<"tensorbroker.link.v1.Result"> & {
  */
 export const ResultSchema: GenMessage<Result> = /*@__PURE__*/
   messageDesc(file_link, 7);
+
+/**
+ * Version 2, copy -> broker, decoupled models only: one response to one request
+ * of a batch in flight. `tensors` describe the frames that follow, with the
+ * item's own rows as batch dimension (whole shapes when Batch.whole). Any number
+ * of them may precede the batch's Result, which is the final marker for every
+ * item and carries no tensors.
+ *
+ * @generated from message tensorbroker.link.v1.Response
+ */
+export type Response = Message<"tensorbroker.link.v1.Response"> & {
+  /**
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * index into Batch.items
+   *
+   * @generated from field: uint32 item = 2;
+   */
+  item: number;
+
+  /**
+   * @generated from field: repeated tensorbroker.link.v1.TensorMeta tensors = 3;
+   */
+  tensors: TensorMeta[];
+};
+
+/**
+ * Describes the message tensorbroker.link.v1.Response.
+ * Use `create(ResponseSchema)` to create a new message.
+ */
+export const ResponseSchema: GenMessage<Response> = /*@__PURE__*/
+  messageDesc(file_link, 8);
 
 /**
  * Both ways, every heartbeat interval (TB_HEARTBEAT_MS, default 1000 ms).
@@ -355,7 +423,7 @@ export type Heartbeat = Message<"tensorbroker.link.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_link, 8);
+  messageDesc(file_link, 9);
 
 /**
  * Broker -> copy: a sequence is over; the copy drops its state.
@@ -384,7 +452,7 @@ export type EndSequence = Message<"tensorbroker.link.v1.EndSequence"> & {
  * Use `create(EndSequenceSchema)` to create a new message.
  */
 export const EndSequenceSchema: GenMessage<EndSequence> = /*@__PURE__*/
-  messageDesc(file_link, 9);
+  messageDesc(file_link, 10);
 
 /**
  * @generated from enum tensorbroker.link.v1.EndSequence.Reason
@@ -415,7 +483,7 @@ export enum EndSequence_Reason {
  * Describes the enum tensorbroker.link.v1.EndSequence.Reason.
  */
 export const EndSequence_ReasonSchema: GenEnum<EndSequence_Reason> = /*@__PURE__*/
-  enumDesc(file_link, 9, 0);
+  enumDesc(file_link, 10, 0);
 
 /**
  * Broker -> copy: finish the batches in flight, then exit within grace_ms.
@@ -440,7 +508,7 @@ export type Shutdown = Message<"tensorbroker.link.v1.Shutdown"> & {
  * Use `create(ShutdownSchema)` to create a new message.
  */
 export const ShutdownSchema: GenMessage<Shutdown> = /*@__PURE__*/
-  messageDesc(file_link, 10);
+  messageDesc(file_link, 11);
 
 /**
  * @generated from message tensorbroker.link.v1.Envelope
@@ -485,6 +553,12 @@ export type Envelope = Message<"tensorbroker.link.v1.Envelope"> & {
      */
     value: Shutdown;
     case: "shutdown";
+  } | {
+    /**
+     * @generated from field: tensorbroker.link.v1.Response response = 12;
+     */
+    value: Response;
+    case: "response";
   } | { case: undefined; value?: undefined };
 };
 
@@ -493,5 +567,5 @@ export type Envelope = Message<"tensorbroker.link.v1.Envelope"> & {
  * Use `create(EnvelopeSchema)` to create a new message.
  */
 export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
-  messageDesc(file_link, 11);
+  messageDesc(file_link, 12);
 

@@ -2,7 +2,7 @@
 export { serve, type ServeOptions } from './serve';
 export { SequenceStates } from './sequence-state';
 export type {
-  Model, ModelMetadata, BatchContext, BatchItemInfo, SequenceInfo, EndSequenceReason, PredictOutput,
+  Model, ModelMetadata, BatchContext, StreamContext, BatchItemInfo, SequenceInfo, EndSequenceReason, PredictOutput,
   Tensor, TensorSpec, DataType,
 } from './types';
 export {

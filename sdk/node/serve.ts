@@ -2,14 +2,14 @@
 import { create } from '@bufbuild/protobuf';
 import pino, { type Logger } from 'pino';
 import { Dealer } from 'zeromq';
-import { checkTensorData, type Tensor, type TensorSpec } from '../../proto/tensor';
+import { checkTensorData, sliceRows, type Tensor, type TensorSpec } from '../../proto/tensor';
 import {
   EndSequence_Reason, HeartbeatSchema, ItemStatusSchema, LinkDecodeError, PROTOCOL_VERSION,
-  ReadySchema, ResultSchema, ShutdownSchema, TensorSpecSchema, decodeFrames, encodeFrames,
+  ReadySchema, ResponseSchema, ResultSchema, ShutdownSchema, TensorSpecSchema, decodeFrames, encodeFrames,
   tensorsFromFrames, toMeta, type Batch, type Envelope,
 } from '../../proto/link';
 import { SequenceStates } from './sequence-state';
-import type { BatchContext, EndSequenceReason, Model, PredictOutput } from './types';
+import type { BatchContext, BatchItemInfo, EndSequenceReason, Model, PredictOutput } from './types';
 
 export interface ServeOptions {
   /** Default env TB_ENDPOINT. */
@@ -114,11 +114,18 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   }
   if (stopping) return;
   const md = model.metadata;
+  if (md.decoupled ? !model.predictStream : !model.predictBatch) {
+    log.error({ decoupled: !!md.decoupled }, md.decoupled ? 'a decoupled model needs predictStream' : 'the model needs predictBatch');
+    sock.close();
+    exit(1);
+    return;
+  }
   await send({
     case: 'ready',
     value: create(ReadySchema, {
       protocolVersion: PROTOCOL_VERSION, model: modelName, version: md.version ?? '',
       maxBatch: md.maxBatch, credits: md.credits ?? 1, maxSequences: md.maxSequences ?? 0, pid: process.pid, secret,
+      decoupled: md.decoupled ?? false,
       inputs: md.inputs.map(specToProto), outputs: md.outputs.map(specToProto),
     }),
   });
@@ -179,7 +186,7 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
           void send({ case: 'result', value: create(ResultSchema, { batchId: k.value.batchId, error: 'model copy is shutting down' }) });
           break;
         }
-        runTracked(runBatch(model, k.value, rest, log, states).then((r) => send(r.kind, r.tensors)));
+        runTracked(runBatch(model, k.value, rest, log, states, send).then((r) => send(r.kind, r.tensors)));
         break;
       case 'heartbeat':
         log.trace({ lastBrokerBeat }, 'broker heartbeat');
@@ -209,7 +216,56 @@ interface Reply {
 }
 
 /** Runs one batch; always resolves to the RESULT to send. */
-async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: Logger, states: SequenceStates<object>): Promise<Reply> {
+type Send = (kind: Envelope['kind'], tensors?: Tensor[]) => Promise<void>;
+
+/** Outputs by name from what predictBatch / predictStream returned; undefined when it is neither form. */
+function outputsOf(out: PredictOutput | undefined): Map<string, Tensor> | undefined {
+  const produced = new Map<string, Tensor>();
+  if (Array.isArray(out)) for (const t of out) produced.set(t.name, t);
+  else if (out && typeof out === 'object') for (const [name, t] of Object.entries(out)) produced.set(name, { ...t, name });
+  else return undefined;
+  return produced;
+}
+
+/**
+ * A decoupled model's batch: predictStream per item, concurrently; each yield
+ * becomes a Response, and the RESULT (returned) is the final marker for all.
+ */
+async function runStreams(
+  model: Model, batch: Batch, items: BatchItemInfo[], inputs: Record<string, Tensor>, wanted: string[], log: Logger, send: Send,
+): Promise<{ itemErrors: string[]; outputNs: bigint }> {
+  const whole = batch.whole;
+  let outputNs = 0n;
+  const itemErrors = await Promise.all(items.map(async (item, index): Promise<string> => {
+    const own: Record<string, Tensor> = {};
+    for (const [name, t] of Object.entries(inputs)) own[name] = whole || items.length === 1 ? t : sliceRows(t, item.offset, item.rows);
+    try {
+      for await (const out of model.predictStream!(own, { batchId: batch.batchId, item, whole, outputs: wanted, log })) {
+        const t0 = process.hrtime.bigint();
+        const produced = outputsOf(out);
+        if (!produced) return 'predictStream yielded no outputs';
+        const tensors: Tensor[] = [];
+        for (const name of wanted) {
+          const t = produced.get(name);
+          if (!t) return `model did not produce output '${name}'`;
+          if (!whole && t.shape[0] !== item.rows) return `output '${name}' has batch dimension ${t.shape[0]} but the request has ${item.rows} rows`;
+          const bad = checkTensorData(t, 'output');
+          if (bad) return bad;
+          tensors.push(t);
+        }
+        outputNs += process.hrtime.bigint() - t0;
+        await send({ case: 'response', value: create(ResponseSchema, { batchId: batch.batchId, item: index, tensors: tensors.map(toMeta) }) }, tensors);
+      }
+      return '';
+    } catch (e) {
+      log.warn({ err: errorText(e), request: item.requestId }, 'predictStream threw');
+      return errorText(e) || 'predictStream failed';
+    }
+  }));
+  return { itemErrors, outputNs };
+}
+
+async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: Logger, states: SequenceStates<object>, send: Send): Promise<Reply> {
   const batchId = batch.batchId;
   const fail = (error: string): Reply => ({ kind: { case: 'result', value: create(ResultSchema, { batchId, error }) }, tensors: [] });
   const log = rootLog.child({ batchId: String(batchId) });
@@ -220,29 +276,48 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     return item;
   });
   const totalRows = offset;
+  // A non-batching model (registry batch_size 0): one item, whole shapes, no batch dimension to check.
+  const whole = batch.whole;
   const itemErrors: string[] = items.map(() => '');
 
   let inputs: Record<string, Tensor>;
+  const inputStart = process.hrtime.bigint();
   try {
     inputs = {};
     for (const t of tensorsFromFrames(batch.tensors, frames)) {
       const bad = checkTensorData(t);
       if (bad) return fail(bad);
-      if (t.shape[0] !== totalRows) return fail(`input '${t.name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      if (!whole && t.shape[0] !== totalRows) return fail(`input '${t.name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
       inputs[t.name] = t;
     }
   } catch (e) {
     return fail(e instanceof LinkDecodeError ? e.message : `bad batch: ${errorText(e)}`);
   }
 
+  const computeInputNs = process.hrtime.bigint() - inputStart;
   const wanted = batch.outputs.length > 0 ? [...batch.outputs] : model.metadata.outputs.map((o) => o.name);
+  if (model.metadata.decoupled) {
+    const start = process.hrtime.bigint();
+    const { itemErrors: errors, outputNs } = await runStreams(model, batch, items, inputs, wanted, log, send);
+    const computeNs = process.hrtime.bigint() - start - outputNs;
+    return {
+      kind: {
+        case: 'result',
+        value: create(ResultSchema, {
+          batchId, computeNs, computeInputNs, computeOutputNs: outputNs,
+          items: errors.map((error) => create(ItemStatusSchema, { error })),
+        }),
+      },
+      tensors: [],
+    };
+  }
   try {
     for (const it of items) if (it.sequence?.start) states.reset(it.sequence);
   } catch (e) {
     return fail(`createState failed: ${errorText(e)}`);
   }
   const ctx: BatchContext = {
-    batchId, items, totalRows, outputs: wanted, log,
+    batchId, items, totalRows, whole, outputs: wanted, log,
     state<S extends object>(index: number): S {
       const seq = items[index]?.sequence;
       if (!seq) throw new RangeError(`item ${index} of this batch is not in a sequence`);
@@ -257,17 +332,16 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
   const start = process.hrtime.bigint();
   let out: PredictOutput;
   try {
-    out = await model.predictBatch(inputs, ctx);
+    out = await model.predictBatch!(inputs, ctx);
   } catch (e) {
     log.warn({ err: errorText(e) }, 'predictBatch threw');
     return fail(errorText(e) || 'predictBatch failed');
   }
   const computeNs = process.hrtime.bigint() - start;
 
-  const produced = new Map<string, Tensor>();
-  if (Array.isArray(out)) for (const t of out) produced.set(t.name, t);
-  else if (out && typeof out === 'object') for (const [name, t] of Object.entries(out)) produced.set(name, { ...t, name });
-  else return fail('predictBatch returned no outputs');
+  const outputStart = process.hrtime.bigint();
+  const produced = outputsOf(out);
+  if (!produced) return fail('predictBatch returned no outputs');
 
   const allFailed = itemErrors.every((e) => e !== '');
   const tensors: Tensor[] = [];
@@ -275,7 +349,7 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     for (const name of wanted) {
       const t = produced.get(name);
       if (!t) return fail(`model did not produce output '${name}'`);
-      if (t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
+      if (!whole && t.shape[0] !== totalRows) return fail(`output '${name}' has batch dimension ${t.shape[0]} but the batch has ${totalRows} rows`);
       const bad = checkTensorData(t, 'output');
       if (bad) return fail(bad);
       tensors.push(t);
@@ -285,7 +359,7 @@ async function runBatch(model: Model, batch: Batch, frames: Buffer[], rootLog: L
     kind: {
       case: 'result',
       value: create(ResultSchema, {
-        batchId, computeNs,
+        batchId, computeNs, computeInputNs, computeOutputNs: process.hrtime.bigint() - outputStart,
         items: itemErrors.map((error) => create(ItemStatusSchema, { error })),
         tensors: tensors.map(toMeta),
       }),

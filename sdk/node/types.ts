@@ -17,6 +17,24 @@ export interface ModelMetadata {
   credits?: number;
   /** Stateful models: sequence slots of this copy (READY max_sequences); default the registry's max_sequences, else maxBatch. */
   maxSequences?: number;
+  /**
+   * A decoupled model (Triton's decoupled transaction policy): implement
+   * `predictStream`, which yields 0..n responses per request. Clients reach it
+   * through gRPC ModelStreamInfer only.
+   */
+  decoupled?: boolean;
+}
+
+/** What predictStream gets besides the inputs: its request's place in the batch. */
+export interface StreamContext {
+  batchId: bigint;
+  /** The request (batch item) this call answers. */
+  item: BatchItemInfo;
+  /** Non-batching model (batch_size 0): the inputs have no batch dimension. */
+  whole: boolean;
+  /** Output names the broker wants (all declared outputs when it named none). */
+  outputs: string[];
+  log: Logger;
 }
 
 /** Per-row control data of a stateful model's request (link SequenceControl). */
@@ -44,8 +62,13 @@ export type EndSequenceReason = 'unspecified' | 'end' | 'cancelled' | 'idle';
 export interface BatchContext {
   batchId: bigint;
   items: BatchItemInfo[];
-  /** Sum of items[].rows: the batch dimension of every input and output. */
+  /** Sum of items[].rows: the batch dimension of every input and output (1 for a non-batching model). */
   totalRows: number;
+  /**
+   * A non-batching model (registry batch_size 0, Triton max_batch_size 0): one
+   * item, and inputs and outputs have no batch dimension (shapes are whole).
+   */
+  whole: boolean;
   /** Output names the broker wants (all declared outputs when it named none). */
   outputs: string[];
   /** Fails one item alone; its rows in the outputs are ignored (fill them with anything). */
@@ -65,8 +88,15 @@ export type PredictOutput = Record<string, Tensor> | Tensor[];
 export interface Model {
   metadata: ModelMetadata;
   load?(): Promise<void> | void;
-  /** Inputs keyed by name, batch dimension first. Outputs must cover ctx.totalRows rows. */
-  predictBatch(inputs: Record<string, Tensor>, ctx: BatchContext): Promise<PredictOutput> | PredictOutput;
+  /** Inputs keyed by name, batch dimension first. Outputs must cover ctx.totalRows rows. Required unless decoupled. */
+  predictBatch?(inputs: Record<string, Tensor>, ctx: BatchContext): Promise<PredictOutput> | PredictOutput;
+  /**
+   * Decoupled models: called once per request with that request's own rows
+   * (whole tensors for a non-batching model); each yielded value is one
+   * response (outputs with the request's rows). Returning ends the request
+   * (the final marker); throwing fails it with the message.
+   */
+  predictStream?(inputs: Record<string, Tensor>, ctx: StreamContext): AsyncIterable<PredictOutput> | Iterable<PredictOutput>;
   /** Stateful models: the initial state of a sequence (default `{}`); see BatchContext.state. */
   createState?(seq: SequenceInfo): object;
   /**

@@ -374,7 +374,8 @@ describe('gRPC bridge, process runtime', () => {
     expect(int32Values(res.rawOutputContents[0])).toEqual(row(16).map((v) => 2 * v));
 
     expect((await c.fails('repositoryModelLoad', { modelName: 'nope' })).code).toBe(grpc.status.NOT_FOUND);
-    const override = await c.fails('repositoryModelLoad', { modelName: 'loadable', parameters: { config: { parameterChoice: { case: 'stringParam', value: '{}' } } } });
+    const override = await c.fails('repositoryModelLoad', { modelName: 'loadable', parameters: { config: { parameterChoice: { case: 'stringParam', value: '{"platform":"x"}' } } } });
     expect(override.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(override.details).toContain("config field 'platform'");
   });
 });

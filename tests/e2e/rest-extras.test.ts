@@ -374,9 +374,10 @@ describe('REST bridge extras, process runtime', () => {
 
       expect((await postJson(`${b.url}/v2/repository/models/nope/load`, {})).status).toBe(404);
       expect((await postJson(`${b.url}/v2/repository/models/nope/unload`, {})).status).toBe(404);
-      const config = await postJson(`${b.url}/v2/repository/models/simple/load`, { parameters: { config: '{}' } });
+      // A config override may change only fields with a registry field (tests/e2e/triton-load-config.test.ts).
+      const config = await postJson(`${b.url}/v2/repository/models/simple/load`, { parameters: { config: '{"backend":"python"}' } });
       expect(config.status).toBe(400);
-      expect(config.json.error).toContain('not supported');
+      expect(config.json.error).toContain("config field 'backend' cannot be changed");
 
       const failed = await postJson(`${b.url}/v2/repository/models/broken/load`, {});
       expect(failed.status).toBe(503);

@@ -50,7 +50,7 @@ describe('Node SDK with the simple model', () => {
 
   test('sends READY with its metadata', async () => {
     const ready = await broker.next('ready');
-    expect(ready.value).toMatchObject({ protocolVersion: 1, model: 'simple', maxBatch: 8, credits: 1, pid: child.pid });
+    expect(ready.value).toMatchObject({ protocolVersion: 2, model: 'simple', maxBatch: 8, credits: 1, pid: child.pid });
     expect(ready.value.inputs.map((s) => [s.name, s.datatype, s.shape.map(Number)])).toEqual([
       ['INPUT0', 'INT32', [-1, 16]], ['INPUT1', 'INT32', [-1, 16]],
     ]);

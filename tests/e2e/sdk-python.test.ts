@@ -73,7 +73,7 @@ describeIfPython('Python model SDK', () => {
 
     test('sends READY with its metadata (the broker\'s model name wins)', async () => {
       const ready = await broker.next('ready', 20_000);
-      expect(ready.value).toMatchObject({ protocolVersion: 1, model: 'py-sdk', version: '7', maxBatch: 8, credits: 1, maxSequences: 4, pid: child.pid });
+      expect(ready.value).toMatchObject({ protocolVersion: 2, model: 'py-sdk', version: '7', maxBatch: 8, credits: 1, maxSequences: 4, pid: child.pid });
       expect(ready.value.inputs.map((s) => [s.name, s.datatype, s.shape.map(Number)])).toEqual([['X', 'FP32', [-1, 4]]]);
       expect(ready.value.outputs.map((s) => [s.name, s.datatype])).toEqual([['Y', 'FP32'], ['VIEW', 'BOOL'], ['COUNT', 'INT32'], ['LAST_END', 'BYTES']]);
     });

@@ -7,6 +7,7 @@ import {
   HeartbeatSchema,
   ItemStatusSchema,
   ReadySchema,
+  ResponseSchema,
   ResultSchema,
   TensorSpecSchema,
   decodeFrames,
@@ -174,5 +175,27 @@ describe('CopyConnection', () => {
     expect(() => result(conn, 42n)).not.toThrow();
     expect(() => conn.handle(decodeFrames(encodeFrames({ case: 'batch', value: create(BatchSchema, { batchId: 1n }) })))).not.toThrow();
     expect(conn.state).toBe('ready');
+  });
+
+  test('version 2: READY decoupled, a whole batch flag on the wire, RESPONSEs to onResponse before the final RESULT', async () => {
+    const spec = create(TensorSpecSchema, { name: 'X', datatype: 'FP32', shape: [2n] });
+    conn.handle(decodeFrames(encodeFrames({ case: 'ready', value: create(ReadySchema, { protocolVersion: 2, model: 'm', decoupled: true, inputs: [spec], outputs: [spec] }) })));
+    expect(conn.metadata.decoupled).toBe(true);
+    const seen: [number, number[]][] = [];
+    const b: BatchRequest = {
+      ...batch(9n), whole: true, items: [{ requestId: 'a', rows: 1 }], tensors: [{ name: 'X', datatype: 'FP32', shape: [2], data: Buffer.alloc(8) }],
+      onResponse: (item, tensors) => seen.push([item, tensors[0].shape]),
+    };
+    const answer = conn.execute(b);
+    expect(link.lastBatch().whole).toBe(true);
+    const respond = (item: number, batchId = 9n) => conn.handle(decodeFrames(encodeFrames(
+      { case: 'response', value: create(ResponseSchema, { batchId, item, tensors: [toMeta(t('Y', 1))] }) }, [t('Y', 1)])));
+    respond(0);
+    respond(5); // no such item: dropped
+    respond(0, 77n); // no such batch: dropped
+    respond(0);
+    result(conn, 9n, { items: [''], tensors: [] });
+    await expect(answer).resolves.toMatchObject({ itemErrors: [undefined], tensors: [] });
+    expect(seen).toEqual([[0, [1, 2]], [0, [1, 2]]]);
   });
 });

@@ -98,10 +98,10 @@ describe('validateEntry', () => {
 
   test('clear messages naming model and field', () => {
     expect(validateEntry('simple', { image: 'x', batch_size: 'eight' }, FILE).errors).toEqual([
-      'model "simple": field "batch_size" must be an integer >= 1 (got "eight")',
+      'model "simple": field "batch_size" must be an integer >= 0 (0: a non-batching model) (got "eight")',
     ]);
-    expect(validateEntry('simple', { image: 'x', batch_size: 0 }, FILE).errors).toEqual([
-      'model "simple": field "batch_size" must be an integer >= 1 (got 0)',
+    expect(validateEntry('simple', { image: 'x', batch_size: -1 }, FILE).errors).toEqual([
+      'model "simple": field "batch_size" must be an integer >= 0 (0: a non-batching model) (got -1)',
     ]);
     expect(validateEntry('simple', { image: 'x', stateless: 'yes' }, FILE).errors).toEqual([
       'model "simple": field "stateless" must be a boolean (true or false) (got "yes")',
@@ -211,7 +211,7 @@ describe('parseModelsFile', () => {
     expect(f.specs.map((s) => s.name)).toEqual(['good']);
     expect(f.invalid).toEqual(['simple']);
     expect(f.errors).toEqual([
-      'models file /x/models.yaml: model "simple": field "batch_size" must be an integer >= 1 (got "eight")',
+      'models file /x/models.yaml: model "simple": field "batch_size" must be an integer >= 0 (0: a non-batching model) (got "eight")',
     ]);
   });
 

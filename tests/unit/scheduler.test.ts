@@ -258,3 +258,66 @@ describe('ModelScheduler', () => {
     await expect(s.submit(req([[4]]))).rejects.toMatchObject({ code: 'UNAVAILABLE', retryable: false });
   });
 });
+
+describe('ModelScheduler: non-batching and decoupled models', () => {
+  const WHOLE: ModelMetadata = { ...META, maxBatch: 0, inputs: [{ name: 'X', datatype: 'INT32', shape: [2, -1] }], outputs: [{ name: 'Y', datatype: 'INT32', shape: [2, -1] }] };
+
+  test('batch_size 0: each request runs alone with whole shapes; a batch dimension in front is a shape error', async () => {
+    const { pool, s } = setup({ batchSize: 0, maxWaitMs: 50 });
+    const answers = [req([[1, 2], [3, 4]]), req([[5, 6], [7, 8]]), req([[9], [10]])].map((r) => s.submit(r));
+    const copy = pool.add(new FakeCopy('c1', WHOLE, pool));
+    const results = await Promise.all(answers);
+    expect(results.map((r) => values(r.outputs[0]))).toEqual([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]);
+    expect(copy.batches.map((b) => [b.whole, b.items.length, b.tensors[0].shape])).toEqual([[true, 1, [2, 2]], [true, 1, [2, 2]], [true, 1, [2, 1]]]);
+    await expect(s.submit({ id: 'x', model: 'echo', inputs: [{ ...int32('X', [[1, 2]]), shape: [1, 2, 1] }] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  const DECOUPLED: ModelMetadata = { ...META, decoupled: true };
+  /** Sends one response per row of each item (Y = that row), then the final RESULT. */
+  const streaming: Handler = async (b) => {
+    for (const [i, it] of b.items.entries()) {
+      for (let r = 0; r < it.rows; r++) b.onResponse!(i, [{ ...int32('Y', [[r]]) }]);
+    }
+    return { itemErrors: b.items.map(() => undefined), tensors: [], computeNs: 10 };
+  };
+
+  test('decoupled: responses reach onResponse while the request runs; the final result has no outputs and the count', async () => {
+    const { pool, s } = setup();
+    pool.add(new FakeCopy('c1', DECOUPLED, pool, streaming));
+    const seen: number[][] = [];
+    const done = await s.submit(req([[7], [8], [9]], { onResponse: (r) => seen.push(values(r.outputs[0])) }));
+    expect(seen).toEqual([[0], [1], [2]]);
+    expect(done).toMatchObject({ outputs: [], responses: 3 });
+    const stats = s.stats.snapshot('echo', '1').response_stats;
+    expect(Object.keys(stats)).toEqual(['0', '1', '2', '3']);
+    expect(stats['3'].empty_response.count).toBe(1);
+    expect(stats['0'].success.count).toBe(1);
+  });
+
+  test('decoupled: a call without onResponse is refused (UNIMPLEMENTED), at admission or, if admitted before READY, at the final marker', async () => {
+    const { pool, s } = setup();
+    const early = s.submit(req([[1]]));
+    pool.add(new FakeCopy('c1', DECOUPLED, pool, streaming));
+    await expect(early).rejects.toMatchObject({ code: 'UNIMPLEMENTED' });
+    await expect(s.submit(req([[1]]))).rejects.toMatchObject({ code: 'UNIMPLEMENTED', message: expect.stringContaining('decoupled transaction policy') });
+  });
+
+  test('decoupled: responses after the deadline settled the request are dropped', async () => {
+    const { pool, s } = setup();
+    let later!: () => void;
+    const slow: Handler = (b) => new Promise((resolve) => {
+      b.onResponse!(0, [int32('Y', [[1]])]);
+      later = () => {
+        b.onResponse!(0, [int32('Y', [[2]])]);
+        resolve({ itemErrors: [undefined], tensors: [], computeNs: 1 });
+      };
+    });
+    const copy = pool.add(new FakeCopy('c1', DECOUPLED, pool, slow));
+    const seen: number[][] = [];
+    await expect(s.submit(req([[1]], { timeoutMs: 30, onResponse: (r) => seen.push(values(r.outputs[0])) }))).rejects.toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+    later();
+    await new Promise((r) => setImmediate(r));
+    expect(seen).toEqual([[1]]);
+    expect(copy.inFlight).toBe(0);
+  });
+});

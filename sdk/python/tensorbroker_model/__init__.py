@@ -16,8 +16,8 @@ numpy arrays, call ``serve(model)``; the SDK speaks the broker's link protocol
     if __name__ == "__main__":
         serve(Doubler())
 """
-from .model import BatchContext, BatchItem, Model, SequenceInfo, TensorSpec
+from .model import BatchContext, BatchItem, Model, SequenceInfo, StreamContext, TensorSpec
 from .serve import PROTOCOL_VERSION, serve
 
-__all__ = ["Model", "TensorSpec", "BatchContext", "BatchItem", "SequenceInfo", "serve", "PROTOCOL_VERSION"]
+__all__ = ["Model", "TensorSpec", "BatchContext", "BatchItem", "SequenceInfo", "StreamContext", "serve", "PROTOCOL_VERSION"]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nlink.proto\x12\x14tensorbroker.link.v1\";\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"]\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\x12\x0e\n\x06labels\x18\x05 \x03(\t\"\xfe\x01\n\x05Ready\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0f\n\x07\x63redits\x18\x05 \x01(\r\x12\x30\n\x06inputs\x18\x06 \x03(\x0b\x32 .tensorbroker.link.v1.TensorSpec\x12\x31\n\x07outputs\x18\x07 \x03(\x0b\x32 .tensorbroker.link.v1.TensorSpec\x12\x0b\n\x03pid\x18\x08 \x01(\r\x12\x15\n\rmax_sequences\x18\t \x01(\r\x12\x0e\n\x06secret\x18\n \x01(\t\"G\n\x0fSequenceControl\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05start\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\"f\n\tBatchItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x37\n\x08sequence\x18\x03 \x01(\x0b\x32%.tensorbroker.link.v1.SequenceControl\"\x9c\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.tensorbroker.link.v1.BatchItem\x12\x31\n\x07tensors\x18\x04 \x03(\x0b\x32 .tensorbroker.link.v1.TensorMeta\x12\x0f\n\x07outputs\x18\x05 \x03(\t\"\x1b\n\nItemStatus\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"\xa1\x01\n\x06Result\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12/\n\x05items\x18\x02 \x03(\x0b\x32 .tensorbroker.link.v1.ItemStatus\x12\x31\n\x07tensors\x18\x03 \x03(\x0b\x32 .tensorbroker.link.v1.TensorMeta\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncompute_ns\x18\x05 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x04\"\xba\x01\n\x0b\x45ndSequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32(.tensorbroker.link.v1.EndSequence.Reason\"W\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0e\n\nREASON_END\x10\x01\x12\x14\n\x10REASON_CANCELLED\x10\x02\x12\x0f\n\x0bREASON_IDLE\x10\x03\",\n\x08Shutdown\x12\x10\n\x08grace_ms\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xc3\x02\n\x08\x45nvelope\x12,\n\x05ready\x18\x01 \x01(\x0b\x32\x1b.tensorbroker.link.v1.ReadyH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.tensorbroker.link.v1.BatchH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.tensorbroker.link.v1.ResultH\x00\x12\x34\n\theartbeat\x18\x04 \x01(\x0b\x32\x1f.tensorbroker.link.v1.HeartbeatH\x00\x12\x39\n\x0c\x65nd_sequence\x18\x05 \x01(\x0b\x32!.tensorbroker.link.v1.EndSequenceH\x00\x12\x32\n\x08shutdown\x18\x06 \x01(\x0b\x32\x1e.tensorbroker.link.v1.ShutdownH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nlink.proto\x12\x14tensorbroker.link.v1\";\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"]\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08optional\x18\x04 \x01(\x08\x12\x0e\n\x06labels\x18\x05 \x03(\t\"\x91\x02\n\x05Ready\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0f\n\x07\x63redits\x18\x05 \x01(\r\x12\x30\n\x06inputs\x18\x06 \x03(\x0b\x32 .tensorbroker.link.v1.TensorSpec\x12\x31\n\x07outputs\x18\x07 \x03(\x0b\x32 .tensorbroker.link.v1.TensorSpec\x12\x0b\n\x03pid\x18\x08 \x01(\r\x12\x15\n\rmax_sequences\x18\t \x01(\r\x12\x0e\n\x06secret\x18\n \x01(\t\x12\x11\n\tdecoupled\x18\x0b \x01(\x08\"G\n\x0fSequenceControl\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05start\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\"f\n\tBatchItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x37\n\x08sequence\x18\x03 \x01(\x0b\x32%.tensorbroker.link.v1.SequenceControl\"\xab\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.tensorbroker.link.v1.BatchItem\x12\x31\n\x07tensors\x18\x04 \x03(\x0b\x32 .tensorbroker.link.v1.TensorMeta\x12\x0f\n\x07outputs\x18\x05 \x03(\t\x12\r\n\x05whole\x18\x0b \x01(\x08\"\x1b\n\nItemStatus\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"\xd6\x01\n\x06Result\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12/\n\x05items\x18\x02 \x03(\x0b\x32 .tensorbroker.link.v1.ItemStatus\x12\x31\n\x07tensors\x18\x03 \x03(\x0b\x32 .tensorbroker.link.v1.TensorMeta\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncompute_ns\x18\x05 \x01(\x04\x12\x18\n\x10\x63ompute_input_ns\x18\x0b \x01(\x04\x12\x19\n\x11\x63ompute_output_ns\x18\x0c \x01(\x04\"]\n\x08Response\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0c\n\x04item\x18\x02 \x01(\r\x12\x31\n\x07tensors\x18\x03 \x03(\x0b\x32 .tensorbroker.link.v1.TensorMeta\"\x1c\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x04\"\xba\x01\n\x0b\x45ndSequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32(.tensorbroker.link.v1.EndSequence.Reason\"W\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0e\n\nREASON_END\x10\x01\x12\x14\n\x10REASON_CANCELLED\x10\x02\x12\x0f\n\x0bREASON_IDLE\x10\x03\",\n\x08Shutdown\x12\x10\n\x08grace_ms\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf7\x02\n\x08\x45nvelope\x12,\n\x05ready\x18\x01 \x01(\x0b\x32\x1b.tensorbroker.link.v1.ReadyH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.tensorbroker.link.v1.BatchH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.tensorbroker.link.v1.ResultH\x00\x12\x34\n\theartbeat\x18\x04 \x01(\x0b\x32\x1f.tensorbroker.link.v1.HeartbeatH\x00\x12\x39\n\x0c\x65nd_sequence\x18\x05 \x01(\x0b\x32!.tensorbroker.link.v1.EndSequenceH\x00\x12\x32\n\x08shutdown\x18\x06 \x01(\x0b\x32\x1e.tensorbroker.link.v1.ShutdownH\x00\x12\x32\n\x08response\x18\x0c \x01(\x0b\x32\x1e.tensorbroker.link.v1.ResponseH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'link_pb2', globals())
@@ -25,25 +25,27 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _TENSORSPEC._serialized_start=97
   _TENSORSPEC._serialized_end=190
   _READY._serialized_start=193
-  _READY._serialized_end=447
-  _SEQUENCECONTROL._serialized_start=449
-  _SEQUENCECONTROL._serialized_end=520
-  _BATCHITEM._serialized_start=522
-  _BATCHITEM._serialized_end=624
-  _BATCH._serialized_start=627
-  _BATCH._serialized_end=783
-  _ITEMSTATUS._serialized_start=785
-  _ITEMSTATUS._serialized_end=812
-  _RESULT._serialized_start=815
-  _RESULT._serialized_end=976
-  _HEARTBEAT._serialized_start=978
-  _HEARTBEAT._serialized_end=1006
-  _ENDSEQUENCE._serialized_start=1009
-  _ENDSEQUENCE._serialized_end=1195
-  _ENDSEQUENCE_REASON._serialized_start=1108
-  _ENDSEQUENCE_REASON._serialized_end=1195
-  _SHUTDOWN._serialized_start=1197
-  _SHUTDOWN._serialized_end=1241
-  _ENVELOPE._serialized_start=1244
-  _ENVELOPE._serialized_end=1567
+  _READY._serialized_end=466
+  _SEQUENCECONTROL._serialized_start=468
+  _SEQUENCECONTROL._serialized_end=539
+  _BATCHITEM._serialized_start=541
+  _BATCHITEM._serialized_end=643
+  _BATCH._serialized_start=646
+  _BATCH._serialized_end=817
+  _ITEMSTATUS._serialized_start=819
+  _ITEMSTATUS._serialized_end=846
+  _RESULT._serialized_start=849
+  _RESULT._serialized_end=1063
+  _RESPONSE._serialized_start=1065
+  _RESPONSE._serialized_end=1158
+  _HEARTBEAT._serialized_start=1160
+  _HEARTBEAT._serialized_end=1188
+  _ENDSEQUENCE._serialized_start=1191
+  _ENDSEQUENCE._serialized_end=1377
+  _ENDSEQUENCE_REASON._serialized_start=1290
+  _ENDSEQUENCE_REASON._serialized_end=1377
+  _SHUTDOWN._serialized_start=1379
+  _SHUTDOWN._serialized_end=1423
+  _ENVELOPE._serialized_start=1426
+  _ENVELOPE._serialized_end=1801
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class BatchContext:
     #: Output names the broker wants (all declared outputs when it named none). Only these are sent.
     outputs: List[str]
     log: logging.Logger
+    #: A non-batching model (registry ``batch_size: 0``, Triton ``max_batch_size: 0``): one
+    #: item, inputs and outputs without a batch dimension (shapes are whole).
+    whole: bool = False
     _item_errors: List[str] = field(default_factory=list, repr=False)
     _state_of: Callable[[SequenceInfo], Any] = field(default=lambda _seq: {}, repr=False)
 
@@ -85,6 +88,20 @@ class BatchContext:
         return self._state_of(seq)
 
 
+@dataclass
+class StreamContext:
+    """What ``predict_stream`` gets besides the inputs: its request's place in the batch."""
+
+    batch_id: int
+    #: The request (batch item) this call answers.
+    item: BatchItem
+    #: Non-batching model: the inputs have no batch dimension.
+    whole: bool
+    #: Output names the broker wants (all declared outputs when it named none).
+    outputs: List[str]
+    log: Any
+
+
 class Model:
     """Base class of a model. Set the metadata as class (or instance) attributes,
     implement ``predict_batch``, optionally ``load`` and ``end_sequence``, then
@@ -101,6 +118,9 @@ class Model:
     max_sequences: int = 0
     inputs: Sequence[TensorSpec] = ()
     outputs: Sequence[TensorSpec] = ()
+    #: A decoupled model (Triton's decoupled transaction policy): implement
+    #: ``predict_stream``, which yields 0..n responses per request (gRPC ModelStreamInfer only).
+    decoupled: bool = False
 
     def load(self) -> None:
         """Loads weights; runs before READY. An exception exits the process with 1."""
@@ -111,6 +131,13 @@ class Model:
         object arrays of ``bytes``. Returns a dict output name -> array covering
         ``ctx.total_rows`` rows (converted to the declared datatype). An exception fails
         the whole batch; the copy keeps serving."""
+        raise NotImplementedError
+
+    def predict_stream(self, inputs: Mapping[str, np.ndarray], ctx: StreamContext) -> Iterable[Mapping[str, Any]]:
+        """Decoupled models: a generator called once per request with that request's own
+        rows (whole arrays for a non-batching model); each ``yield``-ed dict output name ->
+        array is one response. Returning ends the request (the final marker); an exception
+        fails it with its message. Requests of one batch run one after the other."""
         raise NotImplementedError
 
     def create_state(self, seq: SequenceInfo) -> Any:

@@ -26,9 +26,10 @@ import zmq
 from tensorbroker_client.tensors import from_frame, to_frame
 
 from . import link_pb2 as pb
-from .model import BatchContext, BatchItem, Model, SequenceInfo, TensorSpec
+from .model import BatchContext, BatchItem, Model, SequenceInfo, StreamContext, TensorSpec
 
-PROTOCOL_VERSION = 1
+#: 2: decoupled models (READY decoupled, RESPONSE), whole batches, timed RESULT.
+PROTOCOL_VERSION = 2
 
 _REASONS = {
     pb.EndSequence.REASON_UNSPECIFIED: "unspecified",
@@ -84,10 +85,13 @@ def _error_text(e: BaseException) -> str:
 
 
 class _Reply:
-    __slots__ = ("frames",)
+    """Frames to send. ``final``: it ends a task (a RESULT); a decoupled RESPONSE is not final."""
 
-    def __init__(self, frames: List[Any]):
+    __slots__ = ("frames", "final")
+
+    def __init__(self, frames: List[Any], final: bool = True):
         self.frames = frames
+        self.final = final
 
 
 def _fail(batch_id: int, error: str) -> _Reply:
@@ -163,13 +167,69 @@ class _Copy:
         self.log.info("shutting down", extra={"why": why, "inFlight": self.in_flight})
 
     # ---- the batch, on a worker thread ------------------------------------
-    def _run_batch(self, batch: pb.Batch, inputs: Dict[str, Any], items: List[BatchItem], total_rows: int) -> _Reply:
+    def _encode(self, out: Any, wanted: List[str], rows: Optional[int]) -> Tuple[Optional[str], List[pb.TensorMeta], List[Any]]:
+        """(error, metas, buffers) of a model's outputs; ``rows`` None = whole shapes (no batch dimension)."""
+        if not isinstance(out, Mapping):
+            return "the model must return a dict of output name -> array", [], []
+        metas: List[pb.TensorMeta] = []
+        buffers: List[Any] = []
+        for name in wanted:
+            if name not in out:
+                return f"model did not produce output '{name}'", [], []
+            spec = self.specs.get(name)
+            try:
+                datatype, shape, buf = to_frame(out[name], spec.datatype if spec else None)
+            except (TypeError, ValueError) as e:
+                return f"output '{name}': {_error_text(e)}", [], []
+            if rows is not None and (not shape or shape[0] != rows):
+                dim = shape[0] if shape else "none"
+                return f"output '{name}' has batch dimension {dim} but the batch has {rows} rows", [], []
+            metas.append(pb.TensorMeta(name=name, datatype=datatype, shape=shape))
+            buffers.append(buf)
+        return None, metas, buffers
+
+    def _run_streams(self, batch: pb.Batch, inputs: Dict[str, Any], items: List[BatchItem], input_ns: int) -> _Reply:
+        """A decoupled model's batch: predict_stream per item; each yield is sent as a RESPONSE
+        (through the results queue, so the socket thread sends it, in order), then the RESULT."""
+        batch_id = batch.batch_id
+        wanted = list(batch.outputs) or [s.name for s in self.model.outputs]
+        log = logging.LoggerAdapter(self.log, {"batchId": str(batch_id)})
+        errors: List[str] = []
+        output_ns = 0
+        start = time.perf_counter_ns()
+        for index, item in enumerate(items):
+            own = inputs if batch.whole or len(items) == 1 else {k: v[item.slice] for k, v in inputs.items()}
+            ctx = StreamContext(batch_id=batch_id, item=item, whole=batch.whole, outputs=wanted, log=log)
+            error = ""
+            try:
+                for out in self.model.predict_stream(own, ctx):
+                    t0 = time.perf_counter_ns()
+                    bad, metas, buffers = self._encode(out, wanted, None if batch.whole else item.rows)
+                    output_ns += time.perf_counter_ns() - t0
+                    if bad:
+                        error = bad
+                        break
+                    response = pb.Response(batch_id=batch_id, item=index, tensors=metas)
+                    self.results.put(_Reply([_envelope(response=response), *buffers], final=False))
+                    self._wake()
+            except Exception as e:  # noqa: BLE001 - a model error fails the request, never the copy
+                log.warning("predict_stream raised %s", _error_text(e))
+                error = _error_text(e)
+            errors.append(error)
+        compute_ns = time.perf_counter_ns() - start - output_ns
+        result = pb.Result(batch_id=batch_id, compute_ns=compute_ns, compute_input_ns=input_ns, compute_output_ns=output_ns,
+                           items=[pb.ItemStatus(error=e) for e in errors])
+        return _Reply([_envelope(result=result)])
+
+    def _run_batch(self, batch: pb.Batch, inputs: Dict[str, Any], items: List[BatchItem], total_rows: int, input_ns: int = 0) -> _Reply:
+        if getattr(self.model, "decoupled", False):
+            return self._run_streams(batch, inputs, items, input_ns)
         batch_id = batch.batch_id
         wanted = list(batch.outputs) or [s.name for s in self.model.outputs]
         errors = ["" for _ in items]
         log = logging.LoggerAdapter(self.log, {"batchId": str(batch_id)})
         ctx = BatchContext(batch_id=batch_id, items=items, total_rows=total_rows, outputs=wanted, log=log,
-                           _item_errors=errors, _state_of=self._state_of)
+                           whole=batch.whole, _item_errors=errors, _state_of=self._state_of)
         start = time.perf_counter_ns()
         try:
             out = self.model.predict_batch(inputs, ctx)
@@ -179,23 +239,15 @@ class _Copy:
         compute_ns = time.perf_counter_ns() - start
         if not isinstance(out, Mapping):
             return _fail(batch_id, "predict_batch must return a dict of output name -> array")
+        output_start = time.perf_counter_ns()
         metas: List[pb.TensorMeta] = []
         buffers: List[Any] = []
         if not (all(errors) and len(out) == 0):
-            for name in wanted:
-                if name not in out:
-                    return _fail(batch_id, f"model did not produce output '{name}'")
-                spec = self.specs.get(name)
-                try:
-                    datatype, shape, buf = to_frame(out[name], spec.datatype if spec else None)
-                except (TypeError, ValueError) as e:
-                    return _fail(batch_id, f"output '{name}': {_error_text(e)}")
-                if not shape or shape[0] != total_rows:
-                    dim = shape[0] if shape else "none"
-                    return _fail(batch_id, f"output '{name}' has batch dimension {dim} but the batch has {total_rows} rows")
-                metas.append(pb.TensorMeta(name=name, datatype=datatype, shape=shape))
-                buffers.append(buf)
+            bad, metas, buffers = self._encode(out, wanted, None if batch.whole else total_rows)
+            if bad:
+                return _fail(batch_id, bad)
         result = pb.Result(batch_id=batch_id, compute_ns=compute_ns, tensors=metas,
+                           compute_input_ns=input_ns, compute_output_ns=time.perf_counter_ns() - output_start,
                            items=[pb.ItemStatus(error=e) for e in errors])
         return _Reply([_envelope(result=result), *buffers])
 
@@ -245,19 +297,20 @@ class _Copy:
             self._send(_fail(batch_id, f"batch lists {len(batch.tensors)} tensors but carries {len(frames)} frames").frames)
             return
         inputs: Dict[str, Any] = {}
+        input_start = time.perf_counter_ns()
         try:
             for meta, frame in zip(batch.tensors, frames):
                 shape = [int(d) for d in meta.shape]
                 # Numeric tensors: a read-only numpy view of the received frame, no copy.
                 arr = from_frame(meta.datatype, shape, frame.buffer)
                 arr.flags.writeable = False  # the frame is shared with nobody, but inputs are not scratch space
-                if not shape or shape[0] != total_rows:
+                if not batch.whole and (not shape or shape[0] != total_rows):
                     raise ValueError(f"input '{meta.name}' has batch dimension {shape[0] if shape else 'none'} but the batch has {total_rows} rows")
                 inputs[meta.name] = arr
         except ValueError as e:
             self._send(_fail(batch_id, _error_text(e)).frames)
             return
-        self._submit(self._run_batch, batch, inputs, items, total_rows)
+        self._submit(self._run_batch, batch, inputs, items, total_rows, time.perf_counter_ns() - input_start)
 
     def _on_message(self, frames: List[zmq.Frame]) -> None:
         env = pb.Envelope()
@@ -295,7 +348,8 @@ class _Copy:
                 reply = self.results.get_nowait()
             except queue.Empty:
                 return
-            self.in_flight -= 1
+            if reply.final:
+                self.in_flight -= 1
             if reply.frames:
                 self._send(reply.frames)
 
@@ -339,6 +393,7 @@ class _Copy:
             protocol_version=PROTOCOL_VERSION, model=self.model_name, version=str(m.version or ""),
             max_batch=int(m.max_batch), credits=self.credits, pid=os.getpid(),
             max_sequences=int(getattr(m, "max_sequences", 0) or 0), secret=self.secret,
+            decoupled=bool(getattr(m, "decoupled", False)),
             inputs=[_spec(s) for s in m.inputs], outputs=[_spec(s) for s in m.outputs],
         )
         self._send([_envelope(ready=ready)])

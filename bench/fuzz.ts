@@ -8,7 +8,7 @@
  *   npm run fuzz -- --bridges rest --runs 100000 --seed 42 --concurrency 8
  *
  * A bridge is added to FUZZ_TARGETS with the models it needs and a factory
- * for its target (gRPC and ZeroMQ can join with their own targets). Exits 1
+ * for its target; gRPC and ZeroMQ run their own cases with a broker of their own. Exits 1
  * when any case failed a property or the broker stopped serving.
  */
 import { readFileSync } from 'node:fs';
@@ -17,6 +17,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { formatReport, runFuzz, type FuzzReport, type FuzzTarget } from '../tests/fuzz/harness';
 import { fuzzImages, restFuzzModels, restTarget } from '../tests/fuzz/rest-target';
+import { runGrpcFuzz } from '../tests/fuzz/grpc-cases';
+import { runZmqFuzz } from '../tests/fuzz/zmq-cases';
+import type { FuzzReport as OwnBrokerReport } from '../tests/fuzz/fuzz-broker';
 import { startBrokerProc, type BrokerProc } from './broker-proc';
 import { runMain, startRedis } from './procs';
 
@@ -34,6 +37,16 @@ export const FUZZ_TARGETS: Record<string, FuzzBridge> = {
     models: restFuzzModels(modelMain),
     target: async (broker) => restTarget(broker.url, await fuzzImages()) as FuzzTarget<unknown>,
   },
+};
+
+/**
+ * gRPC and ZeroMQ: their cases (tests/fuzz/grpc-cases.ts, zmq-cases.ts) start a broker of
+ * their own in this process and check the same properties (no INTERNAL/UNKNOWN, no hang,
+ * one reply per message, bounded RSS growth, a correct answer afterwards).
+ */
+const OWN_BROKER: Record<string, (runs: number, seed?: number) => Promise<OwnBrokerReport>> = {
+  grpc: (runs, seed) => runGrpcFuzz(runs, undefined, seed),
+  zmq: (runs, seed) => runZmqFuzz(runs, undefined, seed),
 };
 
 function arg(name: string): string | undefined {
@@ -55,9 +68,12 @@ function rssOf(pid: number | undefined): number | undefined {
 const log = (m: string) => console.log(`[fuzz] ${m}`);
 
 runMain(async (cleanups) => {
-  const bridges = (arg('bridges') ?? Object.keys(FUZZ_TARGETS).join(',')).split(',').map((s) => s.trim()).filter(Boolean);
-  const unknown = bridges.filter((b) => !(b in FUZZ_TARGETS));
-  if (unknown.length > 0) throw new Error(`unknown bridge(s) ${unknown.join(', ')}: known are ${Object.keys(FUZZ_TARGETS).join(', ')}`);
+  const all = [...Object.keys(FUZZ_TARGETS), ...Object.keys(OWN_BROKER)];
+  const requested = (arg('bridges') ?? all.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = requested.filter((b) => !all.includes(b));
+  if (unknown.length > 0) throw new Error(`unknown bridge(s) ${unknown.join(', ')}: known are ${all.join(', ')}`);
+  const bridges = requested.filter((b) => b in FUZZ_TARGETS);
+  const own = requested.filter((b) => b in OWN_BROKER);
   const runs = Number(arg('runs') ?? 100_000);
   const seed = arg('seed') !== undefined ? Number(arg('seed')) : undefined;
   const concurrency = Number(arg('concurrency') ?? 8);
@@ -67,11 +83,12 @@ runMain(async (cleanups) => {
   const redis = await startRedis(dir);
   cleanups.push(() => redis.stop());
   const models = Object.assign({}, ...bridges.map((b) => FUZZ_TARGETS[b].models)) as Record<string, unknown>;
-  const broker = await startBrokerProc({ root: ROOT, dir, redisUrl: redis.url, models, waitFor: Object.keys(models) });
-  cleanups.push(() => broker.stop());
+  const broker = bridges.length > 0 ? await startBrokerProc({ root: ROOT, dir, redisUrl: redis.url, models, waitFor: Object.keys(models) }) : undefined;
+  if (broker) cleanups.push(() => broker.stop());
 
   const reports: FuzzReport[] = [];
   for (const bridge of bridges) {
+    if (!broker) break;
     const target = await FUZZ_TARGETS[bridge].target(broker);
     log(`${bridge}: ${runs} cases, concurrency ${concurrency}`);
     const report = await runFuzz(target, {
@@ -86,7 +103,14 @@ runMain(async (cleanups) => {
     console.log(formatReport(report));
     if (!broker.alive()) throw new Error(`the broker exited during the ${bridge} run:\n${broker.output().slice(-2000)}`);
   }
-  const failed = reports.filter((r) => r.failures.length > 0 || !r.stillServing);
-  if (failed.length > 0) throw new Error(`properties failed for ${failed.map((r) => `${r.target} (seed ${r.seed})`).join(', ')}`);
+  const failed = reports.filter((r) => r.failures.length > 0 || !r.stillServing).map((r) => `${r.target} (seed ${r.seed})`);
+  for (const b of own) {
+    log(`${b}: ${runs} cases (a broker of its own, in this process)`);
+    const r = await OWN_BROKER[b](runs, seed);
+    console.log(`${b}: ${r.cases} cases: ${Object.entries(r.outcomes).map(([o, n]) => `${o} ${n}`).join(', ')}; RSS growth ${r.rssGrowthMb.toFixed(0)} MB`);
+    for (const v of r.violations.slice(0, 10)) console.log(`  violation: ${v}`);
+    if (r.violations.length > 0) failed.push(b);
+  }
+  if (failed.length > 0) throw new Error(`properties failed for ${failed.join(', ')}`);
   log('every case answered with a success or a client error; the broker still serves');
 }, log);

@@ -1,7 +1,7 @@
 /** gRPC fuzzing in the test suite: TB_FUZZ_CASES cases (default 2000), see grpc-cases.ts. */
 import { runGrpcFuzz } from './grpc-cases';
 
-const CASES = Number(process.env.TB_FUZZ_CASES ?? 1500);
+const CASES = Number(process.env.TB_FUZZ_CASES ?? 2000);
 
 test(`gRPC: ${CASES} generated and mutated requests: no crash, a client error for bad input, RSS bounded, still serving`, async () => {
   const report = await runGrpcFuzz(CASES);

@@ -102,7 +102,7 @@ export function serverSideProblems(o: unknown): string[] {
 
 /** The API server refuses to change a Deployment's selector (apps/v1): field is immutable. */
 export function selectorChangeProblem(before: unknown, after: unknown): string | undefined {
-  const sel = (d: unknown) => JSON.stringify(sortKeys(obj(obj(obj(d)?.spec)?.selector)?.matchLabels ?? {}));
+  const sel = (d: unknown) => JSON.stringify(sortKeys(obj(obj(obj(obj(d)?.spec)?.selector)?.matchLabels) ?? {}));
   return sel(before) === sel(after) ? undefined : 'spec.selector: field is immutable';
 }
 

@@ -16,6 +16,7 @@ import {
   isDns1035Label, isDns1123Label, isDns1123Subdomain, isLabelKey, isLabelValue, labelValue,
 } from '../../task-manager/kubernetes/names';
 import { selectorChangeProblem, serverSideProblems } from '../../task-manager/kubernetes/rules';
+import { kubernetesFieldProblems } from '../../task-manager/kubernetes/fields';
 import { readYamlDocs, renderKustomization, type KubeObject } from '../helpers/kustomize-lite';
 
 const ROOT = path.join(__dirname, '..', '..', 'deploy', 'kubernetes');
@@ -332,5 +333,41 @@ describe('the server-side rules catch what the API server refuses', () => {
     const d = good();
     d.spec.template.spec.containers[0].securityContext.capabilities.drop = 'ALL';
     expect(schemaErrors(d)).toMatch(/capabilities\/drop must be array/);
+  });
+});
+
+describe('the per-model Kubernetes fields (task-manager/kubernetes/fields.ts)', () => {
+  const good = {
+    node_selector: { 'cloud.google.com/gke-accelerator': 'nvidia-l4', pool: 'gpu' },
+    tolerations: [
+      { key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' },
+      { key: 'zone', operator: 'Equal', value: 'a', effect: 'NoExecute', tolerationSeconds: 30 },
+      { operator: 'Exists' },
+    ],
+    image_pull_secrets: ['regcred', 'ghcr.io-pull'],
+  } as const;
+
+  test('valid fields pass, and the Deployment built from them passes the schema and the rules', () => {
+    expect(kubernetesFieldProblems(good as unknown as Record<string, unknown>)).toEqual([]);
+    const d = buildModelDeployment(input(good as unknown as Partial<KubeModelSpec>));
+    expect(schemaErrors(d as unknown as KubeObject)).toBeUndefined();
+    expect(serverSideProblems(d)).toEqual([]);
+    expect(kubernetesFieldProblems({})).toEqual([]);
+  });
+
+  test.each<[string, Record<string, unknown>, RegExp]>([
+    ['a node_selector that is a list', { node_selector: ['gpu'] }, /node_selector: must be a map/],
+    ['a node label value too long', { node_selector: { pool: 'x'.repeat(64) } }, /node_selector.pool: .* not a valid label value/],
+    ['a node label key with a bad prefix', { node_selector: { 'Bad_Domain/x': 'y' } }, /not a valid label key/],
+    ['an unknown toleration operator', { tolerations: [{ key: 'a', operator: 'In' }] }, /operator: must be Exists or Equal/],
+    ['a toleration without key that is not Exists', { tolerations: [{ value: 'x' }] }, /without a key the operator must be Exists/],
+    ['Exists with a value', { tolerations: [{ key: 'a', operator: 'Exists', value: 'x' }] }, /must be empty when operator is Exists/],
+    ['an unknown effect', { tolerations: [{ key: 'a', effect: 'NoRun' }] }, /effect: must be NoSchedule/],
+    ['tolerationSeconds without NoExecute', { tolerations: [{ key: 'a', effect: 'NoSchedule', tolerationSeconds: 5 }] }, /only with effect NoExecute/],
+    ['a misspelt toleration field', { tolerations: [{ key: 'a', efect: 'NoSchedule' }] }, /unknown field 'efect'/],
+    ['an uppercase pull Secret', { image_pull_secrets: ['RegCred'] }, /image_pull_secrets\[0\]: 'RegCred' is not a valid Secret name/],
+    ['a pull Secret string instead of a list', { image_pull_secrets: 'regcred' }, /must be a list/],
+  ])('%s is refused', (_n, entry, why) => {
+    expect(kubernetesFieldProblems(entry).join('\n')).toMatch(why);
   });
 });

@@ -248,6 +248,9 @@ export class FakeKubeApi {
       return { code: 200, text: `fake log of ${name}\n` };
     }
     if (sub === 'scale') {
+      if (method === 'PATCH' && !/merge-patch|strategic-merge-patch/.test(type ?? '')) {
+        throw new HttpStatus(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (fake; got ${type})`);
+      }
       if (method === 'PATCH' || method === 'PUT') {
         const replicas = body?.spec?.replicas;
         if (!Number.isInteger(replicas) || replicas < 0) {
@@ -278,7 +281,7 @@ export class FakeKubeApi {
       if (method === 'PUT' && body.metadata?.resourceVersion && body.metadata.resourceVersion !== cur.metadata.resourceVersion) {
         throw new HttpStatus(409, 'Conflict', `Operation cannot be fulfilled on deployments.apps "${name}": the object has been modified; please apply your changes to the latest version and try again`, { name, group: 'apps', kind });
       }
-      if (method === 'PATCH' && type && !/merge-patch|strategic-merge-patch/.test(type)) {
+      if (method === 'PATCH' && !/merge-patch|strategic-merge-patch/.test(type ?? '')) {
         throw new HttpStatus(415, 'UnsupportedMediaType', `fake: patch type ${type} is not supported`);
       }
       const next = method === 'PUT' ? { ...body, metadata: { ...cur.metadata, ...body.metadata, namespace: ns, name } } : (strategicMerge(cur, body) as KubeObject);

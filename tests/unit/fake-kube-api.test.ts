@@ -107,6 +107,9 @@ describe('the fake Kubernetes API server', () => {
     await call('PATCH', `${DEPLOYMENTS}/${d.metadata.name}/scale`, { spec: { replicas: 0 } }, 'application/merge-patch+json');
     expect(api.pods(NS)).toHaveLength(0);
     expect((await call('PATCH', `${DEPLOYMENTS}/${d.metadata.name}/scale`, { spec: { replicas: -1 } }, 'application/merge-patch+json')).code).toBe(422);
+    const plainJson = await call('PATCH', `${DEPLOYMENTS}/${d.metadata.name}/scale`, { spec: { replicas: 1 } });
+    expect(plainJson.code).toBe(415);
+    expect(plainJson.body.reason).toBe('UnsupportedMediaType');
   });
 
   test('a template change replaces the pods; a selector change is 422 (immutable); a stale PUT is 409 Conflict', async () => {

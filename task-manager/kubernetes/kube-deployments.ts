@@ -2,7 +2,8 @@
  * The Kubernetes API calls of the (future) Kubernetes runtime, through the
  * official @kubernetes/client-node: one model's Deployment created or updated,
  * scaled through /scale, its pods listed with their problem in Kubernetes'
- * words, removed. A skeleton: no watch yet, no copy bookkeeping.
+ * words and followed by an informer (list + watch, re-list on 410 Gone),
+ * removed. A skeleton: no copy bookkeeping, no link.
  *
  * @kubernetes/client-node 2 is ESM and needs Node ≥ 22.19; it is loaded on
  * first use only, so nothing else in the broker depends on it.
@@ -47,6 +48,7 @@ export class KubeDeployments {
     private readonly k8s: ClientModule,
     private readonly apps: AppsV1Api,
     private readonly core: CoreV1Api,
+    private readonly kc: KubeConfig,
     readonly namespace: string,
   ) {}
 
@@ -63,7 +65,7 @@ export class KubeDeployments {
       });
     } else if (opts.kubeconfig) kc.loadFromFile(opts.kubeconfig);
     else kc.loadFromDefault();
-    return new KubeDeployments(k8s, kc.makeApiClient(k8s.AppsV1Api), kc.makeApiClient(k8s.CoreV1Api), opts.namespace);
+    return new KubeDeployments(k8s, kc.makeApiClient(k8s.AppsV1Api), kc.makeApiClient(k8s.CoreV1Api), kc, opts.namespace);
   }
 
   /**
@@ -111,17 +113,34 @@ export class KubeDeployments {
 
   /** The copies' pods of a Deployment (by its selector), each with what is wrong with it, if anything. */
   async pods(matchLabels: Record<string, string>): Promise<CopyPod[]> {
-    const labelSelector = Object.entries(matchLabels).map(([k, v]) => `${k}=${v}`).join(',');
+    const labelSelector = selectorString(matchLabels);
     const list = await this.call(() => this.core.listNamespacedPod({ namespace: this.namespace, labelSelector }));
-    return list.items.map((p: V1Pod) => ({
-      name: p.metadata?.name ?? '',
-      podReady: (p.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
-      ...(p.status?.podIP ? { ip: p.status.podIP } : {}),
-      ...((): { problem?: PodProblem } => {
-        const problem = podProblem(p as unknown as PodStatusLike);
-        return problem ? { problem } : {};
-      })(),
-    }));
+    return list.items.map(copyPod);
+  }
+
+  /**
+   * Follows the copies' pods: the client's informer lists, then watches from
+   * the list's resourceVersion, and lists again when the API server answers
+   * 410 Gone (history compacted). Returns the function that stops it.
+   */
+  async watchPods(
+    matchLabels: Record<string, string>,
+    onPod: (change: 'add' | 'update' | 'delete', pod: CopyPod) => void,
+    onError: (err: unknown) => void,
+  ): Promise<() => Promise<void>> {
+    const labelSelector = selectorString(matchLabels);
+    const informer = this.k8s.makeInformer<V1Pod>(
+      this.kc,
+      `/api/v1/namespaces/${this.namespace}/pods`,
+      () => this.core.listNamespacedPod({ namespace: this.namespace, labelSelector }),
+      labelSelector,
+    );
+    informer.on('add', (p) => onPod('add', copyPod(p)));
+    informer.on('update', (p) => onPod('update', copyPod(p)));
+    informer.on('delete', (p) => onPod('delete', copyPod(p)));
+    informer.on('error', onError);
+    await informer.start();
+    return () => informer.stop();
   }
 
   /** Removes the Deployment (and so its pods). False when it was already gone. */
@@ -147,6 +166,20 @@ export class KubeDeployments {
       throw err;
     }
   }
+}
+
+function selectorString(matchLabels: Record<string, string>): string {
+  return Object.entries(matchLabels).map(([k, v]) => `${k}=${v}`).join(',');
+}
+
+function copyPod(p: V1Pod): CopyPod {
+  const problem = podProblem(p as unknown as PodStatusLike);
+  return {
+    name: p.metadata?.name ?? '',
+    podReady: (p.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
+    ...(p.status?.podIP ? { ip: p.status.podIP } : {}),
+    ...(problem ? { problem } : {}),
+  };
 }
 
 function parseStatus(body: unknown): { reason?: string; message?: string } {

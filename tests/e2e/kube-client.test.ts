@@ -29,6 +29,9 @@ class Driver {
   private next = 1;
   private readonly waiting = new Map<number, (m: { result?: unknown; error?: Record<string, unknown> }) => void>();
   readonly connected: Promise<void>;
+  /** Unsolicited lines (pod changes from watchPods). */
+  readonly changes: Record<string, unknown>[] = [];
+  private onChange?: () => void;
   stderr = '';
 
   constructor(private readonly child: ChildProcessWithoutNullStreams) {
@@ -36,13 +39,35 @@ class Driver {
     this.connected = new Promise((resolve) => (onConnect = resolve));
     child.stderr.on('data', (c: Buffer) => (this.stderr += c.toString()));
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const { id, ...m } = JSON.parse(line) as { id: number; result?: unknown; error?: Record<string, unknown> };
+      const { id, ...m } = JSON.parse(line) as { id?: number; result?: unknown; error?: Record<string, unknown> };
+      if (id === undefined) {
+        this.changes.push(m);
+        this.onChange?.();
+        return;
+      }
       if (id === 0) onConnect();
       this.waiting.get(id)?.(m);
       this.waiting.delete(id);
     });
     child.on('exit', (code) => {
       for (const w of this.waiting.values()) w({ error: { message: `driver exited ${code}: ${this.stderr}` } });
+    });
+  }
+
+  /** Resolves when a pod change matching `pred` has arrived (already or later). */
+  change(pred: (c: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no such pod change; got ${JSON.stringify(this.changes)}`)), timeoutMs);
+      const check = () => {
+        const hit = this.changes.find(pred);
+        if (hit) {
+          clearTimeout(timer);
+          this.onChange = undefined;
+          resolve(hit);
+        }
+      };
+      this.onChange = check;
+      check();
     });
   }
 
@@ -126,5 +151,32 @@ suite(SUPPORTED ? 'KubeDeployments with @kubernetes/client-node against the fake
     expect(await kube.call('remove', d.metadata.name)).toEqual({ result: true });
     expect(await kube.call('remove', d.metadata.name)).toEqual({ result: false });
     expect(api.pods(NS)).toHaveLength(0);
+  });
+
+  test('watchPods: the informer lists, follows changes, and re-lists after 410 Gone', async () => {
+    const d = deployment({}, 1);
+    await kube.call('ensure', d);
+    const [pod] = api.pods(NS);
+    expect(await kube.call('watchPods', d.spec.selector.matchLabels)).toEqual({ result: 'watching' });
+    await kube.change((c) => c.change === 'add' && (c.pod as { name: string }).name === pod.metadata.name);
+    api.setPodState(NS, pod.metadata.name, 'ImagePullBackOff');
+    await kube.change((c) => (c.pod as { problem?: { reason: string } }).problem?.reason === 'ImagePullBackOff');
+
+    // The watch dropped, a change it missed, the history compacted past the
+    // client's version (all in this tick, before the client reconnects): the
+    // client watches again from its version, gets 410 Gone, lists again (and so
+    // sees the change) and watches from the new version.
+    const lists = () => api.requests.filter((r) => r === `GET /api/v1/namespaces/${NS}/pods`).length;
+    const listsBefore = lists();
+    api.dropWatches();
+    api.setPodState(NS, pod.metadata.name, 'CrashLoopBackOff');
+    api.compact();
+    await kube.change((c) => (c.pod as { problem?: { reason: string } }).problem?.reason === 'CrashLoopBackOff');
+    expect(api.goneSent).toBe(1);
+    expect(lists()).toBeGreaterThan(listsBefore);
+    // And the new watch delivers later changes.
+    api.setPodState(NS, pod.metadata.name, 'OOMKilled');
+    await kube.change((c) => (c.pod as { problem?: { reason: string } }).problem?.reason === 'OOMKilled');
+    expect(kube.changes.some((c) => c.watchError !== undefined)).toBe(false);
   });
 });

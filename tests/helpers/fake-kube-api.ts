@@ -63,6 +63,8 @@ export class FakeKubeApi {
   /** Watches from a resourceVersion below this get 410 Gone. */
   private compactedBefore: Record<Kind, number> = { deployments: 0, pods: 0 };
   private readonly watchers = new Set<{ kind: Kind; ns: string; selector?: string; res: http.ServerResponse }>();
+  /** Watches answered 410 Gone. */
+  goneSent = 0;
   /** Every request, "METHOD path", for assertions. */
   readonly requests: string[] = [];
   url = '';
@@ -87,6 +89,12 @@ export class FakeKubeApi {
       this.compactedBefore[kind] = this.rv;
       this.history[kind] = [];
     }
+  }
+
+  /** Ends every open watch (as an API server restart or a watch timeout does): clients watch again. */
+  dropWatches(): void {
+    for (const w of this.watchers) w.res.end();
+    this.watchers.clear();
   }
 
   pods(ns: string, selector?: string): KubeObject[] {
@@ -309,9 +317,12 @@ export class FakeKubeApi {
 
   private watch(res: http.ServerResponse, kind: Kind, ns: string, selector: string | undefined, fromStr: string | null): undefined {
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+    // As the API server does: the headers go at once, events follow when they happen.
+    res.flushHeaders();
     const from = fromStr ? Number(fromStr) : undefined;
     if (from !== undefined && from < this.compactedBefore[kind]) {
       // The API server's answer to a watch from a compacted version: an ERROR event, then the end.
+      this.goneSent++;
       res.end(JSON.stringify({ type: 'ERROR', object: statusBody(410, 'Expired', `too old resource version: ${from} (${this.compactedBefore[kind]})`) }) + '\n');
       return undefined;
     }

@@ -16,11 +16,19 @@ async function main() {
     if (!line.trim()) continue;
     const { id, method, args } = JSON.parse(line);
     try {
+      if (method === 'watchPods') {
+        // Pod changes stream as lines without an id.
+        await kube.watchPods(args[0], (change, pod) => send({ change, pod }), (err) => send({ watchError: String(err && err.message) }));
+        send({ id, result: 'watching' });
+        continue;
+      }
       send({ id, result: await kube[method](...args) });
     } catch (err) {
       send({ id, error: { name: err.name, code: err.code, reason: err.reason, message: err.message } });
     }
   }
+  // stdin closed: the test is done (an informer would keep the process alive).
+  process.exit(0);
 }
 
 main().catch((err) => {

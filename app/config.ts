@@ -40,6 +40,18 @@ export interface BrokerConfig {
   maxCopies: number;
   maxMemoryMb: number;
   autoscaleIntervalMs: number;
+  /** Asynchronous jobs (jobs/README.md): on by default with these defaults; set by embedders and tests. */
+  jobs?: JobsConfig;
+}
+
+export interface JobsConfig {
+  enabled?: boolean;
+  /** Folder of large job inputs and results (default: <tmp>/tensorbroker-jobs/<brokerId>). */
+  blobDir?: string;
+  leaseMs?: number;
+  resultTtlMs?: number;
+  maxInFlight?: number;
+  inlineMaxBytes?: number;
 }
 
 /** Flag name, env variable, default, parser. */

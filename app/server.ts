@@ -6,11 +6,15 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
+import { FolderBlobStore } from '../jobs/blob-store';
+import { JobService } from '../jobs/service';
+import { jobsRoutes } from '../bridges/rest/jobs-routes';
 import { restRoutes } from '../bridges/rest/routes';
 import { startGrpcBridge } from '../bridges/grpc/server';
 import { startZmqBridge } from '../bridges/zmq/server';
@@ -42,6 +46,8 @@ export interface RunningBroker {
   broker: Broker;
   registry: RedisModelRegistry;
   tasks: TaskManager;
+  /** Asynchronous jobs (undefined when disabled). */
+  jobs?: JobService;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
   ports: { http: number; grpc: number; metrics: number; zmq: number };
@@ -83,6 +89,7 @@ export interface BuiltBroker {
   runtime: Runtime;
   tasks: TaskManager;
   broker: Broker;
+  jobs?: JobService;
   metrics: Metrics;
   http: FastifyInstance;
   /** Directory of models.yaml (cwd of process copies). */
@@ -147,12 +154,20 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   installErrorHandlers(app);
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
-  return { config, logger: log, registry, runtime, tasks, broker, metrics, http: app, modelsDir: file.dir };
+  // Jobs live in the same Redis as the registry, and run through broker.infer() like a bridge's requests.
+  const jc = config.jobs ?? {};
+  const jobs = jc.enabled === false ? undefined : new JobService({
+    redisUrl: config.redisUrl, prefix: config.redisPrefix, broker, logger: log, consumer: `${config.brokerId}-${process.pid}`,
+    blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
+    leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
+  });
+  if (jobs) await app.register(jobsRoutes, { broker, jobs });
+  return { config, logger: log, registry, runtime, tasks, broker, jobs, metrics, http: app, modelsDir: file.dir };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
-  const { config, logger: log, registry, tasks, broker, metrics, http: app } = b;
+  const { config, logger: log, registry, tasks, broker, jobs, metrics, http: app } = b;
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -164,6 +179,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     return payload;
   });
   await app.listen({ host: config.host, port: config.httpPort });
+  jobs?.start();
   const httpPort = (app.server.address() as { port: number }).port;
 
   const refreshCopies = () => {
@@ -200,6 +216,8 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       slog.info('shutting down');
       const t0 = Date.now();
       draining = true;
+      // Running jobs are abandoned without a verdict: their entries are reclaimed after the lease (here or by another broker).
+      await jobs?.stop();
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
@@ -212,7 +230,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       slog.info('stopped');
     })());
 
-  return { config, broker, registry, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+  return { config, broker, registry, tasks, jobs, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** build, then start. */

@@ -161,7 +161,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
     leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
   });
-  if (jobs) await app.register(jobsRoutes, { broker, jobs });
+  if (jobs) await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
   return { config, logger: log, registry, runtime, tasks, broker, jobs, metrics, http: app, modelsDir: file.dir };
 }
 

@@ -10,6 +10,8 @@ export class JobKeys {
   result(id: string): string { return `${this.base}result:${id}`; }
   idem(model: string, key: string): string { return `${this.base}idem:${model}:${key}`; }
   stream(model: string, priority: JobPriority): string { return `${this.base}stream:${model}:${priority}`; }
+  /** Sorted set: every job id by creation time (ms), newest last; for listing. */
+  get index(): string { return `${this.base}index`; }
   dead(model: string): string { return `${this.base}dead:${model}`; }
 }
 

@@ -6,7 +6,8 @@
  */
 
 /**
- * KEYS: idem, job, stream. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, field, value, ...
+ * KEYS: idem, job, stream, index. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, field, value, ...
+ * The index (a sorted set of every job by creation time, for listing) is trimmed of ids older than hashPx.
  * Returns {'existing', id} | {'full'} | {'new', entryId}.
  */
 export const SUBMIT = `
@@ -19,6 +20,10 @@ redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 local eid = redis.call('XADD', KEYS[3], '*', 'id', ARGV[4])
 redis.call('HSET', KEYS[2], 'entry', eid)
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[4], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2]) end
 return {'new', eid}
 `;

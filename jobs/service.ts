@@ -15,7 +15,7 @@ import { GROUP, JobKeys } from './keys';
 import { CANCEL, EXPIRE, SUBMIT } from './scripts';
 import {
   FINAL_STATUSES, JOB_PRIORITIES, type JobBroker, type JobPriority, type JobResult, type JobsApi, type JobStatus,
-  type JobView, type QueueInfo, type SubmitJob,
+  type JobPage, type JobView, type ListQuery, type QueueInfo, type SubmitJob, JOB_STATUSES,
 } from './types';
 import { ModelWorker, type WorkerContext } from './worker';
 
@@ -171,8 +171,8 @@ export class JobService implements JobsApi {
       ...(blob ? ['input_blob', blob] : ['input', input]),
     ];
     const ttlMs = ttlS * 1000;
-    const r = (await this.redis.eval(SUBMIT, 3,
-      this.keys.idem(job.model, idem ?? ''), this.keys.job(id), this.keys.stream(job.model, priority),
+    const r = (await this.redis.eval(SUBMIT, 4,
+      this.keys.idem(job.model, idem ?? ''), this.keys.job(id), this.keys.stream(job.model, priority), this.keys.index,
       idem ? '1' : '0', String(ttlMs + this.resultTtlMs), String(this.maxQueued), id, this.keys.jobPrefix,
       String(ttlMs + this.resultTtlMs + TOMBSTONE_MS), ...fields)) as string[];
     if (r[0] !== 'new' && blob) await this.opts.blobs.delete(blob);
@@ -239,6 +239,49 @@ export class JobService implements JobsApi {
       oldest_age_seconds: oldest === Infinity ? 0 : Math.max(0, (Date.now() - oldest) / 1000),
       dead_lettered: await this.redis.xlen(this.keys.dead(model)),
     };
+  }
+
+  async list(q: ListQuery): Promise<JobPage> {
+    const limit = q.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw invalid('limit must be an integer from 1 to 1000');
+    if (q.status !== undefined && !JOB_STATUSES.includes(q.status)) throw invalid(`status must be one of ${JOB_STATUSES.join(', ')}`);
+    // The cursor is "<score>.<id>" of the last job returned: ties on one millisecond are ordered by id.
+    let max = '+inf';
+    let after: { score: number; id: string } | undefined;
+    if (q.cursor !== undefined) {
+      const m = /^(\d+)\.([A-Za-z0-9_-]{22})$/.exec(q.cursor);
+      if (!m) throw invalid('cursor is not one this server returned');
+      after = { score: Number(m[1]), id: m[2] };
+      max = m[1];
+    }
+    const jobs: JobView[] = [];
+    const batch = 200;
+    let offset = 0;
+    let last: { score: number; id: string } | undefined;
+    for (let scanned = 0; jobs.length < limit && scanned < 10_000;) {
+      const raw = await this.redis.zrevrangebyscore(this.keys.index, max, '-inf', 'WITHSCORES', 'LIMIT', offset, batch);
+      if (raw.length === 0) return { jobs };
+      offset += raw.length / 2;
+      for (let i = 0; i < raw.length && jobs.length < limit; i += 2) {
+        const id = raw[i];
+        const score = Number(raw[i + 1]);
+        scanned++;
+        // Equal scores come in reverse id order: skip what the previous page already gave.
+        if (after && score === after.score && id >= after.id) continue;
+        last = { score, id };
+        let v: JobView;
+        try {
+          v = await this.get(id);
+        } catch {
+          await this.redis.zrem(this.keys.index, id); // forgotten after its retention
+          offset--;
+          continue;
+        }
+        if ((q.model === undefined || v.model === q.model) && (q.status === undefined || v.status === q.status)) jobs.push(v);
+      }
+      if (raw.length < batch * 2 && jobs.length < limit) return { jobs };
+    }
+    return { jobs, next_cursor: last ? `${last.score}.${last.id}` : undefined };
   }
 
   /** The job's fields, after turning a queued job past its ttl into expired. */

@@ -80,6 +80,18 @@ export interface QueueInfo {
   dead_lettered: number;
 }
 
+export interface ListQuery {
+  model?: string;
+  status?: JobStatus;
+  /** From a previous page's next_cursor. */
+  cursor?: string;
+  /** Jobs per page (default 100, at most 1000). */
+  limit?: number;
+}
+
+/** Newest first; next_cursor is absent on the last page. */
+export interface JobPage { jobs: JobView[]; next_cursor?: string }
+
 /** What a bridge may call. */
 export interface JobsApi {
   submit(job: SubmitJob): Promise<{ job: JobView; replayed: boolean }>;
@@ -87,4 +99,6 @@ export interface JobsApi {
   result(id: string): Promise<JobResult>;
   cancel(id: string): Promise<JobView>;
   queue(model: string): Promise<QueueInfo>;
+  /** Every job, newest first (an admin operation: the bridge checks the admin token). */
+  list(q: ListQuery): Promise<JobPage>;
 }

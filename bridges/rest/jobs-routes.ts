@@ -9,16 +9,20 @@
  *   GET    /v2/jobs/{id}/result                 200 as /infer | 202 + Retry-After | 410 | the job's error
  *   DELETE /v2/jobs/{id}                        cancel (a running job's result is dropped)
  *   GET    /v2/models/{m}/jobs/queue            depth per priority, running, oldest age, dead-lettered
+ *   GET    /v2/jobs?model=&status=&cursor=&limit=   every job, newest first (admin bearer token)
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
-import { JOB_PRIORITIES, type JobPriority, type JobsApi } from '../../jobs/types';
+import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
 import { encodeInferResult, parseInferBody } from './infer-body';
 
 export interface JobRoutesOptions {
   broker: BrokerApi;
   jobs: JobsApi;
+  /** Bearer token for listing jobs; without one, listing answers 403. */
+  adminToken?: string;
 }
 
 type ModelParams = { model: string; version?: string };
@@ -84,6 +88,18 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
   app.get('/v2/models/:model/jobs/queue', async (req: FastifyRequest<{ Params: ModelParams }>) => {
     broker.describe(req.params.model);
     return jobs.queue(req.params.model);
+  });
+
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  const adminDigest = opts.adminToken ? digest(opts.adminToken) : undefined;
+  app.get('/v2/jobs', async (req) => {
+    if (!adminDigest) throw new BrokerError('PERMISSION_DENIED', 'listing jobs needs the admin token, and none is configured (TB_ADMIN_TOKEN)');
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    if (!m || !timingSafeEqual(digest(m[1]), adminDigest)) throw new BrokerError('UNAUTHENTICATED', 'missing or wrong bearer token');
+    const q = (req.query ?? {}) as Record<string, string | undefined>;
+    if (q.status !== undefined && !JOB_STATUSES.includes(q.status as JobStatus)) throw invalid(`'status' must be one of ${JOB_STATUSES.join(', ')}`);
+    const limit = q.limit === undefined ? undefined : Number(q.limit);
+    return jobs.list({ model: q.model || undefined, status: q.status as JobStatus | undefined, cursor: q.cursor || undefined, limit });
   });
 
   app.get('/v2/jobs/:id', async (req: FastifyRequest<{ Params: IdParams }>) => jobs.get(req.params.id));

@@ -15,6 +15,7 @@ import { getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel
 
 const SLEEPY_MS = 300;
 const json = async (res: Response) => (await res.json()) as { error?: string; status?: string };
+const ADMIN = 'jobs-admin-token';
 let b: TestBroker;
 let blobDir: string;
 
@@ -38,6 +39,7 @@ beforeAll(async () => {
     },
     // A small inline limit so the simple model's inputs and results go through the blob store too.
     config: { jobs: { leaseMs: 1000, blobDir, inlineMaxBytes: 64 } },
+    adminToken: ADMIN,
   });
   await Promise.all(['simple', 'sleepy', 'broken'].map((m) => waitReady(b, m)));
 });
@@ -102,6 +104,32 @@ test('the same Idempotency-Key returns the same job', async () => {
   const other = await submit('simple', simpleBody([row(16)], [row(16)]), '', { 'idempotency-key': `${key['idempotency-key']}-2` });
   expect(other.json.id).not.toBe(first.json.id);
   await waitStatus(first.json.id, 'succeeded');
+});
+
+test('listing jobs needs the admin token, filters by model and status, and pages with a cursor', async () => {
+  expect((await fetch(`${b.url}/v2/jobs`)).status).toBe(401);
+  expect((await fetch(`${b.url}/v2/jobs`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
+  const auth = { authorization: `Bearer ${ADMIN}` };
+  expect((await fetch(`${b.url}/v2/jobs?status=done`, { headers: auth })).status).toBe(400);
+  expect((await fetch(`${b.url}/v2/jobs?cursor=zzz`, { headers: auth })).status).toBe(400);
+  const ids = await Promise.all([1, 2, 3].map(async (i) => (await submit('simple', simpleBody([row(16, i)], [row(16)]))).json.id as string));
+  await Promise.all(ids.map((id) => waitStatus(id, 'succeeded')));
+  const list = async (query: string) => (await fetch(`${b.url}/v2/jobs?${query}`, { headers: auth })).json() as Promise<{ jobs: JobView[]; next_cursor?: string }>;
+  const all = await list('model=simple&status=succeeded&limit=1000');
+  expect(all.next_cursor).toBeUndefined();
+  expect(all.jobs.every((j) => j.model === 'simple' && j.status === 'succeeded')).toBe(true);
+  expect(all.jobs.map((j) => j.id)).toEqual(expect.arrayContaining(ids));
+  const created = all.jobs.map((j) => Date.parse(j.created_at));
+  expect(created).toEqual([...created].sort((x, y) => y - x));
+  // Page by page, one job per page: the same jobs, each once, in the same order.
+  const paged: string[] = [];
+  for (let cursor: string | undefined = ''; cursor !== undefined;) {
+    const page = await list(`model=simple&status=succeeded&limit=1${cursor ? `&cursor=${cursor}` : ''}`);
+    paged.push(...page.jobs.map((j) => j.id));
+    cursor = page.next_cursor;
+  }
+  expect(paged).toEqual(all.jobs.map((j) => j.id));
+  expect((await list('model=sleepy&status=succeeded')).jobs.some((j) => ids.includes(j.id))).toBe(false);
 });
 
 test('queued jobs run in priority order: high, then normal, then low', async () => {

@@ -13,6 +13,7 @@ import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
 import { FolderBlobStore } from '../jobs/blob-store';
+import { registerJobMetrics } from '../jobs/metrics';
 import { JobService } from '../jobs/service';
 import { jobsRoutes } from '../bridges/rest/jobs-routes';
 import { restRoutes } from '../bridges/rest/routes';
@@ -161,7 +162,10 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
     leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
   });
-  if (jobs) await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
+  if (jobs) {
+    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
+    registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
+  }
   return { config, logger: log, registry, runtime, tasks, broker, jobs, metrics, http: app, modelsDir: file.dir };
 }
 

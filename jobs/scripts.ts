@@ -6,7 +6,7 @@
  */
 
 /**
- * KEYS: idem, job, stream, index. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, field, value, ...
+ * KEYS: idem, job, stream, index. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, createdAt, field, value, ...
  * The index (a sorted set of every job by creation time, for listing) is trimmed of ids older than hashPx.
  * Returns {'existing', id} | {'full'} | {'new', entryId}.
  */
@@ -16,12 +16,11 @@ if ARGV[1] == '1' then
   if ex and redis.call('EXISTS', ARGV[5] .. ex) == 1 then return {'existing', ex} end
 end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[3]) then return {'full'} end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 local eid = redis.call('XADD', KEYS[3], '*', 'id', ARGV[4])
 redis.call('HSET', KEYS[2], 'entry', eid)
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(ARGV[7])
 redis.call('ZADD', KEYS[4], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2]) end

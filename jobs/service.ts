@@ -174,7 +174,7 @@ export class JobService implements JobsApi {
     const r = (await this.redis.eval(SUBMIT, 4,
       this.keys.idem(job.model, idem ?? ''), this.keys.job(id), this.keys.stream(job.model, priority), this.keys.index,
       idem ? '1' : '0', String(ttlMs + this.resultTtlMs), String(this.maxQueued), id, this.keys.jobPrefix,
-      String(ttlMs + this.resultTtlMs + TOMBSTONE_MS), ...fields)) as string[];
+      String(ttlMs + this.resultTtlMs + TOMBSTONE_MS), String(now), ...fields)) as string[];
     if (r[0] !== 'new' && blob) await this.opts.blobs.delete(blob);
     if (r[0] === 'full') {
       throw new BrokerError('RESOURCE_EXHAUSTED', `the ${priority} job queue of model '${job.model}' is full (${this.maxQueued} jobs)`, { retryAfterMs: 5000, kind: 'overloaded' });
@@ -227,10 +227,12 @@ export class JobService implements JobsApi {
     let oldest = Infinity;
     for (const p of JOB_PRIORITIES) {
       const key = this.keys.stream(model, p);
-      depth[p] = await this.redis.xlen(key);
-      if (depth[p] === 0) continue;
-      const pending = (await this.redis.xpending(key, GROUP).catch(() => [0])) as [number, ...unknown[]];
-      running += Number(pending[0]) || 0;
+      // Entries are deleted when acknowledged: a stream holds waiting entries plus pending (running) ones.
+      const len = await this.redis.xlen(key);
+      const pending = len === 0 ? 0 : Number(((await this.redis.xpending(key, GROUP).catch(() => [0])) as unknown[])[0]) || 0;
+      depth[p] = Math.max(0, len - pending);
+      running += pending;
+      if (len === 0) continue;
       const first = (await this.redis.xrange(key, '-', '+', 'COUNT', 1)) as [string, string[]][];
       if (first.length > 0) oldest = Math.min(oldest, Number(first[0][0].split('-')[0]));
     }

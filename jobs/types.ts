@@ -72,9 +72,9 @@ export type JobResult =
 /** Queue figures of one model (GET /v2/models/{m}/jobs/queue). */
 export interface QueueInfo {
   model: string;
-  /** Entries waiting or running, per priority. */
+  /** Jobs waiting (not yet taken by a worker), per priority. */
   depth: Record<JobPriority, number>;
-  /** Entries delivered to a worker and not yet acknowledged. */
+  /** Jobs taken by a worker and not finished (pending entries, including those of a dead worker before reclaim). */
   running: number;
   oldest_age_seconds: number;
   dead_lettered: number;

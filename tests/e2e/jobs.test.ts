@@ -217,6 +217,10 @@ test('timeouts are retried up to max_attempts, then the job is dead-lettered wit
   const fields = Object.fromEntries(dead[0][1].reduce<[string, string][]>((acc, v, i, a) => (i % 2 ? acc : [...acc, [v, a[i + 1]]]), []));
   expect(fields).toMatchObject({ id: r.json.id, model: 'sleepy', attempts: '2' });
   expect(fields.reason).toMatch(/2 attempt\(s\) failed/);
+  const metrics = await (await fetch(b.metricsUrl)).text();
+  expect(metrics).toContain('tb_jobs_dead_lettered{model="sleepy"} 1');
+  expect(metrics).toContain('tb_jobs_waiting{model="sleepy",priority="high"} 0');
+  expect(metrics).toMatch(/tb_jobs_running\{model="simple"\} 0/);
 });
 
 test('jobs use idle capacity only: a job waits while live requests are queued', async () => {
@@ -254,7 +258,11 @@ describe('the job runner stopped mid-job', () => {
     const { job: submitted } = await a.submit({ model: 'sleepy', inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 1], data: Buffer.from(new Float32Array([7]).buffer) }] });
     await waitFor(async () => (await a.get(submitted.id)).status === 'running', 10_000, 'running on a');
     await a.stop(); // as if killed: no verdict, no ack
-    expect((await service({ workers: false }).get(submitted.id)).status).toBe('running');
+    const reader = service({ workers: false });
+    expect((await reader.get(submitted.id)).status).toBe('running');
+    // The dead worker's entry is pending: counted as running, not waiting, until it is reclaimed.
+    expect(await reader.queue('sleepy')).toMatchObject({ running: 1, depth: { high: 0, normal: 0, low: 0 } });
+    expect((await reader.queue('sleepy')).oldest_age_seconds).toBeGreaterThan(0);
 
     const bSvc = service({ consumer: 'b' });
     await waitFor(async () => (await bSvc.get(submitted.id)).status === 'succeeded', 20_000, 'succeeded on b');

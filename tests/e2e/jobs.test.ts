@@ -4,6 +4,7 @@
  * REST, and extra JobService instances on the same broker for the runner's
  * life (stopped mid-job and restarted, result expiry).
  */
+import fc from 'fast-check';
 import pino from 'pino';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -237,6 +238,39 @@ test('jobs use idle capacity only: a job waits while live requests are queued', 
   const done = await waitStatus(r.json.id, 'succeeded');
   // Submitted while live requests were queued: it ran only after the last of them was dispatched.
   expect(Date.parse(done.finished_at!)).toBeGreaterThanOrEqual(Math.max(...answered) - 5);
+});
+
+test('property: random submit and cancel sequences end with every job in exactly one final state', async () => {
+  const op = fc.oneof(
+    fc.record({ kind: fc.constant('submit' as const), model: fc.constantFrom('simple', 'sleepy'), priority: fc.constantFrom('high', 'normal', 'low') }),
+    fc.record({ kind: fc.constant('cancel' as const), pick: fc.nat() }),
+  );
+  await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 6 }), async (ops) => {
+    const ids: string[] = [];
+    const cancelled = new Set<string>(); // DELETE answered 'cancelled': nothing may overturn it
+    for (const o of ops) {
+      if (o.kind === 'submit') {
+        const body = o.model === 'simple' ? simpleBody([row(16)], [row(16)]) : sleepyBody();
+        const r = await submit(o.model, body, `?priority=${o.priority}`);
+        expect(r.status).toBe(202);
+        ids.push(r.json.id);
+      } else if (ids.length > 0) {
+        const id = ids[o.pick % ids.length];
+        const res = await fetch(`${b.url}/v2/jobs/${id}`, { method: 'DELETE' });
+        expect(res.status).toBe(200);
+        if ((await json(res)).status === 'cancelled') cancelled.add(id);
+      }
+    }
+    const finals = new Set(['succeeded', 'cancelled']);
+    await waitFor(async () => (await Promise.all(ids.map(job))).every((j) => finals.has(j.status)), 30_000, 'every job final');
+    for (const id of ids) {
+      const j = await job(id);
+      expect(j.status).toBe(cancelled.has(id) ? 'cancelled' : 'succeeded');
+      const res = await fetch(`${b.url}/v2/jobs/${id}/result`);
+      expect(res.status).toBe(j.status === 'succeeded' ? 200 : 410);
+      expect(j.attempts).toBeLessThanOrEqual(1);
+    }
+  }), { numRuns: 6 });
 });
 
 describe('the job runner stopped mid-job', () => {

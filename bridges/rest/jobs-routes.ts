@@ -16,6 +16,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
 import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
+import { requestRows, validateAgainst } from '../../core/validate';
 import { encodeInferResult, parseInferBody } from './infer-body';
 
 export interface JobRoutesOptions {
@@ -63,7 +64,8 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
 
   const submit = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { model, version } = req.params;
-    broker.describe(model, version); // 404 before looking at the body
+    const desc = broker.describe(model, version); // 404 before looking at the body
+    if (!desc.stateless) throw invalid(`model '${model}' is stateful: jobs run on stateless models only (a job has no sequence)`);
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (type !== 'application/json') {
       throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', `Content-Type '${type}' is not accepted for jobs yet: send application/json (the KServe v2 inference form)`);
@@ -71,6 +73,13 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
     const body = req.body;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('the request needs a JSON object body (the KServe v2 inference form)');
     const parsed = parseInferBody(body, undefined, String(req.id));
+    // Checked now, as /infer would, so a bad input is a 400 here rather than a failed job later.
+    const check = { ...parsed.request, model };
+    const rows = requestRows(check);
+    const meta = desc.metadata;
+    const maxRows = meta && meta.maxBatch > 0 ? Math.min(meta.maxBatch, desc.batchSize) : desc.batchSize;
+    if (meta) validateAgainst(check, meta, rows, maxRows);
+    else if (rows > maxRows) throw invalid(`model '${model}' takes at most ${maxRows} rows per request, got ${rows}`);
     const rawKey = req.headers['idempotency-key'];
     const { job, replayed } = await jobs.submit({
       model, version, inputs: parsed.request.inputs, outputs: parsed.request.outputs,

@@ -87,6 +87,13 @@ test('bad submissions get clear errors', async () => {
   expect((await submit('sleepy', { ...sleepyBody(), ttl_seconds: 'soon' })).status).toBe(400);
   expect((await submit('sleepy', { inputs: [] })).status).toBe(400);
   expect((await submit('sleepy', { ...sleepyBody(), metadata: [1] })).status).toBe(400);
+  // Checked against the model's metadata at submit time, as /infer does.
+  const badInput = await submit('sleepy', { inputs: [{ name: 'NOPE', datatype: 'FP32', shape: [1, 1], data: [1] }] });
+  expect(badInput.status).toBe(400);
+  expect(badInput.json.error).toMatch(/no input named 'NOPE'/);
+  const tooMany = await submit('simple', simpleBody(Array.from({ length: 9 }, () => row(16)), Array.from({ length: 9 }, () => row(16))));
+  expect(tooMany.status).toBe(400);
+  expect(tooMany.json.error).toMatch(/at most 8 rows/);
   const text = await fetch(`${b.url}/v2/models/sleepy/jobs`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hi' });
   expect(text.status).toBe(415);
   expect((await fetch(`${b.url}/v2/jobs/AAAAAAAAAAAAAAAAAAAAAA`)).status).toBe(404);

@@ -15,6 +15,7 @@ import type { JobView } from '../../jobs/types';
 import { getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const SLEEPY_MS = 300;
+const SLOW_MS = 3000;
 const json = async (res: Response) => (await res.json()) as { error?: string; status?: string };
 const ADMIN = 'jobs-admin-token';
 let b: TestBroker;
@@ -36,13 +37,15 @@ beforeAll(async () => {
     models: {
       simple: simpleModel(),
       sleepy: sleepyModel(SLEEPY_MS),
+      // Holds the worker for seconds: wide windows for what must happen while a job runs or waits.
+      slow: sleepyModel(SLOW_MS),
       broken: { command: ['node', modelMain('identity')], env: { IDENTITY_FAIL: '1' }, batch_size: 4 },
     },
     // A small inline limit so the simple model's inputs and results go through the blob store too.
     config: { jobs: { leaseMs: 1000, blobDir, inlineMaxBytes: 64 } },
     adminToken: ADMIN,
   });
-  await Promise.all(['simple', 'sleepy', 'broken'].map((m) => waitReady(b, m)));
+  await Promise.all(['simple', 'sleepy', 'slow', 'broken'].map((m) => waitReady(b, m)));
 });
 
 afterAll(async () => {
@@ -50,9 +53,9 @@ afterAll(async () => {
   await rm(blobDir, { recursive: true, force: true });
 });
 
-/** Submits a sleepy job and waits until it runs: the worker (1 in flight) is then busy for SLEEPY_MS. */
+/** Submits a slow job and waits until it runs: the model's worker (1 in flight) is then busy for SLOW_MS. */
 async function occupyWorker(): Promise<string> {
-  const r = await submit('sleepy', sleepyBody(), '?priority=high');
+  const r = await submit('slow', sleepyBody(), '?priority=high');
   expect(r.status).toBe(202);
   await waitStatus(r.json.id, 'running');
   return r.json.id as string;
@@ -141,25 +144,31 @@ test('listing jobs needs the admin token, filters by model and status, and pages
 });
 
 test('queued jobs run in priority order: high, then normal, then low', async () => {
-  const blocker = await occupyWorker();
-  const low = await submit('sleepy', sleepyBody(), '?priority=low');
-  const normal = await submit('sleepy', sleepyBody());
-  const high = await submit('sleepy', sleepyBody(), '?priority=high');
-  const done = await Promise.all([low, normal, high].map((r) => waitStatus(r.json.id, 'succeeded')));
-  const [l, n, h] = done.map((j) => Date.parse(j.started_at!));
-  expect(h).toBeLessThanOrEqual(n);
-  expect(n).toBeLessThanOrEqual(l);
-  // Strictly ordered by finishing: one in flight at a time, each takes SLEEPY_MS.
-  const [lf, nf, hf] = done.map((j) => Date.parse(j.finished_at!));
-  expect(hf).toBeLessThan(nf);
-  expect(nf).toBeLessThan(lf);
-  expect((await job(blocker)).status).toBe('succeeded');
+  // Queued by a service without workers, so all three wait before any worker looks; then one worker drains them.
+  const prefix = `${b.config.redisPrefix}prio:`;
+  const opts = { redisUrl: b.redis.url, prefix, broker: b.running.broker, logger: pino({ level: 'silent' }), blobs: new FolderBlobStore(blobDir) };
+  const submitter = new JobService({ ...opts, workers: false });
+  const input = [{ name: 'INPUT0', datatype: 'FP32' as const, shape: [1, 1], data: Buffer.alloc(4) }];
+  const ids: Record<string, string> = {};
+  const plan = [['low', 'low'], ['normal', 'normal'], ['high', 'high'], ['low2', 'low'], ['high2', 'high']] as const;
+  for (const [label, priority] of plan) ids[label] = (await submitter.submit({ model: 'sleepy', priority, inputs: input })).job.id;
+  expect((await submitter.queue('sleepy')).depth).toEqual({ high: 2, normal: 1, low: 2 });
+  const worker = new JobService(opts);
+  worker.start();
+  try {
+    await waitFor(async () => (await Promise.all(Object.values(ids).map((id) => submitter.get(id)))).every((j) => j.status === 'succeeded'), 20_000, 'all done');
+    const order = (await Promise.all(Object.entries(ids).map(async ([k, id]) => [k, Date.parse((await submitter.get(id)).started_at!)] as const)))
+      .sort((x, y) => x[1] - y[1]).map(([k]) => k);
+    expect(order).toEqual(['high', 'high2', 'normal', 'low', 'low2']);
+  } finally {
+    await Promise.all([worker.stop(), submitter.stop()]);
+  }
 });
 
 test('cancel: a queued job never runs; a running job\'s result is dropped', async () => {
   const running = await occupyWorker();
-  const queued = await submit('sleepy', sleepyBody());
-  const after = await submit('sleepy', sleepyBody());
+  const queued = await submit('slow', sleepyBody());
+  const after = await submit('slow', sleepyBody());
   const c1 = await fetch(`${b.url}/v2/jobs/${queued.json.id}`, { method: 'DELETE' });
   expect(c1.status).toBe(200);
   expect((await json(c1)).status).toBe('cancelled');
@@ -184,11 +193,11 @@ test('cancel: a queued job never runs; a running job\'s result is dropped', asyn
 
 test('a job past ttl_seconds in the queue expires and is never run; pending results answer 202', async () => {
   await occupyWorker();
-  const short = await submit('sleepy', { ...sleepyBody(), ttl_seconds: 0.05 });
+  const short = await submit('slow', { ...sleepyBody(), ttl_seconds: 0.05 });
   const pending = await fetch(`${b.url}/v2/jobs/${short.json.id}/result`);
   if (pending.status === 202) expect(pending.headers.get('retry-after')).toBe('1');
   else expect(pending.status).toBe(410); // already past its 50 ms on a slow machine
-  const after = await submit('sleepy', sleepyBody());
+  const after = await submit('slow', sleepyBody());
   await waitStatus(short.json.id, 'expired');
   await waitStatus(after.json.id, 'succeeded');
   const j = await job(short.json.id);
@@ -237,7 +246,7 @@ test('jobs use idle capacity only: a job waits while live requests are queued', 
       expect(r.status).toBe(200);
       return Date.now();
     }));
-  const first = live(4);
+  const first = live(6); // 1.8 s of live queue: burst B arrives well within it
   await waitFor(() => b.running.broker.load().find((l) => l.model === 'sleepy')!.queued > 0, 10_000, 'a live queue');
   const r = await submit('sleepy', sleepyBody());
   const second = live(3);

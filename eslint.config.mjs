@@ -27,6 +27,8 @@ export default tseslint.config(
   layer(['bridges/rest/**/*.ts'], ['**/bridges/grpc/**', '**/bridges/zmq/**', '../grpc/**', '../zmq/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
   layer(['bridges/grpc/**/*.ts'], ['**/bridges/rest/**', '**/bridges/zmq/**', '../rest/**', '../zmq/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
   layer(['bridges/zmq/**/*.ts'], ['**/bridges/rest/**', '**/bridges/grpc/**', '../rest/**', '../grpc/**'], 'bridges import nothing from each other (shared code goes to bridges/shared)'),
+  layer(['jobs/**/*.ts'], ['**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**'],
+    'the job runner depends on the broker\'s infer() (core/broker.ts) like a bridge, never on the task manager, the registry or a bridge'),
   layer(['sdk/**/*.ts', 'proto/**/*.ts'], ['**/core/**', '**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**'],
     'the wire format and the SDKs stand on proto/ only, never on the broker'),
   layer(['examples/**/*.ts'], ['**/core/**', '**/bridges/**', '**/task-manager/**', '**/model-manager/**', '**/app/**'],

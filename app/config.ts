@@ -67,11 +67,23 @@ export const SECRETS = {
 type Options = typeof OPTIONS;
 
 /** The resolved configuration: one field per row of OPTIONS, typed by its parser, plus the secrets. */
+/** Asynchronous jobs (jobs/README.md): on whenever a Redis URL is set; these knobs are for embedders and tests. */
+export interface JobsConfig {
+  enabled?: boolean;
+  /** Folder of large job inputs and results (default: <tmp>/tensorbroker-jobs/<brokerId>). */
+  blobDir?: string;
+  leaseMs?: number;
+  resultTtlMs?: number;
+  maxInFlight?: number;
+  inlineMaxBytes?: number;
+}
+
 export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {
   -readonly [K in keyof typeof SECRETS]?: string;
 } & {
   /** TB_API_KEYS (comma-separated, environment only, never logged): when set, inference on every bridge needs one of them. */
   apiKeys: string[];
+  jobs?: JobsConfig;
 };
 
 type Key = keyof typeof OPTIONS;

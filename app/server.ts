@@ -6,10 +6,15 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { Broker } from '../core/broker';
+import { FolderBlobStore } from '../jobs/blob-store';
+import { registerJobMetrics } from '../jobs/metrics';
+import { JobService } from '../jobs/service';
+import { jobsRoutes } from '../bridges/rest/jobs-routes';
 import { restRoutes } from '../bridges/rest/routes';
 import { rootRoute } from '../bridges/rest/root';
 import { restServerOptions } from '../bridges/rest/server-options';
@@ -53,6 +58,8 @@ export interface RunningBroker {
   /** Watches models.yaml (undefined with --watch-models false). */
   watcher?: ModelsWatcher;
   tasks: TaskManager;
+  /** Asynchronous jobs (undefined when disabled). */
+  jobs?: JobService;
   http: FastifyInstance;
   /** Ports actually bound (useful with port 0). */
   ports: { http: number; grpc: number; metrics: number; zmq: number };
@@ -111,6 +118,7 @@ export interface BuiltBroker {
   runtime: Runtime;
   tasks: TaskManager;
   broker: Broker;
+  jobs?: JobService;
   metrics: Metrics;
   http: FastifyInstance;
   /** Directory of models.yaml (cwd of process copies). */
@@ -207,12 +215,23 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, metrics, http: app, shm, access, tls, modelsDir: file.dir };
+  // Jobs live in the same Redis as the registry (none without --redis-url), and run through broker.infer() like a bridge's requests.
+  const jc = config.jobs ?? {};
+  const jobs = jc.enabled === false || !config.redisUrl ? undefined : new JobService({
+    redisUrl: config.redisUrl, prefix: config.redisPrefix, broker, logger: log, consumer: `${config.brokerId}-${process.pid}`,
+    blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
+    leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
+  });
+  if (jobs) {
+    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
+    registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
+  }
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
-  const { config, logger: log, registry, watcher, tasks, broker, metrics, http: app, access, tls } = b;
+  const { config, logger: log, registry, watcher, tasks, broker, jobs, metrics, http: app, access, tls } = b;
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -225,6 +244,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   });
   const shm = b.shm;
   await app.listen({ host: config.host, port: config.httpPort });
+  jobs?.start();
   const httpPort = (app.server.address() as { port: number }).port;
 
   const refreshCopies = () => {
@@ -268,6 +288,8 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       const t0 = Date.now();
       await watcher?.close();
       draining = true;
+      // Running jobs are abandoned without a verdict: their entries are reclaimed after the lease (here or by another broker).
+      await jobs?.stop();
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
@@ -281,7 +303,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       slog.info('stopped');
     })());
 
-  return { config, broker, registry, watcher, tasks, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+  return { config, broker, registry, watcher, tasks, jobs, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** build, then start. */

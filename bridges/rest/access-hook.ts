@@ -21,6 +21,13 @@ const CLASSES = new Map<string, CallClass>([
   ['POST /v2/repository/models/:model/load', 'admin'],
   ['POST /v2/repository/models/:model/unload', 'admin'],
   ['GET /admin/instances', 'admin'],
+  // Asynchronous jobs follow the inference rules (the listing guards itself with the admin token).
+  [`POST ${MODEL}/jobs`, 'infer'],
+  [`POST ${VERSIONED}/jobs`, 'infer'],
+  [`GET ${MODEL}/jobs/queue`, 'infer'],
+  ['GET /v2/jobs/:id', 'infer'],
+  ['DELETE /v2/jobs/:id', 'infer'],
+  ['GET /v2/jobs/:id/result', 'infer'],
   // System shared memory opens files of /dev/shm as the broker's user: a control call, as in Triton (--allow-client-shm).
   ['GET /v2/systemsharedmemory/status', 'admin'],
   ['GET /v2/systemsharedmemory/region/:name/status', 'admin'],

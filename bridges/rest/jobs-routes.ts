@@ -1,0 +1,137 @@
+/**
+ * Asynchronous jobs over REST (issue 15): submit, follow, fetch, cancel, and a
+ * model's job queue. It knows the broker's BrokerApi (for 404s) and the job
+ * service's JobsApi only. Bodies are the KServe v2 JSON inference form for now
+ * (parsed by fastify's JSON parser in this plugin's own context).
+ *
+ *   POST   /v2/models/{m}[/versions/{v}]/jobs   202 {id, status, created_at, expires_at} + Location
+ *   GET    /v2/jobs/{id}                        the job (status, attempts, timestamps, last error)
+ *   GET    /v2/jobs/{id}/result                 200 as /infer | 202 + Retry-After | 410 | the job's error
+ *   DELETE /v2/jobs/{id}                        cancel (a running job's result is dropped)
+ *   GET    /v2/models/{m}/jobs/queue            depth per priority, running, oldest age, dead-lettered
+ *   GET    /v2/jobs?model=&status=&cursor=&limit=   every job, newest first (admin bearer token)
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { BrokerApi } from '../../core/broker';
+import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
+import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
+import { requestRows, validateAgainst } from '../../core/validate';
+import { encodeInferResult, parseInferBody } from './infer-body';
+
+export interface JobRoutesOptions {
+  broker: BrokerApi;
+  jobs: JobsApi;
+  /** Bearer token for listing jobs; without one, listing answers 403. */
+  adminToken?: string;
+}
+
+type ModelParams = { model: string; version?: string };
+type IdParams = { id: string };
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+/** A positive number from the body (number) or the query string (string). */
+function positive(key: string, v: unknown): number | undefined {
+  if (v === undefined || v === null || v === '') return undefined;
+  const n = typeof v === 'string' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw invalid(`'${key}' must be a positive number (got ${JSON.stringify(v)})`);
+  return n;
+}
+
+/** Job options: the query string, overridden by top-level fields of the JSON body. */
+export function jobOptions(query: Record<string, unknown>, body: Record<string, unknown>) {
+  const pick = (k: string) => (body[k] !== undefined ? body[k] : query[k]);
+  const priority = pick('priority');
+  if (priority !== undefined && !JOB_PRIORITIES.includes(priority as JobPriority)) {
+    throw invalid(`'priority' must be one of ${JOB_PRIORITIES.join(', ')} (got ${JSON.stringify(priority)})`);
+  }
+  const maxAttempts = positive('max_attempts', pick('max_attempts'));
+  if (maxAttempts !== undefined && !Number.isInteger(maxAttempts)) throw invalid(`'max_attempts' must be a whole number`);
+  const metadata = body.metadata;
+  if (metadata !== undefined && (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata))) throw invalid(`'metadata' must be a JSON object`);
+  return {
+    priority: priority as JobPriority | undefined,
+    ttlSeconds: positive('ttl_seconds', pick('ttl_seconds')),
+    timeoutSeconds: positive('timeout_seconds', pick('timeout_seconds')),
+    maxAttempts,
+    metadata: metadata as Record<string, unknown> | undefined,
+  };
+}
+
+export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): Promise<void> {
+  const { broker, jobs } = opts;
+
+  const submit = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
+    const { model, version } = req.params;
+    const desc = broker.describe(model, version); // 404 before looking at the body
+    if (!desc.stateless) throw invalid(`model '${model}' is stateful: jobs run on stateless models only (a job has no sequence)`);
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type !== 'application/json') {
+      throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', `Content-Type '${type}' is not accepted for jobs yet: send application/json (the KServe v2 inference form)`);
+    }
+    const body = req.body;
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('the request needs a JSON object body (the KServe v2 inference form)');
+    const parsed = parseInferBody(body, undefined, String(req.id));
+    // Checked now, as /infer would, so a bad input is a 400 here rather than a failed job later.
+    const check = { ...parsed.request, model };
+    const rows = requestRows(check);
+    const meta = desc.metadata;
+    const maxRows = meta && meta.maxBatch > 0 ? Math.min(meta.maxBatch, desc.batchSize) : desc.batchSize;
+    if (meta) validateAgainst(check, meta, rows, maxRows);
+    else if (rows > maxRows) throw invalid(`model '${model}' takes at most ${maxRows} rows per request, got ${rows}`);
+    const rawKey = req.headers['idempotency-key'];
+    const { job, replayed } = await jobs.submit({
+      model, version, inputs: parsed.request.inputs, outputs: parsed.request.outputs,
+      ...jobOptions((req.query ?? {}) as Record<string, unknown>, body as Record<string, unknown>),
+      idempotencyKey: Array.isArray(rawKey) ? rawKey[0] : rawKey,
+      reply: { clientId: parsed.clientId, binaryOutputs: [...parsed.binaryOutputs] },
+    });
+    if (replayed) reply.header('Idempotent-Replayed', 'true');
+    return reply.code(202).header('Location', `/v2/jobs/${job.id}`)
+      .send({ id: job.id, status: job.status, created_at: job.created_at, expires_at: job.expires_at });
+  };
+  app.post('/v2/models/:model/jobs', submit);
+  app.post('/v2/models/:model/versions/:version/jobs', submit);
+
+  app.get('/v2/models/:model/jobs/queue', async (req: FastifyRequest<{ Params: ModelParams }>) => {
+    broker.describe(req.params.model);
+    return jobs.queue(req.params.model);
+  });
+
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  const adminDigest = opts.adminToken ? digest(opts.adminToken) : undefined;
+  app.get('/v2/jobs', async (req) => {
+    if (!adminDigest) throw new BrokerError('PERMISSION_DENIED', 'listing jobs needs the admin token, and none is configured (TB_ADMIN_TOKEN)');
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    if (!m || !timingSafeEqual(digest(m[1]), adminDigest)) throw new BrokerError('UNAUTHENTICATED', 'missing or wrong bearer token');
+    const q = (req.query ?? {}) as Record<string, string | undefined>;
+    if (q.status !== undefined && !JOB_STATUSES.includes(q.status as JobStatus)) throw invalid(`'status' must be one of ${JOB_STATUSES.join(', ')}`);
+    const limit = q.limit === undefined ? undefined : Number(q.limit);
+    return jobs.list({ model: q.model || undefined, status: q.status as JobStatus | undefined, cursor: q.cursor || undefined, limit });
+  });
+
+  app.get('/v2/jobs/:id', async (req: FastifyRequest<{ Params: IdParams }>) => jobs.get(req.params.id));
+
+  app.delete('/v2/jobs/:id', async (req: FastifyRequest<{ Params: IdParams }>) => jobs.cancel(req.params.id));
+
+  app.get('/v2/jobs/:id/result', async (req: FastifyRequest<{ Params: IdParams }>, reply) => {
+    const r = await jobs.result(req.params.id);
+    switch (r.state) {
+      case 'pending':
+        return reply.code(202).header('Retry-After', '1').send({ id: r.job.id, status: r.job.status });
+      case 'gone':
+        return reply.code(410).send({ error: r.reason, job: r.job });
+      case 'failed':
+        return reply.code(HTTP_STATUS[r.code as ErrorCode] ?? 500).send({ error: r.message, job: r.job });
+      case 'succeeded': {
+        const hints = (r.reply ?? {}) as { clientId?: string; binaryOutputs?: string[] };
+        const enc = encodeInferResult(r.result, hints.clientId, new Set(hints.binaryOutputs ?? []));
+        if (enc.binary.length === 0) return reply.send(enc.json);
+        const json = Buffer.from(JSON.stringify(enc.json));
+        return reply.header('Content-Type', 'application/octet-stream').header('Inference-Header-Content-Length', json.length)
+          .send(Buffer.concat([json, ...enc.binary]));
+      }
+    }
+  });
+}

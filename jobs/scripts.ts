@@ -1,0 +1,112 @@
+/**
+ * The Lua scripts that make each job state change atomic in Redis. Every
+ * transition checks the current status (and the attempt number for a worker's
+ * verdict), so a cancel racing a finish, or a stale worker whose lease was
+ * taken over, can never store a second result.
+ */
+
+/**
+ * KEYS: idem, job, stream, index. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, createdAt, field, value, ...
+ * The index (a sorted set of every job by creation time, for listing) is trimmed of ids older than hashPx.
+ * Returns {'existing', id} | {'full'} | {'new', entryId}.
+ */
+export const SUBMIT = `
+if ARGV[1] == '1' then
+  local ex = redis.call('GET', KEYS[1])
+  if ex and redis.call('EXISTS', ARGV[5] .. ex) == 1 then return {'existing', ex} end
+end
+if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[3]) then return {'full'} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+local eid = redis.call('XADD', KEYS[3], '*', 'id', ARGV[4])
+redis.call('HSET', KEYS[2], 'entry', eid)
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+local now = tonumber(ARGV[7])
+redis.call('ZADD', KEYS[4], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2]) end
+return {'new', eid}
+`;
+
+/**
+ * A queued job past its queue deadline (before any attempt) becomes expired.
+ * KEYS: job. ARGV: now. Returns 1 when it expired now.
+ */
+const EXPIRE_IF_DUE = `
+local function expire_if_due(key, now)
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'expires_at')
+  if f[1] == 'queued' and tonumber(f[2] or '0') == 0 and tonumber(now) > tonumber(f[3]) then
+    redis.call('HSET', key, 'status', 'expired', 'finished_at', now, 'last_error', 'the job waited longer than its ttl_seconds in the queue and was never run')
+    redis.call('HDEL', key, 'input')
+    return 1
+  end
+  return 0
+end
+`;
+
+export const EXPIRE = `${EXPIRE_IF_DUE}
+return expire_if_due(KEYS[1], ARGV[1])
+`;
+
+/**
+ * A worker takes a stream entry. KEYS: job. ARGV: now, consumer, entryId.
+ * Returns {'gone'} | {'stale'} (an older entry of a re-queued job) | {'done', status}
+ * | {'expired'} | {'exhausted', attempts} | {'run', attempts}.
+ */
+export const START = `${EXPIRE_IF_DUE}
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return {'gone'} end
+if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[3] then return {'stale'} end
+if s ~= 'queued' and s ~= 'running' then return {'done', s} end
+if expire_if_due(KEYS[1], ARGV[1]) == 1 then return {'expired'} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts >= tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) then return {'exhausted', tostring(attempts)} end
+attempts = attempts + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_at', ARGV[1], 'worker', ARGV[2])
+return {'run', tostring(attempts)}
+`;
+
+/**
+ * A worker's verdict on its attempt. KEYS: job, result, stream, dead.
+ * ARGV: attempt, status (succeeded|failed|queued), now, error, errorCode,
+ *       resultPx (when the job has no result_ttl_ms), result ('' = none), resultBlob ('' = none), tombstonePx (the record outlives the result by it), deadReason ('' = none), model, id, resultVersion.
+ * Returns 0 when the attempt no longer owns the job (cancelled, or taken over), else 1
+ * (for 'queued': the new stream entry id).
+ */
+export const FINISH = `
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts')
+if f[1] ~= 'running' or f[2] ~= ARGV[1] then return 0 end
+if ARGV[2] == 'queued' then
+  local eid = redis.call('XADD', KEYS[3], '*', 'id', ARGV[12])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[4], 'error_code', ARGV[5], 'entry', eid)
+  return eid
+end
+local now = tonumber(ARGV[3])
+local ttl = redis.call('HGET', KEYS[1], 'result_ttl_ms') or ARGV[6]
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', now, 'result_expires_at', now + tonumber(ttl), 'result_version', ARGV[13])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[4], 'error_code', ARGV[5]) end
+redis.call('HDEL', KEYS[1], 'input')
+if ARGV[2] == 'succeeded' then
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'result_blob', ARGV[8])
+  else redis.call('SET', KEYS[2], ARGV[7], 'PX', ttl) end
+end
+if ARGV[10] ~= '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'id', ARGV[12], 'model', ARGV[11], 'attempts', ARGV[1], 'reason', ARGV[10])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ttl) + tonumber(ARGV[9]))
+return 1
+`;
+
+/**
+ * Cancel. KEYS: job. ARGV: now, hashPx. Returns the status after the call, or false for no job.
+ */
+export const CANCEL = `
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return false end
+if s == 'queued' or s == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'last_error', 'cancelled by the client')
+  redis.call('HDEL', KEYS[1], 'input')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 'cancelled'
+end
+return s
+`;

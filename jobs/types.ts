@@ -1,0 +1,104 @@
+/**
+ * The job service's vocabulary: what a bridge hands in (SubmitJob), what it
+ * reads back (JobView, JobResult), and the slice of the broker the runner
+ * depends on (JobBroker: infer plus a read-only queue depth, nothing else).
+ */
+import type { BrokerApi } from '../core/broker';
+import type { Tensor } from '../proto/tensor';
+import type { InferResult } from '../core/types';
+
+export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired'] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+export const FINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
+
+/** One Redis stream per model and priority; a worker drains high before normal before low. */
+export const JOB_PRIORITIES = ['high', 'normal', 'low'] as const;
+export type JobPriority = (typeof JOB_PRIORITIES)[number];
+
+/**
+ * What the job runner needs of the broker: `infer` (the same path as live
+ * traffic, through the same batcher) and each model's live queue depth
+ * (Broker.load(), read-only) to use idle capacity only. The Broker class
+ * satisfies it as is.
+ */
+export interface JobBroker {
+  infer: BrokerApi['infer'];
+  models: BrokerApi['models'];
+  load(): { model: string; queued: number; running: number }[];
+}
+
+export interface SubmitJob {
+  model: string;
+  version?: string;
+  inputs: Tensor[];
+  /** Outputs wanted; undefined = all. */
+  outputs?: string[];
+  priority?: JobPriority;
+  ttlSeconds?: number;
+  timeoutSeconds?: number;
+  maxAttempts?: number;
+  metadata?: Record<string, unknown>;
+  idempotencyKey?: string;
+  /** Opaque to the service: how the bridge will answer the result (client id, binary outputs). */
+  reply?: Record<string, unknown>;
+}
+
+/** A job as clients see it (timestamps ISO 8601). */
+export interface JobView {
+  id: string;
+  model: string;
+  version?: string;
+  status: JobStatus;
+  priority: JobPriority;
+  attempts: number;
+  max_attempts: number;
+  created_at: string;
+  expires_at: string;
+  started_at?: string;
+  finished_at?: string;
+  result_expires_at?: string;
+  last_error?: string;
+  metadata?: Record<string, unknown>;
+}
+
+export type JobResult =
+  | { state: 'pending'; job: JobView }
+  | { state: 'succeeded'; job: JobView; result: InferResult; reply?: Record<string, unknown> }
+  /** Failed: the error code (core ErrorCode) and message of the last attempt. */
+  | { state: 'failed'; job: JobView; code: string; message: string }
+  /** Cancelled, expired in the queue, or the result is past result_ttl. */
+  | { state: 'gone'; job: JobView; reason: string };
+
+/** Queue figures of one model (GET /v2/models/{m}/jobs/queue). */
+export interface QueueInfo {
+  model: string;
+  /** Jobs waiting (not yet taken by a worker), per priority. */
+  depth: Record<JobPriority, number>;
+  /** Jobs taken by a worker and not finished (pending entries, including those of a dead worker before reclaim). */
+  running: number;
+  oldest_age_seconds: number;
+  dead_lettered: number;
+}
+
+export interface ListQuery {
+  model?: string;
+  status?: JobStatus;
+  /** From a previous page's next_cursor. */
+  cursor?: string;
+  /** Jobs per page (default 100, at most 1000). */
+  limit?: number;
+}
+
+/** Newest first; next_cursor is absent on the last page. */
+export interface JobPage { jobs: JobView[]; next_cursor?: string }
+
+/** What a bridge may call. */
+export interface JobsApi {
+  submit(job: SubmitJob): Promise<{ job: JobView; replayed: boolean }>;
+  get(id: string): Promise<JobView>;
+  result(id: string): Promise<JobResult>;
+  cancel(id: string): Promise<JobView>;
+  queue(model: string): Promise<QueueInfo>;
+  /** Every job, newest first (an admin operation: the bridge checks the admin token). */
+  list(q: ListQuery): Promise<JobPage>;
+}

@@ -1,0 +1,303 @@
+/**
+ * ModelWorker: drains one model's job streams (high, then normal, then low)
+ * through broker.infer(), one consumer of the streams' group. It submits only
+ * while the model's live queue is empty and fewer than maxInFlight jobs of
+ * its own run, so jobs use idle capacity. Running entries are kept leased
+ * with XCLAIM heartbeats; entries of dead workers are taken over with
+ * XAUTOCLAIM once their lease ran out.
+ */
+import Redis from 'ioredis';
+import type { Logger } from 'pino';
+import { BrokerError, toBrokerError } from '../core/errors';
+import type { InferResult } from '../core/types';
+import type { BlobStore } from './blob-store';
+import { decodeTensors, encodeTensors } from './codec';
+import { GROUP, type JobKeys } from './keys';
+import { FINISH, START } from './scripts';
+import { JOB_PRIORITIES, type JobBroker } from './types';
+
+export interface WorkerContext {
+  redis: Redis;
+  redisUrl: string;
+  keys: JobKeys;
+  broker: JobBroker;
+  blobs: BlobStore;
+  log: Logger;
+  consumer: string;
+  leaseMs: number;
+  resultTtlMs: number;
+  /** How long a finished job's record outlives its result. */
+  tombstoneMs: number;
+  maxInFlight: number;
+  inlineMaxBytes: number;
+}
+
+interface Entry { stream: string; entryId: string; jobId: string }
+
+/** How long to wait before looking at the live queue again while it is busy. */
+const BUSY_POLL_MS = 25;
+const BLOCK_MS = 1000;
+
+/**
+ * A failure worth another attempt: the copy died under the batch, the
+ * attempt timed out, or the broker was overloaded or stopping. Never a model's
+ * own error on this input, nor a bad input.
+ */
+export function retryable(err: BrokerError): boolean {
+  return err.retryable || err.kind === 'copy-lost' || err.kind === 'overloaded' || err.kind === 'shutting-down' || err.code === 'DEADLINE_EXCEEDED';
+}
+
+export class ModelWorker {
+  private readonly streams: string[];
+  private readonly log: Logger;
+  private blocking?: Redis;
+  private stopped = false;
+  private inFlight = 0;
+  private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  /** Entries taken (reclaimed, or read while capacity went away) and not started yet; kept leased. */
+  private readonly held: Entry[] = [];
+  private wakeUp?: () => void;
+  private loop?: Promise<void>;
+  private reclaimTimer?: NodeJS.Timeout;
+
+  constructor(private readonly ctx: WorkerContext, readonly model: string) {
+    this.streams = JOB_PRIORITIES.map((p) => ctx.keys.stream(model, p));
+    this.log = ctx.log.child({ model });
+  }
+
+  start(): void {
+    this.loop = this.run();
+    this.reclaimTimer = setInterval(() => void this.reclaim(), Math.max(50, Math.floor(this.ctx.leaseMs / 2)));
+  }
+
+  /** Ends the loop; running attempts are aborted and left without a verdict (reclaimed after the lease). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.reclaimTimer);
+    this.blocking?.disconnect();
+    this.wake();
+    for (const r of this.running.values()) r.abort.abort();
+    await Promise.all([this.loop, ...[...this.running.values()].map((r) => r.done)]);
+  }
+
+  /** Something changed (a job was submitted here, an attempt ended): look again now. */
+  wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        await this.ensureGroups();
+        break;
+      } catch (err) {
+        this.log.warn({ err }, 'cannot create the job consumer groups; retrying');
+        await this.pause(1000);
+      }
+    }
+    while (!this.stopped) {
+      try {
+        if (!this.hasCapacity()) {
+          await this.pause(BUSY_POLL_MS);
+          continue;
+        }
+        const entry = this.held.shift() ?? (await this.read());
+        if (!entry || this.stopped) continue;
+        // Live requests may have queued while we waited on the stream: look again before starting.
+        if (!this.hasCapacity()) {
+          this.held.unshift(entry);
+          continue;
+        }
+        this.launch(entry);
+      } catch (err) {
+        if (this.stopped) break;
+        if (String(err).includes('NOGROUP')) await this.ensureGroups().catch(() => undefined);
+        else this.log.warn({ err }, 'reading the job streams failed; retrying');
+        await this.pause(500);
+      }
+    }
+  }
+
+  /** Fewer than maxInFlight jobs of ours run, and no live request waits in the model's queue. */
+  private hasCapacity(): boolean {
+    if (this.inFlight >= this.ctx.maxInFlight) return false;
+    const live = this.ctx.broker.load().find((l) => l.model === this.model);
+    return live === undefined || live.queued === 0;
+  }
+
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => { this.wakeUp = undefined; resolve(); }, ms);
+      this.wakeUp = () => { clearTimeout(t); resolve(); };
+    });
+  }
+
+  private async ensureGroups(): Promise<void> {
+    for (const s of this.streams) {
+      try {
+        await this.ctx.redis.xgroup('CREATE', s, GROUP, '0', 'MKSTREAM');
+      } catch (e) {
+        if (!String(e).includes('BUSYGROUP')) throw e;
+      }
+    }
+  }
+
+  /** The next new entry: each stream in priority order without waiting, then a blocking read on all. */
+  private async read(): Promise<Entry | undefined> {
+    for (const s of this.streams) {
+      const got = parseRead(await this.ctx.redis.xreadgroup('GROUP', GROUP, this.ctx.consumer, 'COUNT', 1, 'STREAMS', s, '>'));
+      if (got) return got;
+    }
+    if (!this.blocking) {
+      // Blocking reads get their own connection: they would hold up every other command on a shared one.
+      this.blocking = new Redis(this.ctx.redisUrl, { maxRetriesPerRequest: 1 });
+      this.blocking.on('error', () => undefined); // reported by the loop's own catch
+    }
+    const reply = await this.blocking.xreadgroup('GROUP', GROUP, this.ctx.consumer, 'COUNT', 1, 'BLOCK', BLOCK_MS,
+      'STREAMS', ...this.streams, ...this.streams.map(() => '>'));
+    return parseRead(reply);
+  }
+
+  /**
+   * Keeps held entries leased, and takes over entries whose worker sent no
+   * heartbeat for a lease, at most what we can run soon.
+   */
+  private async reclaim(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      for (const e of this.held) await this.ctx.redis.xclaim(e.stream, GROUP, this.ctx.consumer, 0, e.entryId, 'JUSTID');
+      for (const s of this.streams) {
+        const room = this.ctx.maxInFlight - this.inFlight - this.held.length;
+        if (room <= 0) return;
+        const r = (await this.ctx.redis.xautoclaim(s, GROUP, this.ctx.consumer, this.ctx.leaseMs, '0-0', 'COUNT', room)) as [string, [string, string[]][]];
+        for (const [entryId, fields] of r[1]) {
+          if (!fields) continue;
+          this.log.info({ job: fields[1], entry: entryId }, 'reclaimed a job whose worker stopped answering');
+          this.held.push({ stream: s, entryId, jobId: fields[1] });
+        }
+      }
+      if (this.held.length > 0) this.wake();
+    } catch (err) {
+      if (!this.stopped) this.log.warn({ err }, 'reclaiming job entries failed');
+    }
+  }
+
+  private launch(e: Entry): void {
+    const abort = new AbortController();
+    this.inFlight++;
+    const done = this.handle(e, abort).catch((err: unknown) => {
+      if (!this.stopped) this.log.error({ err, job: e.jobId }, 'a job attempt failed inside the worker; its entry is retried after the lease');
+    }).finally(() => {
+      this.inFlight--;
+      this.running.delete(e.entryId);
+      this.wake();
+    });
+    this.running.set(e.entryId, { abort, done });
+  }
+
+  private async handle(e: Entry, abort: AbortController): Promise<void> {
+    const { redis, keys } = this.ctx;
+    const jobKey = keys.job(e.jobId);
+    const r = (await redis.eval(START, 1, jobKey, String(Date.now()), this.ctx.consumer, e.entryId)) as string[];
+    if (r[0] !== 'run' && r[0] !== 'exhausted') {
+      if (r[0] !== 'stale') await this.dropInput(jobKey);
+      return this.ack(e);
+    }
+    const attempt = Number(r[1]);
+    if (r[0] === 'exhausted') {
+      const why = `the worker running it stopped answering ${attempt} time(s) (no heartbeat for ${this.ctx.leaseMs} ms)`;
+      await this.finish(e, attempt, 'failed', new BrokerError('UNAVAILABLE', why), undefined, why);
+      await this.dropInput(jobKey);
+      return this.ack(e);
+    }
+
+    const [version, outputs, timeoutMs, inputBlob, maxAttempts] = await redis.hmget(jobKey, 'version', 'outputs', 'timeout_ms', 'input_blob', 'max_attempts');
+    const input = inputBlob ? await this.ctx.blobs.get(inputBlob) : await redis.hgetBuffer(jobKey, 'input');
+    let result: InferResult | undefined;
+    let error: BrokerError | undefined;
+    const heartbeat = setInterval(() => void this.heartbeat(e, attempt, abort), Math.max(20, Math.floor(this.ctx.leaseMs / 3)));
+    try {
+      if (!input) throw new BrokerError('INTERNAL', 'the job\'s input is missing from the store');
+      result = await this.ctx.broker.infer({
+        id: `job-${e.jobId}-${attempt}`, model: this.model, version: version || undefined, inputs: decodeTensors(input),
+        outputs: outputs ? (JSON.parse(outputs) as string[]) : undefined, timeoutMs: timeoutMs ? Number(timeoutMs) : undefined,
+        signal: abort.signal,
+      });
+    } catch (err) {
+      error = toBrokerError(err);
+    } finally {
+      clearInterval(heartbeat);
+    }
+    // Stopping: no verdict and no ack; the entry stays pending and is reclaimed after its lease.
+    if (this.stopped) return;
+    if (result) {
+      await this.finish(e, attempt, 'succeeded', undefined, result);
+    } else if (error && retryable(error) && attempt < Number(maxAttempts)) {
+      this.log.info({ job: e.jobId, attempt, err: error }, 'job attempt failed; queued again');
+      await this.finish(e, attempt, 'queued', error);
+    } else {
+      const dead = error && retryable(error) ? `${attempt} attempt(s) failed; the last: ${error.message}` : undefined;
+      await this.finish(e, attempt, 'failed', error, undefined, dead);
+    }
+    const status = await redis.hget(jobKey, 'status');
+    if (status !== 'queued' && status !== 'running') await this.dropInput(jobKey);
+    await this.ack(e);
+  }
+
+  /** Keeps the entry leased; aborts the attempt when the job was cancelled or taken over. */
+  private async heartbeat(e: Entry, attempt: number, abort: AbortController): Promise<void> {
+    try {
+      await this.ctx.redis.xclaim(e.stream, GROUP, this.ctx.consumer, 0, e.entryId, 'JUSTID');
+      const [status, attempts] = await this.ctx.redis.hmget(this.ctx.keys.job(e.jobId), 'status', 'attempts');
+      if (status !== 'running' || Number(attempts) !== attempt) abort.abort();
+    } catch (err) {
+      this.log.warn({ err, job: e.jobId }, 'job heartbeat failed');
+    }
+  }
+
+  private async finish(e: Entry, attempt: number, status: 'succeeded' | 'failed' | 'queued', error?: BrokerError, result?: InferResult, dead?: string): Promise<void> {
+    const { keys } = this.ctx;
+    let data: Buffer | string = '';
+    let blob = '';
+    if (result) {
+      data = encodeTensors(result.outputs);
+      if (data.length > this.ctx.inlineMaxBytes) {
+        blob = `${e.jobId}.result`;
+        await this.ctx.blobs.put(blob, data);
+        data = '';
+      }
+    }
+    const stream = e.stream;
+    const owned = await this.ctx.redis.eval(FINISH, 4, keys.job(e.jobId), keys.result(e.jobId), stream, keys.dead(this.model),
+      String(attempt), status, String(Date.now()), error?.message ?? '', error?.code ?? '', String(this.ctx.resultTtlMs), data, blob,
+      String(this.ctx.tombstoneMs), dead ?? '', this.model, e.jobId, result?.version ?? '');
+    if (owned === 0) {
+      // Cancelled meanwhile, or another worker took the job over: this attempt's result is dropped.
+      if (blob) await this.ctx.blobs.delete(blob);
+      this.log.debug({ job: e.jobId, attempt }, 'job attempt no longer owns the job; its verdict is dropped');
+    } else if (dead) {
+      this.log.warn({ job: e.jobId, attempt, reason: dead }, 'job dead-lettered');
+    }
+  }
+
+  private async dropInput(jobKey: string): Promise<void> {
+    const blob = await this.ctx.redis.hget(jobKey, 'input_blob');
+    if (blob) await this.ctx.blobs.delete(blob);
+  }
+
+  /** Acknowledged and deleted: a stream holds only waiting and running entries (it stays bounded). */
+  private async ack(e: Entry): Promise<void> {
+    await this.ctx.redis.multi().xack(e.stream, GROUP, e.entryId).xdel(e.stream, e.entryId).exec();
+  }
+}
+
+function parseRead(reply: unknown): Entry | undefined {
+  const streams = reply as [string, [string, string[]][]][] | null;
+  if (!streams) return undefined;
+  for (const [stream, entries] of streams) {
+    for (const [entryId, fields] of entries) return { stream, entryId, jobId: fields[fields.indexOf('id') + 1] };
+  }
+  return undefined;
+}

@@ -48,6 +48,7 @@ export const OPTIONS = {
   maxCopies: ['--max-copies <n>', 'TB_MAX_COPIES', 0, parseCount, 'global cap on model copies (0 = none)'],
   maxMemoryMb: ['--max-memory-mb <mb>', 'TB_MAX_MEMORY_MB', 0, parseCount, 'global cap on the sum of memory_mb of copies (0 = none)'],
   autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
+  jobsEnabled: ['--jobs <bool>', 'TB_JOBS', false, parseBool, 'asynchronous jobs on Redis Streams (POST /v2/models/{m}/jobs; needs --redis-url)'],
   registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
   tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
@@ -67,7 +68,7 @@ export const SECRETS = {
 type Options = typeof OPTIONS;
 
 /** The resolved configuration: one field per row of OPTIONS, typed by its parser, plus the secrets. */
-/** Asynchronous jobs (jobs/README.md): on whenever a Redis URL is set; these knobs are for embedders and tests. */
+/** Asynchronous jobs (jobs/README.md): on with --jobs (or `enabled: true` here) and a Redis URL; these knobs are for embedders and tests. */
 export interface JobsConfig {
   enabled?: boolean;
   /** Folder of large job inputs and results (default: <tmp>/tensorbroker-jobs/<brokerId>). */

@@ -215,9 +215,11 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
-  // Jobs live in the same Redis as the registry (none without --redis-url), and run through broker.infer() like a bridge's requests.
+  // Jobs (opt-in: --jobs) live in the same Redis as the registry, and run through broker.infer() like a bridge's requests.
   const jc = config.jobs ?? {};
-  const jobs = jc.enabled === false || !config.redisUrl ? undefined : new JobService({
+  const jobsOn = (jc.enabled ?? config.jobsEnabled) && config.redisUrl !== '';
+  if ((jc.enabled ?? config.jobsEnabled) && !jobsOn) log.warn({ component: 'jobs' }, 'asynchronous jobs need --redis-url: they stay off');
+  const jobs = !jobsOn ? undefined : new JobService({
     redisUrl: config.redisUrl, prefix: config.redisPrefix, broker, logger: log, consumer: `${config.brokerId}-${process.pid}`,
     blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
     leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,

@@ -343,6 +343,12 @@ export class LinkServer implements LinkSender {
       } catch (err) {
         if (this.closed) return;
         const code = (err as { code?: string }).code;
+        if (/blocked by a bind or unbind/.test((err as Error).message)) {
+          // A copy's socket is being bound: send this message again once the bind is done.
+          this.queue.unshift(msg);
+          await new Promise((r) => setTimeout(r, 5));
+          continue;
+        }
         // EHOSTUNREACH: the copy is not (or no longer) connected; EAGAIN: its queue is full.
         this.opts.logger?.warn({ copy: claimedId(msg[0].toString()), code, err: (err as Error).message }, 'link: message to copy not delivered');
       }
@@ -356,7 +362,10 @@ export class LinkServer implements LinkSender {
         frames = await router.receive();
       } catch (err) {
         if (this.closed) return;
-        this.opts.logger?.error({ err }, 'link: receive failed');
+        // A copy's socket is bound while a receive waits ("Socket is blocked by a bind or unbind
+        // operation"): retrying at once would spin the event loop the bind needs to finish.
+        this.opts.logger?.debug({ err }, 'link: receive interrupted; retrying');
+        await new Promise((r) => setTimeout(r, 5));
         continue;
       }
       try {

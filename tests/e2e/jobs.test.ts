@@ -42,7 +42,7 @@ beforeAll(async () => {
       broken: { command: ['node', modelMain('identity')], env: { IDENTITY_FAIL: '1' }, batch_size: 4 },
     },
     // A small inline limit so the simple model's inputs and results go through the blob store too.
-    config: { jobs: { leaseMs: 1000, blobDir, inlineMaxBytes: 64 } },
+    config: { jobs: { enabled: true, leaseMs: 1000, blobDir, inlineMaxBytes: 64 } },
     adminToken: ADMIN,
   });
   await Promise.all(['simple', 'sleepy', 'slow', 'broken'].map((m) => waitReady(b, m)));

@@ -169,7 +169,11 @@ export class ImagePuller {
         ? `cannot pull image ${image}: access denied by the registry${hint}: ${text}`
         : missing
           ? `cannot pull image ${image}: it does not exist in the registry: ${text}`
-          : `cannot pull image ${image}: ${text}`;
+          : `cannot pull image ${image}: ${text}` +
+            // Offline (a registry that does not resolve or answer): say how to get the image without one.
+            (/ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT|no such host|dial tcp|lookup /i.test(text)
+              ? ' (the registry cannot be reached: build the image on this host, e.g. `tensorbroker build <project>` or `npm run images`, or set pull_policy: never)'
+              : '');
       log?.error({ err: text, ms: Date.now() - t0 }, 'pull failed');
       throw new BrokerError('UNAVAILABLE', msg);
     } finally {

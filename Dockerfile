@@ -33,6 +33,8 @@ COPY proto proto
 COPY sdk/node sdk/node
 COPY examples examples
 COPY bench bench
+COPY jobs jobs
+COPY tests tests
 # The broker needs neither dev dependencies nor the text detector's onnxruntime.
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund --loglevel=error && \
     rm -rf node_modules/onnxruntime-node node_modules/onnxruntime-common

@@ -5,6 +5,7 @@
  * in /admin/models); anything else is refused naming the field.
  */
 import * as grpc from '@grpc/grpc-js';
+import { AccessControl } from '../../bridges/shared/access';
 import pino from 'pino';
 import { create } from '@bufbuild/protobuf';
 import { startGrpcBridge, type GrpcBridge } from '../../bridges/grpc/server';
@@ -28,7 +29,7 @@ describe('repository load with a config override', () => {
     b = await startTestBroker({ adminToken: TOKEN, models: { simple: simpleModel(), other: simpleModel() } });
     bridge = await startGrpcBridge({
       broker: b.running.broker, host: '127.0.0.1', port: 0, maxMessageBytes: 1 << 20,
-      logger: pino({ level: 'silent' }), version: 'test',
+      logger: pino({ level: 'silent' }), version: 'test', access: new AccessControl({ adminToken: TOKEN }),
     });
     c = new GrpcTestClient(bridge.port);
     await Promise.all([waitReady(b, 'simple'), waitReady(b, 'other')]);
@@ -79,14 +80,16 @@ describe('repository load with a config override', () => {
 
     const none = await load('other', { config: JSON.stringify({ max_batch_size: 2 }) }, {});
     expect(none.status).toBe(401);
+    // A wrong token is a wrong credential under the one access policy (bridges/shared/access.ts): 401.
     const wrong = await load('other', { config: JSON.stringify({ max_batch_size: 2 }) }, { authorization: 'Bearer nope' });
-    expect(wrong.status).toBe(403);
+    expect(wrong.status).toBe(401);
     // An unauthorised load learns nothing about the document: the token is checked first.
     expect((await load('other', { config: '{nope' }, {})).status).toBe(401);
     expect((await load('nosuch', { config: '{}' })).status).toBe(404);
     expect(await config('other')).toEqual(before);
-    // A plain load (no config) needs no token, as before.
-    expect((await load('other', undefined, {})).status).toBe(200);
+    // Model control needs the admin token whenever one is configured (the access policy), with or without a config.
+    expect((await load('other', undefined, {})).status).toBe(401);
+    expect((await load('other', undefined)).status).toBe(200);
   });
 
   test('gRPC: RepositoryModelLoad with parameters["config"] and the token in metadata', async () => {
@@ -100,7 +103,7 @@ describe('repository load with a config override', () => {
       c.client.makeUnaryRequest(def.path, def.requestSerialize, def.responseDeserialize, req, md, (err) => resolve(err));
     });
     expect((await call(JSON.stringify({ max_batch_size: 2 })))?.code).toBe(grpc.status.UNAUTHENTICATED);
-    expect((await call(JSON.stringify({ max_batch_size: 2 }), 'Bearer nope'))?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect((await call(JSON.stringify({ max_batch_size: 2 }), 'Bearer nope'))?.code).toBe(grpc.status.UNAUTHENTICATED);
     const refused = await call(JSON.stringify({ backend: 'python' }), `Bearer ${TOKEN}`);
     expect(refused?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(refused?.details).toContain("config field 'backend'");

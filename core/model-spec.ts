@@ -26,7 +26,7 @@ export const SPEC_FIELDS = {
   /** Stored as a string (`1.10` in YAML is the number 1.1: quote it). */
   version: Type.String({ minLength: 1, default: '1', description: 'a non-empty string or a number' }),
   /** Max rows per batch; 0 = no batch dimension (Triton max_batch_size 0): shapes are whole, one request per run. */
-  batch_size: int(0, 1),
+  batch_size: Type.Integer({ minimum: 0, default: 1, description: 'an integer >= 0 (0: a non-batching model)' }),
   run_on_gpu: bool(false),
   stateless: bool(true),
   /** How long the batcher may hold the oldest queued request waiting for more rows. */

@@ -54,7 +54,9 @@ export function startTable(running: Pick<RunningBroker, 'broker' | 'tasks' | 'po
 export async function settled(running: Pick<RunningBroker, 'broker' | 'tasks' | 'registry'>, maxMs: number): Promise<void> {
   // Copies start in the background: right after start a model may not even have a desired count yet.
   const wants = (name: string) => (running.registry.get(name)?.min_replicas ?? 0) > 0 || (running.tasks.status(name)?.desired ?? 0) > 0;
-  const starting = () => running.broker.repositoryIndex().some((e) => e.state === 'LOADING' && wants(e.name));
+  // Settled: every model that wants copies serves (ready, degraded) or has given up (failed, unloaded).
+  const done = new Set(['ready', 'degraded', 'failed', 'unloaded']);
+  const starting = () => running.registry.list().some((s) => wants(s.name) && !done.has(running.broker.modelReady(s.name).phase));
   const deadline = Date.now() + maxMs;
   while (Date.now() < deadline && starting()) await new Promise((r) => setTimeout(r, 200).unref());
 }

@@ -49,7 +49,8 @@ describe('GPU placement (fake mode: copies run)', () => {
       expect(i.HostConfig.PidsLimit).toBe(512);
       expect(i.HostConfig.Memory).toBe(256 * 1024 * 1024);
       expect(i.HostConfig.NanoCpus).toBe(1e9);
-      expect(i.HostConfig.Binds).toEqual([`${t.dir}:/run/tensorbroker`]);
+      // Each container mounts only its own copy's socket folder, read-only.
+      expect(i.HostConfig.Binds).toEqual([expect.stringMatching(new RegExp(`^${t.dir}/copies/[0-9a-f]+:/run/tensorbroker:ro$`))]);
       expect(i.HostConfig.Privileged).toBe(false);
     }
     expect(tm.gpuUsage().map((u) => u.model)).toEqual(['gpu-a', 'gpu-a', 'gpu-a', 'gpu-a']);

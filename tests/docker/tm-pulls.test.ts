@@ -55,10 +55,10 @@ d('image pulls from a local registry (127.0.0.1)', () => {
     const anon = new DockerRuntime({ logger, credentialsEnv: { HOME: '/nonexistent' } });
     const err = (await anon.puller.ensure(image, 'always', 30_000).catch((e: unknown) => e)) as BrokerError;
     expect(err).toBeInstanceOf(BrokerError);
-    expect(err.message).toMatch(/cannot pull image .*access denied by the registry \(no credentials found/);
-    const wrong = new DockerRuntime({ logger, credentialsEnv: { TB_REGISTRY_USERNAME: 'tb', TB_REGISTRY_PASSWORD: 'nope' } });
+    expect(err.message).toMatch(/cannot pull image .*access denied by the registry \(no credentials for 127\.0\.0\.1:\d+: set TB_REGISTRY_SERVER/);
+    const wrong = new DockerRuntime({ logger, credentialsEnv: { TB_REGISTRY_SERVER: secure.host, TB_REGISTRY_USERNAME: 'tb', TB_REGISTRY_PASSWORD: 'nope' } });
     await expect(wrong.puller.ensure(image, 'always', 30_000)).rejects.toThrow(/credentials were sent: check them/);
-    const ok = new DockerRuntime({ logger, credentialsEnv: { TB_REGISTRY_USERNAME: user.name, TB_REGISTRY_PASSWORD: user.password } });
+    const ok = new DockerRuntime({ logger, credentialsEnv: { TB_REGISTRY_SERVER: secure.host, TB_REGISTRY_USERNAME: user.name, TB_REGISTRY_PASSWORD: user.password } });
     await ok.puller.ensure(image, 'always', 30_000);
     expect(await ok.puller.present(image)).toBe(true);
     await ok.docker.getImage(image).remove().catch(() => undefined);

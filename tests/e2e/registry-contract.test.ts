@@ -109,7 +109,7 @@ describe.each(stores)('registry contract: %s', (_kind, openAt) => {
       errors: ['model "stub": field "min_replicas" (5) must be <= "max_replicas" (1)'],
     });
     await expect(reg.patch('nope', { batch_size: 2 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
-    await expect(reg.put({ ...reg.get('stub')!, batch_size: 0 }, 'api')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(reg.put({ ...reg.get('stub')!, batch_size: -1 }, 'api')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });
 
   test('precedence across a restart: api entries survive and shadow the file; file entries follow the file', async () => {

@@ -158,7 +158,7 @@ fresh:
   test('a bad entry is reported and skipped; its existing record is left alone', async () => {
     await (await open({ file: file('simple:\n  image: s:1\ngood:\n  image: g:1\n') })).close();
     const f = parseModelsFile('simple:\n  image: s:2\n  batch_size: eight\ngood:\n  image: g:2\n', '/x/models.yaml');
-    expect(f.errors).toEqual(['models file /x/models.yaml: model "simple": field "batch_size" must be an integer >= 1 (got "eight")']);
+    expect(f.errors).toEqual(['models file /x/models.yaml: model "simple": field "batch_size" must be an integer >= 0 (0: a non-batching model) (got "eight")']);
     const reg = await open({ file: f });
     expect(reg.get('good')?.image).toBe('g:2');
     expect(reg.get('simple')?.image).toBe('s:1');
@@ -303,7 +303,7 @@ describe('admin API', () => {
     // Validation errors are 400 with the model and field named.
     res = await app.inject({ method: 'PUT', url: '/admin/models/det', payload: { image: 'x', batch_size: 'eight' }, headers: auth });
     expect(res.statusCode).toBe(400);
-    expect(res.json()).toEqual({ error: 'model "det": field "batch_size" must be an integer >= 1 (got "eight")' });
+    expect(res.json()).toEqual({ error: 'model "det": field "batch_size" must be an integer >= 0 (0: a non-batching model) (got "eight")' });
     res = await app.inject({ method: 'PUT', url: '/admin/models/det', payload: { image: 'x', colour: 'red' }, headers: auth });
     expect(res.statusCode).toBe(400);
     expect(res.json().error).toMatch(/unknown field "colour"/);

@@ -72,7 +72,7 @@ describe('tensorbroker serve: start table, GET /, --help', () => {
       if (!/^simple /m.test(text)) throw new Error(`no table in:\n${text}`);
       expect(text).toMatch(/^MODEL +RUNTIME +PHASE +COPIES$/m);
       expect(text).toMatch(/^simple +process +READY +1\/1$/m);
-      expect(text).toMatch(/^later +process +\w+ \(scaled to zero[^\n]* +0\/0$/m);
+      expect(text).toMatch(/^later +process +UNAVAILABLE \(at-zero: scaled to zero[^\n]* +0\/0$/m);
       const rest = /^REST \(KServe v2\) +(http:\/\/127\.0\.0\.1:\d+)\/v2$/m.exec(text);
       expect(rest).not.toBeNull();
       expect(text).toMatch(/^gRPC \(KServe v2\) +127\.0\.0\.1:\d+$/m);

@@ -23,9 +23,9 @@ describe('tensorbroker validate', () => {
   });
 
   test('bad entries: each named with its problem, the good ones still listed, not ok', async () => {
-    const r = await validateModelsFile(file('bad.yaml', 'models:\n  a:\n    image: a:dev\n  b:\n    batch_size: 0\n  c:\n    colour: red\n'));
+    const r = await validateModelsFile(file('bad.yaml', 'models:\n  a:\n    image: a:dev\n  b:\n    image: b:dev\n    batch_size: -1\n  c:\n    colour: red\n'));
     expect(r.ok).toBe(false);
-    expect(r.text).toMatch(/model "b": field "batch_size" must be an integer >= 1 \(got 0\)/);
+    expect(r.text).toMatch(/model "b": field "batch_size" must be an integer >= 0 \(0: a non-batching model\) \(got -1\)/);
     expect(r.text).toMatch(/model "c"[^\n]*colour/);
     expect(r.text).toContain('ok  a (image a:dev)');
     expect(r.text).toMatch(/: 2 problem\(s\), 1 valid model\(s\)\n$/);

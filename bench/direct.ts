@@ -77,6 +77,8 @@ export class DirectCopy {
       TB_COPY_ID: this.copyId,
       TB_MODEL: this.opts.model,
       TB_HEARTBEAT_MS: '1000',
+      // The bench is a stand-in broker that sends no heartbeats: the copy must not exit for want of them.
+      TB_BROKER_TIMEOUT_MS: '0',
     });
     const timeoutMs = this.opts.readyTimeoutMs ?? 30_000;
     let timer: NodeJS.Timeout | undefined;

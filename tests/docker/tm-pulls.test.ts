@@ -69,6 +69,8 @@ d('image pulls from a local registry (127.0.0.1)', () => {
     await expect(rt.puller.ensure(`${reg.host}/tb/simple:nope`, 'if-missing', 30_000)).rejects.toThrow(/cannot pull image .*simple:nope/);
     const closed = await freePort();
     await expect(rt.puller.ensure(`127.0.0.1:${closed}/tb/x:1`, 'if-missing', 30_000)).rejects.toThrow(/cannot pull image 127\.0\.0\.1:\d+\/tb\/x:1: .*(refused|connect)/i);
+    // Offline, the error says how to get the image without a registry.
+    await expect(rt.puller.ensure(`127.0.0.1:${closed}/tb/x:1`, 'if-missing', 30_000)).rejects.toThrow(/the registry cannot be reached: build the image on this host/);
     // Accepts connections and never answers: only the pull timeout ends it.
     const sockets: net.Socket[] = [];
     const silent = net.createServer((sock) => sockets.push(sock));

@@ -9,7 +9,7 @@
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError } from '../../core/errors';
 import type { InferRequest, InferResult } from '../../core/types';
-import { elementCount, type Tensor, type TensorSpec } from '../../proto/tensor';
+import { elementCount, encodeBytes, type Tensor, type TensorSpec } from '../../proto/tensor';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -97,19 +97,6 @@ function compare(a: number | bigint, b: number | bigint): number {
   return b - a;
 }
 
-/** Encodes strings as a BYTES tensor's raw data (uint32 LE length + bytes each). */
-function bytesData(items: string[]): Buffer {
-  const parts = items.map((s) => Buffer.from(s, 'utf8'));
-  const out = Buffer.allocUnsafe(parts.reduce((n, p) => n + 4 + p.length, 0));
-  let pos = 0;
-  for (const p of parts) {
-    out.writeUInt32LE(p.length, pos);
-    p.copy(out, pos + 4);
-    pos += 4 + p.length;
-  }
-  return out;
-}
-
 /**
  * The top-`count` classes of each row of `t` (first dimension = rows, the
  * rest = classes), as a BYTES tensor [rows, min(count, classes)] of the same
@@ -133,7 +120,7 @@ export function classify(t: Tensor, count: number, labels?: readonly string[]): 
     }
   }
   const shape = t.shape.length === 1 ? [k] : [rows, k];
-  return { name: t.name, datatype: 'BYTES', shape, data: bytesData(items) };
+  return { name: t.name, datatype: 'BYTES', shape, data: encodeBytes(items) };
 }
 
 /**

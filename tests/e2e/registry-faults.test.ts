@@ -108,6 +108,19 @@ async function record(name: string): Promise<{ source?: string; max_wait_ms?: nu
   return text ? (JSON.parse(text) as { source?: string; max_wait_ms?: number }) : null;
 }
 
+/** Lets the load go on for 50 more answers, stops it, and checks every request got exactly one right answer. */
+async function finishLoad(what: string): Promise<void> {
+  const after = answered(load!);
+  await waitFor(() => answered(load!) >= after + 50, 30_000, what);
+  await load!.stop();
+  const l = load!;
+  load = undefined;
+  expect(l.errors).toEqual([]);
+  expect(answered(l)).toBe(l.sent);
+  expect(l.statuses.get(200)).toBe(l.sent);
+  expect(l.wrong).toBe(0);
+}
+
 test('Redis restarted empty under load: nothing is removed, file models are re-seeded, the API model is written back', async () => {
   const args = ['--save', '', '--appendonly', 'no'];
   const { lines } = await setUp(args);
@@ -120,16 +133,7 @@ test('Redis restarted empty under load: nothing is removed, file models are re-s
 
   await waitFor(() => lines.some((l) => l.includes('came back without the model registry')), 30_000, 'the recovery log line');
   await waitFor(async () => (await record('simple'))?.source === 'api' && (await record('other'))?.source === 'file', 20_000, 'records back in Redis');
-  const after = answered(load!);
-  await waitFor(() => answered(load!) >= after + 50, 30_000, 'load after the recovery');
-  await load!.stop();
-  const l = load!;
-  load = undefined;
-
-  expect(l.errors).toEqual([]);
-  expect(answered(l)).toBe(l.sent);
-  expect(l.statuses.get(200)).toBe(l.sent);
-  expect(l.wrong).toBe(0);
+  await finishLoad('load after the recovery');
   expect(await record('simple')).toMatchObject({ source: 'api', max_wait_ms: 1 });
   expect(broker!.running.registry.list().map((s) => s.name)).toEqual(['other', 'simple']);
   const recovery = lines.find((l) => l.includes('came back without the model registry'))!;
@@ -148,16 +152,7 @@ test('Redis restarted with AOF under load: the data comes back, every request is
   expect((await record('simple'))?.source).toBe('api'); // AOF kept it
 
   await waitFor(() => lines.some((l) => l.includes('redis connection back')), 30_000, 'the reconnect');
-  const after = answered(load!);
-  await waitFor(() => answered(load!) >= after + 50, 30_000, 'load after the restart');
-  await load!.stop();
-  const l = load!;
-  load = undefined;
-
-  expect(l.errors).toEqual([]);
-  expect(answered(l)).toBe(l.sent);
-  expect(l.statuses.get(200)).toBe(l.sent);
-  expect(l.wrong).toBe(0);
+  await finishLoad('load after the restart');
   expect(lines.some((l) => l.includes('came back without the model registry'))).toBe(false);
   expect(broker!.running.registry.list().map((s) => [s.name, s.source])).toEqual([
     ['other', 'file'],

@@ -10,9 +10,8 @@ import { writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import Redis from 'ioredis';
-import pino, { type Logger } from 'pino';
+import pino from 'pino';
 import type { RegistryEvent } from '../../core/model-spec';
 import { parseModelsFile } from '../../model-manager/models-file';
 import { RedisModelRegistry, type OpenOptions } from '../../model-manager/redis-registry';
@@ -20,21 +19,11 @@ import { freePort } from '../../bench/procs';
 import { waitFor } from '../helpers/broker';
 import { waitEvent } from '../helpers/events';
 import { startRedisServer, type RedisServer } from '../helpers/redis';
+import { captureLogger } from '../helpers/logs';
 
 const silent = pino({ level: 'silent' });
 const KEY = 'signing-key-' + randomUUID();
 const FILE = parseModelsFile('simple:\n  image: simple:1\n  env: { THREADS: 2 }\nother:\n  image: other:1\n', '/srv/models.yaml');
-
-function captureLogger(): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 let redis: RedisServer;
 let raw: Redis;

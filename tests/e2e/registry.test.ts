@@ -3,7 +3,6 @@
  * events across two brokers, the admin API (inject() and one real listen).
  */
 import { randomUUID } from 'node:crypto';
-import { Writable } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import Redis from 'ioredis';
 import pino, { type Logger } from 'pino';
@@ -13,6 +12,7 @@ import { parseModelsFile } from '../../model-manager/models-file';
 import { RedisModelRegistry, type RegistryFile } from '../../model-manager/redis-registry';
 import type { RegistryEvent } from '../../core/model-spec';
 import { startRedis, type RedisHandle } from '../helpers/redis';
+import { captureLogger } from '../helpers/logs';
 
 // fastify's inject() loads light-my-request, which require()s the ESM-only
 // `cookie` 2.x: Jest's CommonJS runtime cannot load it. inject() only needs
@@ -29,18 +29,6 @@ const opened: RedisModelRegistry[] = [];
 const apps: FastifyInstance[] = [];
 
 const silent = pino({ level: 'silent' });
-
-/** A logger whose lines are kept for assertions. */
-function captureLogger(): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 function file(text: string, path = '/srv/models/models.yaml'): RegistryFile & { errors: string[] } {
   const f = parseModelsFile(text, path);

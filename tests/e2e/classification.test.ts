@@ -82,6 +82,24 @@ describe('REST', () => {
     expect(raw.json.outputs.find((o: { name: string }) => o.name === 'OUT_FP32')).toMatchObject({ datatype: 'FP32', shape: [1, 3], data: [1.5, -2, 2.25] });
   });
 
+  test('binary_data with class_count (tritonclient HTTP\'s default for image_client): the top-k BYTES after the JSON header', async () => {
+    const res = await fetch(`${b.url}/v2/models/classes_file/infer`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 4], data: SCORES[0] }],
+        outputs: [{ name: 'OUTPUT0', parameters: { classification: 2, binary_data: true } }],
+      }),
+    });
+    expect(res.status).toBe(200);
+    const body = Buffer.from(await res.arrayBuffer());
+    const headLength = Number(res.headers.get('inference-header-content-length'));
+    const head = JSON.parse(body.subarray(0, headLength).toString()) as { outputs: { name: string; datatype: string; shape: number[]; parameters: { binary_data_size: number } }[] };
+    expect(head.outputs[0]).toMatchObject({ name: 'OUTPUT0', datatype: 'BYTES', shape: [1, 2] });
+    const bin = body.subarray(headLength);
+    expect(head.outputs[0].parameters.binary_data_size).toBe(bin.length);
+    expect(decodeBytes(bin).map(String)).toEqual(['0.7:1:lime', '0.2:2:plum']);
+  });
+
   test('a bad count, or a BYTES output, is a 400 naming the output', async () => {
     const bad = await postJson(`${b.url}/v2/models/classes/infer`, {
       inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 4], data: SCORES[0] }],

@@ -37,6 +37,8 @@ export interface ModelDescription {
   /** READY metadata of a running copy, else the one kept from the model's last READY; undefined if it never ran. */
   metadata?: ModelMetadata;
   readiness: ModelReadiness;
+  /** Class labels per output from models.yaml (a label file) or the registry; they win over the labels of READY. */
+  labels?: Readonly<Record<string, readonly string[]>>;
 }
 
 /** What every bridge sees of the broker, and nothing more. */
@@ -162,7 +164,7 @@ export class Broker implements BrokerApi {
       name: s.name, version: s.version, stateless: s.stateless, batchSize: s.batch_size, maxWaitMs: s.max_wait_ms,
       timeoutMs: s.timeout_ms, queueCapacity: s.queue_capacity, sequenceIdleMs: s.sequence_idle_ms,
       sequenceBacklog: s.sequence_backlog, maxSequences: s.max_sequences, runOnGpu: s.run_on_gpu, maxReplicas: s.max_replicas,
-      metadata: this.knownMetadata(e), readiness: this.readinessOf(e),
+      metadata: this.knownMetadata(e), readiness: this.readinessOf(e), labels: s.labels,
     };
   }
 

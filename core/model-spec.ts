@@ -16,6 +16,10 @@ const int = (minimum: number, def?: number) =>
 const MAX_MS = 2_147_483_647;
 const ms = (minimum: number, def?: number) =>
   Type.Integer({ minimum, maximum: MAX_MS, ...(def === undefined ? {} : { default: def }), description: `an integer from ${minimum} to ${MAX_MS} (milliseconds)` });
+/** Bounds of one output's class labels (a label file or a list). */
+export const MAX_LABELS = 65_536;
+export const MAX_LABEL_LENGTH = 1024;
+export const LABEL_LIST = Type.Array(Type.String({ maxLength: MAX_LABEL_LENGTH }), { maxItems: MAX_LABELS });
 const bool = (def: boolean) => Type.Boolean({ default: def, description: 'a boolean (true or false)' });
 const opt = <T extends TSchema>(t: T) => Type.Optional(t);
 
@@ -49,6 +53,14 @@ export const SPEC_FIELDS = {
   cwd: opt(Type.String()),
   /** Environment of the copy. */
   env: Type.Record(Type.String(), Type.String(), { default: {}, description: 'a map of NAME: value (string, number or boolean)' }),
+  /**
+   * Class labels per output for classification (Triton's `label_filename`):
+   * the label of class i is item i. models.yaml may name a label file instead
+   * (read when the file is loaded); stored records and the API hold lists only.
+   */
+  labels: opt(Type.Record(Type.String({ minLength: 1 }), LABEL_LIST, {
+    description: `a map of OUTPUT_NAME: list of labels (at most ${MAX_LABELS}, each at most ${MAX_LABEL_LENGTH} characters)`,
+  })),
 
   // Stateful models (stateless: false): sequences pinned to a copy and slot.
   /** Sequence slots per copy; default: the batch size. */

@@ -91,7 +91,7 @@ export function parseModelsFile(text: string, filePath: string): ModelsFile {
       continue;
     }
     seen.add(name);
-    const v = validateEntry(name, raw, { allowCommand: true, source: 'file' });
+    const v = validateEntry(name, raw, { allowCommand: true, source: 'file', labelDir: dir });
     if (v.errors) {
       result.errors.push(...v.errors.map((e) => `models file ${abs}: ${e}`));
       result.invalid.push(name);

@@ -12,7 +12,8 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { ModelSpecSchema, SPEC_FIELDS, type ModelSpec } from '../core/model-spec';
+import { LABEL_LIST, ModelSpecSchema, SPEC_FIELDS, type ModelSpec } from '../core/model-spec';
+import { readLabelFile } from './label-file';
 
 /** Model names: no ':' (the Redis key separator), no leading punctuation, at most 128 chars. */
 export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -28,6 +29,10 @@ const WRITTEN_FORMS = {
   gpus: Type.Array(Type.Union([Type.String({ pattern: '^[A-Za-z0-9-]+$' }), Type.Integer({ minimum: 0 })]), {
     minItems: 1,
     description: SPEC_FIELDS.gpus.description,
+  }),
+  /** A label file path (models.yaml only, checked in validateEntry) or the list itself, per output. */
+  labels: Type.Record(Type.String({ minLength: 1 }), Type.Union([Type.String({ minLength: 1 }), LABEL_LIST]), {
+    description: 'a map of OUTPUT_NAME: label file (models.yaml only; one label per line, line i = class i) or list of labels',
   }),
 };
 
@@ -68,6 +73,12 @@ export interface ValidateOptions {
   requireLaunch?: boolean;
   /** Where the entry comes from (default 'file'). */
   source?: ModelSpec['source'];
+  /**
+   * The folder label file paths in `labels` resolve against: given only for
+   * models.yaml on disk. Without it a path is refused, so the admin API, a
+   * repository load and stored records never make the broker read host files.
+   */
+  labelDir?: string;
 }
 
 export type ValidateResult = { spec: ModelSpec; errors?: undefined } | { errors: string[]; spec?: undefined };
@@ -120,6 +131,23 @@ export function parseCommand(command: string | string[]): string[] {
   return typeof command === 'string' ? command.trim().split(/\s+/) : [...command];
 }
 
+/** Label lists by output: files read from `dir` (models.yaml only), lists bounded. */
+function resolveLabels(written: Record<string, string | string[]>, dir: string | undefined, fail: (msg: string) => void): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const [output, v] of Object.entries(written)) {
+    if (Array.isArray(v)) {
+      out[output] = [...v]; // bounds checked by the entry schema
+    } else if (dir === undefined) {
+      fail(`output ${show(output)} names a label file (${show(v)}): only models.yaml on disk may name files; give the labels as a list`);
+    } else {
+      const r = readLabelFile(dir, v);
+      if (r.error !== undefined) fail(`output ${show(output)}: ${r.error}`);
+      else out[output] = r.labels;
+    }
+  }
+  return out;
+}
+
 /**
  * Validate one raw entry. `raw` may carry `name` (list layouts, API bodies):
  * it must then equal `name`.
@@ -157,16 +185,20 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
         `"address" is Inferoxy's name for "image": give one of them`,
     );
   }
+  const labels = entry.labels !== undefined && Value.Check(ENTRY_FIELDS.labels, entry.labels)
+    ? resolveLabels(entry.labels as Record<string, string | string[]>, opts.labelDir, (m) => errors.push(`${label}: field "labels": ${m}`))
+    : undefined;
   if (errors.length > 0) return { errors };
 
   const e = entry as ModelEntry;
-  const { address, version, env, gpus, command, ...same } = e;
+  const { address, version, env, gpus, command, labels: _labels, ...same } = e;
   const written: Record<string, unknown> = { ...same, name, source: opts.source ?? 'file' };
   if (version !== undefined) written.version = String(version);
   if (env !== undefined) written.env = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]));
   if (gpus !== undefined) written.gpus = gpus.map(String);
   if (command !== undefined) written.command = parseCommand(command);
   if (written.image === undefined && address !== undefined) written.image = address;
+  if (labels !== undefined) written.labels = labels;
   const spec = Value.Default(ModelSpecSchema, written) as ModelSpec;
   if (!Value.Check(ModelSpecSchema, spec)) {
     // The entry schema is derived from the model schema: this is a bug, not bad input.

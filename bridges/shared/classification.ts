@@ -6,7 +6,7 @@
  * precision is lost); ties keep the lower index first. k above the number of
  * classes is cut to it, as Triton does.
  */
-import type { BrokerApi } from '../../core/broker';
+import type { BrokerApi, ModelDescription } from '../../core/broker';
 import { BrokerError } from '../../core/errors';
 import type { InferRequest, InferResult } from '../../core/types';
 import { elementCount, encodeBytes, type Tensor, type TensorSpec } from '../../proto/tensor';
@@ -123,31 +123,36 @@ export function classify(t: Tensor, count: number, labels?: readonly string[]): 
   return { name: t.name, datatype: 'BYTES', shape, data: encodeBytes(items) };
 }
 
-/**
- * Replaces the outputs named in `counts` by their classification (labels from
- * the model's output specs, when it declared any); other outputs unchanged.
- */
-export function applyClassification(outputs: Tensor[], counts: ReadonlyMap<string, number> | undefined, specs?: readonly TensorSpec[]): Tensor[] {
+/** Class labels of each output: the registry's (models.yaml label files) win over those a copy declared in READY. */
+export type LabelSource = (output: string) => readonly string[] | undefined;
+
+/** Replaces the outputs named in `counts` by their classification; other outputs unchanged. */
+export function applyClassification(outputs: Tensor[], counts: ReadonlyMap<string, number> | undefined, labelsOf?: LabelSource): Tensor[] {
   if (!counts || counts.size === 0) return outputs;
   return outputs.map((t) => {
     const k = counts.get(t.name);
     if (k === undefined) return t;
-    return classify(t, k, specs?.find((s) => s.name === t.name)?.labels);
+    return classify(t, k, labelsOf?.(t.name));
   });
+}
+
+/** The labels of a model's outputs: registry first, then the READY output specs. */
+export function modelLabels(registry: ModelDescription['labels'], specs: readonly TensorSpec[] | undefined): LabelSource {
+  return (output) => registry?.[output] ?? specs?.find((s) => s.name === output)?.labels;
 }
 
 /**
  * broker.infer, then the classification of the outputs that asked for it,
- * labelled from the model's reported output specs (READY).
+ * labelled from models.yaml (label files) or else the model's READY output specs.
  */
-export async function inferClassified(broker: Pick<BrokerApi, 'infer' | 'metadata'>, req: InferRequest, counts: ReadonlyMap<string, number> | undefined): Promise<InferResult> {
+export async function inferClassified(broker: Pick<BrokerApi, 'infer' | 'describe'>, req: InferRequest, counts: ReadonlyMap<string, number> | undefined): Promise<InferResult> {
   const result = await broker.infer(req);
   if (!counts || counts.size === 0) return result;
-  let specs: readonly TensorSpec[] | undefined;
+  let d: ModelDescription | undefined;
   try {
-    specs = broker.metadata(result.model, result.version).outputs;
+    d = broker.describe(result.model, result.version);
   } catch {
-    specs = undefined; // no labels known: "value:index" only
+    d = undefined; // the model went away meanwhile: "value:index" only
   }
-  return { ...result, outputs: applyClassification(result.outputs, counts, specs) };
+  return { ...result, outputs: applyClassification(result.outputs, counts, modelLabels(d?.labels, d?.metadata?.outputs)) };
 }

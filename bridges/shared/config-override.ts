@@ -95,6 +95,10 @@ export function configOverridePatch(model: string, configJson: string, current?:
           if (!(cur && sameValue(sv, cur.count))) mapped('instance_group.count', sv);
         } else unchanged(`instance_group[0].${sub}`, sv, cur?.[sub]);
       }
+    } else if (key === 'output' && Array.isArray(v) && v.some((o) => isObject(o) && 'label_filename' in o)) {
+      const i = v.findIndex((o) => isObject(o) && 'label_filename' in o);
+      throw invalid(`config field 'output[${i}].label_filename' is refused: a load never makes the broker read a host file; ` +
+        'name label files in models.yaml (field "labels"), or give the labels as a list through the admin API');
     } else {
       unchanged(key, v, (current as unknown as Record<string, unknown> | undefined)?.[key]);
     }

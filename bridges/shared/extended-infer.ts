@@ -16,7 +16,7 @@ export interface InferExtras extends ShmRefs {
 }
 
 export async function inferExtended(
-  broker: Pick<BrokerApi, 'infer' | 'metadata'>,
+  broker: Pick<BrokerApi, 'infer' | 'describe'>,
   shm: SharedMemoryRegistry | undefined,
   req: InferRequest,
   extras: InferExtras,

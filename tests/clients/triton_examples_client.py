@@ -3,13 +3,15 @@
 
 Makes the calls that Triton's client examples make (simple_grpc_string_infer_client,
 grpc_explicit_int8_content_client, simple_grpc_sequence_sync_infer_client,
-simple_grpc_sequence_stream_infer_client, simple_grpc_shm_client, and image_client's
-class_count on a toy classifier) against the models of
+simple_grpc_sequence_stream_infer_client, simple_grpc_shm_client, image_client's
+class_count on a toy classifier, and simple_grpc_custom_repeat plus tritonclient's
+decoupled loop with enable_empty_final_response against repeat_int32) against the models of
 examples/triton/models.yaml, with stubs generated from proto/*.proto (see
 grpc_client.py), and checks the outputs those scripts check. Written here from
 their logic, not copied. Prints one JSON document; exit code 0 = every check passed.
 
     /usr/bin/python3 tests/clients/triton_examples_client.py --port 8001 [--proto-dir proto]
+        [--repeat-delay-ms 1000 --repeat-wait-ms 1000]   (the custom_repeat script's values)
 """
 import argparse
 import json
@@ -244,12 +246,99 @@ def classification_example(pb, stub, checks, out):
         (np.float32(0.7), 1, "pickle"), (np.float32(0.2), 2, "banana"), (np.float32(0.1), 0, "apple")]
 
 
+def repeat_request(pb, rid, values, delay_ms, wait_ms, outputs, empty_final=None):
+    """A repeat_int32 request as tritonclient builds it: IN INT32 [n], DELAY UINT32 [n], WAIT UINT32 [1]."""
+    req = pb.ModelInferRequest(model_name="repeat_int32", id=rid)
+    tensors = (("IN", "INT32", np.asarray(values, dtype=np.int32)),
+               ("DELAY", "UINT32", np.full(len(values), delay_ms, dtype=np.uint32)),
+               ("WAIT", "UINT32", np.array([wait_ms], dtype=np.uint32)))
+    for name, datatype, arr in tensors:
+        t = req.inputs.add()
+        t.name, t.datatype = name, datatype
+        t.shape.extend([arr.size])
+        req.raw_input_contents.append(arr.tobytes())
+    for name in outputs:
+        req.outputs.add().name = name
+    if empty_final is not None:
+        # tritonclient's async_stream_infer(enable_empty_final_response=True) sets this parameter.
+        req.parameters["triton_enable_empty_final_response"].bool_param = empty_final
+    return req
+
+
+def is_final(response):
+    p = response.parameters.get("triton_final_response")
+    return p is not None and p.bool_param
+
+
+def repeat_values(response, name):
+    outs = outputs_of(response)
+    if name not in outs:
+        return None
+    o, raw = outs[name]
+    return [int(v) for v in np.frombuffer(raw, dtype=np.int32 if o.datatype == "INT32" else np.uint32)]
+
+
+def custom_repeat_example(pb, stub, checks, out, delay_ms, wait_ms):
+    """simple_grpc_custom_repeat: one request on a stream, IN = 100..109, DELAY and WAIT;
+    it reads 10 responses, each OUT holding one value, in order. Without
+    enable_empty_final_response no empty final response follows: after the
+    client half-closes, the stream ends with nothing more."""
+    repeat_count, offset = 10, 100
+    requests = queue.Queue()
+    requests.put(repeat_request(pb, "", list(range(offset, offset + repeat_count)), delay_ms, wait_ms, ["OUT"]))
+    stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=60)
+    got, errors, finals, extra = [], [], [], 0
+    for msg in stream:
+        if len(got) + len(errors) >= repeat_count:
+            extra += 1
+            continue
+        if msg.error_message:
+            errors.append(msg.error_message)
+        else:
+            got.append(repeat_values(msg.infer_response, "OUT"))
+            finals.append(is_final(msg.infer_response))
+        if len(got) + len(errors) == repeat_count:
+            requests.put(None)  # half-close: the stream ends once the request is done
+    out["custom_repeat"] = {"OUT": got, "final_flags": finals, "after_last": extra, "errors": errors}
+    checks["custom_repeat_outputs"] = not errors and got == [[offset + i] for i in range(repeat_count)]
+    checks["custom_repeat_no_empty_final"] = extra == 0 and finals == [False] * repeat_count
+
+
+def decoupled_final_example(pb, stub, checks, out, delay_ms):
+    """tritonclient's decoupled loop (stream with enable_empty_final_response=True, read
+    until each request's response carries triton_final_response): many, one and zero
+    responses on one stream, OUT and IDX requested."""
+    cases = {"many": [4, 5, 6], "one": [9], "zero": []}
+    requests = queue.Queue()
+    for rid, values in cases.items():
+        requests.put(repeat_request(pb, rid, values, delay_ms, 0, ["OUT", "IDX"], empty_final=True))
+    stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=60)
+    seen, errors, open_ids = {rid: [] for rid in cases}, [], set(cases)
+    for msg in stream:
+        if msg.error_message:
+            errors.append(msg.error_message)
+            break
+        r = msg.infer_response
+        seen[r.id].append({"OUT": repeat_values(r, "OUT"), "IDX": repeat_values(r, "IDX"), "final": is_final(r)})
+        if is_final(r):
+            open_ids.discard(r.id)
+            if not open_ids:
+                requests.put(None)
+    out["decoupled_final"] = seen
+    empty_final = {"OUT": None, "IDX": None, "final": True}
+    want = {rid: [{"OUT": [v], "IDX": [i], "final": False} for i, v in enumerate(values)] + [empty_final]
+            for rid, values in cases.items()}
+    checks["decoupled_final_flags"] = not errors and seen == want
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--proto-dir", default=os.path.join(here, "..", "..", "proto"))
+    ap.add_argument("--repeat-delay-ms", type=int, default=1000)
+    ap.add_argument("--repeat-wait-ms", type=int, default=1000)
     args = ap.parse_args()
 
     out = {"checks": {}}
@@ -263,6 +352,8 @@ def main():
         sequence_stream_example(pb, stub, checks, out)
         shm_example(pb, stub, checks, out)
         classification_example(pb, stub, checks, out)
+        custom_repeat_example(pb, stub, checks, out, args.repeat_delay_ms, args.repeat_wait_ms)
+        decoupled_final_example(pb, stub, checks, out, args.repeat_delay_ms)
     out["ok"] = all(checks.values())
     print(json.dumps(out))
     return 0 if out["ok"] else 1

@@ -6,7 +6,9 @@
  * simple_int8 add/sub, and simple_sequence answering INPUT + START for two
  * interleaved sequences on one gRPC stream (int and string ids). Then the
  * independent Python client (tests/clients/triton_examples_client.py, grpcio
- * with stubs from proto/) replays Triton's example scripts against them.
+ * with stubs from proto/) replays Triton's example scripts against them,
+ * including the decoupled repeat_int32 ones (simple_grpc_custom_repeat and the
+ * read-until-final loop with enable_empty_final_response).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -242,9 +244,11 @@ const pythonMissing = probe.status !== 0 ? (probe.error?.message ?? probe.stderr
 if (pythonMissing) console.warn(`Skipping the Python Triton-examples client: ${PYTHON} cannot import grpc, grpc_tools and numpy (${pythonMissing}).`);
 
 (pythonMissing ? describe.skip : describe)('Python grpcio client replaying Triton\'s example scripts', () => {
-  test('string, int8, sync and streamed sequences, system shared memory, classification: every check passes', async () => {
+  test('string, int8, sync and streamed sequences, system shared memory, classification, decoupled repeat_int32: every check passes', async () => {
     const run = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const py = spawn(PYTHON, [path.join(ROOT, 'tests', 'clients', 'triton_examples_client.py'), '--port', String(grpcPort), '--proto-dir', path.join(ROOT, 'proto')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const py = spawn(PYTHON, [path.join(ROOT, 'tests', 'clients', 'triton_examples_client.py'), '--port', String(grpcPort), '--proto-dir', path.join(ROOT, 'proto'),
+        // The custom_repeat script's calls with shorter delays than its 1000 ms (same sequence, a faster test).
+        '--repeat-delay-ms', '20', '--repeat-wait-ms', '50'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       py.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -259,7 +263,10 @@ if (pythonMissing) console.warn(`Skipping the Python Triton-examples client: ${P
       int8_sum: true, int8_diff: true, int8_wrong_version_refused: true,
       sequence_sync: true, sequence_stream: true,
       shm_sum: true, shm_diff: true, shm_unregistered: true, classification: true,
+      custom_repeat_outputs: true, custom_repeat_no_empty_final: true, decoupled_final_flags: true,
     });
+    expect(out.custom_repeat.OUT).toEqual(Array.from({ length: 10 }, (_, i) => [100 + i]));
+    expect(out.decoupled_final.zero).toEqual([{ OUT: null, IDX: null, final: true }]);
     expect(out.classification).toEqual({ datatype: 'BYTES', shape: [2, 3], data: ['0.7:1:pickle', '0.2:2:banana', '0.1:0:apple', '4:2:banana', '3:0:apple', '1:1:pickle'] });
     expect(out.shm_status).toEqual(['input_data', 'output_data']);
     expect(out.string_shape).toEqual([1, 16]);

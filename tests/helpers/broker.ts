@@ -3,7 +3,7 @@
  * temp folder, the chosen runtime, ports picked by the OS. One place owns
  * start and stop so each test reads as its scenario.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -44,6 +44,8 @@ export interface StartOptions {
   models: Record<string, unknown>;
   /** Raw text instead of `models` (e.g. to test a bad file). */
   modelsText?: string;
+  /** Other files written next to models.yaml first (relative path -> content), e.g. label files. */
+  files?: Record<string, string>;
   adminToken?: string;
   /** Reuse a running redis (e.g. a restart test). */
   redis?: RedisHandle;
@@ -58,6 +60,10 @@ export async function startTestBroker(opts: StartOptions): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tb-test-'));
   const redis = opts.redis ?? (await startRedis());
   const modelsPath = path.join(dir, 'models.yaml');
+  for (const [rel, content] of Object.entries(opts.files ?? {})) {
+    await mkdir(path.dirname(path.join(dir, rel)), { recursive: true });
+    await writeFile(path.join(dir, rel), content);
+  }
   await writeFile(modelsPath, opts.modelsText ?? stringify({ models: opts.models }));
   const id = `test-${process.pid}-${++counter}`;
   const config: BrokerConfig = {

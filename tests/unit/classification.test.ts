@@ -1,5 +1,5 @@
 import { BrokerError } from '../../core/errors';
-import { applyClassification, classCount, classify } from '../../bridges/shared/classification';
+import { applyClassification, classCount, classify, modelLabels } from '../../bridges/shared/classification';
 import { decodeBytes } from '../../sdk/node';
 import type { Tensor } from '../../proto/tensor';
 
@@ -61,8 +61,12 @@ describe('classCount', () => {
 
 test('applyClassification replaces only the named outputs, taking labels from the output specs', () => {
   const other: Tensor = { name: 'KEEP', datatype: 'INT32', shape: [1, 1], data: Buffer.alloc(4) };
-  const out = applyClassification([fp32([1, 2], [0.2, 0.8]), other], new Map([['OUT', 1]]), [{ name: 'OUT', datatype: 'FP32', shape: [-1, 2], labels: ['no', 'yes'] }]);
+  const specs = [{ name: 'OUT', datatype: 'FP32' as const, shape: [-1, 2], labels: ['no', 'yes'] }];
+  const out = applyClassification([fp32([1, 2], [0.2, 0.8]), other], new Map([['OUT', 1]]), modelLabels(undefined, specs));
   expect(strings(out[0])).toEqual(['0.8:1:yes']);
+  // labels from models.yaml win over READY's
+  const fromFile = applyClassification([fp32([1, 2], [0.2, 0.8])], new Map([['OUT', 1]]), modelLabels({ OUT: ['neg', 'pos'] }, specs));
+  expect(strings(fromFile[0])).toEqual(['0.8:1:pos']);
   expect(out[1]).toBe(other);
   const same = [other];
   expect(applyClassification(same, undefined)).toBe(same);

@@ -1,3 +1,6 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { parseModelsFile } from '../../model-manager/models-file';
 import { ENTRY_FIELDS, redactSpec, validateEntry } from '../../model-manager/schema';
 import { ModelSpecSchema, SPEC_DEFAULTS, SPEC_FIELDS } from '../../core/model-spec';
@@ -236,6 +239,33 @@ describe('parseModelsFile', () => {
     const f = parseModelsFile('just a string', '/x/m.yaml');
     expect(f.ok).toBe(false);
     expect(f.errors[0]).toMatch(/^models file \/x\/m\.yaml: the top level must be/);
+  });
+});
+
+describe('labels (Triton label files)', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tb-labels-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('a path in models.yaml is read relative to the file: one label per line, a final newline adds none', () => {
+    mkdirSync(path.join(dir, 'l'), { recursive: true });
+    writeFileSync(path.join(dir, 'l', 'a.txt'), 'cat\r\n\ndog\n');
+    const f = parseModelsFile('m:\n  image: x\n  labels: { OUT: l/a.txt, OTHER: [x, y] }\n', path.join(dir, 'models.yaml'));
+    expect(f.errors).toEqual([]);
+    expect(f.specs[0].labels).toEqual({ OUT: ['cat', '', 'dog'], OTHER: ['x', 'y'] });
+  });
+
+  test('a missing file is an error naming the model, the field, the output and the resolved path', () => {
+    const f = parseModelsFile('m:\n  image: x\n  labels: { OUT: nope.txt }\n', path.join(dir, 'models.yaml'));
+    expect(f.specs).toEqual([]);
+    expect(f.errors[0]).toContain(`model "m": field "labels": output "OUT": label file ${path.join(dir, 'nope.txt')} not found`);
+  });
+
+  test('anywhere but models.yaml (API, stored records) a path is refused; lists are bounded', () => {
+    const api = validateEntry('m', { image: 'x', labels: { OUT: '/etc/passwd' } }, { allowCommand: false, source: 'api' });
+    expect(api.errors?.[0]).toContain('field "labels": output "OUT" names a label file ("/etc/passwd"): only models.yaml on disk may name files');
+    expect(validateEntry('m', { image: 'x', labels: { OUT: ['a'] } }, { allowCommand: false, source: 'api' }).spec?.labels).toEqual({ OUT: ['a'] });
+    const long = validateEntry('m', { image: 'x', labels: { OUT: ['x'.repeat(2000)] } }, { allowCommand: false, source: 'api' });
+    expect(long.errors?.[0]).toContain('field "labels" must be');
   });
 });
 

@@ -13,6 +13,7 @@ export function jobServiceOptions(config: BrokerConfig): Partial<JobServiceOptio
     maxQueued: jc.maxQueued ?? config.jobsMaxQueued,
     deadMaxLen: jc.deadMaxLen ?? config.jobsDeadMaxLen,
     liveReserve: parseLiveReserve(jc.liveReserve ?? config.jobsLiveReserve),
+    liveIdleMs: config.jobsLiveIdleMs,
     maxInFlight: jc.maxInFlight ?? config.jobsMaxInFlight,
     inlineMaxBytes: jc.inlineMaxBytes ?? config.jobsInlineMaxBytes,
     workers: config.jobsWorkers,

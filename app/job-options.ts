@@ -39,6 +39,7 @@ export const JOB_OPTIONS = {
   jobsMaxQueued: ['--jobs-max-queued <n>', 'TB_JOBS_MAX_QUEUED', 100_000, whole(1), 'entries per model and priority stream (waiting + running) beyond which a submit gets 429: bounds Redis memory'],
   jobsDeadMaxLen: ['--jobs-dead-max-len <n>', 'TB_JOBS_DEAD_MAX_LEN', 10_000, whole(1), 'dead letters kept per model (the stream is trimmed to this length)'],
   jobsLiveReserve: ['--jobs-live-reserve <share>', 'TB_JOBS_LIVE_RESERVE', '0', liveReserve, 'share of each model\'s capacity jobs never take, kept for live traffic: 0.25, or per model 0.25,ocr=0.5 (0 = jobs use idle capacity)'],
+  jobsLiveIdleMs: ['--jobs-live-idle-ms <ms>', 'TB_JOBS_LIVE_IDLE_MS', 100, whole(0), 'live traffic counts as active this long after its last request: jobs then only join batches with live requests, never make one of their own'],
   jobsMaxInFlight: ['--jobs-max-in-flight <n>', 'TB_JOBS_MAX_IN_FLIGHT', 0, whole(0), 'hard cap on jobs in flight per model and broker (0 = by capacity and the live reserve only)'],
   jobsInlineMaxBytes: ['--jobs-inline-max-bytes <bytes>', 'TB_JOBS_INLINE_MAX_BYTES', 256 * 1024, whole(0), 'job inputs and results larger than this go to the blob folder instead of Redis'],
   jobsBlobDir: ['--jobs-blob-dir <dir>', 'TB_JOBS_BLOB_DIR', '', String, 'folder of large job inputs and results, shared by the brokers of one Redis (default <tmp>/tensorbroker-jobs/<broker-id>, not durable across reboots)'],

@@ -4,7 +4,11 @@
  * is its ready copies times its batch size (rows of one batch each); jobs and
  * live requests together stay within it (jobs use idle capacity), and jobs
  * alone stay within (1 - liveReserve) of it, so a live burst finds that share
- * free at once instead of waiting behind job batches. Pure, for unit tests.
+ * free at once instead of waiting behind job batches. While live traffic is
+ * active (a live request seen in the model within liveIdleMs), jobs start only
+ * alongside live requests that wait, so they ride in the same batches; a
+ * job-only batch is sent only after live traffic paused: a live request then
+ * never waits behind a batch of jobs it could not join. Pure, for unit tests.
  */
 
 /** The live share a model keeps for itself: one default and per-model overrides. */
@@ -32,6 +36,8 @@ export interface ShareInput {
   liveReserve: number;
   /** A hard cap on jobs in flight (0 = none). */
   maxInFlight: number;
+  /** A live request was in the model within the last liveIdleMs. */
+  liveRecently?: boolean;
 }
 
 export function jobSlots(i: ShareInput): number {
@@ -40,6 +46,8 @@ export function jobSlots(i: ShareInput): number {
   if (i.copies === 0) return Math.max(0, Math.min(cap, 1) - i.jobsInFlight);
   const capacity = i.copies * Math.max(1, i.batchSize);
   const live = Math.max(0, i.inScheduler - i.jobsInFlight);
+  // Live traffic active but none waiting now (a gap between its requests): a job now would make a batch of its own.
+  if (live === 0 && i.liveRecently) return 0;
   const jobsMax = Math.floor((1 - i.liveReserve) * capacity);
   // A reserve that leaves jobs less than one row: one job at a time, only while no live request is in the model.
   if (jobsMax === 0) return live === 0 && i.jobsInFlight === 0 ? Math.min(cap, 1) : 0;

@@ -41,6 +41,8 @@ export interface JobServiceOptions {
   maxInFlight?: number;
   /** The share of each model's capacity kept for live traffic. Default 0: jobs use what live traffic leaves idle. */
   liveReserve?: LiveReserve;
+  /** Live traffic counts as active this long after its last request: no job-only batch meanwhile. Default 100 ms. */
+  liveIdleMs?: number;
   /** Entries kept in each model's dead-letter stream. Default 10,000. */
   deadMaxLen?: number;
   /** Told every backlogIntervalMs how many jobs wait per model (the autoscaler counts them). */
@@ -108,6 +110,7 @@ export class JobService implements JobsApi {
       tombstoneMs: TOMBSTONE_MS,
       maxInFlight: opts.maxInFlight ?? 0,
       liveReserve: opts.liveReserve ?? NO_RESERVE,
+      liveIdleMs: opts.liveIdleMs ?? 100,
       inlineMaxBytes: this.inlineMaxBytes,
       deadMaxLen: opts.deadMaxLen ?? 10_000,
     };

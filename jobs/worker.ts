@@ -34,6 +34,8 @@ export interface WorkerContext {
   /** A hard cap on jobs in flight per model and process (0 = by capacity only). */
   maxInFlight: number;
   liveReserve: LiveReserve;
+  /** Live traffic counts as active this long after a live request was last seen in the model. */
+  liveIdleMs: number;
   inlineMaxBytes: number;
   /** Entries kept in a model's dead-letter stream (MAXLEN ~). */
   deadMaxLen: number;
@@ -42,7 +44,7 @@ export interface WorkerContext {
 interface Entry { stream: string; entryId: string; jobId: string }
 
 /** How long to wait before looking at the live queue again while it is busy. */
-const BUSY_POLL_MS = 25;
+const BUSY_POLL_MS = 10;
 const BLOCK_MS = 1000;
 /**
  * Batcher priority of a job's request (core: larger = lower; live requests
@@ -69,6 +71,8 @@ export class ModelWorker {
   /** Entries taken (reclaimed, or read while capacity went away) and not started yet; kept leased. */
   private readonly held: Entry[] = [];
   private wakeUp?: () => void;
+  /** When a live request was last seen in the model (Date.now()). */
+  private liveSeenAt = 0;
   private loop?: Promise<void>;
   private reclaimTimer?: NodeJS.Timeout;
 
@@ -139,6 +143,9 @@ export class ModelWorker {
 
   private slots(): number {
     const l = this.ctx.broker.load().find((x) => x.model === this.model);
+    const now = Date.now();
+    const live = l ? l.queued + l.running - this.inFlight : 0;
+    if (live > 0) this.liveSeenAt = now;
     let batchSize = 1;
     try {
       batchSize = this.ctx.broker.describe(this.model).batchSize;
@@ -148,6 +155,7 @@ export class ModelWorker {
     return jobSlots({
       copies: l ? l.copies ?? 1 : 0, batchSize, inScheduler: l ? l.queued + l.running : 0, jobsInFlight: this.inFlight,
       liveReserve: reserveFor(this.ctx.liveReserve, this.model), maxInFlight: this.ctx.maxInFlight,
+      liveRecently: now - this.liveSeenAt < this.ctx.liveIdleMs,
     });
   }
 

@@ -16,6 +16,12 @@ test('a live reserve keeps its share free of jobs even when live traffic is idle
   expect(jobSlots({ ...base, liveReserve: 0.25, inScheduler: 6 })).toBe(10); // idle capacity is the tighter bound
 });
 
+test('while live traffic is active, jobs start only alongside waiting live requests (never a batch of their own)', () => {
+  expect(jobSlots({ ...base, liveRecently: true })).toBe(0); // a gap between live requests
+  expect(jobSlots({ ...base, liveRecently: true, inScheduler: 3 })).toBe(13); // 3 live waiting: jobs fill their batch
+  expect(jobSlots({ ...base, liveRecently: false })).toBe(16); // live paused: all idle capacity
+});
+
 test('a reserve leaving less than one row: one job at a time, only while no live request is in the model', () => {
   const one = { ...base, copies: 1, batchSize: 1, liveReserve: 0.5 };
   expect(jobSlots(one)).toBe(1);

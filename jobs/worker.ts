@@ -147,13 +147,20 @@ export class ModelWorker {
     const live = l ? l.queued + l.running - this.inFlight : 0;
     if (live > 0) this.liveSeenAt = now;
     let batchSize = 1;
+    let phase = 'ready';
     try {
-      batchSize = this.ctx.broker.describe(this.model).batchSize;
+      const d = this.ctx.broker.describe(this.model);
+      batchSize = d.batchSize;
+      phase = d.readiness.phase;
     } catch {
       // the model is going away: one at a time until the worker stops
     }
+    const copies = l ? l.copies ?? 1 : 0;
+    // No ready copy and not at zero (starting, restarting after a failure, failed): an attempt now would
+    // only burn one of the job's attempts. Wait for a copy (the backlog asks the autoscaler for one).
+    if (copies === 0 && phase !== 'at-zero') return 0;
     return jobSlots({
-      copies: l ? l.copies ?? 1 : 0, batchSize, inScheduler: l ? l.queued + l.running : 0, jobsInFlight: this.inFlight,
+      copies, batchSize, inScheduler: l ? l.queued + l.running : 0, jobsInFlight: this.inFlight,
       liveReserve: reserveFor(this.ctx.liveReserve, this.model), maxInFlight: this.ctx.maxInFlight,
       liveRecently: now - this.liveSeenAt < this.ctx.liveIdleMs,
     });

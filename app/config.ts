@@ -4,6 +4,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { JOB_OPTIONS } from './job-options';
 
 export type RuntimeKind = 'docker' | 'process' | 'auto';
 
@@ -53,6 +54,7 @@ export const OPTIONS = {
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
   tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
   tlsKey: ['--tls-key <file>', 'TB_TLS_KEY', '', String, 'PEM private key of --tls-cert'],
+  ...JOB_OPTIONS,
 } as const;
 
 /**
@@ -77,6 +79,11 @@ export interface JobsConfig {
   resultTtlMs?: number;
   maxInFlight?: number;
   inlineMaxBytes?: number;
+  /** e.g. '0.25,ocr=0.5' (see --jobs-live-reserve). */
+  liveReserve?: string;
+  deadMaxLen?: number;
+  maxQueued?: number;
+  backlogIntervalMs?: number;
 }
 
 export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {

@@ -14,6 +14,7 @@ import { Broker } from '../core/broker';
 import { FolderBlobStore } from '../jobs/blob-store';
 import { registerJobMetrics } from '../jobs/metrics';
 import { JobService } from '../jobs/service';
+import { jobServiceOptions } from './job-config';
 import { jobsRoutes } from '../bridges/rest/jobs-routes';
 import { restRoutes } from '../bridges/rest/routes';
 import { rootRoute } from '../bridges/rest/root';
@@ -221,8 +222,10 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   if ((jc.enabled ?? config.jobsEnabled) && !jobsOn) log.warn({ component: 'jobs' }, 'asynchronous jobs need --redis-url: they stay off');
   const jobs = !jobsOn ? undefined : new JobService({
     redisUrl: config.redisUrl, prefix: config.redisPrefix, broker, logger: log, consumer: `${config.brokerId}-${process.pid}`,
-    blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
-    leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
+    blobs: new FolderBlobStore(jc.blobDir ?? (config.jobsBlobDir || path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId))),
+    ...jobServiceOptions(config),
+    // The autoscaler counts each model's job backlog as well as its live queue (scale from zero included).
+    onBacklog: (model, waiting) => tasks.setBacklog(model, waiting),
   });
   if (jobs) {
     await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });

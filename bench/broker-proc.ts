@@ -30,6 +30,8 @@ export interface BrokerStart {
   /** Models whose readiness to wait for. */
   waitFor: string[];
   readyTimeoutMs?: number;
+  /** More `serve` flags, e.g. ['--jobs', 'true']. */
+  extraArgs?: string[];
 }
 
 /** Pids of the direct children of `pid` (Linux), e.g. the model copies the broker spawned. */
@@ -73,6 +75,7 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
     '--broker-id', `bench-${process.pid}`,
     '--socket-dir', path.join(o.dir, 'sock'),
     '--shutdown-grace-ms', '3000',
+    ...(o.extraArgs ?? []),
   ];
   const h: ChildHandle = spawnChild(process.execPath, args, { ...process.env, TB_LOG_LEVEL: process.env.TB_LOG_LEVEL ?? 'warn' }, o.root);
   const url = `http://${LOOPBACK}:${httpPort}`;

@@ -260,9 +260,9 @@ export class Broker implements BrokerApi {
     await admin.patch(model, patch);
   }
 
-  /** Queue depth and running requests per model, for metrics. */
-  load(): { model: string; queued: number; running: number }[] {
-    return [...this.entries.values()].map((e) => ({ model: e.spec.name, queued: e.scheduler.depth, running: e.scheduler.inFlight }));
+  /** Queue depth, running requests and ready copies per model, for metrics and the job runner's share of capacity. */
+  load(): { model: string; queued: number; running: number; copies: number }[] {
+    return [...this.entries.values()].map((e) => ({ model: e.spec.name, queued: e.scheduler.depth, running: e.scheduler.inFlight, copies: e.copies.ready().length }));
   }
 
   /**

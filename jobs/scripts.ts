@@ -68,7 +68,7 @@ return {'run', tostring(attempts)}
 /**
  * A worker's verdict on its attempt. KEYS: job, result, stream, dead.
  * ARGV: attempt, status (succeeded|failed|queued), now, error, errorCode,
- *       resultPx (when the job has no result_ttl_ms), result ('' = none), resultBlob ('' = none), tombstonePx (the record outlives the result by it), deadReason ('' = none), model, id, resultVersion.
+ *       resultPx (when the job has no result_ttl_ms), result ('' = none), resultBlob ('' = none), tombstonePx (the record outlives the result by it), deadReason ('' = none), model, id, resultVersion, deadMaxLen.
  * Returns 0 when the attempt no longer owns the job (cancelled, or taken over), else 1
  * (for 'queued': the new stream entry id).
  */
@@ -90,7 +90,7 @@ if ARGV[2] == 'succeeded' then
   else redis.call('SET', KEYS[2], ARGV[7], 'PX', ttl) end
 end
 if ARGV[10] ~= '' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'id', ARGV[12], 'model', ARGV[11], 'attempts', ARGV[1], 'reason', ARGV[10])
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[14], '*', 'id', ARGV[12], 'model', ARGV[11], 'attempts', ARGV[1], 'reason', ARGV[10])
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ttl) + tonumber(ARGV[9]))
 return 1

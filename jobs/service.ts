@@ -9,7 +9,9 @@ import { randomBytes } from 'node:crypto';
 import Redis from 'ioredis';
 import type { Logger } from 'pino';
 import { BrokerError } from '../core/errors';
+import { BacklogReporter, type BacklogSink } from './backlog';
 import type { BlobStore } from './blob-store';
+import { NO_RESERVE, type LiveReserve } from './capacity';
 import { decodeTensors, encodeTensors } from './codec';
 import { GROUP, JobKeys } from './keys';
 import { CANCEL, EXPIRE, SUBMIT } from './scripts';
@@ -35,8 +37,18 @@ export interface JobServiceOptions {
   /** Default ttl_seconds (time allowed in the queue). Default 24 h. */
   defaultTtlSeconds?: number;
   defaultMaxAttempts?: number;
-  /** Jobs in flight per model and process. Default 1: jobs use idle capacity only. */
+  /** A hard cap on jobs in flight per model and process. Default 0: none, jobs take their share of capacity (capacity.ts). */
   maxInFlight?: number;
+  /** The share of each model's capacity kept for live traffic. Default 0: jobs use what live traffic leaves idle. */
+  liveReserve?: LiveReserve;
+  /** Live traffic counts as active this long after its last request: no job-only batch meanwhile. Default 100 ms. */
+  liveIdleMs?: number;
+  /** Entries kept in each model's dead-letter stream. Default 10,000. */
+  deadMaxLen?: number;
+  /** Told every backlogIntervalMs how many jobs wait per model (the autoscaler counts them). */
+  onBacklog?: BacklogSink;
+  /** Default 1000 ms. */
+  backlogIntervalMs?: number;
   /** Entries per model stream (waiting + running) beyond which a submit is refused with 429. Default 100,000. */
   maxQueued?: number;
   /** Inputs and results larger than this go to the blob store. Default 256 KiB. */
@@ -65,6 +77,7 @@ export class JobService implements JobsApi {
   private readonly ctx: WorkerContext;
   private syncTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
+  private backlog?: BacklogReporter;
   private stopped = false;
   readonly leaseMs: number;
   readonly resultTtlMs: number;
@@ -95,13 +108,21 @@ export class JobService implements JobsApi {
       leaseMs: this.leaseMs,
       resultTtlMs: this.resultTtlMs,
       tombstoneMs: TOMBSTONE_MS,
-      maxInFlight: opts.maxInFlight ?? 1,
+      maxInFlight: opts.maxInFlight ?? 0,
+      liveReserve: opts.liveReserve ?? NO_RESERVE,
+      liveIdleMs: opts.liveIdleMs ?? 100,
       inlineMaxBytes: this.inlineMaxBytes,
+      deadMaxLen: opts.deadMaxLen ?? 10_000,
     };
   }
 
   /** Starts a worker per model of the broker (followed as models come and go). */
   start(): void {
+    if (this.opts.onBacklog && !this.backlog) {
+      this.backlog = new BacklogReporter(this, () => this.opts.broker.models().map((m) => m.name), this.opts.onBacklog,
+        this.opts.backlogIntervalMs ?? 1000, this.log);
+      this.backlog.start();
+    }
     if (this.opts.workers === false) return;
     const sync = () => {
       if (this.stopped) return;
@@ -137,6 +158,7 @@ export class JobService implements JobsApi {
     this.stopped = true;
     clearInterval(this.syncTimer);
     clearInterval(this.sweepTimer);
+    this.backlog?.stop();
     await Promise.all([...this.workers.values()].map((w) => w.stop()));
     this.workers.clear();
     this.redis.disconnect();

@@ -24,7 +24,10 @@ export type JobPriority = (typeof JOB_PRIORITIES)[number];
 export interface JobBroker {
   infer: BrokerApi['infer'];
   models: BrokerApi['models'];
-  load(): { model: string; queued: number; running: number }[];
+  /** batchSize: rows per batch, for the model's capacity (jobs/capacity.ts). */
+  describe: BrokerApi['describe'];
+  /** copies: ready copies (absent: counted as one). */
+  load(): { model: string; queued: number; running: number; copies?: number }[];
 }
 
 export interface SubmitJob {

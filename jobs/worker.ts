@@ -1,8 +1,10 @@
 /**
  * ModelWorker: drains one model's job streams (high, then normal, then low)
- * through broker.infer(), one consumer of the streams' group. It submits only
- * while the model's live queue is empty and fewer than maxInFlight jobs of
- * its own run, so jobs use idle capacity. Running entries are kept leased
+ * through broker.infer(), one consumer of the streams' group. It starts a job
+ * only while the model has a free share of capacity (capacity.ts: jobs use
+ * what live traffic leaves idle, less the live reserve), and submits it at a
+ * priority below every live request, so jobs batch with each other and with
+ * live requests but never go ahead of them. Running entries are kept leased
  * with XCLAIM heartbeats; entries of dead workers are taken over with
  * XAUTOCLAIM once their lease ran out.
  */
@@ -14,6 +16,7 @@ import type { BlobStore } from './blob-store';
 import { decodeTensors, encodeTensors } from './codec';
 import { GROUP, type JobKeys } from './keys';
 import { FINISH, START } from './scripts';
+import { jobSlots, reserveFor, type LiveReserve } from './capacity';
 import { JOB_PRIORITIES, type JobBroker } from './types';
 
 export interface WorkerContext {
@@ -28,15 +31,26 @@ export interface WorkerContext {
   resultTtlMs: number;
   /** How long a finished job's record outlives its result. */
   tombstoneMs: number;
+  /** A hard cap on jobs in flight per model and process (0 = by capacity only). */
   maxInFlight: number;
+  liveReserve: LiveReserve;
+  /** Live traffic counts as active this long after a live request was last seen in the model. */
+  liveIdleMs: number;
   inlineMaxBytes: number;
+  /** Entries kept in a model's dead-letter stream (MAXLEN ~). */
+  deadMaxLen: number;
 }
 
 interface Entry { stream: string; entryId: string; jobId: string }
 
 /** How long to wait before looking at the live queue again while it is busy. */
-const BUSY_POLL_MS = 25;
+const BUSY_POLL_MS = 10;
 const BLOCK_MS = 1000;
+/**
+ * Batcher priority of a job's request (core: larger = lower; live requests
+ * use 0..n, 0 being the default): below any live priority a client sends.
+ */
+export const JOB_BATCH_PRIORITY = 1_000_000;
 
 /**
  * A failure worth another attempt: the copy died under the batch, the
@@ -57,6 +71,8 @@ export class ModelWorker {
   /** Entries taken (reclaimed, or read while capacity went away) and not started yet; kept leased. */
   private readonly held: Entry[] = [];
   private wakeUp?: () => void;
+  /** When a live request was last seen in the model (Date.now()). */
+  private liveSeenAt = 0;
   private loop?: Promise<void>;
   private reclaimTimer?: NodeJS.Timeout;
 
@@ -120,11 +136,34 @@ export class ModelWorker {
     }
   }
 
-  /** Fewer than maxInFlight jobs of ours run, and no live request waits in the model's queue. */
+  /** A job may start now: the model has a free share of capacity for jobs (capacity.ts). */
   private hasCapacity(): boolean {
-    if (this.inFlight >= this.ctx.maxInFlight) return false;
-    const live = this.ctx.broker.load().find((l) => l.model === this.model);
-    return live === undefined || live.queued === 0;
+    return this.slots() > 0;
+  }
+
+  private slots(): number {
+    const l = this.ctx.broker.load().find((x) => x.model === this.model);
+    const now = Date.now();
+    const live = l ? l.queued + l.running - this.inFlight : 0;
+    if (live > 0) this.liveSeenAt = now;
+    let batchSize = 1;
+    let phase = 'ready';
+    try {
+      const d = this.ctx.broker.describe(this.model);
+      batchSize = d.batchSize;
+      phase = d.readiness.phase;
+    } catch {
+      // the model is going away: one at a time until the worker stops
+    }
+    const copies = l ? l.copies ?? 1 : 0;
+    // No ready copy and not at zero (starting, restarting after a failure, failed): an attempt now would
+    // only burn one of the job's attempts. Wait for a copy (the backlog asks the autoscaler for one).
+    if (copies === 0 && phase !== 'at-zero') return 0;
+    return jobSlots({
+      copies, batchSize, inScheduler: l ? l.queued + l.running : 0, jobsInFlight: this.inFlight,
+      liveReserve: reserveFor(this.ctx.liveReserve, this.model), maxInFlight: this.ctx.maxInFlight,
+      liveRecently: now - this.liveSeenAt < this.ctx.liveIdleMs,
+    });
   }
 
   private pause(ms: number): Promise<void> {
@@ -169,7 +208,7 @@ export class ModelWorker {
     try {
       for (const e of this.held) await this.ctx.redis.xclaim(e.stream, GROUP, this.ctx.consumer, 0, e.entryId, 'JUSTID');
       for (const s of this.streams) {
-        const room = this.ctx.maxInFlight - this.inFlight - this.held.length;
+        const room = this.slots() - this.held.length;
         if (room <= 0) return;
         const r = (await this.ctx.redis.xautoclaim(s, GROUP, this.ctx.consumer, this.ctx.leaseMs, '0-0', 'COUNT', room)) as [string, [string, string[]][]];
         for (const [entryId, fields] of r[1]) {
@@ -223,6 +262,7 @@ export class ModelWorker {
       result = await this.ctx.broker.infer({
         id: `job-${e.jobId}-${attempt}`, model: this.model, version: version || undefined, inputs: decodeTensors(input),
         outputs: outputs ? (JSON.parse(outputs) as string[]) : undefined, timeoutMs: timeoutMs ? Number(timeoutMs) : undefined,
+        priority: JOB_BATCH_PRIORITY + Math.max(0, this.streams.indexOf(e.stream)),
         signal: abort.signal,
       });
     } catch (err) {
@@ -272,7 +312,7 @@ export class ModelWorker {
     const stream = e.stream;
     const owned = await this.ctx.redis.eval(FINISH, 4, keys.job(e.jobId), keys.result(e.jobId), stream, keys.dead(this.model),
       String(attempt), status, String(Date.now()), error?.message ?? '', error?.code ?? '', String(this.ctx.resultTtlMs), data, blob,
-      String(this.ctx.tombstoneMs), dead ?? '', this.model, e.jobId, result?.version ?? '');
+      String(this.ctx.tombstoneMs), dead ?? '', this.model, e.jobId, result?.version ?? '', String(this.ctx.deadMaxLen));
     if (owned === 0) {
       // Cancelled meanwhile, or another worker took the job over: this attempt's result is dropped.
       if (blob) await this.ctx.blobs.delete(blob);

@@ -46,6 +46,8 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
   lastDecision?: string;
   /** The core's last demand report. */
   lastDemand: Load = { queued: 0, running: 0 };
+  /** Jobs waiting for this model (jobs/backlog.ts): counted by the autoscaler like queued requests. */
+  jobBacklog = 0;
   private closing = false;
   private closed?: Promise<void>;
   private phaseSeen?: string;
@@ -95,6 +97,14 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
     // The cold start: requests queue while nothing runs or is wanted.
     if (queued > 0 && this.desired === 0 && !this.closing && !this.unloaded && !this.health.unavailable) {
       this.scaleTo(1, `cold start: ${queued} request(s) queued and the model has no copy`);
+    }
+  }
+
+  /** The model's job backlog: desired copies count it as well as the live queue; a backlog at zero copies starts one. */
+  backlog(waiting: number): void {
+    this.jobBacklog = Math.max(0, waiting);
+    if (waiting > 0 && this.desired === 0 && this.spec.max_replicas > 0 && !this.closing && !this.unloaded && !this.health.unavailable) {
+      this.scaleTo(1, `cold start: ${waiting} job(s) waiting and the model has no copy`);
     }
   }
 
@@ -243,7 +253,7 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
   /** One autoscaler period: decide on the core's last demand, act, reconcile. */
   tick(now = Date.now()): void {
     if (this.closing || this.unloaded || this.health.unavailable) return;
-    const input = scaleInput(this, this.lastDemand, now);
+    const input = scaleInput(this, { queued: this.lastDemand.queued + this.jobBacklog, running: this.lastDemand.running }, now);
     const d = decideScale(input);
     if (d.action !== 'none') this.applyScale(d, input);
     else if (d.reason !== this.lastDecision) {

@@ -155,6 +155,11 @@ export class TaskManager extends EventEmitter<TaskEvents> implements CopySource 
 
   // ---- operator actions and views (by name: the admin API and tests) ----
 
+  /** A model's job backlog (jobs waiting), for its autoscaler; unknown models are ignored. */
+  setBacklog(model: string, waiting: number): void {
+    if (!this.closing) this.controllers.get(model)?.backlog(waiting);
+  }
+
   controller(model: string): ModelController | undefined {
     return this.controllers.get(model);
   }

@@ -223,9 +223,11 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     redisUrl: config.redisUrl, prefix: config.redisPrefix, broker, logger: log, consumer: `${config.brokerId}-${process.pid}`,
     blobs: new FolderBlobStore(jc.blobDir ?? path.join(os.tmpdir(), 'tensorbroker-jobs', config.brokerId)),
     leaseMs: jc.leaseMs, resultTtlMs: jc.resultTtlMs, maxInFlight: jc.maxInFlight, inlineMaxBytes: jc.inlineMaxBytes,
+    webhooks: { ...jc.webhooks, allowHosts: jc.webhooks?.allowHosts ?? config.jobsWebhookHosts, secret: jc.webhooks?.secret ?? config.jobsWebhookSecret },
   });
   if (jobs) {
-    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
+    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken, bodyLimit: config.bodyLimit, maxElements: config.maxElements,
+      timeouts: { idleMs: config.bodyIdleTimeoutMs, totalMs: config.bodyTimeoutMs }, sseHeartbeatMs: jc.sseHeartbeatMs });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }
   return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir };

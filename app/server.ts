@@ -276,6 +276,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     shm,
     access,
     tls,
+    jobs,
   });
   const zmq = await startZmqBridge({
     broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access,

@@ -13,6 +13,7 @@ import { FINAL_STATUSES, type JobView } from './types';
 export class JobEvents {
   private sub?: Redis;
   private ready?: Promise<void>;
+  private closed = false;
   private readonly listeners = new Map<string, Set<() => void>>();
 
   constructor(
@@ -64,7 +65,7 @@ export class JobEvents {
           last = key;
           yield v;
         }
-        if (FINAL_STATUSES.has(v.status) || signal?.aborted) return;
+        if (FINAL_STATUSES.has(v.status) || signal?.aborted || this.closed) return;
         if (!changed) {
           await new Promise<void>((resolve) => {
             const timer = setTimeout(resolve, this.recheckMs);
@@ -75,7 +76,7 @@ export class JobEvents {
           });
           wake = undefined;
         }
-        if (signal?.aborted) return;
+        if (signal?.aborted || this.closed) return;
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);
@@ -84,7 +85,10 @@ export class JobEvents {
     }
   }
 
+  /** Ends every watch (their streams close without a final status: the broker is stopping). */
   close(): void {
+    this.closed = true;
+    for (const set of this.listeners.values()) for (const wake of set) wake();
     this.sub?.disconnect();
   }
 }

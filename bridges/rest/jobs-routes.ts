@@ -18,7 +18,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
 import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
-import { requestRows, validateAgainst } from '../../core/validate';
+import { checkJobInputs, jobModel } from '../shared/job-check';
 import { encodeInferResult } from './infer-body';
 import { inferBodyReader } from './infer-route';
 import { bodyParsers } from './routes';
@@ -105,8 +105,7 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
 
   const submit = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { model, version } = req.params;
-    const desc = broker.describe(model, version); // 404 before looking at the body
-    if (!desc.stateless) throw invalid(`model '${model}' is stateful: jobs run on stateless models only (a job has no sequence)`);
+    const desc = jobModel(broker, model, version); // 404 (or stateful: 400) before looking at the body
     // The job's own options are not the request's (priority=high is a job priority, not the live one).
     const query = (req.query ?? {}) as Record<string, unknown>;
     const decoded = await read(req, Object.fromEntries(Object.entries(query).filter(([k]) => !JOB_KEYS.has(k))));
@@ -119,12 +118,7 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
     if (parsed.classification) throw invalid('a job cannot ask for classification outputs: fetch the tensors and rank them');
     const body = jsonHeader(req.body, req.headers['inference-header-content-length']);
     // Checked now, as /infer would, so a bad input is a 400 here rather than a failed job later.
-    const check = { ...parsed.request, model };
-    const rows = requestRows(check);
-    const meta = desc.metadata;
-    const maxRows = meta && meta.maxBatch > 0 ? Math.min(meta.maxBatch, desc.batchSize) : desc.batchSize;
-    if (meta) validateAgainst(check, meta, rows, maxRows);
-    else if (rows > maxRows) throw invalid(`model '${model}' takes at most ${maxRows} rows per request, got ${rows}`);
+    checkJobInputs(desc, { ...parsed.request, model });
     const rawKey = req.headers['idempotency-key'];
     const { job, replayed } = await jobs.submit({
       model, version, inputs: parsed.request.inputs, outputs: parsed.request.outputs,

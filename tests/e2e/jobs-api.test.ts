@@ -17,11 +17,17 @@ import { FolderBlobStore } from '../../jobs/blob-store';
 import { JobService } from '../../jobs/service';
 import type { JobView } from '../../jobs/types';
 import { HostPolicy } from '../../jobs/webhooks';
+import * as grpc from '@grpc/grpc-js';
+import type { MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import { serviceDefinition } from '../../bridges/grpc/service-definition';
+import { JobService as JobServiceDesc } from '../../proto/gen/jobs_pb';
+import { GrpcTestClient } from '../helpers/grpc-client';
 import { getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const SECRET = 'global-webhook-secret';
 const SLEEPY_SECRET = 'sleepy-webhook-secret';
 const SLOW_MS = 2000;
+const ADMIN = 'jobs-api-admin-token';
 let b: TestBroker;
 let blobDir: string;
 
@@ -68,6 +74,7 @@ beforeAll(async () => {
       'image-info': { command: ['node', modelMain('image-info')], batch_size: 8 },
       motion: { command: ['node', modelMain('motion')], batch_size: 4, stateless: false },
     },
+    adminToken: ADMIN,
     config: {
       jobs: {
         enabled: true, leaseMs: 2000, blobDir, inlineMaxBytes: 64, sseHeartbeatMs: 100,
@@ -324,5 +331,95 @@ describe('webhooks', () => {
     expect(() => policy.checkAddresses('hooks.example.com', ['93.184.216.34'])).not.toThrow();
     expect(() => policy.checkAddresses('hooks.example.com', ['93.184.216.34', '169.254.169.254'])).toThrow(/internal address/);
     expect(() => policy.checkAddresses('hooks.example.com', ['::ffff:192.168.1.1'])).toThrow(/internal address/);
+  });
+});
+
+/** A client of tensorbroker.jobs.v1.JobService over the generated descriptors. */
+const JOBS_DEF = serviceDefinition(JobServiceDesc);
+type JobMethods = typeof JobServiceDesc.method;
+function jobsClient(port: number) {
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const md = (token?: string) => {
+    const m = new grpc.Metadata();
+    if (token) m.set('authorization', `Bearer ${token}`);
+    return m;
+  };
+  return {
+    client,
+    unary<K extends Exclude<keyof JobMethods, 'watch'>>(method: K, req: MessageInitShape<JobMethods[K]['input']>, token?: string): Promise<MessageShape<JobMethods[K]['output']>> {
+      const def = JOBS_DEF[JobServiceDesc.method[method].name];
+      return new Promise((resolve, reject) => {
+        client.makeUnaryRequest(def.path, def.requestSerialize, def.responseDeserialize as (b: Buffer) => MessageShape<JobMethods[K]['output']>, req, md(token), (err, res) => (err ? reject(err) : resolve(res!)));
+      });
+    },
+    async watch(id: string): Promise<string[]> {
+      const def = JOBS_DEF.Watch;
+      const call = client.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, { id }, md());
+      const statuses: string[] = [];
+      for await (const j of call as AsyncIterable<{ status: string }>) statuses.push(j.status);
+      return statuses;
+    },
+  };
+}
+const grpcCode = (p: Promise<unknown>) => p.then(() => 'OK', (e: grpc.ServiceError) => grpc.status[e.code]);
+
+describe('gRPC: tensorbroker.jobs.v1.JobService on the gRPC port', () => {
+  test('submit, watch, fetch (ModelInfer\'s response form), get, cancel, list', async () => {
+    const port = b.running.ports.grpc;
+    const c = jobsClient(port);
+    const infer = new GrpcTestClient(port);
+    try {
+      const request = {
+        modelName: 'simple', id: 'grpc-job-1',
+        inputs: [{ name: 'INPUT0', datatype: 'INT32', shape: [1n, 16n] }, { name: 'INPUT1', datatype: 'INT32', shape: [1n, 16n] }],
+        rawInputContents: [Buffer.from(new Int32Array(row(16, 2)).buffer), Buffer.from(new Int32Array(row(16)).buffer)],
+      };
+      const j = await c.unary('submit', { request, priority: 'high', metadataJson: '{"via":"grpc"}', maxAttempts: 2 });
+      expect(j.id).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      expect(j).toMatchObject({ model: 'simple', priority: 'high', maxAttempts: 2, metadataJson: '{"via":"grpc"}' });
+      const statuses = await c.watch(j.id);
+      expect(statuses[statuses.length - 1]).toBe('succeeded');
+      expect(['queued', 'running', 'succeeded'].filter((s) => statuses.includes(s))).toEqual(statuses);
+      const r = await c.unary('getResult', { id: j.id });
+      expect(r.state).toBe('succeeded');
+      const direct = await infer.unary('modelInfer', request);
+      expect(r.response?.id).toBe('grpc-job-1');
+      expect(r.response?.outputs.map((o) => o.name)).toEqual(direct.outputs.map((o) => o.name));
+      expect(r.response?.rawOutputContents.map((x) => Buffer.from(x))).toEqual(direct.rawOutputContents.map((x) => Buffer.from(x)));
+      expect((await c.unary('get', { id: j.id })).status).toBe('succeeded');
+      // The same job over REST.
+      expect((await job(j.id)).metadata).toEqual({ via: 'grpc' });
+
+      // Cancel while queued (behind a running slow job); its result is gone.
+      await occupySlow();
+      const q = await c.unary('submit', { request: { modelName: 'slow', inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1n, 2n], contents: { fp32Contents: [1, 2] } }] } });
+      expect((await c.unary('cancel', { id: q.id })).status).toBe('cancelled');
+      expect(await c.unary('getResult', { id: q.id })).toMatchObject({ state: 'gone' });
+
+      // Listing needs the admin token.
+      expect(await grpcCode(c.unary('list', { model: 'simple' }))).toBe('UNAUTHENTICATED');
+      const page = await c.unary('list', { model: 'simple', status: 'succeeded', limit: 5 }, ADMIN);
+      expect(page.jobs.some((x) => x.id === j.id)).toBe(true);
+    } finally {
+      c.client.close();
+      infer.client.close();
+    }
+  });
+
+  test('errors map to gRPC codes', async () => {
+    const c = jobsClient(b.running.ports.grpc);
+    try {
+      const input = { name: 'INPUT0', datatype: 'FP32', shape: [1n, 2n], contents: { fp32Contents: [1, 2] } };
+      expect(await grpcCode(c.unary('submit', { request: { modelName: 'nope', inputs: [input] } }))).toBe('NOT_FOUND');
+      expect(await grpcCode(c.unary('submit', {}))).toBe('INVALID_ARGUMENT');
+      expect(await grpcCode(c.unary('submit', { request: { modelName: 'sleepy', inputs: [input] }, priority: 'urgent' }))).toBe('INVALID_ARGUMENT');
+      expect(await grpcCode(c.unary('submit', { request: { modelName: 'sleepy', inputs: [{ ...input, name: 'NOPE' }] } }))).toBe('INVALID_ARGUMENT');
+      expect(await grpcCode(c.unary('submit', { request: { modelName: 'sleepy', inputs: [input] }, webhookUrl: 'http://10.0.0.1/' }))).toBe('INVALID_ARGUMENT');
+      expect(await grpcCode(c.unary('submit', { request: { modelName: 'sleepy', inputs: [input] }, metadataJson: '[1]' }))).toBe('INVALID_ARGUMENT');
+      expect(await grpcCode(c.unary('get', { id: 'AAAAAAAAAAAAAAAAAAAAAA' }))).toBe('NOT_FOUND');
+      expect(await grpcCode(c.watch('AAAAAAAAAAAAAAAAAAAAAA'))).toBe('NOT_FOUND');
+    } finally {
+      c.client.close();
+    }
   });
 });

@@ -22,6 +22,7 @@ import type { MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { serviceDefinition } from '../../bridges/grpc/service-definition';
 import { JobService as JobServiceDesc } from '../../proto/gen/jobs_pb';
 import { GrpcTestClient } from '../helpers/grpc-client';
+import { ZmqClient } from '../../sdk/node/zmq-client';
 import { getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const SECRET = 'global-webhook-secret';
@@ -420,6 +421,55 @@ describe('gRPC: tensorbroker.jobs.v1.JobService on the gRPC port', () => {
       expect(await grpcCode(c.watch('AAAAAAAAAAAAAAAAAAAAAA'))).toBe('NOT_FOUND');
     } finally {
       c.client.close();
+    }
+  });
+});
+
+describe('ZeroMQ: job operations in the client protocol (JobCall), through the Node ZmqClient', () => {
+  test('submit, get, result (outputs as frames, equal to infer), cancel, list with the admin token', async () => {
+    const c = new ZmqClient(b.zmqEndpoint, { timeoutMs: 30_000 });
+    const admin = new ZmqClient(b.zmqEndpoint, { apiKey: ADMIN });
+    try {
+      const inputs = [
+        { name: 'INPUT0', datatype: 'INT32' as const, shape: [1, 16], data: Buffer.from(new Int32Array(row(16, 5)).buffer) },
+        { name: 'INPUT1', datatype: 'INT32' as const, shape: [1, 16], data: Buffer.from(new Int32Array(row(16)).buffer) },
+      ];
+      const j = await c.submitJob('simple', inputs, { priority: 'low', metadata: { via: 'zmq' }, idempotencyKey: `zmq-${Date.now()}` });
+      expect(j.id).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      expect(j).toMatchObject({ model: 'simple', priority: 'low', metadataJson: '{"via":"zmq"}', replayed: false });
+      await waitFor(async () => (await c.getJob(j.id)).status === 'succeeded', 30_000, 'zmq job succeeded');
+      const r = await c.jobResult(j.id);
+      expect(r.job.resultState).toBe('succeeded');
+      const direct = await c.infer('simple', inputs);
+      expect(r.outputs.map((t) => [t.name, t.datatype, t.shape, Buffer.from(t.data)])).toEqual(direct.outputs.map((t) => [t.name, t.datatype, t.shape, Buffer.from(t.data)]));
+      expect((await job(j.id)).metadata).toEqual({ via: 'zmq' }); // the same job over REST
+
+      await occupySlow();
+      const q = await c.submitJob('slow', [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 2], data: Buffer.from(new Float32Array([1, 2]).buffer) }]);
+      expect(q.status).toBe('queued');
+      expect((await c.jobResult(q.id)).job.resultState).toBe('pending');
+      expect((await c.cancelJob(q.id)).status).toBe('cancelled');
+      expect((await c.jobResult(q.id)).job.resultState).toBe('gone');
+
+      await expect(c.listJobs({ model: 'simple' })).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+      const page = await admin.listJobs({ model: 'simple', status: 'succeeded', limit: 1000 });
+      expect(page.jobs.some((x) => x.id === j.id)).toBe(true);
+    } finally {
+      await Promise.all([c.close(), admin.close()]);
+    }
+  });
+
+  test('errors come back as the reply status', async () => {
+    const c = new ZmqClient(b.zmqEndpoint, { timeoutMs: 30_000 });
+    try {
+      const input = { name: 'INPUT0', datatype: 'FP32' as const, shape: [1, 2], data: Buffer.alloc(8) };
+      await expect(c.submitJob('nope', [input])).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      await expect(c.submitJob('sleepy', [{ ...input, name: 'NOPE' }])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      await expect(c.submitJob('sleepy', [input], { webhookUrl: 'ftp://127.0.0.1/' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      await expect(c.submitJob('motion', [input])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      await expect(c.getJob('AAAAAAAAAAAAAAAAAAAAAA')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    } finally {
+      await c.close();
     }
   });
 });

@@ -5,7 +5,9 @@
  * service on the same Redis), and signed webhooks to a loopback receiver
  * (retries, outcome on the job, the host allow-list).
  */
+import { execFile } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -23,7 +25,7 @@ import { serviceDefinition } from '../../bridges/grpc/service-definition';
 import { JobService as JobServiceDesc } from '../../proto/gen/jobs_pb';
 import { GrpcTestClient } from '../helpers/grpc-client';
 import { ZmqClient } from '../../sdk/node/zmq-client';
-import { getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
+import { ROOT, getJson, modelMain, postJson, row, simpleBody, sleepyModel, simpleModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const SECRET = 'global-webhook-secret';
 const SLEEPY_SECRET = 'sleepy-webhook-secret';
@@ -280,7 +282,7 @@ describe('webhooks', () => {
     }
   });
 
-  test('a per-model secret; a failed job notifies too; a receiver that keeps failing: failed after max attempts', async () => {
+  test('a per-model secret; a receiver that keeps failing: failed after max attempts; a cancelled job notifies too', async () => {
     const rec = await receiver(100);
     try {
       const r = await postJson(`${b.url}/v2/models/sleepy/jobs`, { ...sleepyBody(), webhook_url: rec.url });
@@ -470,6 +472,75 @@ describe('ZeroMQ: job operations in the client protocol (JobCall), through the N
       await expect(c.getJob('AAAAAAAAAAAAAAAAAAAAAA')).rejects.toMatchObject({ code: 'NOT_FOUND' });
     } finally {
       await c.close();
+    }
+  });
+});
+
+describe('Python client (sdk/python tensorbroker_client): job operations', () => {
+  test('submit_job, get_job, job_result, list_jobs (admin token as api_key)', async () => {
+    const script = `
+import json, sys, time
+import numpy as np
+sys.path.insert(0, ${JSON.stringify(path.join(ROOT, 'sdk', 'python'))})
+from tensorbroker_client import Client, TensorBrokerError
+c = Client(sys.argv[1])
+a = np.arange(16, dtype=np.int32).reshape(1, 16)
+j = c.submit_job("simple", {"INPUT0": a, "INPUT1": a}, priority="high", metadata={"via": "python"})
+deadline = time.monotonic() + 30
+while c.get_job(j["id"])["status"] != "succeeded":
+    assert time.monotonic() < deadline, "job not done"
+    time.sleep(0.05)
+r = c.job_result(j["id"])
+direct = c.infer("simple", {"INPUT0": a, "INPUT1": a})
+same = all(np.array_equal(r["outputs"][k], direct[k]) for k in direct)
+try:
+    c.list_jobs(model="simple")
+    listing = "allowed"
+except TensorBrokerError as e:
+    listing = e.code
+admin = Client(sys.argv[1], api_key=sys.argv[2])
+listed = any(x["id"] == j["id"] for x in admin.list_jobs(model="simple", limit=1000)["jobs"])
+try:
+    c.get_job("AAAAAAAAAAAAAAAAAAAAAA")
+    unknown = "found"
+except TensorBrokerError as e:
+    unknown = e.code
+print(json.dumps({"job": j, "state": r["job"]["result_state"], "same": same, "listing": listing, "listed": listed, "unknown": unknown}))
+`;
+    const { stdout } = await promisify(execFile)('/usr/bin/python3', ['-c', script, b.zmqEndpoint, ADMIN], { timeout: 60_000 });
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+    expect(out).toMatchObject({ state: 'succeeded', same: true, listing: 'UNAUTHENTICATED', listed: true, unknown: 'NOT_FOUND' });
+    expect(out.job).toMatchObject({ model: 'simple', priority: 'high', metadata_json: '{"via":"python"}' });
+  });
+});
+
+describe('access: jobs follow the inference rules on every bridge (API keys)', () => {
+  test('without a key: refused on REST, SSE, gRPC and ZeroMQ; with one: served', async () => {
+    const KEY = 'jobs-api-key-1';
+    const k = await startTestBroker({ models: { simple: simpleModel() }, config: { apiKeys: [KEY], jobs: { enabled: true, blobDir } } });
+    const c = jobsClient(k.running.ports.grpc);
+    const anon = new ZmqClient(k.zmqEndpoint, { timeoutMs: 30_000 });
+    const keyed = new ZmqClient(k.zmqEndpoint, { timeoutMs: 30_000, apiKey: KEY });
+    try {
+      await waitReady(k, 'simple');
+      const body = simpleBody([row(16)], [row(16)]);
+      expect((await postJson(`${k.url}/v2/models/simple/jobs`, body)).status).toBe(401);
+      const ok = await postJson(`${k.url}/v2/models/simple/jobs`, body, { 'x-api-key': KEY });
+      expect(ok.status).toBe(202);
+      expect((await fetch(`${k.url}/v2/jobs/${ok.json.id}/events`)).status).toBe(401);
+      const events = await fetch(`${k.url}/v2/jobs/${ok.json.id}/events`, { headers: { 'x-api-key': KEY } });
+      expect(events.status).toBe(200);
+      await events.body?.cancel();
+      expect(await grpcCode(c.unary('get', { id: ok.json.id }))).toBe('UNAUTHENTICATED');
+      expect(await grpcCode(c.unary('get', { id: ok.json.id }, KEY))).toBe('OK');
+      await expect(anon.getJob(ok.json.id)).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+      expect((await keyed.getJob(ok.json.id)).id).toBe(ok.json.id);
+      // An API key is not the admin token: listing stays refused.
+      await expect(keyed.listJobs()).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    } finally {
+      c.client.close();
+      await Promise.all([anon.close(), keyed.close()]);
+      await k.stop();
     }
   });
 });

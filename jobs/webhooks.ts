@@ -110,7 +110,7 @@ export class HostPolicy {
   }
 
   /** Throws unless every address is public or listed. */
-  checkAddresses(host: string, addresses: string[]): void {
+  checkAddresses(addresses: string[]): void {
     if (addresses.length === 0) throw invalid(`the host of 'webhook_url' has no address`);
     for (const a of addresses) {
       const p = plain(a);
@@ -118,7 +118,6 @@ export class HostPolicy {
         throw invalid(`the host of 'webhook_url' resolves to an internal address (${a}) that is not on the allowed list`);
       }
     }
-    void host;
   }
 
   /** Resolves the URL's host and checks its addresses; the first one is where a delivery connects. */
@@ -133,7 +132,7 @@ export class HostPolicy {
         throw invalid(`the host of 'webhook_url' does not resolve (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
       }
     }
-    this.checkAddresses(host, found.map((f) => f.address));
+    this.checkAddresses(found.map((f) => f.address));
     return { address: found[0].address, family: found[0].family === 6 ? 6 : 4 };
   }
 

@@ -331,9 +331,9 @@ describe('webhooks', () => {
     await expect(new HostPolicy(['8.8.8.8']).check('https://[::ffff:127.0.0.1]/x')).rejects.toThrow(/not on the allowed list/);
     await expect(new HostPolicy([]).check('https://8.8.8.8/x')).rejects.toThrow(/webhooks are off/);
     const policy = new HostPolicy(['hooks.example.com']);
-    expect(() => policy.checkAddresses('hooks.example.com', ['93.184.216.34'])).not.toThrow();
-    expect(() => policy.checkAddresses('hooks.example.com', ['93.184.216.34', '169.254.169.254'])).toThrow(/internal address/);
-    expect(() => policy.checkAddresses('hooks.example.com', ['::ffff:192.168.1.1'])).toThrow(/internal address/);
+    expect(() => policy.checkAddresses(['93.184.216.34'])).not.toThrow();
+    expect(() => policy.checkAddresses(['93.184.216.34', '169.254.169.254'])).toThrow(/internal address/);
+    expect(() => policy.checkAddresses(['::ffff:192.168.1.1'])).toThrow(/internal address/);
   });
 });
 

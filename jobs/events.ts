@@ -8,7 +8,10 @@
  */
 import Redis from 'ioredis';
 import type { Logger } from 'pino';
+import { BrokerError } from '../core/errors';
 import { FINAL_STATUSES, type JobView } from './types';
+
+const SUBSCRIBE_TIMEOUT_MS = 5000;
 
 export class JobEvents {
   private sub?: Redis;
@@ -55,7 +58,7 @@ export class JobEvents {
     const onAbort = () => wake?.();
     signal?.addEventListener('abort', onAbort);
     try {
-      await this.connect(); // subscribed before the first read: no change falls between the two
+      await this.subscribed(); // subscribed before the first read: no change falls between the two
       let last = '';
       for (;;) {
         changed = false;
@@ -82,6 +85,18 @@ export class JobEvents {
       signal?.removeEventListener('abort', onAbort);
       set.delete(poke);
       if (set.size === 0) this.listeners.delete(id);
+    }
+  }
+
+  /** The subscription, or UNAVAILABLE when Redis does not confirm it in time (a watch must answer). */
+  private async subscribed(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([this.connect(), new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new BrokerError('UNAVAILABLE', 'job events are not available: Redis does not answer', { retryAfterMs: 1000 })), SUBSCRIBE_TIMEOUT_MS);
+      })]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -19,6 +19,7 @@ import { FolderBlobStore } from '../../jobs/blob-store';
 import { JobService } from '../../jobs/service';
 import type { JobView } from '../../jobs/types';
 import { HostPolicy } from '../../jobs/webhooks';
+import { JobEvents } from '../../jobs/events';
 import * as grpc from '@grpc/grpc-js';
 import type { MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { serviceDefinition } from '../../bridges/grpc/service-definition';
@@ -239,6 +240,16 @@ describe('GET /v2/jobs/{id}/events', () => {
     expect((await readEvents(`${b.url}/v2/jobs/${r.json.id}/events`)).events.map((e) => e.data.status)).toEqual(['cancelled']);
     const unknown = await fetch(`${b.url}/v2/jobs/AAAAAAAAAAAAAAAAAAAAAA/events`);
     expect(unknown.status).toBe(404);
+  });
+
+  test('without Redis a watch answers UNAVAILABLE rather than hanging', async () => {
+    const dead = new JobEvents('redis://127.0.0.1:1', 'tb:jobs:events', pino({ level: 'silent' }));
+    try {
+      const it = dead.watch('AAAAAAAAAAAAAAAAAAAAAA', () => Promise.reject(new Error('not reached')))[Symbol.asyncIterator]();
+      await expect(it.next()).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    } finally {
+      dead.close();
+    }
   });
 
   test('changes made by another broker on the same Redis are seen (pub/sub, not process memory)', async () => {

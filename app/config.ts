@@ -5,6 +5,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { JOB_OPTIONS } from './job-options';
+import type { WebhookOptions } from '../jobs/webhooks';
 
 export type RuntimeKind = 'docker' | 'process' | 'auto';
 
@@ -50,6 +51,7 @@ export const OPTIONS = {
   maxMemoryMb: ['--max-memory-mb <mb>', 'TB_MAX_MEMORY_MB', 0, parseCount, 'global cap on the sum of memory_mb of copies (0 = none)'],
   autoscaleIntervalMs: ['--autoscale-interval-ms <ms>', 'TB_AUTOSCALE_INTERVAL_MS', 1000, parsePositive, 'how often the autoscaler looks at the queues'],
   jobsEnabled: ['--jobs <bool>', 'TB_JOBS', false, parseBool, 'asynchronous jobs on Redis Streams (POST /v2/models/{m}/jobs; needs --redis-url)'],
+  jobsWebhookHosts: ['--jobs-webhook-hosts <hosts>', 'TB_JOBS_WEBHOOK_HOSTS', [] as string[], parseList, 'hosts job webhooks may go to: names, IPs or CIDRs (none: webhook_url is refused)'],
   registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
   tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
@@ -65,6 +67,7 @@ export const SECRETS = {
   adminToken: 'TB_ADMIN_TOKEN',
   redisSigningKey: 'TB_REDIS_SIGNING_KEY',
   registryPassword: 'TB_REGISTRY_PASSWORD',
+  jobsWebhookSecret: 'TB_JOBS_WEBHOOK_SECRET',
 } as const;
 
 type Options = typeof OPTIONS;
@@ -84,6 +87,10 @@ export interface JobsConfig {
   deadMaxLen?: number;
   maxQueued?: number;
   backlogIntervalMs?: number;
+  /** Webhooks (jobs/webhooks.ts); allowHosts and secret default to TB_JOBS_WEBHOOK_HOSTS and TB_JOBS_WEBHOOK_SECRET. */
+  webhooks?: WebhookOptions;
+  /** SSE heartbeat of GET /v2/jobs/{id}/events. Default 15 s. */
+  sseHeartbeatMs?: number;
 }
 
 export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {

@@ -226,9 +226,11 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     ...jobServiceOptions(config),
     // The autoscaler counts each model's job backlog as well as its live queue (scale from zero included).
     onBacklog: (model, waiting) => tasks.setBacklog(model, waiting),
+    webhooks: { ...jc.webhooks, allowHosts: jc.webhooks?.allowHosts ?? config.jobsWebhookHosts, secret: jc.webhooks?.secret ?? config.jobsWebhookSecret },
   });
   if (jobs) {
-    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
+    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken, bodyLimit: config.bodyLimit, maxElements: config.maxElements,
+      timeouts: { idleMs: config.bodyIdleTimeoutMs, totalMs: config.bodyTimeoutMs }, sseHeartbeatMs: jc.sseHeartbeatMs });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }
   return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir };
@@ -277,10 +279,11 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     shm,
     access,
     tls,
+    jobs,
   });
   const zmq = await startZmqBridge({
     broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access,
-    closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }),
+    closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }), jobs,
   });
   log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 

@@ -6,11 +6,28 @@
  */
 
 /**
+ * Every status change is announced: PUBLISH '<id> <status>' on <base>events
+ * (SSE and gRPC Watch, jobs/events.ts), and a job with a webhook that reaches
+ * a final status is put in the <base>webhooks due set (jobs/webhooks.ts). In
+ * the same script as the change, so no change goes unannounced.
+ */
+const NOTIFY = `
+local function notify(key, status)
+  local base, id = string.match(key, '^(.*)job:([^:]+)$')
+  redis.call('PUBLISH', base .. 'events', id .. ' ' .. status)
+  if status ~= 'queued' and status ~= 'running' and redis.call('HEXISTS', key, 'webhook_url') == 1 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', base .. 'webhooks', 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
+  end
+end
+`;
+
+/**
  * KEYS: idem, job, stream, index. ARGV: useIdem, idemPx, maxQueued, id, jobKeyPrefix, hashPx, createdAt, field, value, ...
  * The index (a sorted set of every job by creation time, for listing) is trimmed of ids older than hashPx.
  * Returns {'existing', id} | {'full'} | {'new', entryId}.
  */
-export const SUBMIT = `
+export const SUBMIT = `${NOTIFY}
 if ARGV[1] == '1' then
   local ex = redis.call('GET', KEYS[1])
   if ex and redis.call('EXISTS', ARGV[5] .. ex) == 1 then return {'existing', ex} end
@@ -24,6 +41,7 @@ local now = tonumber(ARGV[7])
 redis.call('ZADD', KEYS[4], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[2]) end
+notify(KEYS[2], 'queued')
 return {'new', eid}
 `;
 
@@ -31,12 +49,13 @@ return {'new', eid}
  * A queued job past its queue deadline (before any attempt) becomes expired.
  * KEYS: job. ARGV: now. Returns 1 when it expired now.
  */
-const EXPIRE_IF_DUE = `
+const EXPIRE_IF_DUE = `${NOTIFY}
 local function expire_if_due(key, now)
   local f = redis.call('HMGET', key, 'status', 'attempts', 'expires_at')
   if f[1] == 'queued' and tonumber(f[2] or '0') == 0 and tonumber(now) > tonumber(f[3]) then
     redis.call('HSET', key, 'status', 'expired', 'finished_at', now, 'last_error', 'the job waited longer than its ttl_seconds in the queue and was never run')
     redis.call('HDEL', key, 'input')
+    notify(key, 'expired')
     return 1
   end
   return 0
@@ -62,6 +81,7 @@ local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if attempts >= tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) then return {'exhausted', tostring(attempts)} end
 attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_at', ARGV[1], 'worker', ARGV[2])
+notify(KEYS[1], 'running')
 return {'run', tostring(attempts)}
 `;
 
@@ -72,12 +92,13 @@ return {'run', tostring(attempts)}
  * Returns 0 when the attempt no longer owns the job (cancelled, or taken over), else 1
  * (for 'queued': the new stream entry id).
  */
-export const FINISH = `
+export const FINISH = `${NOTIFY}
 local f = redis.call('HMGET', KEYS[1], 'status', 'attempts')
 if f[1] ~= 'running' or f[2] ~= ARGV[1] then return 0 end
 if ARGV[2] == 'queued' then
   local eid = redis.call('XADD', KEYS[3], '*', 'id', ARGV[12])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[4], 'error_code', ARGV[5], 'entry', eid)
+  notify(KEYS[1], 'queued')
   return eid
 end
 local now = tonumber(ARGV[3])
@@ -93,19 +114,21 @@ if ARGV[10] ~= '' then
   redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[14], '*', 'id', ARGV[12], 'model', ARGV[11], 'attempts', ARGV[1], 'reason', ARGV[10])
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ttl) + tonumber(ARGV[9]))
+notify(KEYS[1], ARGV[2])
 return 1
 `;
 
 /**
  * Cancel. KEYS: job. ARGV: now, hashPx. Returns the status after the call, or false for no job.
  */
-export const CANCEL = `
+export const CANCEL = `${NOTIFY}
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return false end
 if s == 'queued' or s == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'last_error', 'cancelled by the client')
   redis.call('HDEL', KEYS[1], 'input')
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  notify(KEYS[1], 'cancelled')
   return 'cancelled'
 end
 return s

@@ -20,6 +20,8 @@ import {
   type JobPage, type JobView, type ListQuery, type QueueInfo, type SubmitJob, JOB_STATUSES,
 } from './types';
 import { ModelWorker, type WorkerContext } from './worker';
+import { JobEvents } from './events';
+import { WebhookDispatcher, type WebhookOptions } from './webhooks';
 
 export interface JobServiceOptions {
   redisUrl: string;
@@ -55,6 +57,8 @@ export interface JobServiceOptions {
   inlineMaxBytes?: number;
   /** Run workers (false: this process only accepts and answers jobs). Default true. */
   workers?: boolean;
+  /** Webhooks of finished jobs (allow-list, secrets, retries): jobs/webhooks.ts. */
+  webhooks?: WebhookOptions;
 }
 
 const MAX_TTL_S = 30 * 24 * 3600;
@@ -63,7 +67,8 @@ const MAX_METADATA_BYTES = 4096;
 /** How long a finished job's record outlives its result, so a late fetch gets 410 rather than 404. */
 const TOMBSTONE_MS = 24 * 3600 * 1000;
 const VIEW_FIELDS = ['id', 'status', 'model', 'version', 'priority', 'attempts', 'max_attempts', 'created_at', 'expires_at', 'started_at',
-  'finished_at', 'result_expires_at', 'last_error', 'error_code', 'metadata', 'reply', 'result_blob', 'result_version', 'result_ttl_ms'] as const;
+  'finished_at', 'result_expires_at', 'last_error', 'error_code', 'metadata', 'reply', 'result_blob', 'result_version', 'result_ttl_ms',
+  'webhook_url', 'webhook_state', 'webhook_attempts', 'webhook_last_status'] as const;
 const ID = /^[A-Za-z0-9_-]{22}$/;
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -85,6 +90,8 @@ export class JobService implements JobsApi {
   private readonly defaultMaxAttempts: number;
   private readonly maxQueued: number;
   private readonly inlineMaxBytes: number;
+  private readonly events: JobEvents;
+  readonly webhooks: WebhookDispatcher;
 
   constructor(private readonly opts: JobServiceOptions) {
     this.keys = new JobKeys(`${opts.prefix}jobs:`);
@@ -114,6 +121,8 @@ export class JobService implements JobsApi {
       inlineMaxBytes: this.inlineMaxBytes,
       deadMaxLen: opts.deadMaxLen ?? 10_000,
     };
+    this.events = new JobEvents(opts.redisUrl, `${this.keys.base}events`, this.log);
+    this.webhooks = new WebhookDispatcher({ redis: this.redis, dueKey: `${this.keys.base}webhooks`, jobKey: (id) => this.keys.job(id), log: this.log.child({ part: 'webhooks' }) }, opts.webhooks ?? {});
   }
 
   /** Starts a worker per model of the broker (followed as models come and go). */
@@ -124,6 +133,7 @@ export class JobService implements JobsApi {
       this.backlog.start();
     }
     if (this.opts.workers === false) return;
+    if (!this.webhooks.policy.empty) this.webhooks.start();
     const sync = () => {
       if (this.stopped) return;
       const names = new Set(this.opts.broker.models().map((m) => m.name));
@@ -160,7 +170,9 @@ export class JobService implements JobsApi {
     clearInterval(this.sweepTimer);
     this.backlog?.stop();
     await Promise.all([...this.workers.values()].map((w) => w.stop()));
+    await this.webhooks.stop();
     this.workers.clear();
+    this.events.close();
     this.redis.disconnect();
   }
 
@@ -179,6 +191,12 @@ export class JobService implements JobsApi {
     const idem = job.idempotencyKey;
     if (idem !== undefined && !/^[\x21-\x7e]{1,255}$/.test(idem)) throw invalid('the Idempotency-Key must be 1 to 255 visible ASCII characters');
 
+    let webhook: string | undefined;
+    if (job.webhookUrl !== undefined) {
+      if (!this.webhooks.secretFor(job.model)) throw invalid(`webhooks need a signing secret, and none is configured for model '${job.model}' (jobs.webhooks.secret, TB_JOBS_WEBHOOK_SECRET)`);
+      webhook = (await this.webhooks.policy.check(job.webhookUrl)).href;
+    }
+
     const id = randomBytes(16).toString('base64url'); // 128 random bits
     const now = Date.now();
     const input = encodeTensors(job.inputs);
@@ -191,6 +209,7 @@ export class JobService implements JobsApi {
       'result_ttl_ms', String(this.resultTtlMs),
       'reply', job.reply ? JSON.stringify(job.reply) : '', 'outputs', job.outputs ? JSON.stringify(job.outputs) : '',
       ...(blob ? ['input_blob', blob] : ['input', input]),
+      ...(webhook ? ['webhook_url', webhook, 'webhook_state', 'pending', 'webhook_attempts', '0'] : []),
     ];
     const ttlMs = ttlS * 1000;
     const r = (await this.redis.eval(SUBMIT, 4,
@@ -308,6 +327,10 @@ export class JobService implements JobsApi {
     return { jobs, next_cursor: last ? `${last.score}.${last.id}` : undefined };
   }
 
+  watch(id: string, signal?: AbortSignal): AsyncIterable<JobView> {
+    return this.events.watch(id, (j) => this.get(j), signal);
+  }
+
   /** The job's fields, after turning a queued job past its ttl into expired. */
   private async fields(id: string): Promise<Record<string, string>> {
     this.checkId(id);
@@ -340,5 +363,9 @@ function view(f: Record<string, string>): JobView {
   if (f.result_expires_at && FINAL_STATUSES.has(v.status)) v.result_expires_at = iso(f.result_expires_at);
   if (f.last_error) v.last_error = f.last_error;
   if (f.metadata) v.metadata = JSON.parse(f.metadata) as Record<string, unknown>;
+  if (f.webhook_url) {
+    v.webhook = { state: (f.webhook_state || 'pending') as NonNullable<JobView['webhook']>['state'], attempts: Number(f.webhook_attempts || 0) };
+    if (f.webhook_last_status) v.webhook.last_status = f.webhook_last_status;
+  }
   return v;
 }

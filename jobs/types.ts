@@ -42,6 +42,8 @@ export interface SubmitJob {
   maxAttempts?: number;
   metadata?: Record<string, unknown>;
   idempotencyKey?: string;
+  /** POSTed (signed) when the job is final: http(s), a host on the allow-list (jobs/webhooks.ts). */
+  webhookUrl?: string;
   /** Opaque to the service: how the bridge will answer the result (client id, binary outputs). */
   reply?: Record<string, unknown>;
 }
@@ -62,6 +64,8 @@ export interface JobView {
   result_expires_at?: string;
   last_error?: string;
   metadata?: Record<string, unknown>;
+  /** The webhook's outcome so far (jobs with a webhook_url). */
+  webhook?: { state: 'pending' | 'retrying' | 'delivered' | 'failed'; attempts: number; last_status?: string };
 }
 
 export type JobResult =
@@ -104,4 +108,6 @@ export interface JobsApi {
   queue(model: string): Promise<QueueInfo>;
   /** Every job, newest first (an admin operation: the bridge checks the admin token). */
   list(q: ListQuery): Promise<JobPage>;
+  /** The job now, then at each status change, until a final status (jobs/events.ts); NOT_FOUND first. */
+  watch(id: string, signal?: AbortSignal): AsyncIterable<JobView>;
 }

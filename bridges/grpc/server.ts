@@ -10,6 +10,8 @@ import { AccessControl } from '../shared/access';
 import { applyGrpcJsFixes } from './grpcjs-fixes';
 import { createHandlers } from './handlers';
 import { SERVER_SERVICE } from './service-definition';
+import { addJobService } from './jobs-service';
+import type { JobsApi } from '../../jobs/types';
 
 export interface GrpcBridgeOptions {
   broker: BrokerApi;
@@ -29,6 +31,8 @@ export interface GrpcBridgeOptions {
   tls?: { cert: Buffer; key: Buffer };
   /** ModelStreamInfer: requests in flight per stream before the stream stops reading (default 64). */
   streamWindow?: number;
+  /** Asynchronous jobs: serves tensorbroker.jobs.v1.JobService too (jobs-service.ts). */
+  jobs?: JobsApi;
 }
 
 export interface GrpcBridge {
@@ -55,6 +59,7 @@ export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBrid
     shm: opts.shm,
   });
   server.addService(SERVER_SERVICE, handlers as unknown as grpc.UntypedServiceImplementation);
+  if (opts.jobs) addJobService(server, { broker: opts.broker, jobs: opts.jobs, access: handlersAccess, logger: log });
   const credentials = opts.tls
     ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false)
     : grpc.ServerCredentials.createInsecure();

@@ -28,6 +28,7 @@ const CLASSES = new Map<string, CallClass>([
   ['GET /v2/jobs/:id', 'infer'],
   ['DELETE /v2/jobs/:id', 'infer'],
   ['GET /v2/jobs/:id/result', 'infer'],
+  ['GET /v2/jobs/:id/events', 'infer'],
   // System shared memory opens files of /dev/shm as the broker's user: a control call, as in Triton (--allow-client-shm).
   ['GET /v2/systemsharedmemory/status', 'admin'],
   ['GET /v2/systemsharedmemory/region/:name/status', 'admin'],

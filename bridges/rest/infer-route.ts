@@ -50,7 +50,7 @@ interface BodyForm {
  * The forms of a request held in memory, tried in order (streamed forms,
  * video and multipart, are picked before the body is read).
  */
-function bodyForms(o: InferRouteOptions): BodyForm[] {
+function bodyForms(o: Pick<InferRouteOptions, 'broker' | 'maxElements'>): BodyForm[] {
   // Waits through a cold start: decoding these forms needs the model's input metadata.
   const meta = (c: BodyContext) => o.broker.awaitMetadata(c.req.params.model, c.req.params.version);
   return [
@@ -85,43 +85,63 @@ const unsupported = (type: string) =>
     'the binary extension (Inference-Header-Content-Length), image/jpeg, image/png, image/webp, a video ' +
     `(${[...VIDEO_TYPES].join(', ')}) or multipart/form-data with images or a video`);
 
-export async function inferRoute(app: FastifyInstance, o: InferRouteOptions): Promise<void> {
-  const { broker } = o;
-  const forms = bodyForms(o);
+/** What reading an infer body needs (the REST bridge's limits). */
+export type InferBodyOptions = Pick<InferRouteOptions, 'broker' | 'bodyLimit' | 'maxElements' | 'timeouts'>;
 
-  both(app, 'POST', '/infer', async (req, reply) => {
+/** A decoded body: one request, or a video upload (a stream, never read here). */
+export type InferBody = { parsed: ParsedInfer } | { video: Readable; type: string };
+
+/**
+ * Decodes a request body in every form /infer takes (KServe JSON, the binary
+ * extension, a raw input, an image, multipart images, a video): one function,
+ * so POST …/jobs takes exactly what /infer takes.
+ */
+export function inferBodyReader(o: InferBodyOptions): (req: FastifyRequest<{ Params: ModelParams }>, query?: Record<string, unknown>) => Promise<InferBody> {
+  const forms = bodyForms(o);
+  /** `query`: the request options in the query string (default: all of it). */
+  return async (req, query = (req.query ?? {}) as Record<string, unknown>) => {
     const { model, version } = req.params;
-    broker.describe(model, version); // 404 before looking at the body
-    const query = (req.query ?? {}) as Record<string, unknown>;
     const type = mediaType(req.headers['content-type']);
     const id = String(req.id);
-    const video = (body: Readable, videoType: string) => {
+    const video = (body: Readable, videoType: string): InferBody => {
       if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
         body.resume();
         throw new UnsupportedMediaType('a video upload cannot have a Content-Encoding (videos are compressed already)');
       }
-      return videoReply(req, reply, { broker, model, version, body, mediaType: videoType, query, requestId: id, maxBytes: o.maxVideoBytes, maxElements: o.maxElements, ffmpeg: o.ffmpeg });
+      return { video: body, type: videoType };
     };
     if (VIDEO_TYPES.has(type)) return video(req.body as Readable, type);
-
-    let parsed: ParsedInfer;
     if (req.isMultipart()) {
       if (bodyEncoding(req.headers['content-encoding']) !== undefined) {
         throw new UnsupportedMediaType('a multipart body cannot have a Content-Encoding (images are compressed already)');
       }
       const parts = await readUploadParts(req, o.bodyLimit, { idleMs: o.timeouts.idleMs, totalMs: o.timeouts.totalMs });
       if ('video' in parts) return video(parts.video, parts.type);
-      parsed = await imageRequest(await broker.awaitMetadata(model, version), parts.images, query, id, o.maxElements);
-    } else {
-      const body = req.body;
-      if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
-      const rawLength = req.headers['inference-header-content-length'];
-      const c: BodyContext = { req, body, type, headerLength: Array.isArray(rawLength) ? rawLength[0] : rawLength, query, id };
-      const form = forms.find((f) => f.matches(c));
-      if (!form) throw unsupported(type);
-      parsed = await form.parse(c);
+      return { parsed: await imageRequest(await o.broker.awaitMetadata(model, version), parts.images, query, id, o.maxElements) };
     }
-    return answer(req, reply, broker, parsed, o.shm);
+    const body = req.body;
+    if (!Buffer.isBuffer(body) || body.length === 0) throw new BrokerError('INVALID_ARGUMENT', 'the request has no body');
+    const rawLength = req.headers['inference-header-content-length'];
+    const c: BodyContext = { req, body, type, headerLength: Array.isArray(rawLength) ? rawLength[0] : rawLength, query, id };
+    const form = forms.find((f) => f.matches(c));
+    if (!form) throw unsupported(type);
+    return { parsed: await form.parse(c) };
+  };
+}
+
+export async function inferRoute(app: FastifyInstance, o: InferRouteOptions): Promise<void> {
+  const { broker } = o;
+  const read = inferBodyReader(o);
+
+  both(app, 'POST', '/infer', async (req, reply) => {
+    const { model, version } = req.params;
+    broker.describe(model, version); // 404 before looking at the body
+    const body = await read(req);
+    if ('video' in body) {
+      const query = (req.query ?? {}) as Record<string, unknown>;
+      return videoReply(req, reply, { broker, model, version, body: body.video, mediaType: body.type, query, requestId: String(req.id), maxBytes: o.maxVideoBytes, maxElements: o.maxElements, ffmpeg: o.ffmpeg });
+    }
+    return answer(req, reply, broker, body.parsed, o.shm);
   });
 }
 

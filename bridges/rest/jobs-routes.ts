@@ -1,8 +1,9 @@
 /**
  * Asynchronous jobs over REST (issue 15): submit, follow, fetch, cancel, and a
  * model's job queue. It knows the broker's BrokerApi (for 404s) and the job
- * service's JobsApi only. Bodies are the KServe v2 JSON inference form for now
- * (parsed by fastify's JSON parser in this plugin's own context).
+ * service's JobsApi only. Bodies take every form /infer takes (KServe JSON,
+ * the binary extension, a raw input, images), read by the infer route's own
+ * reader with the same parsers (routes.ts bodyParsers, in this plugin's context).
  *
  *   POST   /v2/models/{m}[/versions/{v}]/jobs   202 {id, status, created_at, expires_at} + Location
  *   GET    /v2/jobs/{id}                        the job (status, attempts, timestamps, last error)
@@ -10,26 +11,42 @@
  *   DELETE /v2/jobs/{id}                        cancel (a running job's result is dropped)
  *   GET    /v2/models/{m}/jobs/queue            depth per priority, running, oldest age, dead-lettered
  *   GET    /v2/jobs?model=&status=&cursor=&limit=   every job, newest first (admin bearer token)
+ *   GET    /v2/jobs/{id}/events                 Server-Sent Events of status changes (job-events.ts)
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
 import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
-import { requestRows, validateAgainst } from '../../core/validate';
-import { encodeInferResult, parseInferBody } from './infer-body';
+import { checkJobInputs, jobModel } from '../shared/job-check';
+import { encodeInferResult } from './infer-body';
+import { inferBodyReader } from './infer-route';
+import { bodyParsers } from './routes';
+import { DEFAULT_BODY_TIMEOUTS, type BodyTimeouts } from './body-timeout';
+import { DEFAULT_LIMITS } from '../../core/validate';
+import { UnsupportedMediaType } from './media';
+import { jobEventsRoute } from './job-events';
 
 export interface JobRoutesOptions {
   broker: BrokerApi;
   jobs: JobsApi;
   /** Bearer token for listing jobs; without one, listing answers 403. */
   adminToken?: string;
+  /** The infer route's body limits (the same as /infer's). */
+  bodyLimit: number;
+  maxElements?: number;
+  timeouts?: BodyTimeouts;
+  /** Comment lines on an idle event stream, so proxies keep it open. Default 15 s. */
+  sseHeartbeatMs?: number;
 }
 
 type ModelParams = { model: string; version?: string };
 type IdParams = { id: string };
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+/** Job options (query string, or top-level fields of a JSON body). */
+const JOB_KEYS = new Set(['priority', 'ttl_seconds', 'timeout_seconds', 'max_attempts', 'webhook_url']);
 
 /** A positive number from the body (number) or the query string (string). */
 function positive(key: string, v: unknown): number | undefined {
@@ -50,7 +67,10 @@ export function jobOptions(query: Record<string, unknown>, body: Record<string, 
   if (maxAttempts !== undefined && !Number.isInteger(maxAttempts)) throw invalid(`'max_attempts' must be a whole number`);
   const metadata = body.metadata;
   if (metadata !== undefined && (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata))) throw invalid(`'metadata' must be a JSON object`);
+  const webhook = pick('webhook_url');
+  if (webhook !== undefined && typeof webhook !== 'string') throw invalid(`'webhook_url' must be a string`);
   return {
+    webhookUrl: webhook === '' ? undefined : webhook,
     priority: priority as JobPriority | undefined,
     ttlSeconds: positive('ttl_seconds', pick('ttl_seconds')),
     timeoutSeconds: positive('timeout_seconds', pick('timeout_seconds')),
@@ -59,31 +79,50 @@ export function jobOptions(query: Record<string, unknown>, body: Record<string, 
   };
 }
 
+/**
+ * The JSON object of a JSON or binary-extension body (its top-level job
+ * options: priority, ttl_seconds, …); {} for images and raw inputs, whose
+ * options travel in the query string. The body was read and checked already.
+ */
+function jsonHeader(body: unknown, rawLength: string | string[] | undefined): Record<string, unknown> {
+  if (!Buffer.isBuffer(body)) return {};
+  const length = Array.isArray(rawLength) ? rawLength[0] : rawLength;
+  if (length !== undefined && Number(length) === 0) return {};
+  const text = length === undefined ? body.toString('utf8') : body.toString('utf8', 0, Number(length));
+  try {
+    const o: unknown = JSON.parse(text);
+    return typeof o === 'object' && o !== null && !Array.isArray(o) ? (o as Record<string, unknown>) : {};
+  } catch {
+    return {}; // an image, or a body the reader took in another form
+  }
+}
+
 export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): Promise<void> {
   const { broker, jobs } = opts;
+  const timeouts = opts.timeouts ?? DEFAULT_BODY_TIMEOUTS;
+  await bodyParsers(app, opts.bodyLimit, timeouts);
+  const read = inferBodyReader({ broker, bodyLimit: opts.bodyLimit, maxElements: opts.maxElements ?? DEFAULT_LIMITS.maxElements, timeouts });
 
   const submit = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { model, version } = req.params;
-    const desc = broker.describe(model, version); // 404 before looking at the body
-    if (!desc.stateless) throw invalid(`model '${model}' is stateful: jobs run on stateless models only (a job has no sequence)`);
-    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (type !== 'application/json') {
-      throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', `Content-Type '${type}' is not accepted for jobs yet: send application/json (the KServe v2 inference form)`);
+    const desc = jobModel(broker, model, version); // 404 (or stateful: 400) before looking at the body
+    // The job's own options are not the request's (priority=high is a job priority, not the live one).
+    const query = (req.query ?? {}) as Record<string, unknown>;
+    const decoded = await read(req, Object.fromEntries(Object.entries(query).filter(([k]) => !JOB_KEYS.has(k))));
+    if ('video' in decoded) {
+      decoded.video.resume();
+      throw new UnsupportedMediaType('a video upload cannot be a job: a video runs as a sequence on a stateful model, and jobs run on stateless models; send its frames as images (multipart) instead');
     }
-    const body = req.body;
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('the request needs a JSON object body (the KServe v2 inference form)');
-    const parsed = parseInferBody(body, undefined, String(req.id));
+    const parsed = decoded.parsed;
+    if (parsed.shmInputs || parsed.shmOutputs) throw invalid('a job cannot use shared memory regions: its input is stored with the job, and its result is fetched later');
+    if (parsed.classification) throw invalid('a job cannot ask for classification outputs: fetch the tensors and rank them');
+    const body = jsonHeader(req.body, req.headers['inference-header-content-length']);
     // Checked now, as /infer would, so a bad input is a 400 here rather than a failed job later.
-    const check = { ...parsed.request, model };
-    const rows = requestRows(check);
-    const meta = desc.metadata;
-    const maxRows = meta && meta.maxBatch > 0 ? Math.min(meta.maxBatch, desc.batchSize) : desc.batchSize;
-    if (meta) validateAgainst(check, meta, rows, maxRows);
-    else if (rows > maxRows) throw invalid(`model '${model}' takes at most ${maxRows} rows per request, got ${rows}`);
+    checkJobInputs(desc, { ...parsed.request, model });
     const rawKey = req.headers['idempotency-key'];
     const { job, replayed } = await jobs.submit({
       model, version, inputs: parsed.request.inputs, outputs: parsed.request.outputs,
-      ...jobOptions((req.query ?? {}) as Record<string, unknown>, body as Record<string, unknown>),
+      ...jobOptions(query, body),
       idempotencyKey: Array.isArray(rawKey) ? rawKey[0] : rawKey,
       reply: { clientId: parsed.clientId, binaryOutputs: [...parsed.binaryOutputs] },
     });
@@ -110,6 +149,8 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
     const limit = q.limit === undefined ? undefined : Number(q.limit);
     return jobs.list({ model: q.model || undefined, status: q.status as JobStatus | undefined, cursor: q.cursor || undefined, limit });
   });
+
+  jobEventsRoute(app, jobs, opts.sseHeartbeatMs ?? 15_000);
 
   app.get('/v2/jobs/:id', async (req: FastifyRequest<{ Params: IdParams }>) => jobs.get(req.params.id));
 

@@ -10,7 +10,7 @@ import multipart from '@fastify/multipart';
 import type { FastifyInstance } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { DEFAULT_LIMITS } from '../../core/validate';
-import { DEFAULT_BODY_TIMEOUTS } from './body-timeout';
+import { DEFAULT_BODY_TIMEOUTS, type BodyTimeouts } from './body-timeout';
 import { healthRoutes } from './health-routes';
 import { inferRoute } from './infer-route';
 import { modelRoutes } from './model-routes';
@@ -47,25 +47,32 @@ export const DEFAULT_COMPRESS_THRESHOLD = 1024;
 /** Response types compressed: JSON and binary tensors. Never NDJSON video results: they stream one line at a time. */
 const COMPRESSIBLE = /^application\/(json|octet-stream)(;|$)/;
 
+/**
+ * The body parsers of infer (also used by POST …/jobs, in its own context).
+ * Every body arrives as one Buffer (gzip/deflate undone); JSON is parsed in
+ * the handler so the binary extension, raw bodies, images and plain JSON
+ * share one path. multipart/form-data is streamed by @fastify/multipart:
+ * registered in this context after the catch-all, its parser wins for that type.
+ */
+export async function bodyParsers(app: FastifyInstance, bodyLimit: number, timeouts: BodyTimeouts): Promise<void> {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { bodyLimit }, rawBodyParser(bodyLimit, timeouts));
+  // Videos are streamed to ffmpeg as they arrive: the handler gets the request stream itself.
+  app.addContentTypeParser([...VIDEO_TYPES], (_req, payload, done) => done(null, payload));
+  await app.register(multipart, {
+    limits: { fileSize: bodyLimit, files: MAX_IMAGES, fields: 16, fieldSize: 64 * 1024, parts: MAX_IMAGES + 16, headerPairs: 64 },
+    // A part is a file when it has a filename or a non-text type (fetch's Blob parts, curl -F x=@file).
+    isPartAFile: (_field, contentType, fileName) => fileName !== undefined || (contentType !== undefined && !contentType.startsWith('text/')),
+  });
+}
+
 export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promise<void> {
   const { broker } = opts;
   const maxElements = opts.maxElements ?? DEFAULT_LIMITS.maxElements;
   const maxVideoBytes = opts.maxVideoBytes ?? 1024 * 1024 * 1024;
   const timeouts = { idleMs: opts.bodyIdleTimeoutMs ?? DEFAULT_BODY_TIMEOUTS.idleMs, totalMs: opts.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUTS.totalMs };
 
-  // Every body arrives as one Buffer (gzip/deflate undone); JSON is parsed in
-  // the handler so the binary extension, raw bodies, images and plain JSON
-  // share one path. multipart/form-data is streamed by @fastify/multipart:
-  // registered in this context after the catch-all, its parser wins for that type.
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { bodyLimit: opts.bodyLimit }, rawBodyParser(opts.bodyLimit, timeouts));
-  // Videos are streamed to ffmpeg as they arrive: the handler gets the request stream itself.
-  app.addContentTypeParser([...VIDEO_TYPES], (_req, payload, done) => done(null, payload));
-  await app.register(multipart, {
-    limits: { fileSize: opts.bodyLimit, files: MAX_IMAGES, fields: 16, fieldSize: 64 * 1024, parts: MAX_IMAGES + 16, headerPairs: 64 },
-    // A part is a file when it has a filename or a non-text type (fetch's Blob parts, curl -F x=@file).
-    isPartAFile: (_field, contentType, fileName) => fileName !== undefined || (contentType !== undefined && !contentType.startsWith('text/')),
-  });
+  await bodyParsers(app, opts.bodyLimit, timeouts);
   // Compressed answers when asked (Accept-Encoding), above a threshold so small ones stay fast.
   // Request bodies are decoded by rawBodyParser (bounded by the body limit), not by this plugin.
   await app.register(compress, {

@@ -22,6 +22,8 @@ import { AccessControl, withoutLogLines } from '../shared/access';
 import { bounded } from '../shared/bounded';
 import { requestOptions } from '../shared/parameters';
 import { SequenceOrder } from '../shared/sequence-order';
+import type { JobsApi } from '../../jobs/types';
+import { jobCall } from './jobs';
 
 export interface ZmqBridgeOptions {
   broker: BrokerApi;
@@ -46,6 +48,8 @@ export interface ZmqBridgeOptions {
   logger: Logger;
   /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
   closeGraceMs?: number;
+  /** Asynchronous jobs: requests with a `job` header are job operations (jobs.ts). */
+  jobs?: JobsApi;
 }
 
 export interface ZmqBridge {
@@ -357,6 +361,7 @@ class ZmqBridgeServer implements ZmqBridge {
     const id = header.id !== '' ? header.id : `zmq-${++this.seq}`;
     const ctx = { id, model: header.model, version: header.version };
     if (this.closing) return this.fail(prefix, peer, ctx, new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+    if (header.job) return this.runJob(prefix, peer, header, body.slice(1), credential, ctx);
     let req: CoreRequest;
     try {
       req = this.toRequest(header, id, body.slice(1), peer);
@@ -419,6 +424,24 @@ class ZmqBridgeServer implements ZmqBridge {
       if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     });
+  }
+
+  /** A job operation: one reply with the job (and a succeeded result's outputs as frames). */
+  private runJob(prefix: Buffer[], peer: string, h: InferRequest, frames: Buffer[], credential: string | undefined, ctx: { id: string; model: string; version: string }): void {
+    this.inFlight++;
+    jobCall({ broker: this.opts.broker, jobs: this.opts.jobs, access: this.access }, h, frames, credential).then((r) => {
+      const outputs = r.outputs ?? [];
+      const header = create(InferReplySchema, {
+        id: ctx.id, model: r.model ?? ctx.model, version: r.version ?? ctx.version,
+        status: create(StatusSchema, { code: 'OK' }), outputs: outputs.map(toMeta),
+        job: r.job, jobs: r.jobs ?? [], nextCursor: r.nextCursor ?? '',
+      });
+      const reply = [...prefix, ...encodeFrames(InferReplySchema, header, outputs)];
+      this.push({ frames: reply, peer, bytes: reply.reduce((n, f) => n + f.length, 0) });
+    }, (err: unknown) => this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err)))
+      .finally(() => {
+        if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+      });
   }
 
   private succeed(prefix: Buffer[], peer: string, r: InferResult): void {

@@ -15,15 +15,15 @@
 // @generated from file client.proto (package tensorbroker.client.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file client.proto.
  */
 export const file_client: GenFile = /*@__PURE__*/
-  fileDesc("CgxjbGllbnQucHJvdG8SFnRlbnNvcmJyb2tlci5jbGllbnQudjEiOwoKVGVuc29yTWV0YRIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDIoEBCg5JbmZlclBhcmFtZXRlchIUCgpib29sX3BhcmFtGAEgASgISAASFQoLaW50NjRfcGFyYW0YAiABKANIABIWCgxzdHJpbmdfcGFyYW0YAyABKAlIABIWCgxkb3VibGVfcGFyYW0YBCABKAFIAEISChBwYXJhbWV0ZXJfY2hvaWNlItMCCgxJbmZlclJlcXVlc3QSCgoCaWQYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIyCgZpbnB1dHMYBCADKAsyIi50ZW5zb3Jicm9rZXIuY2xpZW50LnYxLlRlbnNvck1ldGESSAoKcGFyYW1ldGVycxgFIAMoCzI0LnRlbnNvcmJyb2tlci5jbGllbnQudjEuSW5mZXJSZXF1ZXN0LlBhcmFtZXRlcnNFbnRyeRIPCgdvdXRwdXRzGAYgAygJEhEKCXNvdXJjZV9pZBgQIAEoCRINCgVzdGFydBgRIAEoCBILCgNlbmQYEiABKAgaWQoPUGFyYW1ldGVyc0VudHJ5EgsKA2tleRgBIAEoCRI1CgV2YWx1ZRgCIAEoCzImLnRlbnNvcmJyb2tlci5jbGllbnQudjEuSW5mZXJQYXJhbWV0ZXI6AjgBIj8KBlN0YXR1cxIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKA0inQEKCkluZmVyUmVwbHkSCgoCaWQYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIuCgZzdGF0dXMYBCABKAsyHi50ZW5zb3Jicm9rZXIuY2xpZW50LnYxLlN0YXR1cxIzCgdvdXRwdXRzGAUgAygLMiIudGVuc29yYnJva2VyLmNsaWVudC52MS5UZW5zb3JNZXRhYgZwcm90bzM");
+  fileDesc("CgxjbGllbnQucHJvdG8SFnRlbnNvcmJyb2tlci5jbGllbnQudjEiOwoKVGVuc29yTWV0YRIMCgRuYW1lGAEgASgJEhAKCGRhdGF0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDIoEBCg5JbmZlclBhcmFtZXRlchIUCgpib29sX3BhcmFtGAEgASgISAASFQoLaW50NjRfcGFyYW0YAiABKANIABIWCgxzdHJpbmdfcGFyYW0YAyABKAlIABIWCgxkb3VibGVfcGFyYW0YBCABKAFIAEISChBwYXJhbWV0ZXJfY2hvaWNlIoEDCgxJbmZlclJlcXVlc3QSCgoCaWQYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIyCgZpbnB1dHMYBCADKAsyIi50ZW5zb3Jicm9rZXIuY2xpZW50LnYxLlRlbnNvck1ldGESSAoKcGFyYW1ldGVycxgFIAMoCzI0LnRlbnNvcmJyb2tlci5jbGllbnQudjEuSW5mZXJSZXF1ZXN0LlBhcmFtZXRlcnNFbnRyeRIPCgdvdXRwdXRzGAYgAygJEhEKCXNvdXJjZV9pZBgQIAEoCRINCgVzdGFydBgRIAEoCBILCgNlbmQYEiABKAgSLAoDam9iGBQgASgLMh8udGVuc29yYnJva2VyLmNsaWVudC52MS5Kb2JDYWxsGlkKD1BhcmFtZXRlcnNFbnRyeRILCgNrZXkYASABKAkSNQoFdmFsdWUYAiABKAsyJi50ZW5zb3Jicm9rZXIuY2xpZW50LnYxLkluZmVyUGFyYW1ldGVyOgI4ASLkAgoHSm9iQ2FsbBIuCgJvcBgBIAEoDjIiLnRlbnNvcmJyb2tlci5jbGllbnQudjEuSm9iQ2FsbC5PcBIOCgZqb2JfaWQYAiABKAkSEAoIcHJpb3JpdHkYAyABKAkSEwoLdHRsX3NlY29uZHMYBCABKAESFwoPdGltZW91dF9zZWNvbmRzGAUgASgBEhQKDG1heF9hdHRlbXB0cxgGIAEoDRITCgt3ZWJob29rX3VybBgHIAEoCRIVCg1tZXRhZGF0YV9qc29uGAggASgJEhcKD2lkZW1wb3RlbmN5X2tleRgJIAEoCRIOCgZzdGF0dXMYCiABKAkSDgoGY3Vyc29yGAsgASgJEg0KBWxpbWl0GAwgASgNIk8KAk9wEhIKDk9QX1VOU1BFQ0lGSUVEEAASCgoGU1VCTUlUEAESBwoDR0VUEAISCgoGUkVTVUxUEAMSCgoGQ0FOQ0VMEAQSCAoETElTVBAFIowDCgdKb2JJbmZvEgoKAmlkGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSDgoGc3RhdHVzGAQgASgJEhAKCHByaW9yaXR5GAUgASgJEhAKCGF0dGVtcHRzGAYgASgNEhQKDG1heF9hdHRlbXB0cxgHIAEoDRISCgpjcmVhdGVkX2F0GAggASgJEhIKCmV4cGlyZXNfYXQYCSABKAkSEgoKc3RhcnRlZF9hdBgKIAEoCRITCgtmaW5pc2hlZF9hdBgLIAEoCRIZChFyZXN1bHRfZXhwaXJlc19hdBgMIAEoCRISCgpsYXN0X2Vycm9yGA0gASgJEhUKDW1ldGFkYXRhX2pzb24YDiABKAkSFQoNd2ViaG9va19zdGF0ZRgPIAEoCRIYChB3ZWJob29rX2F0dGVtcHRzGBAgASgNEhsKE3dlYmhvb2tfbGFzdF9zdGF0dXMYESABKAkSEAoIcmVwbGF5ZWQYEiABKAgSFAoMcmVzdWx0X3N0YXRlGBMgASgJIj8KBlN0YXR1cxIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKA0ijwIKCkluZmVyUmVwbHkSCgoCaWQYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIuCgZzdGF0dXMYBCABKAsyHi50ZW5zb3Jicm9rZXIuY2xpZW50LnYxLlN0YXR1cxIzCgdvdXRwdXRzGAUgAygLMiIudGVuc29yYnJva2VyLmNsaWVudC52MS5UZW5zb3JNZXRhEiwKA2pvYhgUIAEoCzIfLnRlbnNvcmJyb2tlci5jbGllbnQudjEuSm9iSW5mbxItCgRqb2JzGBUgAygLMh8udGVuc29yYnJva2VyLmNsaWVudC52MS5Kb2JJbmZvEhMKC25leHRfY3Vyc29yGBYgASgJYgZwcm90bzM");
 
 /**
  * Describes one raw tensor frame (same fields and numbers as
@@ -171,6 +171,15 @@ export type InferRequest = Message<"tensorbroker.client.v1.InferRequest"> & {
    * @generated from field: bool end = 18;
    */
   end: boolean;
+
+  /**
+   * Set: this message is a job operation (asynchronous jobs), not an
+   * inference. For SUBMIT the fields above (model, version, inputs, outputs)
+   * and the tensor frames are the job's request; the reply carries the job.
+   *
+   * @generated from field: tensorbroker.client.v1.JobCall job = 20;
+   */
+  job?: JobCall | undefined;
 };
 
 /**
@@ -179,6 +188,251 @@ export type InferRequest = Message<"tensorbroker.client.v1.InferRequest"> & {
  */
 export const InferRequestSchema: GenMessage<InferRequest> = /*@__PURE__*/
   messageDesc(file_client, 2);
+
+/**
+ * A job operation (proto/README.md, "Jobs over ZeroMQ"). The same access rules
+ * as inference (the API key frame); LIST needs the admin token in that frame.
+ *
+ * @generated from message tensorbroker.client.v1.JobCall
+ */
+export type JobCall = Message<"tensorbroker.client.v1.JobCall"> & {
+  /**
+   * @generated from field: tensorbroker.client.v1.JobCall.Op op = 1;
+   */
+  op: JobCall_Op;
+
+  /**
+   * GET, RESULT, CANCEL.
+   *
+   * @generated from field: string job_id = 2;
+   */
+  jobId: string;
+
+  /**
+   * SUBMIT options: priority high | normal | low; 0 = the broker's default.
+   *
+   * @generated from field: string priority = 3;
+   */
+  priority: string;
+
+  /**
+   * @generated from field: double ttl_seconds = 4;
+   */
+  ttlSeconds: number;
+
+  /**
+   * @generated from field: double timeout_seconds = 5;
+   */
+  timeoutSeconds: number;
+
+  /**
+   * @generated from field: uint32 max_attempts = 6;
+   */
+  maxAttempts: number;
+
+  /**
+   * @generated from field: string webhook_url = 7;
+   */
+  webhookUrl: string;
+
+  /**
+   * A JSON object, returned with the job.
+   *
+   * @generated from field: string metadata_json = 8;
+   */
+  metadataJson: string;
+
+  /**
+   * @generated from field: string idempotency_key = 9;
+   */
+  idempotencyKey: string;
+
+  /**
+   * LIST filters (model: the request's `model` field).
+   *
+   * @generated from field: string status = 10;
+   */
+  status: string;
+
+  /**
+   * @generated from field: string cursor = 11;
+   */
+  cursor: string;
+
+  /**
+   * @generated from field: uint32 limit = 12;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message tensorbroker.client.v1.JobCall.
+ * Use `create(JobCallSchema)` to create a new message.
+ */
+export const JobCallSchema: GenMessage<JobCall> = /*@__PURE__*/
+  messageDesc(file_client, 3);
+
+/**
+ * @generated from enum tensorbroker.client.v1.JobCall.Op
+ */
+export enum JobCall_Op {
+  /**
+   * @generated from enum value: OP_UNSPECIFIED = 0;
+   */
+  OP_UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: SUBMIT = 1;
+   */
+  SUBMIT = 1,
+
+  /**
+   * @generated from enum value: GET = 2;
+   */
+  GET = 2,
+
+  /**
+   * The job, and when it succeeded its outputs (as an inference reply's).
+   *
+   * @generated from enum value: RESULT = 3;
+   */
+  RESULT = 3,
+
+  /**
+   * @generated from enum value: CANCEL = 4;
+   */
+  CANCEL = 4,
+
+  /**
+   * @generated from enum value: LIST = 5;
+   */
+  LIST = 5,
+}
+
+/**
+ * Describes the enum tensorbroker.client.v1.JobCall.Op.
+ */
+export const JobCall_OpSchema: GenEnum<JobCall_Op> = /*@__PURE__*/
+  enumDesc(file_client, 3, 0);
+
+/**
+ * A job as the broker sees it (the fields of GET /v2/jobs/{id}).
+ *
+ * @generated from message tensorbroker.client.v1.JobInfo
+ */
+export type JobInfo = Message<"tensorbroker.client.v1.JobInfo"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * @generated from field: string version = 3;
+   */
+  version: string;
+
+  /**
+   * queued, running, succeeded, failed, cancelled or expired.
+   *
+   * @generated from field: string status = 4;
+   */
+  status: string;
+
+  /**
+   * @generated from field: string priority = 5;
+   */
+  priority: string;
+
+  /**
+   * @generated from field: uint32 attempts = 6;
+   */
+  attempts: number;
+
+  /**
+   * @generated from field: uint32 max_attempts = 7;
+   */
+  maxAttempts: number;
+
+  /**
+   * ISO 8601; empty when not (yet) set.
+   *
+   * @generated from field: string created_at = 8;
+   */
+  createdAt: string;
+
+  /**
+   * @generated from field: string expires_at = 9;
+   */
+  expiresAt: string;
+
+  /**
+   * @generated from field: string started_at = 10;
+   */
+  startedAt: string;
+
+  /**
+   * @generated from field: string finished_at = 11;
+   */
+  finishedAt: string;
+
+  /**
+   * @generated from field: string result_expires_at = 12;
+   */
+  resultExpiresAt: string;
+
+  /**
+   * @generated from field: string last_error = 13;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: string metadata_json = 14;
+   */
+  metadataJson: string;
+
+  /**
+   * Set for jobs with a webhook: pending, retrying, delivered or failed.
+   *
+   * @generated from field: string webhook_state = 15;
+   */
+  webhookState: string;
+
+  /**
+   * @generated from field: uint32 webhook_attempts = 16;
+   */
+  webhookAttempts: number;
+
+  /**
+   * @generated from field: string webhook_last_status = 17;
+   */
+  webhookLastStatus: string;
+
+  /**
+   * SUBMIT: the idempotency key named an existing job.
+   *
+   * @generated from field: bool replayed = 18;
+   */
+  replayed: boolean;
+
+  /**
+   * RESULT: pending, succeeded (outputs follow), failed or gone (last_error says why).
+   *
+   * @generated from field: string result_state = 19;
+   */
+  resultState: string;
+};
+
+/**
+ * Describes the message tensorbroker.client.v1.JobInfo.
+ * Use `create(JobInfoSchema)` to create a new message.
+ */
+export const JobInfoSchema: GenMessage<JobInfo> = /*@__PURE__*/
+  messageDesc(file_client, 4);
 
 /**
  * Outcome of a request. `code` is "OK" on success, otherwise the broker's error
@@ -212,7 +466,7 @@ export type Status = Message<"tensorbroker.client.v1.Status"> & {
  * Use `create(StatusSchema)` to create a new message.
  */
 export const StatusSchema: GenMessage<Status> = /*@__PURE__*/
-  messageDesc(file_client, 3);
+  messageDesc(file_client, 5);
 
 /**
  * Frame 0 of a reply.
@@ -249,6 +503,23 @@ export type InferReply = Message<"tensorbroker.client.v1.InferReply"> & {
    * @generated from field: repeated tensorbroker.client.v1.TensorMeta outputs = 5;
    */
   outputs: TensorMeta[];
+
+  /**
+   * Job operations: the job (SUBMIT, GET, RESULT, CANCEL), or a page of jobs (LIST).
+   *
+   * @generated from field: tensorbroker.client.v1.JobInfo job = 20;
+   */
+  job?: JobInfo | undefined;
+
+  /**
+   * @generated from field: repeated tensorbroker.client.v1.JobInfo jobs = 21;
+   */
+  jobs: JobInfo[];
+
+  /**
+   * @generated from field: string next_cursor = 22;
+   */
+  nextCursor: string;
 };
 
 /**
@@ -256,5 +527,5 @@ export type InferReply = Message<"tensorbroker.client.v1.InferReply"> & {
  * Use `create(InferReplySchema)` to create a new message.
  */
 export const InferReplySchema: GenMessage<InferReply> = /*@__PURE__*/
-  messageDesc(file_client, 4);
+  messageDesc(file_client, 6);
 

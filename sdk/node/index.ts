@@ -10,4 +10,4 @@ export {
   type NumericArray,
 } from './tensor-views';
 export { DATATYPES, elementCount, elementSize, sliceRows } from '../../proto/tensor';
-export { ZmqClient, ZmqClientError, type ZmqClientOptions, type ZmqInferOptions, type ZmqInferResult, type ParameterValue } from './zmq-client';
+export { ZmqClient, ZmqClientError, type ZmqClientOptions, type ZmqInferOptions, type ZmqInferResult, type ZmqJobOptions, type JobInfo, type ParameterValue } from './zmq-client';

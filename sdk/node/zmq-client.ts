@@ -12,8 +12,12 @@ import { Dealer } from 'zeromq';
 import type { Tensor } from '../../proto/tensor';
 import {
   ClientDecodeError, InferReplySchema, InferRequestSchema, decodeHeader, encodeFrames, parametersToProto,
-  tensorsFromFrames, toMeta, type InferReply, type ParameterValue,
+  tensorsFromFrames, toMeta, JobCall_Op, type InferReply, type JobInfo, type ParameterValue,
 } from '../../proto/client';
+import type { JobCallSchema } from '../../proto/gen/client_pb';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+
+export type { JobInfo } from '../../proto/client';
 
 export type { ParameterValue } from '../../proto/client';
 
@@ -26,6 +30,23 @@ export interface ZmqClientOptions {
    * passes, the promise rejects with DEADLINE_EXCEEDED even if no reply came.
    */
   timeoutMs?: number;
+  /** Sent with every request in a `tb-api-key:` frame (an API key, or the admin token for listJobs). */
+  apiKey?: string;
+}
+
+/** Options of submitJob (proto/client.proto JobCall). */
+export interface ZmqJobOptions {
+  priority?: 'high' | 'normal' | 'low';
+  /** Time allowed in the queue. */
+  ttlSeconds?: number;
+  /** Time allowed per attempt. */
+  timeoutSeconds?: number;
+  maxAttempts?: number;
+  webhookUrl?: string;
+  metadata?: Record<string, unknown>;
+  idempotencyKey?: string;
+  outputs?: string[];
+  version?: string;
 }
 
 export interface ZmqInferOptions {
@@ -52,6 +73,10 @@ export interface ZmqInferResult {
   version: string;
   /** Views of the reply frames (no copy). */
   outputs: Tensor[];
+  /** Job operations: the job, or a page of jobs. */
+  job?: JobInfo;
+  jobs?: JobInfo[];
+  nextCursor?: string;
 }
 
 /** A failed request. `code` is the broker's error code (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...). */
@@ -82,6 +107,7 @@ export class ZmqClient {
   readonly endpoint: string;
   private readonly window: number;
   private readonly timeoutMs?: number;
+  private readonly apiKey?: string;
   private readonly sock: Dealer;
   private readonly idPrefix: string;
   private seq = 0;
@@ -100,6 +126,7 @@ export class ZmqClient {
     this.endpoint = endpoint;
     this.window = window;
     this.timeoutMs = opts.timeoutMs;
+    this.apiKey = opts.apiKey;
     this.idPrefix = `${process.pid.toString(36)}-${(++clientCounter).toString(36)}-${Date.now().toString(36)}`;
     this.sock = new Dealer({ linger: 0 });
     this.sock.connect(endpoint);
@@ -117,6 +144,40 @@ export class ZmqClient {
   }
 
   infer(model: string, inputs: Tensor[], opts: ZmqInferOptions = {}): Promise<ZmqInferResult> {
+    return this.request(model, inputs, opts);
+  }
+
+  /** Queues an asynchronous job (the broker answers at once with the job: id, status). */
+  async submitJob(model: string, inputs: Tensor[], opts: ZmqJobOptions = {}): Promise<JobInfo> {
+    const job = {
+      op: JobCall_Op.SUBMIT, priority: opts.priority ?? '', ttlSeconds: opts.ttlSeconds ?? 0, timeoutSeconds: opts.timeoutSeconds ?? 0,
+      maxAttempts: opts.maxAttempts ?? 0, webhookUrl: opts.webhookUrl ?? '', metadataJson: opts.metadata ? JSON.stringify(opts.metadata) : '',
+      idempotencyKey: opts.idempotencyKey ?? '',
+    };
+    return (await this.request(model, inputs, { outputs: opts.outputs, version: opts.version }, job)).job!;
+  }
+
+  async getJob(id: string): Promise<JobInfo> {
+    return (await this.request('', [], {}, { op: JobCall_Op.GET, jobId: id })).job!;
+  }
+
+  async cancelJob(id: string): Promise<JobInfo> {
+    return (await this.request('', [], {}, { op: JobCall_Op.CANCEL, jobId: id })).job!;
+  }
+
+  /** The job and, once it succeeded (job.resultState 'succeeded'), its outputs. */
+  async jobResult(id: string): Promise<{ job: JobInfo; outputs: Tensor[] }> {
+    const r = await this.request('', [], {}, { op: JobCall_Op.RESULT, jobId: id });
+    return { job: r.job!, outputs: r.outputs };
+  }
+
+  /** Every job, newest first (needs the admin token as apiKey). */
+  async listJobs(q: { model?: string; status?: string; cursor?: string; limit?: number } = {}): Promise<{ jobs: JobInfo[]; nextCursor?: string }> {
+    const r = await this.request(q.model ?? '', [], {}, { op: JobCall_Op.LIST, status: q.status ?? '', cursor: q.cursor ?? '', limit: q.limit ?? 0 });
+    return { jobs: r.jobs ?? [], nextCursor: r.nextCursor || undefined };
+  }
+
+  private request(model: string, inputs: Tensor[], opts: ZmqInferOptions, job?: MessageInitShape<typeof JobCallSchema>): Promise<ZmqInferResult> {
     if (this.closed) return Promise.reject(new ZmqClientError('CANCELLED', 'the client is closed'));
     const id = opts.id ?? `${this.idPrefix}-${++this.seq}`;
     if (this.outstanding.has(id) || this.waiting.some((p) => p.id === id)) {
@@ -133,8 +194,10 @@ export class ZmqClient {
         parameters: parametersToProto(params),
         outputs: opts.outputs ?? [],
         ...(opts.sequence ? { sourceId: opts.sequence.id, start: opts.sequence.start ?? false, end: opts.sequence.end ?? false } : {}),
+        ...(job ? { job } : {}),
       });
       frames = encodeFrames(InferRequestSchema, header, inputs);
+      if (this.apiKey !== undefined) frames.unshift(Buffer.from(`tb-api-key:${this.apiKey}`));
     } catch (e) {
       return Promise.reject(new ZmqClientError('INVALID_ARGUMENT', (e as Error).message));
     }
@@ -226,7 +289,13 @@ export class ZmqClient {
       return new ZmqClientError(status.code || 'INTERNAL', status.message, status.retryAfterMs > 0 ? status.retryAfterMs : undefined);
     }
     try {
-      return { id: reply.id, model: reply.model, version: reply.version, outputs: tensorsFromFrames(reply.outputs, frames) };
+      const r: ZmqInferResult = { id: reply.id, model: reply.model, version: reply.version, outputs: tensorsFromFrames(reply.outputs, frames) };
+      if (reply.job) r.job = reply.job;
+      if (reply.jobs.length > 0 || reply.nextCursor !== '') {
+        r.jobs = reply.jobs;
+        r.nextCursor = reply.nextCursor;
+      }
+      return r;
     } catch (e) {
       return new ZmqClientError('INTERNAL', `malformed reply: ${e instanceof ClientDecodeError ? e.message : String(e)}`);
     }

@@ -6,7 +6,9 @@ each reply [InferReply header, output frame, ...], matched by request id.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
+import json
 import os
 import time
 import uuid
@@ -15,7 +17,19 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import zmq
 
+from google.protobuf import json_format
+
 from . import client_pb2 as pb
+
+# protobuf >= 26 renamed including_default_value_fields.
+_NEW_JSON_FORMAT = "always_print_fields_with_no_presence" in inspect.signature(json_format.MessageToDict).parameters
+
+
+def _as_dict(m: Any) -> Dict[str, Any]:
+    """A JobInfo as a dict with every field (proto names), on old and new protobuf runtimes."""
+    if _NEW_JSON_FORMAT:
+        return json_format.MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(m, preserving_proto_field_name=True, including_default_value_fields=True)
 from .tensors import from_frame, to_frame
 
 
@@ -51,7 +65,10 @@ class Client:
     ``endpoint`` is the bridge's address, e.g. ``tcp://127.0.0.1:7787``.
     """
 
-    def __init__(self, endpoint: str, window: int = 64, context: Optional[zmq.Context] = None):
+    def __init__(self, endpoint: str, window: int = 64, context: Optional[zmq.Context] = None, api_key: Optional[str] = None):
+        """``api_key`` is sent with every request (a ``tb-api-key:`` frame): an
+        API key, or the admin token for ``list_jobs``."""
+        self._key_frame = None if api_key is None else b"tb-api-key:" + api_key.encode()
         if int(window) < 1:
             raise ValueError("window must be at least 1")
         self.endpoint = endpoint
@@ -164,8 +181,59 @@ class Client:
             params["timeout"] = max(1, int(float(timeout) * 1_000_000))  # microseconds, KServe
         for key, v in params.items():
             _set_parameter(header.parameters[key], key, v)
+        if r.get("job") is not None:
+            header.job.CopyFrom(r["job"])
         frames[0] = header.SerializeToString()
+        if self._key_frame is not None:
+            frames.insert(0, self._key_frame)
         self._sock.send_multipart(frames, copy=False)
+
+    # Asynchronous jobs (proto/client.proto JobCall). Jobs are dicts of JobInfo's fields.
+
+    def submit_job(self, model: str, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None,
+                   priority: str = "", ttl_seconds: float = 0, timeout_seconds: float = 0, max_attempts: int = 0,
+                   webhook_url: str = "", metadata: Optional[Mapping[str, Any]] = None, idempotency_key: str = "",
+                   version: str = "") -> Dict[str, Any]:
+        """Queues a job; returns it (``id``, ``status``, ...) at once."""
+        call = pb.JobCall(op=pb.JobCall.SUBMIT, priority=priority, ttl_seconds=ttl_seconds, timeout_seconds=timeout_seconds,
+                          max_attempts=max_attempts, webhook_url=webhook_url, idempotency_key=idempotency_key,
+                          metadata_json="" if metadata is None else json.dumps(dict(metadata)))
+        return self._job_call(call, model=model, inputs=inputs, outputs=outputs, version=version)["job"]
+
+    def get_job(self, job_id: str) -> Dict[str, Any]:
+        return self._job_call(pb.JobCall(op=pb.JobCall.GET, job_id=job_id))["job"]
+
+    def cancel_job(self, job_id: str) -> Dict[str, Any]:
+        return self._job_call(pb.JobCall(op=pb.JobCall.CANCEL, job_id=job_id))["job"]
+
+    def job_result(self, job_id: str) -> Dict[str, Any]:
+        """``{"job": ..., "outputs": {name: array}}``; outputs only when job["result_state"] == "succeeded"."""
+        return self._job_call(pb.JobCall(op=pb.JobCall.RESULT, job_id=job_id))
+
+    def list_jobs(self, model: str = "", status: str = "", cursor: str = "", limit: int = 0) -> Dict[str, Any]:
+        """``{"jobs": [...], "next_cursor": "..."}``, newest first (needs the admin token as api_key)."""
+        return self._job_call(pb.JobCall(op=pb.JobCall.LIST, status=status, cursor=cursor, limit=limit), model=model)
+
+    def _job_call(self, call: "pb.JobCall", model: str = "", inputs: Optional[Mapping[str, Any]] = None,
+                  outputs: Optional[Sequence[str]] = None, version: str = "") -> Dict[str, Any]:
+        rid = f"{self._prefix}-{next(self._seq)}"
+        self._send(rid, dict(model=model, inputs=inputs or {}, outputs=outputs, version=version, job=call))
+        while True:
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                reply = pb.InferReply.FromString(frames[0].bytes)
+            except Exception:
+                continue
+            if reply.id != rid:
+                continue  # a late reply to an earlier request
+            out = self._outcome(reply, frames[1:])
+            if isinstance(out, TensorBrokerError):
+                raise out
+            result: Dict[str, Any] = {"jobs": [_as_dict(j) for j in reply.jobs], "next_cursor": reply.next_cursor}
+            if reply.HasField("job"):
+                result["job"] = _as_dict(reply.job)
+                result["outputs"] = out
+            return result
 
     @staticmethod
     def _outcome(reply: "pb.InferReply", frames: Sequence[zmq.Frame]) -> Any:

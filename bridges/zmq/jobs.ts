@@ -1,0 +1,106 @@
+/**
+ * Job operations over ZeroMQ: a request whose header has `job` set
+ * (proto/client.proto JobCall) is a job operation, answered with one reply
+ * carrying the job (JobInfo), a page of jobs, or a succeeded job's outputs as
+ * frames. Submit takes the request's model, inputs and tensor frames as an
+ * inference would. It knows the BrokerApi and the JobsApi only.
+ */
+import type { BrokerApi } from '../../core/broker';
+import { BrokerError } from '../../core/errors';
+import type { Tensor } from '../../proto/tensor';
+import { JobCall_Op, tensorsFromFrames, type InferRequest, type JobInfo } from '../../proto/client';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { JobInfoSchema } from '../../proto/gen/client_pb';
+import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobStatus, type JobsApi, type JobView } from '../../jobs/types';
+import type { AccessControl } from '../shared/access';
+import { checkJobInputs, jobModel, requireJobListing } from '../shared/job-check';
+
+const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+
+export interface JobCallReply {
+  job?: MessageInitShape<typeof JobInfoSchema>;
+  jobs?: MessageInitShape<typeof JobInfoSchema>[];
+  nextCursor?: string;
+  /** RESULT of a succeeded job: its outputs, sent as frames. */
+  outputs?: Tensor[];
+  model?: string;
+  version?: string;
+}
+
+function info(v: JobView, extra: Partial<Omit<JobInfo, '$typeName' | '$unknown'>> = {}): MessageInitShape<typeof JobInfoSchema> {
+  return {
+    id: v.id, model: v.model, version: v.version ?? '', status: v.status, priority: v.priority,
+    attempts: v.attempts, maxAttempts: v.max_attempts, createdAt: v.created_at, expiresAt: v.expires_at,
+    startedAt: v.started_at ?? '', finishedAt: v.finished_at ?? '', resultExpiresAt: v.result_expires_at ?? '',
+    lastError: v.last_error ?? '', metadataJson: v.metadata ? JSON.stringify(v.metadata) : '',
+    webhookState: v.webhook?.state ?? '', webhookAttempts: v.webhook?.attempts ?? 0, webhookLastStatus: v.webhook?.last_status ?? '',
+    ...extra,
+  };
+}
+
+function metadataOf(json: string): Record<string, unknown> | undefined {
+  if (json === '') return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(json);
+  } catch {
+    throw invalid('metadata_json is not valid JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('metadata_json must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: AccessControl }, h: InferRequest, frames: Buffer[], credential: string | undefined): Promise<JobCallReply> {
+  const { jobs } = o;
+  if (!jobs) throw new BrokerError('UNAVAILABLE', 'asynchronous jobs are off on this broker (--jobs, with --redis-url)');
+  const c = h.job!;
+  switch (c.op) {
+    case JobCall_Op.SUBMIT: {
+      if (h.model === '') throw invalid('the request names no model');
+      const desc = jobModel(o.broker, h.model, h.version || undefined);
+      const inputs = tensorsFromFrames(h.inputs, frames);
+      if (inputs.length === 0) throw invalid('the request has no input tensors');
+      const outputs = h.outputs.length > 0 ? [...h.outputs] : undefined;
+      checkJobInputs(desc, { id: h.id, model: h.model, inputs, outputs });
+      if (c.priority !== '' && !JOB_PRIORITIES.includes(c.priority as JobPriority)) throw invalid(`priority must be one of ${JOB_PRIORITIES.join(', ')} (got '${c.priority}')`);
+      const positive = (name: string, v: number) => {
+        if (!Number.isFinite(v) || v < 0) throw invalid(`${name} must be a positive number`);
+        return v === 0 ? undefined : v;
+      };
+      // The tensors are views of the message's frames: the service encodes (copies) them before this returns.
+      const { job, replayed } = await jobs.submit({
+        model: h.model, version: h.version || undefined, inputs, outputs,
+        priority: (c.priority || undefined) as JobPriority | undefined,
+        ttlSeconds: positive('ttl_seconds', c.ttlSeconds), timeoutSeconds: positive('timeout_seconds', c.timeoutSeconds),
+        maxAttempts: c.maxAttempts === 0 ? undefined : c.maxAttempts, webhookUrl: c.webhookUrl || undefined,
+        metadata: metadataOf(c.metadataJson), idempotencyKey: c.idempotencyKey || undefined,
+      });
+      return { job: info(job, { replayed }) };
+    }
+    case JobCall_Op.GET:
+      return { job: info(await jobs.get(c.jobId)) };
+    case JobCall_Op.CANCEL:
+      return { job: info(await jobs.cancel(c.jobId)) };
+    case JobCall_Op.RESULT: {
+      const r = await jobs.result(c.jobId);
+      switch (r.state) {
+        case 'succeeded':
+          return { job: info(r.job, { resultState: 'succeeded' }), outputs: r.result.outputs, model: r.result.model, version: r.result.version };
+        case 'failed':
+          return { job: info(r.job, { resultState: 'failed', lastError: r.message }) };
+        case 'gone':
+          return { job: info(r.job, { resultState: 'gone', lastError: r.reason }) };
+        case 'pending':
+          return { job: info(r.job, { resultState: 'pending' }) };
+      }
+      break;
+    }
+    case JobCall_Op.LIST: {
+      requireJobListing(o.access, credential);
+      if (c.status !== '' && !JOB_STATUSES.includes(c.status as JobStatus)) throw invalid(`status must be one of ${JOB_STATUSES.join(', ')}`);
+      const page = await jobs.list({ model: h.model || undefined, status: (c.status || undefined) as JobStatus | undefined, cursor: c.cursor || undefined, limit: c.limit || undefined });
+      return { jobs: page.jobs.map((j) => info(j)), nextCursor: page.next_cursor ?? '' };
+    }
+  }
+  throw invalid(`unknown job operation ${String(c.op)}: SUBMIT, GET, RESULT, CANCEL or LIST`);
+}

@@ -7,7 +7,7 @@
  */
 import compress from '@fastify/compress';
 import multipart from '@fastify/multipart';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { DEFAULT_LIMITS } from '../../core/validate';
 import { DEFAULT_BODY_TIMEOUTS } from './body-timeout';
@@ -15,6 +15,7 @@ import { healthRoutes } from './health-routes';
 import { inferRoute } from './infer-route';
 import { modelRoutes } from './model-routes';
 import { rawBodyParser } from './raw-body';
+import { BodyPool } from './body-pool';
 import { repositoryRoutes } from './repository';
 import { sharedMemoryRoutes } from './shared-memory';
 import type { SharedMemoryRegistry } from '../shared/shm';
@@ -40,6 +41,8 @@ export interface RestOptions {
   bodyTimeoutMs?: number;
   /** Responses at least this large are compressed when the client accepts gzip or deflate. Default 1024 bytes. */
   compressThreshold?: number;
+  /** Big bodies of infer requests in reusable buffers (body-pool.ts); `false` turns the pool off. Default: a pool. */
+  bodyPool?: BodyPool | false;
 }
 
 export const DEFAULT_COMPRESS_THRESHOLD = 1024;
@@ -58,7 +61,10 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   // share one path. multipart/form-data is streamed by @fastify/multipart:
   // registered in this context after the catch-all, its parser wins for that type.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { bodyLimit: opts.bodyLimit }, rawBodyParser(opts.bodyLimit, timeouts));
+  // Only the infer route releases lent bodies (infer-route.ts); every other route gets its own buffer.
+  const pool = opts.bodyPool === false ? undefined : opts.bodyPool ?? new BodyPool();
+  const pooling = pool && { pool, wants: (req: FastifyRequest) => req.routeOptions.url?.endsWith('/infer') === true };
+  app.addContentTypeParser('*', { bodyLimit: opts.bodyLimit }, rawBodyParser(opts.bodyLimit, timeouts, pooling));
   // Videos are streamed to ffmpeg as they arrive: the handler gets the request stream itself.
   app.addContentTypeParser([...VIDEO_TYPES], (_req, payload, done) => done(null, payload));
   await app.register(multipart, {
@@ -76,9 +82,9 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     customTypes: COMPRESSIBLE,
   });
   // A body timeout answers 408 before the body is complete: close the connection rather than read the rest.
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', (_req, reply, payload, done) => {
     if (reply.statusCode === 408) reply.header('connection', 'close');
-    return payload;
+    done(null, payload);
   });
 
   await app.register(healthRoutes, { broker, version: opts.version });

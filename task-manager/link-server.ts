@@ -353,7 +353,7 @@ export class LinkServer implements LinkSender {
       const msg = item.msg;
       try {
         await router.send(msg);
-        LINK_SEND.since(item.at);
+        if (item.sent) LINK_SEND.since(item.at); // batches only (they carry a callback), not heartbeats
       } catch (err) {
         if (this.closed) return item.sent?.();
         const code = (err as { code?: string }).code;

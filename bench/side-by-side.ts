@@ -1,7 +1,8 @@
 /**
  * `npm run bench:ab`: two brokers built from two trees, side by side in one
  * run, for before/after figures on a shared (noisy) machine. Both run at the
- * same time on one redis-server, each with `simple` and `identity`; the points
+ * same time, each with its own redis-server (the bench gives both the same
+ * broker id), each with `simple` and `identity`; the points
  * alternate between them (the order flips each round) over BENCH_AB_ROUNDS
  * rounds, and the table gives the medians: req/s, p50, p99 and broker CPU per
  * request (µs, all threads of the broker process: the primary evidence when
@@ -40,13 +41,13 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function main(cleanups: Cleanups): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tb-ab-'));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  const redis = await startRedis(dir);
-  cleanups.push(() => redis.stop());
   const brokers = {} as Record<'before' | 'after', BrokerProc>;
   for (const k of ['before', 'after'] as const) {
     const root = TREES[k];
     const main = (m: string) => path.join(root, 'dist', 'examples', 'models', m, 'main.js');
     await mkdir(path.join(dir, k));
+    const redis = await startRedis(path.join(dir, k));
+    cleanups.push(() => redis.stop());
     brokers[k] = await startBrokerProc({
       root, dir: path.join(dir, k), redisUrl: redis.url, waitFor: ['simple', 'identity'],
       models: {

@@ -2,6 +2,7 @@
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Outcome, SchedulerObserver } from '../core/model-scheduler';
+import { stageMetricsText } from '../core/stage-timings';
 
 export class Metrics implements SchedulerObserver {
   readonly registry = new Registry();
@@ -133,7 +134,8 @@ export class Metrics implements SchedulerObserver {
         return;
       }
       beforeScrape?.();
-      res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(await this.registry.metrics());
+      // Per-stage timings (core/stage-timings.ts) follow prom-client's own metrics.
+      res.writeHead(200, { 'Content-Type': this.registry.contentType }).end((await this.registry.metrics()) + stageMetricsText());
     });
     return new Promise((resolve, reject) => {
       server.once('error', reject);

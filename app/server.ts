@@ -17,6 +17,7 @@ import { JobService } from '../jobs/service';
 import { jobServiceOptions } from './job-config';
 import { jobsRoutes } from '../bridges/rest/jobs-routes';
 import { restRoutes } from '../bridges/rest/routes';
+import { BodyPool } from '../bridges/rest/body-pool';
 import { rootRoute } from '../bridges/rest/root';
 import { restServerOptions } from '../bridges/rest/server-options';
 import { startGrpcBridge } from '../bridges/grpc/server';
@@ -62,6 +63,8 @@ export interface RunningBroker {
   /** Asynchronous jobs (undefined when disabled). */
   jobs?: JobService;
   http: FastifyInstance;
+  /** Reusable buffers for big REST infer bodies (its counters show reuse). */
+  bodyPool: BodyPool;
   /** Ports actually bound (useful with port 0). */
   ports: { http: number; grpc: number; metrics: number; zmq: number };
   logger: Logger;
@@ -124,6 +127,8 @@ export interface BuiltBroker {
   http: FastifyInstance;
   /** Directory of models.yaml (cwd of process copies). */
   modelsDir: string;
+  /** Reusable buffers for big REST infer bodies. */
+  bodyPool: BodyPool;
 }
 
 /**
@@ -211,8 +216,11 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   installAccessHook(app, access);
   // One registry of shared memory regions for both bridges: a region registered over REST is usable over gRPC.
   const shm = new SharedMemoryRegistry();
+  // TB_BODY_POOL_POISON=1 (debugging, tests): released body buffers are overwritten, so a late reader shows.
+  const bodyPool = new BodyPool({ poison: process.env.TB_BODY_POOL_POISON === '1' });
   await app.register(restRoutes, { broker, version: VERSION, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes, ffmpeg: config.ffmpeg, shm,
     bodyIdleTimeoutMs: config.bodyIdleTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, compressThreshold: config.compressThreshold,
+    bodyPool,
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
@@ -233,7 +241,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
       timeouts: { idleMs: config.bodyIdleTimeoutMs, totalMs: config.bodyTimeoutMs }, sseHeartbeatMs: jc.sseHeartbeatMs });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir, bodyPool };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
@@ -245,9 +253,9 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   // While draining, close each connection after its answer: keep-alive sockets
   // would otherwise hold app.close() open for fastify's 72 s keep-alive timeout.
   let draining = false;
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', (_req, reply, payload, done) => {
     if (draining) reply.header('connection', 'close');
-    return payload;
+    done(null, payload);
   });
   const shm = b.shm;
   await app.listen({ host: config.host, port: config.httpPort });
@@ -311,7 +319,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       slog.info('stopped');
     })());
 
-  return { config, broker, registry, watcher, tasks, jobs, http: app, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
+  return { config, broker, registry, watcher, tasks, jobs, http: app, bodyPool: b.bodyPool, ports: { http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port }, logger: log, close };
 }
 
 /** build, then start. */

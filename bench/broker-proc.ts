@@ -15,6 +15,8 @@ export interface BrokerProc {
   grpcPort: number;
   /** The ZeroMQ client bridge, e.g. tcp://127.0.0.1:41234. */
   zmqEndpoint: string;
+  /** GET /metrics of the broker (prom-client metrics and the per-stage histograms). */
+  metricsUrl: string;
   pid: number | undefined;
   stop(): Promise<void>;
   output(): string;
@@ -84,6 +86,7 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
     url,
     grpcPort,
     zmqEndpoint: `tcp://${LOOPBACK}:${zmqPort}`,
+    metricsUrl: `http://${LOOPBACK}:${metricsPort}/metrics`,
     pid: h.child.pid,
     output: h.output,
     alive: () => !h.exited(),

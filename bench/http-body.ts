@@ -4,7 +4,8 @@
  *
  *  (a) raw node:http — reads the chunks into one Buffer sized from Content-Length;
  *  (b) fastify, built-in parser (`parseAs: 'buffer'`: chunk list + Buffer.concat);
- *  (c) fastify with the REST bridge's rawBodyParser (dist/bridges/rest/raw-body.js);
+ *  (c) fastify with the REST bridge's rawBodyParser (dist/bridges/rest/raw-body.js)
+ *      and its body pool (body-pool.ts), as the broker's infer route uses them;
  *  (d) express 5 as a user writes it: express.raw() / express.json() and res.json()
  *      (its defaults kept: ETag, X-Powered-By), the same replies. express is a
  *      devDependency for this bench only; the broker does not use it.
@@ -36,12 +37,13 @@ const ROOT = path.resolve(__dirname, '..', '..');
 // The servers (child processes)
 // ---------------------------------------------------------------------------
 
-type ServerKind = 'raw' | 'fastify-buffer' | 'fastify-raw' | 'express';
-const KINDS: ServerKind[] = ['raw', 'fastify-buffer', 'fastify-raw', 'express'];
+type ServerKind = 'raw' | 'fastify-buffer' | 'fastify-raw' | 'fastify-raw-nopool' | 'express';
+const KINDS: ServerKind[] = ['raw', 'fastify-buffer', 'fastify-raw', 'fastify-raw-nopool', 'express'];
 const LABEL: Record<ServerKind, string> = {
   raw: '(a) raw node:http, one preallocated Buffer',
   'fastify-buffer': "(b) fastify, built-in parseAs 'buffer'",
-  'fastify-raw': '(c) fastify + rawBodyParser',
+  'fastify-raw': '(c) fastify + rawBodyParser + body pool',
+  'fastify-raw-nopool': "(c') fastify + rawBodyParser, no pool",
   express: '(d) express 5, express.raw()',
 };
 /** The small-JSON rows: one fastify suffices (b and c differ only in the octet-stream parser). */
@@ -120,18 +122,27 @@ function serveRaw(): http.Server {
   });
 }
 
-async function serveFastify(kind: 'fastify-buffer' | 'fastify-raw'): Promise<{ port: number; close: () => Promise<void> }> {
+async function serveFastify(kind: 'fastify-buffer' | 'fastify-raw' | 'fastify-raw-nopool'): Promise<{ port: number; close: () => Promise<void> }> {
   // Loaded here so the load-generating parent never pays for fastify.
   const { default: Fastify } = await import('fastify');
   const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT });
   if (kind === 'fastify-buffer') {
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: BODY_LIMIT }, (_req, body, done) => done(null, body));
   } else {
-    // Compiled to require('../bridges/rest/raw-body'): dist/bridges/rest/raw-body.js, the module the broker runs.
+    // Compiled to require('../bridges/rest/raw-body'): dist/bridges/rest/raw-body.js, the module the broker runs,
+    // with its body pool as the broker's infer route uses it (the lease released when the response closes).
     const { rawBodyParser } = await import('../bridges/rest/raw-body');
-    app.addContentTypeParser('application/octet-stream', { bodyLimit: BODY_LIMIT }, rawBodyParser(BODY_LIMIT));
+    const { BodyPool } = await import('../bridges/rest/body-pool');
+    const pooling = kind === 'fastify-raw' ? { pool: new BodyPool(), wants: () => true } : undefined;
+    app.addContentTypeParser('application/octet-stream', { bodyLimit: BODY_LIMIT }, rawBodyParser(BODY_LIMIT, undefined, pooling));
   }
-  app.post(BIN_PATH, async (req) => binReply(req.body as Buffer));
+  const { pooledOf } = await import('../bridges/rest/body-pool');
+  app.post(BIN_PATH, async (req, reply) => {
+    const body = req.body as Buffer;
+    const lease = pooledOf(body);
+    if (lease) reply.raw.once('close', lease.releaser());
+    return binReply(body);
+  });
   app.post(SMALL_PATH, async (req) => smallReply(req.body as SmallRequest));
   await app.listen({ host: LOOPBACK, port: 0 });
   return { port: (app.server.address() as { port: number }).port, close: () => app.close() };
@@ -170,7 +181,7 @@ async function serve(kind: string): Promise<void> {
       server.closeAllConnections();
       server.close(() => r());
     });
-  } else if (kind === 'fastify-buffer' || kind === 'fastify-raw') {
+  } else if (kind === 'fastify-buffer' || kind === 'fastify-raw' || kind === 'fastify-raw-nopool') {
     ({ port, close } = await serveFastify(kind));
   } else if (kind === 'express') {
     ({ port, close } = await serveExpress());
@@ -377,6 +388,15 @@ function toMarkdown(r: Result): string {
     out.push(`| ${row.concurrency} | ${LABEL[row.server]} | ${int(p.throughput)} | ${f(p.latency.p50, 3)} | ${f(p.latency.p99, 3)} | ${f(p.mbPerS, 0)} | ${row.server === 'raw' ? '1.00' : f(row.ratioToRaw)} | ${pct(p.serverCpuPct)} | ${pct(p.clientCpuPct)} | ${p.non2xx + p.errors + p.timeouts} |`);
   }
   out.push('');
+  // Issue 16, target 4: the broker's parser (with its pool) at c=1 within 2x raw node:http's p99.
+  const at1 = (k: ServerKind) => r.binary.find((x) => x.concurrency === 1 && x.server === k)?.point;
+  const raw1 = at1('raw');
+  const ours1 = at1('fastify-raw');
+  if (raw1 && ours1) {
+    const ratio = ours1.latency.p99 / raw1.latency.p99;
+    out.push(`Target (issue 16, 4): (c) p99 at concurrency 1 within 2× raw node:http's: ${ratio <= 2 ? '**pass**' : '**FAIL**'} (${f(ours1.latency.p99, 3)} vs ${f(raw1.latency.p99, 3)} ms, ${f(ratio)}×).`);
+    out.push('');
+  }
   out.push(`**Small body: ${s.smallBytes}-byte JSON POST answered with a ${s.smallReplyBytes}-byte JSON, concurrency ${s.smallConcurrency}**`);
   out.push('');
   out.push('| concurrency | server | req/s | p50 ms | p99 ms | MB/s | req/s vs raw | server CPU | client CPU | errors |');

@@ -1,4 +1,5 @@
 /** Turns a benchmark result into markdown, and writes it where it belongs. */
+import { stageTable, type StageRow } from './stages';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -47,6 +48,8 @@ export interface BrokerPoint {
   /** CPU time of the bench process (the load generator / client) / wall time. */
   clientCpuPct?: number;
   firstError?: string;
+  /** The broker's per-stage histograms over the window (bench/stages.ts). */
+  stages?: StageRow[];
 }
 
 export type Bridge = 'REST JSON' | 'REST binary' | 'gRPC' | 'ZeroMQ';
@@ -181,6 +184,7 @@ export function toMarkdown(r: BenchResult): string {
     );
     out.push('');
   }
+  out.push(...stageSection(r));
   const t = r.targets;
   const ratios = t.imageBinaryOverJson.map((x) => `${f(x.ratio, 1)}× at c=${x.concurrency}`).join(', ');
   out.push(
@@ -190,6 +194,45 @@ export function toMarkdown(r: BenchResult): string {
       `image binary ≥ 5× JSON images/s: ${pass(t.imageBinaryPass)} (${ratios || '—'}).`,
   );
   return out.join('\n') + '\n';
+}
+
+/** Broker CPU time per answered request, µs (all its threads). */
+const cpuUsPerRequest = (p: BrokerPoint) =>
+  p.brokerCpuPct === undefined || p.throughput <= 0 ? NaN : ((p.brokerCpuPct / 100) * 1e6) / p.throughput;
+
+/**
+ * 5. Where the time goes: the broker's per-stage histograms over each bridge
+ * point, broker CPU per request, and issue 16's target 1 (REST JSON c=1 ≤
+ * HTTP floor + direct + 0.1 ms; ZeroMQ c=1 ≤ direct + 0.05 ms).
+ */
+function stageSection(r: BenchResult): string[] {
+  const points: { label: string; point: BrokerPoint }[] = [];
+  for (const row of r.bridges) for (const b of row.bridges) if (b.point.stages?.length) points.push({ label: `${b.bridge} c=${row.concurrency}`, point: b.point });
+  if (points.length === 0) return [];
+  const out: string[] = [];
+  out.push('**5. Where the time goes: the broker\'s per-stage histograms (`tb_stage_seconds`) over each point of table 3**');
+  out.push('');
+  out.push(stageTable(points.map((p) => ({ label: p.label, rows: p.point.stages ?? [] }))));
+  out.push('');
+  out.push(`Broker CPU per request (all threads, µs): ${points.map((p) => `${p.label} ${f(cpuUsPerRequest(p.point), 0)}`).join('; ')}.`);
+  out.push('');
+  out.push(
+    'Stages: parse = handler start → InferRequest; admit = broker.infer() until queued; queue = queued → batch cut; batch = joining and encoding the batch; ' +
+      'link_send = handed to the link → zeromq send resolved; compute = the copy\'s own time; link_receive = send resolved → RESULT back, minus compute (both wires, the copy\'s decode/encode, wake-ups); ' +
+      'debatch = RESULT → outputs settled; encode = result → reply bytes; write = reply handed to the socket (REST: fastify\'s onSend hooks and the socket write). ' +
+      'p50 ≤ = upper bound of the bucket holding the median. Time not in any stage: HTTP/ZeroMQ receive, event-loop turns and microtask hops between stages.',
+  );
+  out.push('');
+  const c1 = r.simple.find((x) => x.concurrency === 1);
+  const b1 = r.bridges.find((x) => x.concurrency === 1);
+  const zmq = b1?.bridges.find((x) => x.bridge === 'ZeroMQ');
+  if (c1?.floor) {
+    const limit = c1.floor.latency.p50 + c1.direct.latency.p50 + 0.1;
+    out.push(`Issue 16 target 1: REST JSON c=1 p50 ≤ HTTP floor p50 + direct p50 + 0.1 ms: ${pass(c1.broker.latency.p50 <= limit)} (${f(c1.broker.latency.p50, 3)} vs ${f(limit, 3)} ms)` +
+      (zmq && b1 ? `; ZeroMQ c=1 p50 ≤ direct p50 + 0.05 ms: ${pass(zmq.point.latency.p50 <= b1.direct.latency.p50 + 0.05)} (${f(zmq.point.latency.p50, 3)} vs ${f(b1.direct.latency.p50 + 0.05, 3)} ms).` : '.'));
+    out.push('');
+  }
+  return out;
 }
 
 export const MARK_START = '<!-- bench:start -->';

@@ -20,6 +20,7 @@ import type { Tensor } from '../proto/tensor';
 import { modelStats, startBrokerProc, statsDelta, type BrokerProc, type StatsDelta } from './broker-proc';
 import { GrpcInferClient, ZmqClient, binaryBody, grpcRawRequest, int32Values, splitBinaryReply } from './clients';
 import { DirectCopy, type DirectPoint } from './direct';
+import { stageDelta, stageSnapshot, type StageRow } from './stages';
 import { runHttpPoint, type HttpPoint } from './http-load';
 import { makeImageBodies, meanRgb, type ImageBodies } from './images';
 import { closedLoop, type LoopPoint } from './loop';
@@ -120,8 +121,9 @@ const settle = () => new Promise((r) => setTimeout(r, 300));
 /** Runs `run` with the broker's counters and CPU time read around it. */
 async function brokerWindow<P extends { seconds: number }>(
   broker: BrokerProc, model: string, run: () => Promise<P>,
-): Promise<P & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }> {
+): Promise<P & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number; stages: StageRow[] }> {
   const before = await modelStats(broker.url, model);
+  const stages0 = await stageSnapshot(broker.metricsUrl);
   const cpu0 = cpuMs(broker.pid);
   const own0 = process.cpuUsage();
   const p = await run();
@@ -129,16 +131,18 @@ async function brokerWindow<P extends { seconds: number }>(
   const cpu1 = cpuMs(broker.pid);
   await settle();
   const after = await modelStats(broker.url, model);
+  const server = statsDelta(before, after);
+  const stages = stageDelta(stages0, await stageSnapshot(broker.metricsUrl), server.requests);
   const brokerCpuPct = cpu0 !== undefined && cpu1 !== undefined ? ((cpu1 - cpu0) / (p.seconds * 1000)) * 100 : undefined;
   const clientCpuPct = ((own.user + own.system) / 1000 / (p.seconds * 1000)) * 100;
-  return { ...p, server: statsDelta(before, after), brokerCpuPct, clientCpuPct };
+  return { ...p, server, brokerCpuPct, clientCpuPct, stages };
 }
 
 /** An HTTP point with the broker's own counters and CPU over the same window. */
 async function brokerPoint(
   broker: BrokerProc, model: string, body: string | Buffer, connections: number,
   seconds = SECONDS, headers?: Record<string, string>,
-): Promise<HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }> {
+): Promise<HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number; stages: StageRow[] }> {
   const url = `${broker.url}/v2/models/${model}/infer`;
   await runHttpPoint({ url, body, headers, connections, seconds: WARMUP });
   await settle();
@@ -148,10 +152,10 @@ async function brokerPoint(
 }
 
 /** An HTTP point in the common shape of every transport (errors = non-2xx + errors + timeouts). */
-function fromHttp(p: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number }): BrokerPoint {
+function fromHttp(p: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number; stages: StageRow[] }): BrokerPoint {
   return {
     connections: p.connections, seconds: p.seconds, ok: p.ok, errors: p.non2xx + p.errors + p.timeouts,
-    throughput: p.throughput, latency: p.latency, server: p.server, brokerCpuPct: p.brokerCpuPct, clientCpuPct: p.clientCpuPct,
+    throughput: p.throughput, latency: p.latency, server: p.server, brokerCpuPct: p.brokerCpuPct, clientCpuPct: p.clientCpuPct, stages: p.stages,
   };
 }
 
@@ -159,7 +163,7 @@ function fromHttp(p: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; cl
 async function loopPoint(broker: BrokerProc, model: string, call: () => Promise<unknown>, connections: number, seconds: number): Promise<BrokerPoint> {
   await closedLoop(call, connections, WARMUP);
   await settle();
-  const p: LoopPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number } = await brokerWindow(broker, model, () => closedLoop(call, connections, seconds));
+  const p: LoopPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number; stages: StageRow[] } = await brokerWindow(broker, model, () => closedLoop(call, connections, seconds));
   if (p.errors > 0) log(`  ${model} c=${connections}: ${p.errors} errors (first: ${p.firstError})`);
   return p;
 }
@@ -307,7 +311,7 @@ async function main(cleanups: Cleanups): Promise<void> {
     await direct.runPoint(simpleTensors, c, WARMUP);
     const d: DirectPoint = await direct.runPoint(simpleTensors, c, SECONDS);
     log(`  direct  ${fmt(d)}`);
-    let restJson: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number };
+    let restJson: HttpPoint & { server: StatsDelta; brokerCpuPct?: number; clientCpuPct: number; stages: StageRow[] };
     if (!CONCURRENCY.includes(c)) {
       log(`simple c=${c}: REST JSON → broker`);
       restJson = await brokerPoint(broker, 'simple', simpleBody, c, BRIDGE_SECONDS);

@@ -6,7 +6,10 @@ import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
 import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
+import { stageTimer } from './stage-timings';
 import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';
+
+const ADMIT = stageTimer('core', 'admit');
 
 /** One row of the repository index (KServe/Triton model repository extension). */
 export interface RepositoryEntry {
@@ -134,7 +137,11 @@ export class Broker implements BrokerApi {
   }
 
   infer(req: InferRequest): Promise<InferResult> {
-    if (!this.accepting) return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down', { kind: 'shutting-down' }));
+    const t0 = performance.now();
+    if (!this.accepting) {
+      req.onSent?.();
+      return Promise.reject(new BrokerError('UNAVAILABLE', 'the broker is shutting down', { kind: 'shutting-down' }));
+    }
     let entry: ModelEntry;
     try {
       entry = this.entry(req.model, req.version);
@@ -148,9 +155,12 @@ export class Broker implements BrokerApi {
         throw new BrokerError('UNAVAILABLE', `model '${req.model}' is not ready: ${r.reason ?? r.phase}`, { kind: 'model-unavailable' });
       }
     } catch (e) {
+      req.onSent?.();
       return Promise.reject(e);
     }
-    return entry.scheduler.submit(req);
+    const answer = entry.scheduler.submit(req);
+    ADMIT.since(t0);
+    return answer;
   }
 
   models(): { name: string; version: string }[] {

@@ -35,6 +35,8 @@ export interface BatchRequest {
    * settles (link Response); `tensors` hold that item's rows only.
    */
   onResponse?: (item: number, tensors: Tensor[]) => void;
+  /** Called once the link took the batch (zeromq's send resolved or failed). */
+  onSent?: () => void;
 }
 
 export interface BatchResponse {

@@ -8,11 +8,17 @@
 import type { Logger } from 'pino';
 import { BrokerError, toBrokerError } from './errors';
 import type { BatchRequest, BatchResponse, ModelCopies, ModelCopy, SequenceControl } from './model-copies';
+import { stageTimer } from './stage-timings';
 import { ModelStats, type BatchTiming } from './stats';
 import { longTimeout } from './timers';
 import { sliceRows, type Tensor } from '../proto/tensor';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { requestRows, shapeKey, validateAgainst } from './validate';
+
+const QUEUE = stageTimer('core', 'queue');
+const BATCH = stageTimer('core', 'batch');
+const COMPUTE = stageTimer('core', 'compute');
+const DEBATCH = stageTimer('core', 'debatch');
 
 const NO_TIMING: BatchTiming = { inputNs: 0, computeNs: 0, outputNs: 0 };
 
@@ -118,6 +124,7 @@ export abstract class SchedulerBase<X = undefined> {
     try {
       return this.admit(req);
     } catch (e) {
+      req.onSent?.();
       return Promise.reject(toBrokerError(e));
     }
   }
@@ -222,11 +229,13 @@ export abstract class SchedulerBase<X = undefined> {
    * data; `after` runs once the copy answered or failed (after every request settled).
    */
   protected dispatch(copy: ModelCopy, batch: Pending<X>[], control?: (p: Pending<X>) => SequenceControl | undefined, after?: () => void): void {
+    const t0 = performance.now();
     const now = process.hrtime.bigint();
     let rows = 0;
     for (const p of batch) {
       p.state = 'running';
       p.startedNs = now;
+      QUEUE.observeMs(Number(now - p.enqueuedNs) / 1e6);
       rows += p.rows;
       this.running.add(p);
     }
@@ -235,21 +244,36 @@ export abstract class SchedulerBase<X = undefined> {
     this.observer?.queueDepth(this.model, this.queued);
     this.reportDemand();
 
+    // The link no longer reads the requests' inputs once the batch was sent (or failed): bridges may reuse their bytes.
+    let linkDone = false;
+    const sent = () => {
+      if (linkDone) return;
+      linkDone = true;
+      for (const p of batch) p.req.onSent?.();
+    };
     let request: BatchRequest;
     try {
       request = this.buildBatch(copy, batch, control);
     } catch (e) {
+      sent();
       for (const p of batch) this.settle(p, toBrokerError(e));
       after?.();
       return;
     }
+    request.onSent = sent;
     const batchId = String(request.batchId);
     if (this.log.isLevelEnabled('debug')) this.log.debug({ batchId, copy: copy.id, rows, requests: batch.length }, 'batch dispatched');
     const decoupled = !!copy.metadata.decoupled;
     if (decoupled) request.onResponse = (item, tensors) => this.respond(batch[item], tensors);
-    copy.execute(request).then(
-      (res) => this.debatch(batch, rows, res, batchId, decoupled),
+    const running = copy.execute(request);
+    BATCH.since(t0);
+    running.then(
+      (res) => {
+        sent();
+        this.debatch(batch, rows, res, batchId, decoupled);
+      },
       (err) => {
+        sent();
         const e = this.batchError(toBrokerError(err));
         // The copy died or hung with the batch: the task manager flags it retryable when the
         // model allows it (retry_on_failure, stateless rows). Each request goes back in the queue once.
@@ -321,7 +345,17 @@ export abstract class SchedulerBase<X = undefined> {
   }
 
   private debatch(batch: Pending<X>[], rows: number, res: BatchResponse, batchId: string, decoupled = false): void {
+    const t0 = performance.now();
+    try {
+      this.debatchNow(batch, rows, res, batchId, decoupled);
+    } finally {
+      DEBATCH.since(t0);
+    }
+  }
+
+  private debatchNow(batch: Pending<X>[], rows: number, res: BatchResponse, batchId: string, decoupled: boolean): void {
     const computeNs = res.computeNs;
+    COMPUTE.observeMs(computeNs / 1e6);
     const timing: BatchTiming = { inputNs: res.computeInputNs ?? 0, computeNs, outputNs: res.computeOutputNs ?? 0 };
     this.stats.execution(rows, timing);
     this.observer?.batch(this.model, rows, computeNs / 1e9);
@@ -384,6 +418,7 @@ export abstract class SchedulerBase<X = undefined> {
       this.queued--;
       this.queuedRows -= p.rows;
       this.observer?.queueDepth(this.model, this.queued);
+      p.req.onSent?.(); // never sent: the bridge may reuse its bytes
     }
     if (this.running.size === 0 && this.queued === 0) for (const w of this.idleWaiters.splice(0)) w();
     this.reportDemand();

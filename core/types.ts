@@ -38,6 +38,13 @@ export interface InferRequest {
    * (UNIMPLEMENTED: the call takes exactly one answer).
    */
   onResponse?: (response: InferResult) => void;
+  /**
+   * Called when the broker has stopped reading `inputs` for the link: the
+   * request's batch went to the link (zeromq's send resolved), or the request
+   * ended without one being sent. At least once per request (again after a
+   * retried batch is sent), so a bridge that lends pooled bytes guards it.
+   */
+  onSent?: () => void;
 }
 
 export interface InferResult {

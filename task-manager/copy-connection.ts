@@ -26,6 +26,9 @@ import {
   type TensorSpec as WireTensorSpec,
 } from '../proto/link';
 import type { LinkPeer, LinkSender } from './link-server';
+import { stageTimer } from '../core/stage-timings';
+
+const LINK_RECEIVE = stageTimer('link', 'link_receive');
 
 export type CopyState = 'starting' | 'ready' | 'draining' | 'failed' | 'stopped';
 
@@ -74,6 +77,8 @@ interface Pending {
   resolve: (r: BatchResponse) => void;
   reject: (e: BrokerError) => void;
   timer: NodeJS.Timeout;
+  /** performance.now() when zeromq took the batch (for the link_receive stage). */
+  sentAt?: number;
 }
 
 /**
@@ -175,8 +180,12 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       const left = Math.max(0, batch.deadline - Date.now());
       const wait = this.opts.batchTimeoutMs ? this.opts.batchTimeoutMs(rows, left) : left;
       const timer = setTimeout(() => this.onHang(batch.batchId), wait);
-      this.inflight.set(batch.batchId, { batch, resolve, reject, timer });
-      this.opts.link.send(this.id, frames);
+      const pending: Pending = { batch, resolve, reject, timer };
+      this.inflight.set(batch.batchId, pending);
+      this.opts.link.send(this.id, frames, () => {
+        pending.sentAt = performance.now();
+        batch.onSent?.();
+      });
     });
   }
 
@@ -314,6 +323,7 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
       return;
     }
     this.settle(r.batchId);
+    if (p.sentAt !== undefined) LINK_RECEIVE.observeMs(performance.now() - p.sentAt - Number(r.computeNs) / 1e6);
     if (r.error) {
       p.reject(new BrokerError('INTERNAL', `model error: ${r.error}`));
       return;

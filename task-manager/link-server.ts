@@ -25,7 +25,10 @@ import * as zmq from 'zeromq';
 import type { Logger } from 'pino';
 import { create } from '@bufbuild/protobuf';
 import { HeartbeatSchema, ShutdownSchema, decodeFrames, encodeFrames, LinkDecodeError, type DecodedMessage } from '../proto/link';
+import { stageTimer } from '../core/stage-timings';
 import type { LinkInfo } from './runtime';
+
+const LINK_SEND = stageTimer('link', 'link_send');
 
 /** What the link server routes a copy's messages to. */
 export interface LinkPeer {
@@ -44,7 +47,15 @@ export interface LinkPeer {
 
 /** The link as a copy connection sees it. */
 export interface LinkSender {
-  send(copyId: string, frames: Buffer[]): void;
+  /** `sent` runs once zeromq took the message (its send resolved or failed); libzmq may still hold frames over 128 bytes. */
+  send(copyId: string, frames: Buffer[], sent?: () => void): void;
+}
+
+/** A message waiting for the send loop: when it was queued (performance.now()) and who waits for it. */
+interface Outgoing {
+  msg: Buffer[];
+  at: number;
+  sent?: () => void;
 }
 
 export interface LinkServerOptions {
@@ -115,7 +126,7 @@ export class LinkServer implements LinkSender {
   private readonly byRoutingId = new Map<string, string>();
   /** Copies that presented their secret in READY (or were adopted). */
   private readonly authenticated = new Set<string>();
-  private readonly queue: Buffer[][] = [];
+  private readonly queue: Outgoing[] = [];
   private wake?: () => void;
   private closed = false;
   private heartbeat?: NodeJS.Timeout;
@@ -236,13 +247,14 @@ export class LinkServer implements LinkSender {
   }
 
   /** Queues a message for a copy. Never throws; delivery failures are logged. */
-  send(copyId: string, frames: Buffer[]): void {
+  send(copyId: string, frames: Buffer[], sent?: () => void): void {
     const r = this.routes.get(copyId);
     if (!r) {
       this.opts.logger?.debug({ copy: copyId }, 'link: message to a copy not on the link dropped');
+      sent?.();
       return;
     }
-    this.sendTo(r.routingId, frames);
+    this.sendTo(r.routingId, frames, sent);
   }
 
   async close(): Promise<void> {
@@ -311,9 +323,9 @@ export class LinkServer implements LinkSender {
     this.byRoutingId.set(routingId, copyId);
   }
 
-  private sendTo(routingId: string, frames: Buffer[]): void {
-    if (this.closed) return;
-    this.queue.push([Buffer.from(routingId), ...frames]);
+  private sendTo(routingId: string, frames: Buffer[], sent?: () => void): void {
+    if (this.closed) return sent?.();
+    this.queue.push({ msg: [Buffer.from(routingId), ...frames], at: performance.now(), sent });
     this.wake?.();
   }
 
@@ -332,27 +344,31 @@ export class LinkServer implements LinkSender {
 
   private async sendLoop(router: zmq.Router): Promise<void> {
     while (!this.closed) {
-      const msg = this.queue.shift();
-      if (!msg) {
+      const item = this.queue.shift();
+      if (!item) {
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = undefined;
         continue;
       }
+      const msg = item.msg;
       try {
         await router.send(msg);
+        if (item.sent) LINK_SEND.since(item.at); // batches only (they carry a callback), not heartbeats
       } catch (err) {
-        if (this.closed) return;
+        if (this.closed) return item.sent?.();
         const code = (err as { code?: string }).code;
         if (/blocked by a bind or unbind/.test((err as Error).message)) {
           // A copy's socket is being bound: send this message again once the bind is done.
-          this.queue.unshift(msg);
+          this.queue.unshift(item);
           await new Promise((r) => setTimeout(r, 5));
           continue;
         }
         // EHOSTUNREACH: the copy is not (or no longer) connected; EAGAIN: its queue is full.
         this.opts.logger?.warn({ copy: claimedId(msg[0].toString()), code, err: (err as Error).message }, 'link: message to copy not delivered');
       }
+      item.sent?.();
     }
+    for (const rest of this.queue.splice(0)) rest.sent?.();
   }
 
   private async receiveLoop(router: zmq.Router): Promise<void> {

@@ -17,6 +17,12 @@ import { imageRequest, readUploadParts, videoReply } from './uploads';
 import { VIDEO_TYPES } from './video';
 import { inferExtended } from '../shared/extended-infer';
 import type { SharedMemoryRegistry } from '../shared/shm';
+import { stageTimer } from '../../core/stage-timings';
+import { pooledOf } from './body-pool';
+
+const PARSE = stageTimer('rest', 'parse');
+const ENCODE = stageTimer('rest', 'encode');
+const WRITE = stageTimer('rest', 'write');
 
 export interface InferRouteOptions {
   broker: BrokerApi;
@@ -134,6 +140,10 @@ export async function inferRoute(app: FastifyInstance, o: InferRouteOptions): Pr
   const read = inferBodyReader(o);
 
   both(app, 'POST', '/infer', async (req, reply) => {
+    const t0 = performance.now();
+    // A lent body (body-pool.ts): this exchange's reference goes when the response is closed (written, or the client left).
+    const lease = Buffer.isBuffer(req.body) ? pooledOf(req.body) : undefined;
+    if (lease) reply.raw.once('close', lease.releaser());
     const { model, version } = req.params;
     broker.describe(model, version); // 404 before looking at the body
     const body = await read(req);
@@ -141,6 +151,7 @@ export async function inferRoute(app: FastifyInstance, o: InferRouteOptions): Pr
       const query = (req.query ?? {}) as Record<string, unknown>;
       return videoReply(req, reply, { broker, model, version, body: body.video, mediaType: body.type, query, requestId: String(req.id), maxBytes: o.maxVideoBytes, maxElements: o.maxElements, ffmpeg: o.ffmpeg });
     }
+    PARSE.since(t0);
     return answer(req, reply, broker, body.parsed, o.shm);
   });
 }
@@ -150,13 +161,28 @@ async function answer(req: FastifyRequest<{ Params: ModelParams }>, reply: Fasti
   const { model, version } = req.params;
   const signal = abortOnClose(reply);
   req.log.debug({ model, requestId: parsed.request.id }, 'infer');
-  const result = await inferExtended(broker, shm, { ...parsed.request, model, version, signal }, parsed);
+  // The link's reference to a lent body: dropped when the core no longer reads the inputs for the link.
+  const lease = Buffer.isBuffer(req.body) ? pooledOf(req.body) : undefined;
+  let onSent: (() => void) | undefined;
+  if (lease) {
+    lease.retain();
+    onSent = lease.releaser();
+  }
+  // (Refused before the core saw it, e.g. an unknown shared memory region: onSent never runs and the slab is not reused, only collected.)
+  const result = await inferExtended(broker, shm, { ...parsed.request, model, version, signal, ...(onSent ? { onSent } : {}) }, parsed);
+  const t0 = performance.now();
   const enc = encodeInferResult(result, parsed.clientId, parsed.binaryOutputs);
   const json = stringifyJson(enc.json);
-  if (enc.binary.length === 0) return reply.type('application/json; charset=utf-8').send(json);
+  if (enc.binary.length === 0) {
+    const t1 = ENCODE.since(t0);
+    reply.type('application/json; charset=utf-8').send(json);
+    WRITE.since(t1);
+    return reply;
+  }
   const head = Buffer.from(json);
-  return reply
-    .header('Content-Type', 'application/octet-stream')
-    .header('Inference-Header-Content-Length', head.length)
-    .send(Buffer.concat([head, ...enc.binary]));
+  const body = Buffer.concat([head, ...enc.binary]);
+  const t1 = ENCODE.since(t0);
+  reply.header('Content-Type', 'application/octet-stream').header('Inference-Header-Content-Length', head.length).send(body);
+  WRITE.since(t1);
+  return reply;
 }

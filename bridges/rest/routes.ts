@@ -7,14 +7,15 @@
  */
 import compress from '@fastify/compress';
 import multipart from '@fastify/multipart';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { BrokerApi } from '../../core/broker';
 import { DEFAULT_LIMITS } from '../../core/validate';
 import { DEFAULT_BODY_TIMEOUTS, type BodyTimeouts } from './body-timeout';
 import { healthRoutes } from './health-routes';
 import { inferRoute } from './infer-route';
 import { modelRoutes } from './model-routes';
-import { rawBodyParser } from './raw-body';
+import { rawBodyParser, type RawBodyPooling } from './raw-body';
+import { BodyPool } from './body-pool';
 import { repositoryRoutes } from './repository';
 import { sharedMemoryRoutes } from './shared-memory';
 import type { SharedMemoryRegistry } from '../shared/shm';
@@ -40,6 +41,8 @@ export interface RestOptions {
   bodyTimeoutMs?: number;
   /** Responses at least this large are compressed when the client accepts gzip or deflate. Default 1024 bytes. */
   compressThreshold?: number;
+  /** Big bodies of infer requests in reusable buffers (body-pool.ts); `false` turns the pool off. Default: a pool. */
+  bodyPool?: BodyPool | false;
 }
 
 export const DEFAULT_COMPRESS_THRESHOLD = 1024;
@@ -54,9 +57,9 @@ const COMPRESSIBLE = /^application\/(json|octet-stream)(;|$)/;
  * share one path. multipart/form-data is streamed by @fastify/multipart:
  * registered in this context after the catch-all, its parser wins for that type.
  */
-export async function bodyParsers(app: FastifyInstance, bodyLimit: number, timeouts: BodyTimeouts): Promise<void> {
+export async function bodyParsers(app: FastifyInstance, bodyLimit: number, timeouts: BodyTimeouts, pooling?: RawBodyPooling): Promise<void> {
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { bodyLimit }, rawBodyParser(bodyLimit, timeouts));
+  app.addContentTypeParser('*', { bodyLimit }, rawBodyParser(bodyLimit, timeouts, pooling));
   // Videos are streamed to ffmpeg as they arrive: the handler gets the request stream itself.
   app.addContentTypeParser([...VIDEO_TYPES], (_req, payload, done) => done(null, payload));
   await app.register(multipart, {
@@ -72,7 +75,10 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
   const maxVideoBytes = opts.maxVideoBytes ?? 1024 * 1024 * 1024;
   const timeouts = { idleMs: opts.bodyIdleTimeoutMs ?? DEFAULT_BODY_TIMEOUTS.idleMs, totalMs: opts.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUTS.totalMs };
 
-  await bodyParsers(app, opts.bodyLimit, timeouts);
+  // Only the infer route releases lent bodies (infer-route.ts); every other route gets its own buffer.
+  const pool = opts.bodyPool === false ? undefined : opts.bodyPool ?? new BodyPool();
+  const pooling = pool && { pool, wants: (req: FastifyRequest) => req.routeOptions.url?.endsWith('/infer') === true };
+  await bodyParsers(app, opts.bodyLimit, timeouts, pooling);
   // Compressed answers when asked (Accept-Encoding), above a threshold so small ones stay fast.
   // Request bodies are decoded by rawBodyParser (bounded by the body limit), not by this plugin.
   await app.register(compress, {
@@ -83,9 +89,9 @@ export async function restRoutes(app: FastifyInstance, opts: RestOptions): Promi
     customTypes: COMPRESSIBLE,
   });
   // A body timeout answers 408 before the body is complete: close the connection rather than read the rest.
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', (_req, reply, payload, done) => {
     if (reply.statusCode === 408) reply.header('connection', 'close');
-    return payload;
+    done(null, payload);
   });
 
   await app.register(healthRoutes, { broker, version: opts.version });

@@ -24,6 +24,11 @@ import { requestOptions } from '../shared/parameters';
 import { SequenceOrder } from '../shared/sequence-order';
 import type { JobsApi } from '../../jobs/types';
 import { jobCall } from './jobs';
+import { stageTimer } from '../../core/stage-timings';
+
+const PARSE = stageTimer('zmq', 'parse');
+const ENCODE = stageTimer('zmq', 'encode');
+const WRITE = stageTimer('zmq', 'write');
 
 export interface ZmqBridgeOptions {
   broker: BrokerApi;
@@ -62,7 +67,8 @@ export interface ZmqBridge {
   close(): Promise<void>;
 }
 
-type Reply = { frames: Buffer[]; peer: string; bytes: number };
+/** `at`: performance.now() when an answer was queued (the write stage). */
+type Reply = { frames: Buffer[]; peer: string; bytes: number; at?: number };
 type Outgoing = Reply | { flushed: () => void } | { retry: string };
 
 /** Replies held back for one client whose libzmq queue is full (EAGAIN), oldest first. */
@@ -235,6 +241,7 @@ class ZmqBridgeServer implements ZmqBridge {
       }
       try {
         await this.router.send(item.frames);
+        if (item.at !== undefined) WRITE.since(item.at);
       } catch (err) {
         if (this.closed) return;
         if ((err as { code?: string }).code === 'EAGAIN') {
@@ -325,6 +332,7 @@ class ZmqBridgeServer implements ZmqBridge {
   }
 
   private handle(frames: Buffer[]): void {
+    const t0 = performance.now();
     const rid = frames[0];
     const peer = rid.toString('hex');
     this.gone.delete(peer);
@@ -368,6 +376,7 @@ class ZmqBridgeServer implements ZmqBridge {
     } catch (err) {
       return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err));
     }
+    PARSE.since(t0);
     this.run(prefix, peer, req);
   }
 
@@ -445,6 +454,7 @@ class ZmqBridgeServer implements ZmqBridge {
   }
 
   private succeed(prefix: Buffer[], peer: string, r: InferResult): void {
+    const t0 = performance.now();
     const header = create(InferReplySchema, {
       id: r.id, model: r.model, version: r.version,
       status: create(StatusSchema, { code: 'OK' }),
@@ -452,7 +462,8 @@ class ZmqBridgeServer implements ZmqBridge {
     });
     // Output frames are the broker's buffers (views of the model's reply): no copy.
     const frames = [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)];
-    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
+    const at = ENCODE.since(t0);
+    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0), at });
   }
 
   private fail(prefix: Buffer[], peer: string, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {

@@ -87,7 +87,7 @@ export interface ImageRow {
 export interface BenchResult {
   date: string;
   machine: Machine;
-  settings: { seconds: number; warmupSeconds: number; concurrency: number[]; sleepyConcurrency: number; sleepyA_ms: number; sleepyB_ms: number };
+  settings: { seconds: number; warmupSeconds: number; concurrency: number[]; sleepyConcurrency: number; sleepyA_ms: number; sleepyB_ms: number; sleepyRounds?: number };
   directCredits: number;
   simple: SimpleRow[];
   sleepy: SleepyRow[];
@@ -156,7 +156,8 @@ export function toMarkdown(r: BenchResult): string {
   }
   out.push('');
   out.push(
-    'One copy per model, max_wait_ms 0. Rows/batch, copy busy and idle are taken over an inner window (0.5 s after the load starts to 0.5 s before it ends) from ' +
+    `One copy per model, max_wait_ms 0; the entries ran in turn, ${r.settings.sleepyRounds ?? 1} round(s) of ${r.settings.seconds} s each, summed per row (p50: the median round's, p99: the worst round's). ` +
+      'Rows/batch, copy busy and idle are taken over an inner window (0.5 s after the load starts to 0.5 s before it ends) from ' +
       '`/v2/models/{model}/stats`: rows/batch = Δinference_count / Δexecution_count; copy busy = Σ compute_input + compute_infer + compute_output of batch_stats ' +
       '(the copy\'s own timing) per batch; copy idle = (window − busy) / batches, the copy waiting for its next batch. Busy above a+b·rows is the model\'s timer slack. ' +
       'Credits 2: the broker sends the next (full) batch while one runs and the SDK runs them one after the other. Exact timer: SLEEPY_EXACT=1.',

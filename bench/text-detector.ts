@@ -11,6 +11,7 @@
  * TD_SIZE (network input side, default 640), BENCH_WRITE=0 (do not write bench/results/).
  * Runs the direct points first, then starts the broker, so the two never share the CPU.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,7 +19,7 @@ import { ZmqClient, type Tensor } from '../sdk/node';
 import { TextDetector } from '../examples/models/text-detector/detector';
 import { demoPicture, type RenderedPicture } from '../examples/models/text-detector/pictures';
 import { modelStats, startBrokerProc, statsDelta, type BrokerProc } from './broker-proc';
-import { startRedis, type RedisProc } from './procs';
+import { cpuMs, startRedis, type RedisProc } from './procs';
 import { Samples, type LatencySummary } from './samples';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -41,7 +42,32 @@ interface Point {
   /** Broker rows, per request, from the model's statistics: time in the queue, time the copy reported for its batch. */
   queueMs?: number;
   computeMs?: number;
+  /** CPU time per image (ms) of this process (direct: all of it, ORT's threads too), and for broker rows of the broker and of the model's copies. */
+  cpu: { client: number; broker?: number; copies?: number };
 }
+
+/** The copies of `model`: children of the broker whose environment names it (TB_MODEL). */
+function copyPids(broker: number, model: string): number[] {
+  try {
+    return readFileSync(`/proc/${broker}/task/${broker}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+      .filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/environ`, 'utf8').split('\0').includes(`TB_MODEL=${model}`);
+        } catch {
+          return false;
+        }
+      });
+  } catch {
+    return [];
+  }
+}
+
+/** CPU ms of these processes now (those gone count 0). */
+const cpuOf = (pids: number[]) => pids.reduce((n, p) => n + (cpuMs(p) ?? 0), 0);
+const ownCpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 
 const MAIN = path.join(ROOT, 'dist', 'examples', 'models', 'text-detector', 'main.js');
 /** One model entry of the broker; max_wait_ms 0 (a lone request goes at once), one copy, ORT's default threads, no spinning. */
@@ -97,9 +123,11 @@ async function directPoints(picture: RenderedPicture): Promise<Point[]> {
     for (const b of batches) {
       log(`direct, ${spin ? 'spinning' : 'no spinning'}, batch ${b}: ${SECONDS} s`);
       const pics = Array.from({ length: b }, () => pic);
+      const c0 = ownCpuMs();
       const r = await closedLoop(b, 1, async () => { await det.detect(pics); });
       const mode = `${b === 1 ? 'one picture per call' : `${b} pictures per call`}, ${spin ? 'ORT defaults (spinning)' : 'no spinning'}`;
-      points.push({ path: 'direct', mode, batch: b, ...r, imagesPerS: r.images / r.seconds });
+      // The warm-up call is in the CPU window: count its pictures too.
+      points.push({ path: 'direct', mode, batch: b, ...r, imagesPerS: r.images / r.seconds, cpu: { client: (ownCpuMs() - c0) / (r.images + b) } });
     }
     await det.session.release();
   }
@@ -129,13 +157,19 @@ async function brokerPoints(picture: RenderedPicture, broker: BrokerProc): Promi
       log(`broker ${run.model}, ${run.mode}: ${SECONDS} s`);
       const call = async () => { await client.infer(run.model, [run.input], { outputs }); };
       await Promise.all(Array.from({ length: run.concurrency }, call)); // warm-up outside the statistics window (every copy)
+      const copies = copyPids(broker.pid!, run.model);
       const before = await modelStats(broker.url, run.model);
+      const cpu0 = { client: ownCpuMs(), broker: cpuMs(broker.pid) ?? NaN, copies: cpuOf(copies) };
       const r = await closedLoop(run.perCall, run.concurrency, call);
+      const cpu1 = { client: ownCpuMs(), broker: cpuMs(broker.pid) ?? NaN, copies: cpuOf(copies) };
       const after = await modelStats(broker.url, run.model);
       const d = statsDelta(before, after);
+      // closedLoop's own warm-up call is inside the CPU window: count its pictures too.
+      const n = r.images + run.perCall;
       points.push({
         path: 'broker', model: run.model, mode: run.mode, batch: d.meanRowsPerBatch, ...r, imagesPerS: r.images / r.seconds,
         queueMs: d.queueMeanMs, computeMs: d.computeMeanMs,
+        cpu: { client: (cpu1.client - cpu0.client) / n, broker: (cpu1.broker - cpu0.broker) / n, copies: copies.length > 0 ? (cpu1.copies - cpu0.copies) / n : NaN },
       });
     }
   } finally {
@@ -160,13 +194,14 @@ function markdown(points: Point[], when: string, picture: RenderedPicture): stri
       `${Object.entries(MODELS).map(([m, x]) => `\`${m}\` = ${x.what}`).join('; ')}. ` +
       'Direct: the same TextDetector class (sharp resize, one session.run, DB post-processing) called in one process.',
     '',
-    '| path | model entry | load | batch (mean) | images/s | latency p50 ms | p99 ms | queue ms | copy compute ms | vs direct batch 1 | batching gain |',
-    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| path | model entry | load | batch (mean) | images/s | latency p50 ms | p99 ms | queue ms | copy compute ms | CPU ms/image: client · broker · copies | vs direct batch 1 | batching gain |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...points.map((p) => {
       const base = p.path === 'direct' ? direct1 : broker1;
       const same = directAt(Math.round(p.batch));
       return `| ${p.path} | ${p.model ? `\`${p.model}\`` : '—'} | ${p.mode} | ${round(p.batch, 1)} | ${round(p.imagesPerS, 2)} | ${round(p.latency.p50, 0)} | ${round(p.latency.p99, 0)} | ` +
         `${p.queueMs === undefined ? '—' : round(p.queueMs, 1)} | ${p.computeMs === undefined ? '—' : round(p.computeMs, 1)} | ` +
+        `${p.path === 'direct' ? `${round(p.cpu.client, 1)} (all, in process)` : `${round(p.cpu.client, 1)} · ${round(p.cpu.broker ?? NaN, 1)} · ${round(p.cpu.copies ?? NaN, 1)}`} | ` +
         `${round(p.imagesPerS / direct1, 2)}× | ${round(p.imagesPerS / base, 2)}×${same && p.path === 'broker' ? ` (direct at this batch: ${round(same, 2)}/s)` : ''} |`;
     }),
     '',
@@ -175,7 +210,9 @@ function markdown(points: Point[], when: string, picture: RenderedPicture): stri
     '',
     'Latency is per call: a request of several pictures returns them all at once. Queue ms and copy compute ms are per request from `/v2/models/{m}/stats` ' +
       '(compute = the copy\'s predictBatch time of the request\'s batch: preprocessing, session.run, post-processing); latency − queue − compute is the hops ' +
-      '(client → broker → copy and back, 921,600 bytes in each request). "vs direct batch 1" divides by the faster in-process batch-1 row. Batching gain = images/s of the row / images/s at batch 1 on the same path (broker: `text-detector`). ' +
+      '(client → broker → copy and back, 921,600 bytes in each request). CPU ms/image = CPU time (user + system, all threads) / images of the load generator ' +
+      '(the ZmqClient; direct: the whole in-process detector), the broker process and the model\'s copy processes over the point: unlike wall times, ' +
+      'it hardly moves with the machine\'s load, so broker + client + copies − direct is what the path costs. "vs direct batch 1" divides by the faster in-process batch-1 row. Batching gain = images/s of the row / images/s at batch 1 on the same path (broker: `text-detector`). ' +
       'GPU figures are pending a GPU machine (the model uses the CUDA execution provider when its copy has a GPU, NVIDIA_VISIBLE_DEVICES set, and an onnxruntime-node build with CUDA).',
   ];
   return lines.join('\n');

@@ -124,6 +124,8 @@ export interface StatsSnapshot {
   successNs: number;
   queueNs: number;
   computeNs: number;
+  /** Σ over batches of the copy's own time (compute_input + compute_infer + compute_output of batch_stats). */
+  batchBusyNs: number;
 }
 
 /** The model's counters from GET /v2/models/{m}/stats. */
@@ -139,6 +141,7 @@ export async function modelStats(url: string, model: string): Promise<StatsSnaps
     successNs: s.inference_stats.success.ns,
     queueNs: s.inference_stats.queue.ns,
     computeNs: s.inference_stats.compute_infer.ns,
+    batchBusyNs: (s.batch_stats ?? []).reduce((n, b) => n + b.compute_input.ns + b.compute_infer.ns + b.compute_output.ns, 0),
   };
 }
 
@@ -146,6 +149,7 @@ interface ModelStatsJson {
   inference_count: number;
   execution_count: number;
   inference_stats: Record<'success' | 'queue' | 'compute_infer', { count: number; ns: number }>;
+  batch_stats?: { batch_size: number; compute_input: { ns: number }; compute_infer: { ns: number }; compute_output: { ns: number } }[];
 }
 
 export interface StatsDelta {

@@ -16,8 +16,10 @@
  *
  * A call with no answer within its deadline + SOAK_LOST_AFTER_MS counts as
  * lost (it must be 0). Reports RSS of the broker over time, answers by kind
- * against requests sent, and writes bench/results/soak.{json,md} and the
- * README section between <!-- soak:start --> and <!-- soak:end -->.
+ * against requests sent, whether RSS stayed flat (each minute's median within
+ * ±10 % of the first minute's: pass/FAIL), and writes bench/results/soak.{json,md}
+ * and the README section between <!-- soak:start --> and <!-- soak:end -->
+ * (SOAK_README=0 leaves README.md alone).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -214,6 +216,24 @@ const median = (xs: number[]) => {
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
 };
 
+/** Issue 16, target 6: the broker's RSS stays within this of the first minute's, minute by minute. */
+const RSS_TOLERANCE_PCT = 10;
+
+/** Median RSS per minute (the first from 30 s on, past start-up) relative to the first minute's; pass when each is within ±RSS_TOLERANCE_PCT. */
+function rssFlat(samples: Sample[]): { pass: boolean; worstPct: number; minutes: { minute: number; mb: number; pct: number }[] } {
+  const byMinute = new Map<number, number[]>();
+  for (const s of samples) {
+    if (s.t < 30) continue;
+    const m = Math.floor(s.t / 60);
+    byMinute.set(m, [...(byMinute.get(m) ?? []), s.rssMb]);
+  }
+  const medians = [...byMinute.entries()].sort((x, y) => x[0] - y[0]).map(([minute, xs]) => ({ minute, mb: median(xs) }));
+  const base = medians[0]?.mb ?? NaN;
+  const minutes = medians.map((m) => ({ ...m, pct: (m.mb / base - 1) * 100 }));
+  const worstPct = minutes.reduce((w, m) => (Math.abs(m.pct) > Math.abs(w) ? m.pct : w), 0);
+  return { pass: minutes.length > 1 && minutes.every((m) => Math.abs(m.pct) <= RSS_TOLERANCE_PCT), worstPct, minutes };
+}
+
 function toMarkdown(samples: Sample[], totals: Record<Bridge, ReturnType<Counts['snapshot']>>, faults: string[], perBridge: number): string {
   const minute = (s: Sample) => Math.floor(s.t / 60);
   const firstMin = samples.filter((s) => minute(s) === 0 && s.t >= 30).map((s) => s.rssMb);
@@ -232,6 +252,16 @@ function toMarkdown(samples: Sample[], totals: Record<Bridge, ReturnType<Counts[
   }
   lines.push('');
   lines.push(`Broker RSS: median ${a.toFixed(0)} MB in the first minute (after 30 s), ${b.toFixed(0)} MB in the last minute (${((b / a - 1) * 100).toFixed(1)} %), min ${Math.min(...rss).toFixed(0)} MB, max ${Math.max(...rss).toFixed(0)} MB.`);
+  lines.push('');
+  const f = rssFlat(samples);
+  const all = Object.values(totals);
+  const refused = all.reduce((n, c) => n + c.refused, 0);
+  const answered = all.reduce((n, c) => n + c.answered, 0);
+  lines.push(
+    `**RSS flat (±${RSS_TOLERANCE_PCT} %): ${f.pass ? 'pass' : 'FAIL'}.** Median RSS of each minute against the first minute's (after 30 s): ` +
+      `${f.minutes.map((m) => `${m.minute}: ${m.pct >= 0 ? '+' : ''}${m.pct.toFixed(1)} %`).join(', ')}; the largest deviation ${f.worstPct >= 0 ? '+' : ''}${f.worstPct.toFixed(1)} %. ` +
+      `Under overload: ${refused} of ${answered} answers (${((refused / Math.max(1, answered)) * 100).toFixed(1)} %) were refusals (429 / RESOURCE_EXHAUSTED).`,
+  );
   lines.push('');
   lines.push('| t (s) | RSS (MB) | ok/s | refused/s | other/s | fault |');
   lines.push('|---|---|---|---|---|---|');
@@ -347,9 +377,10 @@ runMain(async (cleanups) => {
   if (WRITE) {
     const out = path.join(ROOT, 'bench', 'results');
     await mkdir(out, { recursive: true });
-    await writeFile(path.join(out, 'soak.json'), JSON.stringify({ seconds: SECONDS, queue: QUEUE, perBridge, faults, samples }, null, 2) + '\n');
+    await writeFile(path.join(out, 'soak.json'), JSON.stringify({ seconds: SECONDS, queue: QUEUE, perBridge, faults, rssFlat: rssFlat(samples), samples }, null, 2) + '\n');
     await writeFile(path.join(out, 'soak.md'), `# Soak — latest run\n\n${md}`);
-    await updateReadme(md);
+    if (process.env.SOAK_README !== '0') await updateReadme(md);
+    else log('SOAK_README=0: README.md left alone');
   }
   const lost = Object.values(totals).reduce((n, c) => n + c.lost, 0);
   if (lost > 0) throw new Error(`${lost} requests got no answer`);

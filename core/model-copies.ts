@@ -63,6 +63,8 @@ export interface ModelCopy {
   readonly metadata: ModelMetadata;
   /** True while the copy accepts another batch (in flight < credits). */
   hasCapacity(): boolean;
+  /** True while a batch is in flight at the copy (with credits 2 it may still take one more). */
+  busy(): boolean;
   execute(batch: BatchRequest): Promise<BatchResponse>;
   /** Sequence slots of a stateful model's copy (READY max_sequences, else the registry's, else max batch). */
   readonly maxSequences: number;

@@ -12,7 +12,8 @@ type Req = Pending<undefined>;
 /**
  * One per stateless model: admits requests into a bounded queue, cuts batches
  * when a copy has a free credit (up to batch_size rows, waiting at most
- * max_wait_ms from the oldest request), and splits each reply back by rows.
+ * max_wait_ms from the oldest request; a copy that is still running a batch
+ * gets only full ones), and splits each reply back by rows.
  * Invariant: every accepted request settles exactly once (settle()).
  */
 export class ModelScheduler extends SchedulerBase<undefined> {
@@ -44,6 +45,10 @@ export class ModelScheduler extends SchedulerBase<undefined> {
       const head = this.head();
       if (!head) return;
       const maxRows = this.maxRows(copy.metadata);
+      // A copy's second credit (it is still running a batch) only gets a full batch: the next one
+      // is then waiting at the copy when the running one ends. A partial batch waits for the copy
+      // to finish ('capacity' pumps again), so it can still grow from arrivals meanwhile.
+      if (copy.busy() && this.queuedRows < maxRows) return;
       const waitedMs = Number(process.hrtime.bigint() - head.enqueuedNs) / 1e6;
       if (this.queuedRows < maxRows && waitedMs < this.config.maxWaitMs) {
         this.waitTimer = setTimeout(() => this.pump(), Math.max(1, Math.ceil(this.config.maxWaitMs - waitedMs)));

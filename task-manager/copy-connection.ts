@@ -144,6 +144,10 @@ export class CopyConnection extends EventEmitter implements ModelCopy, LinkPeer 
     return this.state === 'ready' && this.inflight.size < this.credits;
   }
 
+  busy(): boolean {
+    return this.inflight.size > 0;
+  }
+
   execute(batch: BatchRequest): Promise<BatchResponse> {
     for (const it of batch.items) if (it.sequence) this.sequences.add(it.sequence.id);
     if (!this.hasCapacity()) {

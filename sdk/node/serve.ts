@@ -153,6 +153,8 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
 
   const states = new SequenceStates<object>((seq) => model.createState?.(seq) ?? {});
 
+  const parallel = md.parallel === true;
+  let batchChain: Promise<unknown> = Promise.resolve();
   const runTracked = (p: Promise<void>) => {
     inFlight.add(p);
     void p.finally(() => inFlight.delete(p));
@@ -186,7 +188,18 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
           void send({ case: 'result', value: create(ResultSchema, { batchId: k.value.batchId, error: 'model copy is shutting down' }) });
           break;
         }
-        runTracked(runBatch(model, k.value, rest, log, states, send).then((r) => send(r.kind, r.tensors)));
+        {
+          const batch = k.value;
+          const run = () => runBatch(model, batch, rest, log, states, send);
+          let reply: Promise<Reply>;
+          if (parallel) reply = run();
+          else {
+            // One after the other in arrival order: a second credit only means the next batch waits here.
+            reply = batchChain.then(run);
+            batchChain = reply.catch(() => undefined);
+          }
+          runTracked(reply.then((r) => send(r.kind, r.tensors)));
+        }
         break;
       case 'heartbeat':
         log.trace({ lastBrokerBeat }, 'broker heartbeat');

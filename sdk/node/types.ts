@@ -13,8 +13,16 @@ export interface ModelMetadata {
   /** Declared inputs/outputs; for a batching model the first dimension is -1. */
   inputs: TensorSpec[];
   outputs: TensorSpec[];
-  /** Batches accepted in flight (1 or 2); default 1. */
+  /**
+   * Batches accepted in flight (1 or 2); default 1. With 2 the broker sends the next batch
+   * while one runs, so it is already here when that one ends (no idle gap between batches).
+   */
   credits?: number;
+  /**
+   * With credits 2: run both batches at once (true) instead of one after the other in
+   * arrival order (default false, right for a model that uses one device or whole cores).
+   */
+  parallel?: boolean;
   /** Stateful models: sequence slots of this copy (READY max_sequences); default the registry's max_sequences, else maxBatch. */
   maxSequences?: number;
   /**

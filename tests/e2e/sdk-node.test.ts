@@ -130,4 +130,33 @@ describe('Node SDK with the simple model', () => {
     expect(await exited).toBe(3);
     m.broker.sock.close();
   });
+
+  describe('credits 2 (the sleepy example: a batch of n rows takes 100 ms × n)', () => {
+    const SLEEPY = path.resolve(__dirname, '../../dist/examples/models/sleepy/main.js');
+    const fp32 = (rows: number): Tensor => ({ name: 'INPUT0', datatype: 'FP32', shape: [rows, 1], data: Buffer.from(new Float32Array(rows).fill(rows).buffer) });
+    /** Batch 1 (5 rows, 500 ms) then batch 2 (1 row, 100 ms), sent back to back: the order of their RESULTs. */
+    async function order(name: string, env: Record<string, string>): Promise<bigint[]> {
+      const m = await startCopy(dir, [process.execPath, SLEEPY], name, { TB_MODEL: 'sleepy', SLEEPY_A_MS: '0', SLEEPY_B_MS: '100', SLEEPY_CREDITS: '2', ...env });
+      others.push(m.child);
+      try {
+        expect((await m.broker.next('ready')).value.credits).toBe(2);
+        await m.broker.sendBatch(1n, [['long', 5]], [fp32(5)]);
+        await m.broker.sendBatch(2n, [['short', 1]], [fp32(1)]);
+        const results = [await m.broker.next('result'), await m.broker.next('result')];
+        for (const r of results) expect(r.value.error).toBe('');
+        return results.map((r) => r.value.batchId);
+      } finally {
+        m.child.kill('SIGKILL');
+        m.broker.sock.close();
+      }
+    }
+
+    test('batches run one after the other in arrival order: the second waits at the copy', async () => {
+      expect(await order('copy-c2', {})).toEqual([1n, 2n]);
+    });
+
+    test('parallel: true runs both at once (the short one answers first)', async () => {
+      expect(await order('copy-c2p', { SLEEPY_PARALLEL: '1' })).toEqual([2n, 1n]);
+    });
+  });
 });

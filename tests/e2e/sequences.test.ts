@@ -34,6 +34,8 @@ const models = {
   'motion-idle': motion({}, { max_sequences: 1, sequence_idle_ms: 300 }),
   'motion-one': motion({}, { max_sequences: 1 }),
   'motion-crash': motion({ MOTION_A_MS: '300' }, { max_sequences: 2 }),
+  // One copy taking two batches in flight (credits 2): the second waits at the copy.
+  'motion-c2': motion({ MOTION_A_MS: '60', MOTION_CREDITS: '2' }, { max_sequences: 4 }),
   identity: { command: ['node', modelMain('identity')], batch_size: 4 },
 };
 
@@ -147,6 +149,52 @@ describe('sequences (stateful models)', () => {
       const stateless = await t.infer('identity', [x], { outputs: ['OUT_INT32'], sequence: { id: 'x', start: true } } as InferOptions);
       expect(stateless).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('stateless') });
     });
+  });
+
+  test('credits 2: two batches in flight at one copy, and every sequence still sees its frames in order', async () => {
+    const t = await zmqTransport.open(b);
+    const S = 4;
+    const F = 6;
+    let two = false;
+    let sending = true;
+    try {
+      // Watch the copy while frames flow: its second credit must be used at some point.
+      const watch = (async () => {
+        while (sending && !two) {
+          two = b.running.tasks.copies().some((c) => c.model === 'motion-c2' && c.inFlight === 2);
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      })();
+      for (let round = 0; round < 10 && !two; round++) {
+        const got: FrameResult[][] = Array.from({ length: S }, () => []);
+        const arrivals: string[] = [];
+        const all: Promise<void>[] = [];
+        // All frames at once on one ZeroMQ connection: the broker sees each sequence's frames in order.
+        for (let f = 0; f < F; f++) {
+          for (let q = 0; q < S; q++) {
+            const o = t.infer('motion-c2', [frame(q, f)], { sequence: { id: `c2/r${round}/cam-${q}`, start: f === 0, end: f === F - 1 } });
+            all.push(o.then((x) => {
+              got[q][f] = result(x);
+              arrivals.push(`${q}:${f}`);
+            }));
+          }
+        }
+        await Promise.all(all);
+        for (let q = 0; q < S; q++) {
+          expect(got[q].map((r) => r.index)).toEqual([0, 1, 2, 3, 4, 5]);
+          expect(got[q].map((r) => r.motion)).toEqual([0, STEP, STEP, STEP, STEP, STEP]);
+          expect(new Set(got[q].map((r) => r.slot)).size).toBe(1);
+          expect(arrivals.filter((a) => a.startsWith(`${q}:`))).toEqual([0, 1, 2, 3, 4, 5].map((f) => `${q}:${f}`));
+        }
+      }
+      sending = false;
+      await watch;
+      expect(b.running.tasks.copies().find((c) => c.model === 'motion-c2')?.credits).toBe(2);
+      expect(two).toBe(true);
+    } finally {
+      sending = false;
+      await t.close();
+    }
   });
 
   test('an idle sequence is reaped, the model is told (reason idle), a waiting sequence gets the slot, the late frame a clear error', async () => {

@@ -9,7 +9,7 @@ Input X FP32 [-1, 4]. Outputs, per row:
                            requests its dropped state counted ("none" without state); "" if none
 Hooks on X[row, 0]: 999 fails the row's item alone; -1 raises (a batch error);
 555 sleeps SDK_TEST_SLEEP_S (default 1.5) seconds; 777 returns Y with a wrong batch dimension.
-SDK_TEST_CREDITS sets the credits (default 1).
+SDK_TEST_CREDITS sets the credits (default 1), SDK_TEST_PARALLEL=1 runs them at once.
 """
 import os
 import sys
@@ -28,6 +28,7 @@ class SdkTest(Model):
     max_batch = 8
     max_sequences = 4
     credits = int(os.environ.get("SDK_TEST_CREDITS", "1"))
+    parallel = os.environ.get("SDK_TEST_PARALLEL") == "1"
     inputs = [TensorSpec("X", "FP32", [-1, 4])]
     outputs = [
         TensorSpec("Y", "FP32", [-1, 4]),

@@ -5,7 +5,7 @@ import { BrokerError } from '../../core/errors';
 import type { BatchRequest, BatchResponse, ModelCopies, ModelCopiesEvents, ModelCopy } from '../../core/model-copies';
 import { ModelScheduler, type SchedulerConfig } from '../../core/model-scheduler';
 import type { Tensor } from '../../proto/tensor';
-import type { InferRequest, ModelMetadata, ModelReadiness } from '../../core/types';
+import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from '../../core/types';
 
 const META: ModelMetadata = {
   name: 'echo',
@@ -31,6 +31,9 @@ class FakeCopy implements ModelCopy {
   readonly maxSequences = 4;
   endSequence(): void {}
   constructor(readonly id: string, readonly metadata: ModelMetadata, private readonly pool: FakePool, public handler: Handler = echo, public credits = 1) {}
+  busy(): boolean {
+    return this.inFlight > 0;
+  }
   hasCapacity(): boolean {
     return this.inFlight < this.credits;
   }
@@ -256,6 +259,80 @@ describe('ModelScheduler', () => {
     expect(calls).toBe(2);
     pool.copies[0].handler = async () => { throw new BrokerError('UNAVAILABLE', 'copy crashed', { kind: 'copy-lost' }); };
     await expect(s.submit(req([[4]]))).rejects.toMatchObject({ code: 'UNAVAILABLE', retryable: false });
+  });
+});
+
+describe('ModelScheduler: a copy with two credits (two batches in flight)', () => {
+  /** A handler whose batches wait until the test answers them, in any order. */
+  function gated() {
+    const waiting: { b: BatchRequest; answer: (fail?: BrokerError) => void }[] = [];
+    const handler: Handler = (b) => new Promise((resolve, reject) => {
+      waiting.push({ b, answer: (fail) => (fail ? reject(fail) : resolve(echo(b))) });
+    });
+    return { waiting, handler };
+  }
+  const rowsOf = (b: BatchRequest) => b.items.map((it) => it.rows);
+  const tick = () => new Promise((r) => setImmediate(r));
+
+  test('the second batch goes to a running copy only when it is full; a partial one waits for the copy to finish', async () => {
+    const { pool, s } = setup({ batchSize: 4 });
+    const g = gated();
+    const answers = [1, 2, 3, 4, 5, 6].map((v) => s.submit(req([[v]])));
+    const copy = pool.add(new FakeCopy('c1', META, pool, g.handler, 2));
+    await tick();
+    // Idle copy: the first 4 rows at once. Running copy: 2 rows are not a full batch.
+    expect(copy.batches.map(rowsOf)).toEqual([[1, 1, 1, 1]]);
+    answers.push(s.submit(req([[7]])), s.submit(req([[8]])));
+    await tick();
+    // Now 4 rows wait: a full batch goes to the second credit while the first runs.
+    expect(copy.batches.map(rowsOf)).toEqual([[1, 1, 1, 1], [1, 1, 1, 1]]);
+    expect(copy.inFlight).toBe(2);
+    answers.push(s.submit(req([[9]])));
+    g.waiting[0].answer();
+    await tick();
+    // The copy still runs batch 2: the lone row waits rather than go as a batch of 1 behind it.
+    expect(copy.batches).toHaveLength(2);
+    g.waiting[1].answer();
+    await tick();
+    expect(copy.batches.map(rowsOf)).toEqual([[1, 1, 1, 1], [1, 1, 1, 1], [1]]);
+    g.waiting[2].answer();
+    const results = await Promise.all(answers);
+    expect(results.map((r) => values(r.outputs[0]))).toEqual([[1], [2], [3], [4], [5], [6], [7], [8], [9]]);
+    // Requests went out in arrival order, batch by batch.
+    expect(copy.batches.flatMap((b) => values(b.tensors[0]))).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  test('a copy lost with two batches in flight: every request is answered exactly once, each put back once when retryable', async () => {
+    const finished: string[] = [];
+    const observer = { queueDepth() {}, batch() {}, finished: (_m: string, outcome: string) => void finished.push(outcome) };
+    const pool = new FakePool();
+    const s = new ModelScheduler('echo', config({ batchSize: 4 }), pool, pino({ level: 'silent' }), observer);
+    const g = gated();
+    const lost = () => new BrokerError('UNAVAILABLE', 'model copy c1 of echo exited (code 3)', { retryable: true, kind: 'copy-lost' });
+    const answers = [1, 2, 3, 4, 5, 6, 7, 8].map((v) => s.submit(req([[v]])));
+    const copy = pool.add(new FakeCopy('c1', META, pool, g.handler, 2));
+    await tick();
+    expect(copy.batches.map((b) => values(b.tensors[0]))).toEqual([[1, 2, 3, 4], [5, 6, 7, 8]]);
+    expect(copy.inFlight).toBe(2);
+    // The copy dies with both: both batches go back in the queue and run again.
+    g.waiting[0].answer(lost());
+    g.waiting[1].answer(lost());
+    await tick();
+    expect(copy.batches).toHaveLength(4);
+    // Dies again with the retried rows: no second retry, each request fails once.
+    const dead = values(g.waiting[2].b.tensors[0]);
+    expect(dead).toHaveLength(4);
+    g.waiting[2].answer(lost());
+    g.waiting[3].answer();
+    const settled = await Promise.allSettled(answers);
+    settled.forEach((r, i) => {
+      if (dead.includes(i + 1)) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'UNAVAILABLE' });
+      else expect(values((r as PromiseFulfilledResult<InferResult>).value.outputs[0])).toEqual([i + 1]);
+    });
+    // Exactly one end per request, and nothing left behind.
+    expect(finished.sort()).toEqual([...Array(4).fill('error'), ...Array(4).fill('success')]);
+    expect(s.inFlight).toBe(0);
+    expect(s.depth).toBe(0);
   });
 });
 

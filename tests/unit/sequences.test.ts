@@ -26,6 +26,9 @@ class FakeCopy implements ModelCopy {
   auto = true;
   alive = true;
   constructor(readonly id: string, private readonly pool: FakePool, readonly maxSequences = 2, public credits = 1) {}
+  busy(): boolean {
+    return this.inFlight.length > 0;
+  }
   hasCapacity(): boolean {
     return this.alive && this.inFlight.length < this.credits;
   }

@@ -14,7 +14,8 @@
  * told to end so far: end, cancelled, idle), COPY BYTES [-1, 1] (TB_COPY_ID).
  *
  * Env: MOTION_A_MS + MOTION_B_MS × rows = extra time per batch (a timer;
- * default 0), MOTION_MAX_BATCH (8), MOTION_MAX_SEQUENCES (0 = the registry's).
+ * default 0), MOTION_MAX_BATCH (8), MOTION_MAX_SEQUENCES (0 = the registry's),
+ * MOTION_CREDITS (1 or 2 batches in flight, run one after the other; default 1).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { bytesTensor, serve, tensorFrom, type BatchContext, type EndSequenceReason, type Model, type Tensor } from '../../../sdk/node';
@@ -52,6 +53,7 @@ export const motion: Model = {
     version: '1',
     maxBatch: num('MOTION_MAX_BATCH', 8),
     maxSequences: num('MOTION_MAX_SEQUENCES', 0) || undefined,
+    credits: num('MOTION_CREDITS', 1),
     inputs: [{ name: 'FRAME', datatype: 'UINT8', shape: [-1, -1, -1, 3] }],
     outputs: [
       { name: 'FRAME_INDEX', datatype: 'INT32', shape: [-1, 1] },

@@ -45,7 +45,11 @@ interface OrtSession {
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
   release(): Promise<void>;
 }
-interface OrtSessionOptions { graphOptimizationLevel?: 'all'; intraOpNumThreads?: number; executionProviders?: string[] }
+interface OrtSessionOptions {
+  graphOptimizationLevel?: 'all'; intraOpNumThreads?: number; executionProviders?: string[];
+  /** Session config entries, flattened with dots (onnxruntime_session_options_config_keys.h). */
+  extra?: Record<string, unknown>;
+}
 interface Ort {
   InferenceSession: { create(path: string, opts: OrtSessionOptions): Promise<OrtSession> };
   Tensor: new (type: 'float32', data: Float32Array, dims: number[]) => OrtTensor;
@@ -72,6 +76,12 @@ export interface DetectorOptions {
   size?: number;
   /** ORT intra-op threads (0 = ORT's default: one per core). */
   threads?: number;
+  /**
+   * false: ORT's intra-op threads sleep when they run out of work instead of spinning
+   * (session.intra_op.allow_spinning 0), leaving the cores to the broker and the other
+   * processes of the machine between and after runs. Default true (ORT's default).
+   */
+  spin?: boolean;
   /** Try the CUDA execution provider first (falls back to CPU when it cannot load). */
   gpu?: boolean;
   db?: Partial<DbOptions>;
@@ -104,6 +114,7 @@ export class TextDetector {
     const modelPath = opts.modelPath ?? defaultModelPath();
     const base: OrtSessionOptions = { graphOptimizationLevel: 'all' };
     if (opts.threads) base.intraOpNumThreads = opts.threads;
+    if (opts.spin === false) base.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
     const log = opts.log ?? (() => undefined);
     // ORT 1.30 has opt-out telemetry; a model copy never phones home (and has no network anyway).
     process.env.ORT_DISABLE_TELEMETRY ??= '1';

@@ -11,7 +11,7 @@
  *                                          drawn, base64-encoded (so it survives JSON answers too)
  *
  * Env: TD_SIZE (network input side, default 640), TD_MAX_BATCH (8), TD_MAX_BOXES (MAX, 100),
- * TD_THREADS (ORT intra-op threads, 0 = one per core), TD_THRESHOLD (0.3), TD_BOX_THRESHOLD (0.6),
+ * TD_THREADS (ORT intra-op threads, 0 = one per core), TD_SPIN (0: ORT threads sleep instead of spinning when idle; default 1), TD_THRESHOLD (0.3), TD_BOX_THRESHOLD (0.6),
  * TD_UNCLIP_RATIO (1.5), TD_GPU (1/0; default: on when NVIDIA_VISIBLE_DEVICES names a GPU).
  */
 import { serve, tensorFrom, bytesTensor, type BatchContext, type Model, type Tensor } from '../../../sdk/node';
@@ -55,6 +55,7 @@ export class TextDetectorModel implements Model {
     this.detector = await TextDetector.create({
       size: num('TD_SIZE', 640),
       threads: num('TD_THREADS', 0),
+      spin: process.env.TD_SPIN !== '0',
       gpu: wantGpu(),
       db: {
         threshold: num('TD_THRESHOLD', 0.3),

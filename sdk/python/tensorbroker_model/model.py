@@ -112,8 +112,11 @@ class Model:
     version: str = ""
     #: Rows per batch this copy accepts.
     max_batch: int = 1
-    #: Batches accepted in flight (1 or 2); with 2, ``predict_batch`` runs on two threads.
+    #: Batches accepted in flight (1 or 2). With 2 the broker sends the next batch while one
+    #: runs, so it is already here when that one ends; they run one after the other.
     credits: int = 1
+    #: With credits 2: run both batches at once on two threads instead of one after the other.
+    parallel: bool = False
     #: Sequence slots (stateful models).
     max_sequences: int = 0
     inputs: Sequence[TensorSpec] = ()

@@ -2,8 +2,8 @@
 
 One thread owns the ZeroMQ DEALER socket (ZeroMQ sockets are not thread-safe): it
 receives BATCH / HEARTBEAT / END_SEQUENCE / SHUTDOWN, sends heartbeats on time, and
-sends every RESULT. ``predict_batch`` runs on worker threads (as many as the model's
-``credits``), so a long batch never delays a heartbeat. Workers hand results back
+sends every RESULT. ``predict_batch`` runs on a worker thread (one per credit with
+``parallel``; otherwise one, batches in arrival order), so a long batch never delays a heartbeat. Workers hand results back
 through a queue and wake the socket thread through a socketpair, which is also the
 signal wake-up fd: SIGTERM/SIGINT are handled at once, not at the next poll timeout.
 """
@@ -122,7 +122,10 @@ class _Copy:
         self.results: "queue.Queue[_Reply]" = queue.Queue()
         credits = max(1, min(2, int(getattr(model, "credits", 1) or 1)))
         self.credits = credits
-        self.pool = ThreadPoolExecutor(max_workers=credits, thread_name_prefix="predict")
+        # One worker runs batches in arrival order (a second credit only means the next batch
+        # waits here, not on the link); ``parallel`` gives each credit its own thread.
+        workers = credits if bool(getattr(model, "parallel", False)) else 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
         self.in_flight = 0
         self.signal_seen: Optional[int] = None
         self.stopping = False

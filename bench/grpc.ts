@@ -14,6 +14,7 @@
  * See bench/README.md, "gRPC".
  */
 import * as grpc from '@grpc/grpc-js';
+import { spawn, spawnSync } from 'node:child_process';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -161,6 +162,8 @@ export interface GrpcPoint extends LoopPoint {
   path: GrpcPath;
   /** Which broker build (only when a second, "before" build is measured in the same run). */
   build?: string;
+  /** The load generator: grpc-js in the bench process (default), or Python grpcio in its own process (grpc_load.py). */
+  client?: 'grpcio';
   rowsPerBatch?: number;
   /** CPU time of the server process (broker or floor; the copy for direct) / wall time, 100 % = one core. */
   serverCpuPct?: number;
@@ -207,6 +210,8 @@ export interface GrpcBenchOptions {
   seconds: number;
   warmupSeconds: number;
   channels?: number;
+  /** Also drive unary floor and broker from Python grpcio (grpc_load.py), a second client library in its own process. */
+  python?: boolean;
   log(msg: string): void;
   cleanups: Cleanups;
 }
@@ -297,6 +302,27 @@ export async function runGrpcBench(o: GrpcBenchOptions): Promise<GrpcBenchResult
     points.push(point);
   };
 
+  /** The same closed loop from Python grpcio in its own process; its CPU is that process's. */
+  const measurePython = async (p: GrpcPath, server: { pid?: number; url?: string }, port: number, c: number): Promise<void> => {
+    const stats0 = server.url ? await modelStats(server.url, o.model) : undefined;
+    const cpu0 = cpuMs(server.pid);
+    const t0 = Date.now();
+    const r = await pythonLoad(port, c, o.seconds, o.warmupSeconds, unaryReq);
+    const cpu1 = cpuMs(server.pid);
+    const rows = stats0 && server.url ? statsDelta(stats0, await modelStats(server.url, o.model)).meanRowsPerBatch : undefined;
+    // The server's CPU window also holds the warm-up: scale by the measured share of the wall time.
+    const wall = Date.now() - t0;
+    const lat = { count: r.ok, mean: r.mean, p50: r.p50, p90: NaN, p99: r.p99, max: NaN };
+    const point: GrpcPoint = {
+      connections: c, seconds: r.seconds, ok: r.ok, errors: r.errors, throughput: r.ok / r.seconds, latency: lat, firstError: r.firstError ?? undefined,
+      path: p, client: 'grpcio', rowsPerBatch: rows,
+      serverCpuPct: cpu0 !== undefined && cpu1 !== undefined ? ((cpu1 - cpu0) / wall) * 100 : undefined,
+      clientCpuPct: (r.cpuSeconds / r.seconds) * 100,
+    };
+    o.log(`  ${`${p} [grpcio]`.padEnd(34)} ${Math.round(point.throughput)} req/s, p50 ${r.p50.toFixed(3)} ms, p99 ${r.p99.toFixed(3)} ms, server CPU ${point.serverCpuPct?.toFixed(0) ?? '—'} %, client CPU ${point.clientCpuPct.toFixed(0)} % (${perReq(point.clientCpuPct, point)} µs/req)`);
+    points.push(point);
+  };
+
   /** c callers over one stream: each takes a free slot (its own request id) per call. */
   const streamCaller = (st: RawStream, c: number) => {
     const free = Array.from({ length: c }, (_, k) => k);
@@ -328,6 +354,10 @@ export async function runGrpcBench(o: GrpcBenchOptions): Promise<GrpcBenchResult
         await measure('broker, stream', b.build, { pid: b.proc.pid, url: b.proc.url }, c, streamCaller(bs, c));
         bs.close();
       }
+      if (o.python) {
+        await measurePython('gRPC floor, unary', floor, floor.port, c);
+        await measurePython('broker, unary', { pid: first.pid, url: first.url }, first.grpcPort, c);
+      }
     }
   } finally {
     floorClient.close();
@@ -336,8 +366,43 @@ export async function runGrpcBench(o: GrpcBenchOptions): Promise<GrpcBenchResult
   return { seconds: o.seconds, channels, concurrency: o.concurrency, points, targets: targets(points, o.brokers[0].build) };
 }
 
+interface PythonResult {
+  ok: number;
+  errors: number;
+  firstError: string | null;
+  seconds: number;
+  p50: number;
+  p99: number;
+  mean: number;
+  cpuSeconds: number;
+}
+
+/** Whether /usr/bin/python3 (or BENCH_PYTHON) can import grpc. */
+export function pythonGrpcAvailable(): boolean {
+  return spawnSync(PYTHON, ['-c', 'import grpc'], { stdio: 'ignore' }).status === 0;
+}
+
+const PYTHON = process.env.BENCH_PYTHON ?? '/usr/bin/python3';
+
+function pythonLoad(port: number, c: number, seconds: number, warmup: number, request: Buffer): Promise<PythonResult> {
+  return new Promise((resolve, reject) => {
+    const src = path.resolve(__dirname, '..', '..', 'bench', 'grpc_load.py');
+    const child = spawn(PYTHON, [src, String(port), String(c), String(seconds), String(warmup)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      if (code !== 0) return reject(new Error(`grpc_load.py exited ${code}: ${err}`));
+      resolve(JSON.parse(out) as PythonResult);
+    });
+    child.stdin.end(request.toString('hex'));
+  });
+}
+
 function targets(points: GrpcPoint[], build: string | undefined): GrpcTargets {
-  const at = (p: GrpcPath, c: number) => points.find((x) => x.path === p && x.connections === c && (p.startsWith('broker') ? x.build === build : true));
+  const at = (p: GrpcPath, c: number) => points.find((x) => x.path === p && x.connections === c && !x.client && (p.startsWith('broker') ? x.build === build : true));
   const highC = Math.max(...points.map((x) => x.connections));
   const d1 = at('direct ZeroMQ → copy', 1);
   const f1 = at('gRPC floor, unary', 1);
@@ -377,15 +442,16 @@ export function grpcMarkdown(r: GrpcBenchResult): string {
   out.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const p of r.points) {
     const floorPath: GrpcPath = p.path.endsWith('stream') ? 'gRPC floor, stream' : 'gRPC floor, unary';
-    const fl = r.points.find((x) => x.path === floorPath && x.connections === p.connections);
+    const fl = r.points.find((x) => x.path === floorPath && x.connections === p.connections && x.client === p.client);
     const vs = p.path.startsWith('broker') && fl ? f(p.throughput / fl.throughput, 2) : '—';
-    const name = p.build && builds.size > 1 ? `${p.path} (${p.build})` : p.path;
+    const name = `${p.build && builds.size > 1 ? `${p.path} (${p.build})` : p.path}${p.client ? ' · grpcio client' : ''}`;
     out.push(`| ${p.connections} | ${name} | ${int(p.throughput)} | ${f(p.latency.p50)} | ${f(p.latency.p99)} | ${vs} | ${f(p.rowsPerBatch, 2)} | ${pct(p.serverCpuPct)} | ${perReq(p.serverCpuPct, p)} | ${pct(p.clientCpuPct)} | ${perReq(p.clientCpuPct, p)} | ${p.errors} |`);
   }
   out.push('');
   out.push(
     'Floor = a bare grpc-js server in its own process (`bench/bare-grpc.ts`, the broker\'s server options) answering the exact reply bytes the broker answered, without decoding the request. ' +
       'Unary calls carry a 30 s deadline; a stream carries all *c* callers\' requests (matched to answers by id). ' +
+      '"grpcio client" rows: the same unary loop from Python grpcio (C core, asyncio) in its own process (`bench/grpc_load.py`); its client CPU is that process\'s. ' +
       'Server CPU = CPU time of the broker (or the floor; none for direct) / wall time; client CPU = the bench process; 100 % = one core. ' +
         'µs/req = that CPU time per answered request: on a busy shared box it moves far less than latency does.',
   );
@@ -409,6 +475,8 @@ async function main(cleanups: Cleanups): Promise<void> {
   const warmup = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
   const concurrency = (process.env.BENCH_GRPC_CONCURRENCY ?? '1,64').split(',').map(Number);
   const channels = Number(process.env.BENCH_GRPC_CHANNELS ?? 1);
+  const python = process.env.BENCH_GRPC_PYTHON !== '0' && pythonGrpcAvailable();
+  if (!python) log('Python grpcio not available (or BENCH_GRPC_PYTHON=0): no second client');
   // BENCH_GRPC_BEFORE: the root of a second build (its own dist/) measured in the same run, e.g. the code before a change.
   const before = process.env.BENCH_GRPC_BEFORE;
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tb-bench-grpc-'));
@@ -433,7 +501,7 @@ async function main(cleanups: Cleanups): Promise<void> {
   const t = (name: string, v: number[]): Tensor => ({ name, datatype: 'INT32', shape: [1, 16], data: Buffer.from(new Int32Array(v).buffer) });
   const want = row0.map((x) => x + 1).join();
   const r = await runGrpcBench({
-    brokers, direct, model: 'simple', tensors: [t('INPUT0', row0), t('INPUT1', row0.map(() => 1))], concurrency, seconds, warmupSeconds: warmup, channels, log, cleanups,
+    brokers, direct, model: 'simple', tensors: [t('INPUT0', row0), t('INPUT1', row0.map(() => 1))], concurrency, seconds, warmupSeconds: warmup, channels, python, log, cleanups,
     check(outputs) {
       const o0 = outputs.find((x) => x.name === 'OUTPUT0');
       const got = o0 ? Array.from(new Int32Array(new Uint8Array(o0.data).buffer)).join() : 'none';

@@ -20,6 +20,7 @@ import type { Tensor } from '../proto/tensor';
 import { modelStats, startBrokerProc, statsDelta, type BrokerProc, type StatsDelta } from './broker-proc';
 import { GrpcInferClient, ZmqClient, binaryBody, grpcRawRequest, int32Values, splitBinaryReply } from './clients';
 import { DirectCopy, type DirectPoint } from './direct';
+import { grpcMarkdown, runGrpcBench, type GrpcBenchResult } from './grpc';
 import { runHttpPoint, type HttpPoint } from './http-load';
 import { makeImageBodies, meanRgb, type ImageBodies } from './images';
 import { closedLoop, type LoopPoint } from './loop';
@@ -56,6 +57,7 @@ const CONCURRENCY = envList('BENCH_CONCURRENCY', '1,16,64');
 const BRIDGE_C = envList('BENCH_BRIDGE_CONCURRENCY', '1,64');
 const BRIDGE_SECONDS = envNum('BENCH_BRIDGE_SECONDS', SECONDS);
 const IMAGE_C = envList('BENCH_IMAGE_CONCURRENCY', '1,16');
+const GRPC_C = envList('BENCH_GRPC_CONCURRENCY', '1,64');
 const IMAGE_SECONDS = envNum('BENCH_IMAGE_SECONDS', 3);
 const IMAGE_BATCH = 8;
 const SLEEPY_C = envNum('BENCH_SLEEPY_CONCURRENCY', 64);
@@ -353,6 +355,15 @@ async function main(cleanups: Cleanups): Promise<void> {
     });
   }
 
+  // gRPC against its own floor (bench/grpc.ts).
+  const grpcTable: GrpcBenchResult | undefined = GRPC_C.length === 0 ? undefined : await runGrpcBench({
+    brokers: [{ proc: broker }], direct, model: 'simple', tensors: simpleTensors, concurrency: GRPC_C, seconds: BRIDGE_SECONDS, warmupSeconds: WARMUP, log, cleanups,
+    check(outputs) {
+      const o = outputs.find((t) => t.name === 'OUTPUT0');
+      if (!o || int32Values(o.data).join() !== expectOutput0) throw new Error(`gRPC OUTPUT0 = ${o ? int32Values(o.data).join() : 'none'}`);
+    },
+  });
+
   const sleepy: SleepyRow[] = [];
   for (const B of SLEEPY_BATCHES) {
     const model = sleepyName(B);
@@ -394,7 +405,7 @@ async function main(cleanups: Cleanups): Promise<void> {
   const zmqC1 = b1?.bridges.find((x) => x.bridge === 'ZeroMQ')?.addedP50Ms ?? NaN;
   const restC1 = b1?.bridges.find((x) => x.bridge === 'REST JSON')?.addedP50Ms ?? NaN;
   const imageRatios = images.map((r) => ({ concurrency: r.concurrency, ratio: r.forms.find((x) => x.form === 'binary tensor')?.throughputVsJson ?? NaN }));
-  const result: BenchResult = {
+  const result: BenchResult & { grpc?: GrpcBenchResult } = {
     date: new Date().toISOString(),
     machine: m,
     settings: { seconds: SECONDS, warmupSeconds: WARMUP, concurrency: CONCURRENCY, sleepyConcurrency: SLEEPY_C, sleepyA_ms: SLEEPY_A, sleepyB_ms: SLEEPY_B },
@@ -419,8 +430,9 @@ async function main(cleanups: Cleanups): Promise<void> {
       imageBinaryOverJson: imageRatios,
       imageBinaryPass: imageRatios.length > 0 ? imageRatios.every((r) => r.ratio >= 5) : null,
     },
+    grpc: grpcTable,
   };
-  const md = toMarkdown(result);
+  const md = toMarkdown(result) + (grpcTable ? `\n${grpcMarkdown(grpcTable)}` : '');
   process.stdout.write(md);
   if (process.env.BENCH_WRITE === '0') {
     log('BENCH_WRITE=0: results not written, README.md left alone');

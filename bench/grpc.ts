@@ -477,20 +477,22 @@ async function main(cleanups: Cleanups): Promise<void> {
   const channels = Number(process.env.BENCH_GRPC_CHANNELS ?? 1);
   const python = process.env.BENCH_GRPC_PYTHON !== '0' && pythonGrpcAvailable();
   if (!python) log('Python grpcio not available (or BENCH_GRPC_PYTHON=0): no second client');
-  // BENCH_GRPC_BEFORE: the root of a second build (its own dist/) measured in the same run, e.g. the code before a change.
-  const before = process.env.BENCH_GRPC_BEFORE;
+  // BENCH_GRPC_BEFORE: the root of a second build (its own dist/) measured in the same run, e.g. the code before a change;
+  // or several, as label=root,label=root (each its own broker, measured right after this one's).
+  const before = (process.env.BENCH_GRPC_BEFORE ?? '').split(',').filter(Boolean).map((x) => (x.includes('=') ? x.split('=', 2) : ['before', x]) as [string, string]);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tb-bench-grpc-'));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
   const simpleMain = path.join(ROOT, 'dist', 'examples', 'models', 'simple', 'main.js');
   const models = { simple: { command: [process.execPath, simpleMain], batch_size: 8, max_wait_ms: 0, queue_capacity: 1024, timeout_ms: 10_000 } };
   const brokers: BrokerUnderTest[] = [];
-  for (const [build, root] of before ? [['after', ROOT], ['before', path.resolve(before)]] : [[undefined, ROOT]]) {
+  const builds: [string | undefined, string][] = before.length > 0 ? [['after', ROOT], ...before.map(([l, r]): [string, string] => [l, path.resolve(r)])] : [[undefined, ROOT]];
+  for (const [build, root] of builds) {
     const bdir = path.join(dir, build ?? 'broker');
     await mkdir(bdir, { recursive: true });
     // A redis-server of its own per broker: two brokers on one registry would share placements.
     const redis = await startRedis(bdir);
     cleanups.push(() => redis.stop());
-    const proc = await startBrokerProc({ root: root!, dir: bdir, redisUrl: redis.url, models, waitFor: ['simple'] });
+    const proc = await startBrokerProc({ root, dir: bdir, redisUrl: redis.url, models, waitFor: ['simple'] });
     cleanups.push(() => proc.stop());
     log(`broker${build ? ` (${build}, ${root})` : ''} ready, pid ${proc.pid}`);
     brokers.push({ build, proc });

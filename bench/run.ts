@@ -20,7 +20,7 @@ import type { Tensor } from '../proto/tensor';
 import { modelStats, startBrokerProc, statsDelta, type BrokerProc, type StatsDelta } from './broker-proc';
 import { GrpcInferClient, ZmqClient, binaryBody, grpcRawRequest, int32Values, splitBinaryReply } from './clients';
 import { DirectCopy, type DirectPoint } from './direct';
-import { grpcMarkdown, runGrpcBench, type GrpcBenchResult } from './grpc';
+import { grpcMarkdown, pythonGrpcAvailable, runGrpcBench, type GrpcBenchResult } from './grpc';
 import { runHttpPoint, type HttpPoint } from './http-load';
 import { makeImageBodies, meanRgb, type ImageBodies } from './images';
 import { closedLoop, type LoopPoint } from './loop';
@@ -358,6 +358,7 @@ async function main(cleanups: Cleanups): Promise<void> {
   // gRPC against its own floor (bench/grpc.ts).
   const grpcTable: GrpcBenchResult | undefined = GRPC_C.length === 0 ? undefined : await runGrpcBench({
     brokers: [{ proc: broker }], direct, model: 'simple', tensors: simpleTensors, concurrency: GRPC_C, seconds: BRIDGE_SECONDS, warmupSeconds: WARMUP, log, cleanups,
+    python: process.env.BENCH_GRPC_PYTHON !== '0' && pythonGrpcAvailable(),
     check(outputs) {
       const o = outputs.find((t) => t.name === 'OUTPUT0');
       if (!o || int32Values(o.data).join() !== expectOutput0) throw new Error(`gRPC OUTPUT0 = ${o ? int32Values(o.data).join() : 'none'}`);

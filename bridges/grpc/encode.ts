@@ -68,8 +68,9 @@ const plainShapes = (r: InferResult) => r.outputs.every((t) => t.shape.every((d)
 /** The bytes of one ModelInferResponse; `final` as in toInferResponse (stream answers carry triton_final_response). */
 export function encodeInferResponse(result: InferResult, clientId: string, final?: boolean, headroom = 0): Buffer {
   if (!plainShapes(result)) return slowEncode(result, clientId, final, headroom);
-  const model = utf8(result.model);
-  const version = utf8(result.version);
+  // `?? ''`: as create() would, should a result ever come without them at run time.
+  const model = utf8(result.model ?? '');
+  const version = utf8(result.version ?? '');
   const idLen = Buffer.byteLength(clientId, 'utf8');
   const params = final === undefined ? undefined : FINAL[final ? 1 : 0];
   let size = (model.length ? fieldSize(model.length) : 0) + (version.length ? fieldSize(version.length) : 0) + (idLen ? fieldSize(idLen) : 0) + (params?.length ?? 0);

@@ -130,6 +130,8 @@ export class RawGrpcClient {
       'grpc.max_receive_message_length': MAX_MESSAGE,
       'grpc.max_send_message_length': MAX_MESSAGE,
       ...(channels > 1 ? { 'grpc.use_local_subchannel_pool': 1 } : {}),
+      // e.g. {"grpc.enable_retries":0,"grpc.enable_channelz":0}: client settings to try, the same for floor and broker.
+      ...(JSON.parse(process.env.BENCH_GRPC_CLIENT_OPTIONS ?? '{}') as grpc.ChannelOptions),
     }));
   }
 

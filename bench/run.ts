@@ -22,6 +22,7 @@ import { modelStats, startBrokerProc, statsDelta, type BrokerProc, type StatsDel
 import { GrpcInferClient, ZmqClient, binaryBody, grpcRawRequest, int32Values, splitBinaryReply } from './clients';
 import { DirectCopy, type DirectPoint } from './direct';
 import { stageDelta, stageSnapshot, type StageRow } from './stages';
+import { grpcMarkdown, pythonGrpcAvailable, runGrpcBench, type GrpcBenchResult } from './grpc';
 import { runHttpPoint, type HttpPoint } from './http-load';
 import { makeImageBodies, meanRgb, type ImageBodies } from './images';
 import { closedLoop, type LoopPoint } from './loop';
@@ -58,6 +59,7 @@ const CONCURRENCY = envList('BENCH_CONCURRENCY', '1,16,64');
 const BRIDGE_C = envList('BENCH_BRIDGE_CONCURRENCY', '1,64');
 const BRIDGE_SECONDS = envNum('BENCH_BRIDGE_SECONDS', SECONDS);
 const IMAGE_C = envList('BENCH_IMAGE_CONCURRENCY', '1,16');
+const GRPC_C = envList('BENCH_GRPC_CONCURRENCY', '1,64');
 const IMAGE_SECONDS = envNum('BENCH_IMAGE_SECONDS', 3);
 const IMAGE_BATCH = 8;
 const SLEEPY_C = envNum('BENCH_SLEEPY_CONCURRENCY', 64);
@@ -438,6 +440,16 @@ async function main(cleanups: Cleanups): Promise<void> {
     });
   }
 
+  // gRPC against its own floor (bench/grpc.ts).
+  const grpcTable: GrpcBenchResult | undefined = GRPC_C.length === 0 ? undefined : await runGrpcBench({
+    brokers: [{ proc: broker }], direct, model: 'simple', tensors: simpleTensors, concurrency: GRPC_C, seconds: BRIDGE_SECONDS, warmupSeconds: WARMUP, log, cleanups,
+    python: process.env.BENCH_GRPC_PYTHON !== '0' && pythonGrpcAvailable(),
+    check(outputs) {
+      const o = outputs.find((t) => t.name === 'OUTPUT0');
+      if (!o || int32Values(o.data).join() !== expectOutput0) throw new Error(`gRPC OUTPUT0 = ${o ? int32Values(o.data).join() : 'none'}`);
+    },
+  });
+
   const sleepy: SleepyRow[] = [];
   const rounds = new Map<string, SleepyRow['point'][]>();
   for (let r = 0; r < SLEEPY_ROUNDS; r++) {
@@ -491,7 +503,7 @@ async function main(cleanups: Cleanups): Promise<void> {
   const zmqC1 = b1?.bridges.find((x) => x.bridge === 'ZeroMQ')?.addedP50Ms ?? NaN;
   const restC1 = b1?.bridges.find((x) => x.bridge === 'REST JSON')?.addedP50Ms ?? NaN;
   const imageRatios = images.map((r) => ({ concurrency: r.concurrency, ratio: r.forms.find((x) => x.form === 'binary tensor')?.throughputVsJson ?? NaN }));
-  const result: BenchResult = {
+  const result: BenchResult & { grpc?: GrpcBenchResult } = {
     date: new Date().toISOString(),
     machine: m,
     settings: { seconds: SECONDS, warmupSeconds: WARMUP, concurrency: CONCURRENCY, sleepyConcurrency: SLEEPY_C, sleepyA_ms: SLEEPY_A, sleepyB_ms: SLEEPY_B, sleepyRounds: SLEEPY_ROUNDS },
@@ -517,8 +529,9 @@ async function main(cleanups: Cleanups): Promise<void> {
       imageBinaryOverJson: imageRatios,
       imageBinaryPass: imageRatios.length > 0 ? imageRatios.every((r) => r.ratio >= 5) : null,
     },
+    grpc: grpcTable,
   };
-  const md = toMarkdown(result);
+  const md = toMarkdown(result) + (grpcTable ? `\n${grpcMarkdown(grpcTable)}` : '');
   process.stdout.write(md);
   if (process.env.BENCH_WRITE === '0') {
     log('BENCH_WRITE=0: results not written, README.md left alone');

@@ -10,10 +10,22 @@ export function peerAddress(peer: string): string {
   return colons === 1 ? p.slice(0, p.lastIndexOf(':')) : p;
 }
 
+/**
+ * The address is read on first use only: inference calls never need it, and
+ * grpc-js builds the peer string from the socket on every getPeer().
+ */
 export function callerOf(call: { metadata: grpc.Metadata; getPeer(): string }): Caller {
   const md = call.metadata;
+  let address: string | undefined;
+  let read = false;
   return {
     credential: credentialOf(md.get('authorization')[0], md.get('x-api-key')[0]),
-    address: peerAddress(call.getPeer()),
+    get address() {
+      if (!read) {
+        read = true;
+        address = peerAddress(call.getPeer());
+      }
+      return address;
+    },
   };
 }

@@ -33,11 +33,14 @@ export interface ParsedInfer {
   shmOutputs?: Map<string, ShmRef>;
 }
 
+const NO_VALUES: Readonly<Record<string, unknown>> = Object.freeze({});
+
 /** InferParameter map -> plain values (bool, bigint, string or number) for requestOptions(). */
 export function parameterValues(params: { [key: string]: InferParameter }): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [key, p] of Object.entries(params)) out[key] = p.parameterChoice.value;
-  return out;
+  let out: Record<string, unknown> | undefined;
+  // for-in, not Object.entries: most requests and tensors carry no parameters, and this runs for each.
+  for (const key in params) (out ??= {})[key] = params[key].parameterChoice.value;
+  return out ?? NO_VALUES;
 }
 
 function shapeOf(name: string, shape: bigint[]): number[] {

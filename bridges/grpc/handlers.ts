@@ -42,6 +42,9 @@ export type { HandlerOptions } from './context';
 /** A request as the server's deserializer hands it over: the message, or why its bytes did not decode. */
 export type In<T> = T | Undecodable;
 
+/** An answer as a message, or its bytes already encoded (encode.ts; the serializer passes them on). */
+export type Out<T> = T | Buffer;
+
 /** One handler per rpc, keyed by the proto rpc name (as in INFERENCE_SERVICE). */
 export interface InferenceHandlers {
   ServerLive: grpc.handleUnaryCall<In<ServerLiveRequest>, ServerLiveResponse>;
@@ -49,8 +52,8 @@ export interface InferenceHandlers {
   ModelReady: grpc.handleUnaryCall<In<ModelReadyRequest>, ModelReadyResponse>;
   ServerMetadata: grpc.handleUnaryCall<In<ServerMetadataRequest>, ServerMetadataResponse>;
   ModelMetadata: grpc.handleUnaryCall<In<ModelMetadataRequest>, ModelMetadataResponse>;
-  ModelInfer: grpc.handleUnaryCall<In<ModelInferRequest>, ModelInferResponse>;
-  ModelStreamInfer: grpc.handleBidiStreamingCall<In<ModelInferRequest>, ModelStreamInferResponse>;
+  ModelInfer: grpc.handleUnaryCall<In<ModelInferRequest>, Out<ModelInferResponse>>;
+  ModelStreamInfer: grpc.handleBidiStreamingCall<In<ModelInferRequest>, Out<ModelStreamInferResponse>>;
   ModelConfig: grpc.handleUnaryCall<In<ModelConfigRequest>, ModelConfigResponse>;
   ModelStatistics: grpc.handleUnaryCall<In<ModelStatisticsRequest>, ModelStatisticsResponse>;
   RepositoryIndex: grpc.handleUnaryCall<In<RepositoryIndexRequest>, RepositoryIndexResponse>;

@@ -2,8 +2,9 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { ModelInferResponse } from '../../proto/gen/grpc_service_pb';
 import { decoded, type HandlerContext } from './context';
-import { parseInferRequest, toInferResponse, withDeadline } from './convert';
-import type { InferenceHandlers } from './handlers';
+import { parseInferRequest, withDeadline } from './convert';
+import { encodeInferResponse } from './encode';
+import type { InferenceHandlers, Out } from './handlers';
 import { inferExtended } from '../shared/extended-infer';
 import { toGrpcStatus } from './status';
 
@@ -20,7 +21,7 @@ export function modelInfer(ctx: HandlerContext): InferenceHandlers['ModelInfer']
       const at = deadline instanceof Date ? deadline.getTime() : deadline;
       if (!answered && !(Number.isFinite(at) && at <= Date.now())) aborted.abort();
     });
-    const answer: grpc.sendUnaryData<ModelInferResponse> = (err, res) => {
+    const answer: grpc.sendUnaryData<Out<ModelInferResponse>> = (err, res) => {
       answered = true;
       if (!call.cancelled) callback(err, res);
     };
@@ -34,7 +35,7 @@ export function modelInfer(ctx: HandlerContext): InferenceHandlers['ModelInfer']
         return inferExtended(broker, ctx.shm, { ...withDeadline(parsed.request, call.getDeadline()), signal: aborted.signal }, parsed);
       })
       .then(
-        (result) => answer(null, toInferResponse(result, clientId)),
+        (result) => answer(null, encodeInferResponse(result, clientId)),
         (err: unknown) => answer(toGrpcStatus(err, log, 'ModelInfer', admin())),
       );
   };

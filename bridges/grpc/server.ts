@@ -41,14 +41,21 @@ export interface GrpcBridge {
   close(graceMs: number): Promise<void>;
 }
 
+/** The grpc-js server options of the bridge; the bench's bare floor server (bench/bare-grpc.ts) uses the same. */
+export function serverOptions(maxMessageBytes: number): grpc.ServerOptions {
+  return {
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    // Channelz (per-call counters and timestamps for grpc's debug service) is not served here: skip its bookkeeping.
+    'grpc.enable_channelz': 0,
+  };
+}
+
 export async function startGrpcBridge(opts: GrpcBridgeOptions): Promise<GrpcBridge> {
   // The caller names the component (app/server.ts: 'grpc-bridge'); a second `component` key would repeat it.
   const log = opts.logger;
   if (!applyGrpcJsFixes()) log.warn('grpc-js internals changed: long deadlines and response compression are not fixed up');
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': opts.maxMessageBytes,
-    'grpc.max_send_message_length': opts.maxMessageBytes,
-  });
+  const server = new grpc.Server(serverOptions(opts.maxMessageBytes));
   const handlersAccess = opts.access ?? new AccessControl();
   const handlers = createHandlers({
     broker: opts.broker,

@@ -8,9 +8,13 @@ import type * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { GRPCInferenceService } from '../../proto/gen/grpc_service_pb';
 
-/** Accepts a message or a plain initializer (create() returns a message unchanged). */
-function serializer<D extends DescMessage>(schema: D): (m: MessageInitShape<D>) => Buffer {
+/**
+ * Accepts a message, a plain initializer (create() returns a message unchanged)
+ * or the message's bytes already encoded (encode.ts), passed on as they are.
+ */
+function serializer<D extends DescMessage>(schema: D): (m: MessageInitShape<D> | Uint8Array) => Buffer {
   return (m) => {
+    if (m instanceof Uint8Array) return Buffer.isBuffer(m) ? m : Buffer.from(m.buffer, m.byteOffset, m.byteLength);
     const bytes = toBinary(schema, create(schema, m));
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   };

@@ -15,8 +15,9 @@ import { ModelStreamInferResponseSchema, type ModelInferRequest, type ModelStrea
 import { inferExtended } from '../shared/extended-infer';
 import { SequenceOrder } from '../shared/sequence-order';
 import { decoded, type HandlerContext } from './context';
-import { parseInferRequest, toInferResponse, withDeadline } from './convert';
-import type { In, InferenceHandlers } from './handlers';
+import { parseInferRequest, withDeadline } from './convert';
+import { encodeStreamResponse } from './encode';
+import type { In, InferenceHandlers, Out } from './handlers';
 import { Undecodable } from './service-definition';
 
 /** tritonclient's `enable_empty_final_response=True` sets this request parameter. */
@@ -75,7 +76,7 @@ export function streamInfer(ctx: HandlerContext): InferenceHandlers['ModelStream
       full = false;
       pace();
     });
-    const write = (msg: ModelStreamInferResponse) => {
+    const write = (msg: Out<ModelStreamInferResponse>) => {
       if (!closed && !call.cancelled && !call.write(msg)) full = true;
     };
     call.on('data', (msg: In<ModelInferRequest>) => {
@@ -93,7 +94,7 @@ export function streamInfer(ctx: HandlerContext): InferenceHandlers['ModelStream
         if (seq) key = `${parsed.request.model}\0${seq.id}`;
         const request = seq ? { ...parsed.request, sequence: { ...seq, owner: owner.signal } } : parsed.request;
         // Decoupled models: each response leaves at once, flagged not final (Triton's triton_final_response).
-        const onResponse = (r: InferResult) => write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(r, echo.id, false) }));
+        const onResponse = (r: InferResult) => write(encodeStreamResponse(r, echo.id, false));
         work = inferExtended(broker, ctx.shm, { ...withDeadline(request, call.getDeadline()), signal: aborted.signal, onResponse }, parsed);
       } catch (e) {
         work = Promise.reject(e);
@@ -104,7 +105,7 @@ export function streamInfer(ctx: HandlerContext): InferenceHandlers['ModelStream
           // A decoupled model's final marker is sent only when asked for (enable_empty_final_response):
           // an empty response carrying just the flag. Other models' one answer is final.
           const decoupled = result.responses !== undefined;
-          if (!decoupled || (req && wantsEmptyFinal(req))) write(create(ModelStreamInferResponseSchema, { inferResponse: toInferResponse(result, echo.id, true) }));
+          if (!decoupled || (req && wantsEmptyFinal(req))) write(encodeStreamResponse(result, echo.id, true));
           return;
         }
         if (gone) return; // the client cancelled the stream: nobody to answer

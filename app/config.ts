@@ -51,6 +51,9 @@ export const OPTIONS = {
   jobsEnabled: ['--jobs <bool>', 'TB_JOBS', false, parseBool, 'asynchronous jobs on Redis Streams (POST /v2/models/{m}/jobs; needs --redis-url)'],
   registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
+  cluster: ['--cluster <bool>', 'TB_CLUSTER', true, parseBool, 'with a writable --redis-url: join the broker directory and share stateful sequences with the other brokers on that Redis (README "Several brokers")'],
+  advertiseUrl: ['--advertise-url <url>', 'TB_ADVERTISE_URL', '', String, 'URL of this broker\'s HTTP port as other brokers reach it, for forwarding (default http://<host>:<http port>; on Kubernetes the pod IP)'],
+  clusterLeaseMs: ['--cluster-lease-ms <ms>', 'TB_CLUSTER_LEASE_MS', 3000, parsePositive, 'a broker counts as gone this long after its last directory heartbeat (sent every third of it)'],
   tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
   tlsKey: ['--tls-key <file>', 'TB_TLS_KEY', '', String, 'PEM private key of --tls-cert'],
 } as const;
@@ -63,6 +66,8 @@ export const SECRETS = {
   adminToken: 'TB_ADMIN_TOKEN',
   redisSigningKey: 'TB_REDIS_SIGNING_KEY',
   registryPassword: 'TB_REGISTRY_PASSWORD',
+  /** Shared by the brokers of one Redis: requests forwarded between them carry it (default: TB_ADMIN_TOKEN). */
+  clusterToken: 'TB_CLUSTER_TOKEN',
 } as const;
 
 type Options = typeof OPTIONS;

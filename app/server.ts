@@ -41,6 +41,16 @@ import type { BrokerConfig } from './config';
 import { installErrorHandlers } from './http-errors';
 import { SharedMemoryRegistry } from '../bridges/shared/shm';
 import { Metrics } from './metrics';
+import { BrokerDirectory } from '../cluster/directory';
+import { HttpForwarder } from '../cluster/forwarder';
+import { forwardRoute } from '../cluster/forward-route';
+
+/** Several brokers on one Redis: the directory, the forwarder, and the Redis connection they use. */
+export interface ClusterParts {
+  directory: BrokerDirectory;
+  forwarder: HttpForwarder;
+  close(): Promise<void>;
+}
 
 /** The package version, from the package.json above this file (source or dist). */
 export const VERSION: string = (() => {
@@ -123,6 +133,8 @@ export interface BuiltBroker {
   http: FastifyInstance;
   /** Directory of models.yaml (cwd of process copies). */
   modelsDir: string;
+  /** Several brokers on one Redis (undefined with the embedded registry, --cluster false or a read-only Redis). */
+  cluster?: ClusterParts;
 }
 
 /**
@@ -178,6 +190,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
     autoscaleIntervalMs: config.autoscaleIntervalMs,
   });
+  const cluster = clusterParts(config, log);
   const metrics = new Metrics();
   tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
   tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
@@ -189,6 +202,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
     admin: adminHooks(registry, config.adminToken),
+    cluster: cluster && { sequences: cluster.directory, forwarder: cluster.forwarder },
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();
@@ -215,6 +229,9 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
+  if (cluster) {
+    await app.register(forwardRoute, { broker, bodyLimit: config.bodyLimit, maxFrames: config.maxTensors + 1, token: config.clusterToken ?? config.adminToken });
+  }
   // Jobs (opt-in: --jobs) live in the same Redis as the registry, and run through broker.infer() like a bridge's requests.
   const jc = config.jobs ?? {};
   const jobsOn = (jc.enabled ?? config.jobsEnabled) && config.redisUrl !== '';
@@ -228,7 +245,27 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir, cluster };
+}
+
+/** The broker directory and the forwarder when several brokers may share this Redis (README "Several brokers"). */
+function clusterParts(config: BrokerConfig, log: Logger): ClusterParts | undefined {
+  if (!config.redisUrl || !config.cluster) return undefined;
+  if (config.redisReadOnly) {
+    log.warn({ component: 'cluster' }, 'a read-only Redis: this broker does not join the broker directory (its stateful sequences are not shared)');
+    return undefined;
+  }
+  const redis = createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 });
+  const directory = new BrokerDirectory({ redis, prefix: config.redisPrefix, self: { id: config.brokerId, url: config.advertiseUrl }, leaseMs: config.clusterLeaseMs, logger: log });
+  const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1 });
+  return {
+    directory, forwarder,
+    close: async () => {
+      await directory.stop();
+      forwarder.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
@@ -248,6 +285,10 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   await app.listen({ host: config.host, port: config.httpPort });
   jobs?.start();
   const httpPort = (app.server.address() as { port: number }).port;
+  if (b.cluster) {
+    const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host.includes(':') ? `[${config.host}]` : config.host;
+    await b.cluster.directory.start(config.advertiseUrl || `${tls ? 'https' : 'http'}://${host}:${httpPort}`);
+  }
 
   const refreshCopies = () => {
     metrics.unavailable.reset();
@@ -294,6 +335,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       await jobs?.stop();
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
+      await b.cluster?.close();
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
       await shm.close();
       slog.info({ ms: Date.now() - t0 }, 'bridges closed');

@@ -1,9 +1,10 @@
 import type { Logger } from 'pino';
 import type { ModelRegistry, ModelSpec, RegistryEvent, SavedMetadata } from './model-spec';
+import type { ClusterLink } from './cluster';
 import { BrokerError } from './errors';
 import type { CopySource, ModelCopies } from './model-copies';
 import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
-import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
+import { SequenceScheduler, sequenceNotActive, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { checkLimits, DEFAULT_LIMITS, type RequestLimits } from './validate';
@@ -91,6 +92,12 @@ export interface BrokerOptions {
   limits?: RequestLimits;
   /** Registry writes for load-with-config; without it such loads are refused. */
   admin?: AdminHooks;
+  /**
+   * Several brokers on one Redis (core/cluster.ts): stateful sequences are
+   * owned by one broker, and their requests landing elsewhere are forwarded.
+   * Absent for a single broker: nothing of it runs.
+   */
+  cluster?: ClusterLink;
 }
 
 type Scheduler = ModelScheduler | SequenceScheduler;
@@ -148,7 +155,41 @@ export class Broker implements BrokerApi {
     } catch (e) {
       return Promise.reject(e);
     }
+    const cluster = this.opts.cluster;
+    if (cluster && req.sequence && entry.scheduler instanceof SequenceScheduler && !entry.scheduler.holds(req.sequence.id)) {
+      return this.routeSequence(cluster, entry, entry.scheduler, req);
+    }
     return entry.scheduler.submit(req);
+  }
+
+  /**
+   * A sequence request for a sequence this broker does not hold: a START claims
+   * it in the shared directory (served here) unless a live broker owns it; a
+   * later request goes to its owner. A forwarded request is served here in any
+   * case (one hop at most): its START still claims, so the directory stays true.
+   */
+  private async routeSequence(cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest): Promise<InferResult> {
+    const { model } = req;
+    const id = req.sequence!.id;
+    const started = Date.now();
+    let place;
+    try {
+      place = req.sequence!.start ? await cluster.sequences.claim(model, id) : await cluster.sequences.locate(model, id);
+    } catch (err) {
+      throw new BrokerError('UNAVAILABLE', `cannot reach the sequence directory for sequence '${id}' of model '${model}': ${(err as Error).message}`, { cause: err });
+    }
+    if (place.kind === 'remote') {
+      if (req.forwardedBy !== undefined) {
+        // The sender thought this broker owns it; the directory says another does (it moved meanwhile): no second hop.
+        throw new BrokerError('UNAVAILABLE', `sequence '${id}' of model '${model}' is owned by broker '${place.broker}', not by this broker '${cluster.sequences.self}' (forwarded by '${req.forwardedBy}'); retry`);
+      }
+      const timeoutMs = req.timeoutMs ?? entry.spec.timeout_ms;
+      const deadline = timeoutMs > 0 && Number.isFinite(timeoutMs) ? started + timeoutMs : Infinity;
+      return cluster.forwarder.forward(place, req, deadline);
+    }
+    if (place.kind === 'ended' && !req.sequence!.start) throw sequenceNotActive(model, id, place.reason);
+    if (this.entries.get(model) !== entry) return this.infer(req); // the model changed while the directory answered
+    return scheduler.submit(req);
   }
 
   models(): { name: string; version: string }[] {
@@ -346,9 +387,11 @@ export class Broker implements BrokerApi {
   private scheduler(spec: ModelSpec, copies: ModelCopies): Scheduler {
     const log = this.opts.logger.child({ component: 'scheduler', model: spec.name });
     const config = schedulerConfig(spec);
-    return spec.stateless
-      ? new ModelScheduler(spec.name, config, copies, log, this.opts.observer)
-      : new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
+    if (spec.stateless) return new ModelScheduler(spec.name, config, copies, log, this.opts.observer);
+    const s = new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
+    const cluster = this.opts.cluster;
+    if (cluster) s.onRemoved = (id, why) => cluster.sequences.release(spec.name, id, why);
+    return s;
   }
 
   /** A copy reported READY metadata: kept in the registry so the model can be described while at zero. */

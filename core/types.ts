@@ -38,6 +38,12 @@ export interface InferRequest {
    * (UNIMPLEMENTED: the call takes exactly one answer).
    */
   onResponse?: (response: InferResult) => void;
+  /**
+   * Set when another broker forwarded this request (core/cluster.ts): the id
+   * of that broker. A forwarded request is always served here, never forwarded
+   * again, so a request makes at most one hop.
+   */
+  forwardedBy?: string;
 }
 
 export interface InferResult {

@@ -44,11 +44,13 @@ import { Metrics } from './metrics';
 import { BrokerDirectory } from '../cluster/directory';
 import { HttpForwarder } from '../cluster/forwarder';
 import { forwardRoute } from '../cluster/forward-route';
+import { RedisCopyBudget } from '../cluster/copy-budget';
 
 /** Several brokers on one Redis: the directory, the forwarder, and the Redis connection they use. */
 export interface ClusterParts {
   directory: BrokerDirectory;
   forwarder: HttpForwarder;
+  budget: RedisCopyBudget;
   close(): Promise<void>;
 }
 
@@ -178,7 +180,9 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   const store = config.redisUrl && !config.redisReadOnly
     ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
     : new MemoryPlacementStore();
+  const cluster = clusterParts(config, log);
   const tasks = new TaskManager({
+    budget: cluster?.budget,
     runtime,
     link,
     brokerId: config.brokerId,
@@ -190,7 +194,6 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
     autoscaleIntervalMs: config.autoscaleIntervalMs,
   });
-  const cluster = clusterParts(config, log);
   const metrics = new Metrics();
   tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
   tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
@@ -202,7 +205,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
     admin: adminHooks(registry, config.adminToken),
-    cluster: cluster && { sequences: cluster.directory, forwarder: cluster.forwarder },
+    cluster: cluster && { sequences: cluster.directory, forwarder: cluster.forwarder, overflow: (m, max) => cluster.budget.overflow(m, max) },
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();
@@ -258,8 +261,9 @@ function clusterParts(config: BrokerConfig, log: Logger): ClusterParts | undefin
   const redis = createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 });
   const directory = new BrokerDirectory({ redis, prefix: config.redisPrefix, self: { id: config.brokerId, url: config.advertiseUrl }, leaseMs: config.clusterLeaseMs, logger: log });
   const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1 });
+  const budget = new RedisCopyBudget(redis, config.redisPrefix, directory, log);
   return {
-    directory, forwarder,
+    directory, forwarder, budget,
     close: async () => {
       await directory.stop();
       forwarder.close();
@@ -271,6 +275,8 @@ function clusterParts(config: BrokerConfig, log: Logger): ClusterParts | undefin
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   const { config, logger: log, registry, watcher, tasks, broker, jobs, metrics, http: app, access, tls } = b;
+  // Several brokers: join the directory before any copy claims a place in the shared budget.
+  await b.cluster?.directory.start();
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -287,7 +293,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   const httpPort = (app.server.address() as { port: number }).port;
   if (b.cluster) {
     const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host.includes(':') ? `[${config.host}]` : config.host;
-    await b.cluster.directory.start(config.advertiseUrl || `${tls ? 'https' : 'http'}://${host}:${httpPort}`);
+    await b.cluster.directory.advertise(config.advertiseUrl || `${tls ? 'https' : 'http'}://${host}:${httpPort}`);
   }
 
   const refreshCopies = () => {
@@ -335,7 +341,6 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       await jobs?.stop();
       await broker.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'requests drained');
-      await b.cluster?.close();
       await Promise.all([app.close(), zmq.close(), grpc.close(config.shutdownGraceMs)]);
       await shm.close();
       slog.info({ ms: Date.now() - t0 }, 'bridges closed');
@@ -343,6 +348,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       await started;
       await tasks.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'model copies stopped');
+      await b.cluster?.close(); // after the copies gave their budget places back
       await registry.close(); // tasks.close() closed the link, the runtime and the placement store
       slog.info('stopped');
     })());

@@ -75,7 +75,8 @@ export class BrokerDirectory implements SequenceDirectory {
   readonly incarnation = randomBytes(8).toString('hex');
   readonly leaseMs: number;
   private readonly tombstoneMs: number;
-  private readonly brokerPrefix: string;
+  /** Prefix of the brokers' lease keys (the copy budget checks them too). */
+  readonly brokerKeyPrefix: string;
   private readonly seqPrefix: string;
   private readonly redis: Redis;
   private readonly log: Logger;
@@ -90,7 +91,7 @@ export class BrokerDirectory implements SequenceDirectory {
     this.redis = opts.redis;
     this.leaseMs = opts.leaseMs ?? 3000;
     this.tombstoneMs = opts.tombstoneMs ?? 600_000;
-    this.brokerPrefix = `${opts.prefix}cluster:broker:`;
+    this.brokerKeyPrefix = `${opts.prefix}cluster:broker:`;
     this.seqPrefix = `${opts.prefix}cluster:seq:`;
     this.log = opts.logger.child({ component: 'cluster' });
     this.redis.defineCommand('tbSeqClaim', { numberOfKeys: 1, lua: CLAIM });
@@ -100,18 +101,29 @@ export class BrokerDirectory implements SequenceDirectory {
 
   /** Registers this broker and keeps its lease alive until stop(). */
   async start(url = this.opts.self.url): Promise<void> {
-    const e: BrokerEntry = { id: this.self, incarnation: this.incarnation, url, startedAt: Date.now() };
-    this.entry = JSON.stringify(e);
+    this.setEntry(url);
     await this.beat();
     this.timer = setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3)));
     this.timer.unref();
-    this.log.info({ incarnation: this.incarnation, url, leaseMs: this.leaseMs }, 'joined the broker directory');
+    this.log.info({ incarnation: this.incarnation, leaseMs: this.leaseMs }, 'joined the broker directory');
+  }
+
+  /** Publishes the URL other brokers forward to (known once the HTTP port is bound). */
+  async advertise(url: string): Promise<void> {
+    this.setEntry(url);
+    await this.beat();
+    this.log.info({ url }, 'forwarding address published in the broker directory');
+  }
+
+  private setEntry(url: string): void {
+    const e: BrokerEntry = { id: this.self, incarnation: this.incarnation, url, startedAt: Date.now() };
+    this.entry = JSON.stringify(e);
   }
 
   /** Leaves the directory at once (a clean stop): other brokers see this broker's sequences as gone without waiting for the lease. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
-    await this.redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1", 1, this.brokerPrefix + this.self, this.entry)
+    await this.redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1", 1, this.brokerKeyPrefix + this.self, this.entry)
       .catch((err: unknown) => this.log.warn({ err }, 'cannot leave the broker directory'));
   }
 
@@ -120,7 +132,7 @@ export class BrokerDirectory implements SequenceDirectory {
     const keys: string[] = [];
     let cursor = '0';
     do {
-      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${this.brokerPrefix}*`, 'COUNT', 200);
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${this.brokerKeyPrefix}*`, 'COUNT', 200);
       cursor = next;
       keys.push(...found);
     } while (cursor !== '0');
@@ -131,14 +143,14 @@ export class BrokerDirectory implements SequenceDirectory {
 
   async claim(model: string, id: string): Promise<SequencePlace> {
     const key = this.seqKey(model, id);
-    const r = await this.call('tbSeqClaim', key, this.self, this.incarnation, String(this.seqLeaseMs()), this.brokerPrefix);
+    const r = await this.call('tbSeqClaim', key, this.self, this.incarnation, String(this.seqLeaseMs()), this.brokerKeyPrefix);
     const place = this.place(r);
     if (place.kind === 'mine') this.owned.add(key);
     return place;
   }
 
   async locate(model: string, id: string): Promise<SequencePlace> {
-    return this.place(await this.call('tbSeqLocate', this.seqKey(model, id), this.self, this.incarnation, String(this.tombstoneMs), this.brokerPrefix));
+    return this.place(await this.call('tbSeqLocate', this.seqKey(model, id), this.self, this.incarnation, String(this.tombstoneMs), this.brokerKeyPrefix));
   }
 
   release(model: string, id: string, reason: string): void {
@@ -170,10 +182,10 @@ export class BrokerDirectory implements SequenceDirectory {
   }
 
   private async beat(): Promise<void> {
-    if (this.beating || this.entry === '') return;
+    if (this.beating || this.entry === '') return;  // not started yet
     this.beating = true;
     try {
-      const m = this.redis.multi().set(this.brokerPrefix + this.self, this.entry, 'PX', this.leaseMs);
+      const m = this.redis.multi().set(this.brokerKeyPrefix + this.self, this.entry, 'PX', this.leaseMs);
       for (const key of this.owned) m.pexpire(key, this.seqLeaseMs());
       await m.exec();
     } catch (err) {

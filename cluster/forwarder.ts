@@ -37,6 +37,7 @@ export class HttpForwarder implements Forwarder {
   constructor(private readonly opts: HttpForwarderOptions) {}
 
   forward(target: { broker: string; url: string }, req: InferRequest, deadlineMs: number): Promise<InferResult> {
+    if (target.url === '') return Promise.reject(new BrokerError('UNAVAILABLE', `broker '${target.broker}' has not published its forwarding address yet; retry`));
     const left = deadlineMs - Date.now();
     if (left <= 0) return Promise.reject(new BrokerError('DEADLINE_EXCEEDED', `the deadline passed before request '${req.id}' could be forwarded to broker '${target.broker}'`));
     const params: Record<string, ParameterValue> = {};

@@ -156,9 +156,27 @@ export class Broker implements BrokerApi {
       return Promise.reject(e);
     }
     const cluster = this.opts.cluster;
-    if (cluster && req.sequence && entry.scheduler instanceof SequenceScheduler && !entry.scheduler.holds(req.sequence.id)) {
-      return this.routeSequence(cluster, entry, entry.scheduler, req);
+    if (cluster) {
+      if (req.sequence && entry.scheduler instanceof SequenceScheduler && !entry.scheduler.holds(req.sequence.id)) {
+        return this.routeSequence(cluster, entry, entry.scheduler, req);
+      }
+      // Stateless with no ready copy here: when the shared budget is taken, a broker holding a copy serves it.
+      if (cluster.overflow && req.forwardedBy === undefined && entry.spec.stateless && entry.copies.available() === undefined && entry.copies.ready().length === 0) {
+        return this.overflow(cluster, entry, req);
+      }
     }
+    return entry.scheduler.submit(req);
+  }
+
+  private async overflow(cluster: ClusterLink, entry: ModelEntry, req: InferRequest): Promise<InferResult> {
+    const started = Date.now();
+    let target;
+    try {
+      target = await cluster.overflow!(req.model, entry.spec.max_replicas);
+    } catch (err) {
+      this.log.warn({ model: req.model, err }, 'cannot read the shared copy budget: serving here');
+    }
+    if (target) return cluster.forwarder.forward(target, req, this.deadlineOf(entry, req, started));
     return entry.scheduler.submit(req);
   }
 
@@ -183,9 +201,7 @@ export class Broker implements BrokerApi {
         // The sender thought this broker owns it; the directory says another does (it moved meanwhile): no second hop.
         throw new BrokerError('UNAVAILABLE', `sequence '${id}' of model '${model}' is owned by broker '${place.broker}', not by this broker '${cluster.sequences.self}' (forwarded by '${req.forwardedBy}'); retry`);
       }
-      const timeoutMs = req.timeoutMs ?? entry.spec.timeout_ms;
-      const deadline = timeoutMs > 0 && Number.isFinite(timeoutMs) ? started + timeoutMs : Infinity;
-      return cluster.forwarder.forward(place, req, deadline);
+      return cluster.forwarder.forward(place, req, this.deadlineOf(entry, req, started));
     }
     if (place.kind === 'ended' && !req.sequence!.start) throw sequenceNotActive(model, id, place.reason);
     if (this.entries.get(model) !== entry) return this.infer(req); // the model changed while the directory answered
@@ -329,6 +345,12 @@ export class Broker implements BrokerApi {
       throw new BrokerError('NOT_FOUND', `model '${model}' has no version '${version}' (serving version '${e.spec.version}')`);
     }
     return e;
+  }
+
+  /** Epoch ms when a request admitted at `from` expires (its timeout, else the model's timeout_ms). */
+  private deadlineOf(e: ModelEntry, req: InferRequest, from: number): number {
+    const timeoutMs = req.timeoutMs ?? e.spec.timeout_ms;
+    return timeoutMs > 0 && Number.isFinite(timeoutMs) ? from + timeoutMs : Infinity;
   }
 
   private readinessOf(e: ModelEntry): ModelReadiness {

@@ -39,4 +39,10 @@ export interface Forwarder {
 export interface ClusterLink {
   sequences: SequenceDirectory;
   forwarder: Forwarder;
+  /**
+   * Asked only while this broker has no ready copy of a stateless model: a
+   * broker holding copies of it when all `maxReplicas` places of the shared
+   * budget are taken (its requests go there), else undefined (serve here).
+   */
+  overflow?(model: string, maxReplicas: number): Promise<{ broker: string; url: string } | undefined>;
 }

@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { create } from '@bufbuild/protobuf';
+import { execFileSync } from 'node:child_process';
 import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
 import { ROOT, getJson, modelMain, waitFor } from '../helpers/broker';
 import { startRedis, type RedisHandle } from '../helpers/redis';
@@ -83,6 +84,20 @@ async function forwardRaw(b: CliBroker, from: string, id: string, q: number, f: 
   return { http: 200, code: reply.status?.code, message: reply.status?.message };
 }
 
+/** Live sleepy copies of this worktree, from one look at the process table (a copy that exited is gone from it or a zombie). */
+function sleepyProcesses(): number {
+  const out = execFileSync('ps', ['-eo', 'stat=,args='], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.includes(modelMain('sleepy')) && !/^\s*Z/.test(l)).length;
+}
+
+async function sleepyInfer(b: CliBroker, v: number): Promise<number> {
+  const res = await fetch(`${b.url}/v2/models/sleepy/infer`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(30_000),
+    body: JSON.stringify({ inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 1], data: [v] }] }),
+  });
+  return res.status === 200 ? ((await res.json()) as { outputs: { data: number[] }[] }).outputs[0].data[0] : -res.status;
+}
+
 describeDist('several brokers on one Redis (process runtime)', () => {
   let redis: RedisHandle;
   let base: string;
@@ -113,8 +128,18 @@ describeDist('several brokers on one Redis (process runtime)', () => {
       '    batch_size: 4',
       '    max_sequences: 16',
       '    min_replicas: 1',
-      '    max_replicas: 1',
+      '    max_replicas: 4',
       '    sequence_idle_ms: 60000',
+      '  sleepy:',
+      `    command: [${JSON.stringify(process.execPath)}, ${JSON.stringify(modelMain('sleepy'))}]`,
+      '    batch_size: 1',
+      '    env: { SLEEPY_A_MS: "15", SLEEPY_B_MS: "0" }',
+      '    min_replicas: 0',
+      '    max_replicas: 2',
+      '    scale_up_queue_per_copy: 1',
+      '    scale_up_cooldown_ms: 0',
+      '    scale_down_cooldown_ms: 0',
+      '    idle_ttl_ms: 800',
       '',
     ].join('\n'));
     alpha = await start('alpha');
@@ -257,4 +282,38 @@ describeDist('several brokers on one Redis (process runtime)', () => {
     expect(expectOk(await send(alpha, seqs[2], 2, 1)).index).toBe(1);
     expect(await held(beta)).toContain(seqs[2]);
   }, 90_000);
+
+  test('scale up and down under load on three brokers: never more than max_replicas copies in all', async () => {
+    const delta = await start('delta');
+    const brokers = [alpha, beta, delta];
+    expect(sleepyProcesses()).toBe(0);
+    let most = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        most = Math.max(most, sleepyProcesses());
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const burst = async (round: number) => {
+      const results = await Promise.all(brokers.flatMap((b, i) => Array.from({ length: 6 }, async (_, c) => {
+        const got: number[] = [];
+        for (let k = 0; k < 25; k++) got.push(await sleepyInfer(b, round * 10_000 + i * 1000 + c * 100 + k));
+        return got.every((v, k) => v === round * 10_000 + i * 1000 + c * 100 + k);
+      })));
+      expect(results.every(Boolean)).toBe(true);
+    };
+    try {
+      await burst(1);
+      expect(most).toBe(2);
+      // Idle past idle_ttl_ms: every broker's copies stop, the places return.
+      await waitFor(() => sleepyProcesses() === 0, 30_000, 'sleepy scaled to zero');
+      await burst(2);
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    expect(most).toBe(2);
+    await waitFor(() => sleepyProcesses() === 0, 30_000, 'sleepy scaled to zero again');
+  }, 120_000);
 });

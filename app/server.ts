@@ -180,7 +180,8 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   const store = config.redisUrl && !config.redisReadOnly
     ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
     : new MemoryPlacementStore();
-  const cluster = clusterParts(config, log);
+  const metrics = new Metrics();
+  const cluster = clusterParts(config, log, metrics);
   const tasks = new TaskManager({
     budget: cluster?.budget,
     runtime,
@@ -194,7 +195,6 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
     autoscaleIntervalMs: config.autoscaleIntervalMs,
   });
-  const metrics = new Metrics();
   tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
   tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
   tasks.on('scale-refused', (model, cap) => metrics.scaleRefused.inc({ model, cap }));
@@ -252,7 +252,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
 }
 
 /** The broker directory and the forwarder when several brokers may share this Redis (README "Several brokers"). */
-function clusterParts(config: BrokerConfig, log: Logger): ClusterParts | undefined {
+function clusterParts(config: BrokerConfig, log: Logger, metrics: Metrics): ClusterParts | undefined {
   if (!config.redisUrl || !config.cluster) return undefined;
   if (config.redisReadOnly) {
     log.warn({ component: 'cluster' }, 'a read-only Redis: this broker does not join the broker directory (its stateful sequences are not shared)');
@@ -260,7 +260,8 @@ function clusterParts(config: BrokerConfig, log: Logger): ClusterParts | undefin
   }
   const redis = createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 });
   const directory = new BrokerDirectory({ redis, prefix: config.redisPrefix, self: { id: config.brokerId, url: config.advertiseUrl }, leaseMs: config.clusterLeaseMs, logger: log });
-  const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1 });
+  const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1,
+    outcome: (model, outcome) => metrics.forwarded.inc({ model, outcome }) });
   const budget = new RedisCopyBudget(redis, config.redisPrefix, directory, log);
   return {
     directory, forwarder, budget,
@@ -300,6 +301,8 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     metrics.unavailable.reset();
     const unavailable = new Set(tasks.unavailableModels());
     for (const s of registry.list()) metrics.unavailable.set({ model: s.name }, unavailable.has(s.name) ? 1 : 0);
+    metrics.demand.reset();
+    for (const l of broker.load()) metrics.demand.set({ model: l.model }, l.queued + l.running);
     metrics.gpusInUse.reset();
     for (const g of tasks.gpuUsage()) if (g.model) metrics.gpusInUse.inc({ model: g.model });
     metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {

@@ -30,6 +30,10 @@ export interface BrokerStart {
   /** Models whose readiness to wait for. */
   waitFor: string[];
   readyTimeoutMs?: number;
+  /** Default bench-<pid>: two brokers of one run need two ids. */
+  brokerId?: string;
+  /** More `serve` flags. */
+  extraArgs?: string[];
 }
 
 /** Pids of the direct children of `pid` (Linux), e.g. the model copies the broker spawned. */
@@ -70,9 +74,10 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
     '--metrics-port', String(metricsPort),
     '--grpc-port', String(grpcPort),
     '--zmq-port', String(zmqPort),
-    '--broker-id', `bench-${process.pid}`,
+    '--broker-id', o.brokerId ?? `bench-${process.pid}`,
     '--socket-dir', path.join(o.dir, 'sock'),
     '--shutdown-grace-ms', '3000',
+    ...(o.extraArgs ?? []),
   ];
   const h: ChildHandle = spawnChild(process.execPath, args, { ...process.env, TB_LOG_LEVEL: process.env.TB_LOG_LEVEL ?? 'warn' }, o.root);
   const url = `http://${LOOPBACK}:${httpPort}`;

@@ -29,6 +29,8 @@ export interface HttpForwarderOptions {
   token?: string;
   /** Most frames in an answer (header + outputs). */
   maxFrames: number;
+  /** Told each forward's outcome: 'ok' or the error code (metrics). */
+  outcome?: (model: string, outcome: string) => void;
 }
 
 export class HttpForwarder implements Forwarder {
@@ -37,6 +39,13 @@ export class HttpForwarder implements Forwarder {
   constructor(private readonly opts: HttpForwarderOptions) {}
 
   forward(target: { broker: string; url: string }, req: InferRequest, deadlineMs: number): Promise<InferResult> {
+    const p = this.send(target, req, deadlineMs);
+    const tell = this.opts.outcome;
+    if (tell) p.then(() => tell(req.model, 'ok'), (e: BrokerError) => tell(req.model, e.code ?? 'INTERNAL'));
+    return p;
+  }
+
+  private send(target: { broker: string; url: string }, req: InferRequest, deadlineMs: number): Promise<InferResult> {
     if (target.url === '') return Promise.reject(new BrokerError('UNAVAILABLE', `broker '${target.broker}' has not published its forwarding address yet; retry`));
     const left = deadlineMs - Date.now();
     if (left <= 0) return Promise.reject(new BrokerError('DEADLINE_EXCEEDED', `the deadline passed before request '${req.id}' could be forwarded to broker '${target.broker}'`));

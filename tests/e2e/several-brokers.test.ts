@@ -315,5 +315,10 @@ describeDist('several brokers on one Redis (process runtime)', () => {
     }
     expect(most).toBe(2);
     await waitFor(() => sleepyProcesses() === 0, 30_000, 'sleepy scaled to zero again');
+    // What an HPA or KEDA reads: demand per broker and model, and the forwards by outcome.
+    const text = await (await fetch(alpha.metricsUrl)).text();
+    expect(text).toMatch(/^tb_broker_demand\{model="sleepy"\} 0$/m);
+    expect(text).toMatch(/^tb_forwarded_total\{model="motion",outcome="ok"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^tb_forwarded_total\{model="motion",outcome="UNAVAILABLE"\} [1-9]\d*$/m);
   }, 120_000);
 });

@@ -263,6 +263,7 @@ function clusterParts(config: BrokerConfig, log: Logger, metrics: Metrics): Clus
   const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1,
     outcome: (model, outcome) => metrics.forwarded.inc({ model, outcome }) });
   const budget = new RedisCopyBudget(redis, config.redisPrefix, directory, log);
+  directory.onLapse = () => budget.reassert();
   return {
     directory, forwarder, budget,
     close: async () => {

@@ -70,6 +70,7 @@ export class RedisCopyBudget {
       .tbCopyClaim(this.key(model), this.field(copyId), String(max), this.directory.brokerKeyPrefix)) as [number, number, ...string[]];
     const [ok, , ...entries] = r;
     this.remember(model, entries, ok !== 1);
+    if (ok === 1) this.track(model, copyId);
     return ok === 1;
   }
 
@@ -101,11 +102,27 @@ export class RedisCopyBudget {
     this.looks.set(model, { at: Date.now(), holders: [...new Map(others.map((h) => [h.id, h])).values()], next: 0, full });
   }
 
+  /** Places this broker holds, to write them again after a lapse of its lease. */
+  private readonly held = new Map<string, Set<string>>();
+
+  /** After a lapse of this broker's lease: its places (dropped by other brokers' claims meanwhile) are written again. */
+  reassert(): void {
+    for (const [model, ids] of this.held) for (const id of ids) this.hold(model, id);
+  }
+
   hold(model: string, copyId: string): void {
+    this.track(model, copyId);
     this.redis.hset(this.key(model), this.field(copyId), '1').catch((err: unknown) => this.log.warn({ err, model, copy: copyId }, 'cannot record an adopted copy in the shared budget'));
   }
 
+  private track(model: string, copyId: string): void {
+    let ids = this.held.get(model);
+    if (!ids) this.held.set(model, (ids = new Set()));
+    ids.add(copyId);
+  }
+
   release(model: string, copyId: string): void {
+    this.held.get(model)?.delete(copyId);
     this.redis.hdel(this.key(model), this.field(copyId)).catch((err: unknown) =>
       this.log.warn({ err, model, copy: copyId }, 'cannot release a copy place in the shared budget (it returns when this broker\'s lease expires)'));
   }

@@ -181,13 +181,23 @@ export class BrokerDirectory implements SequenceDirectory {
     return (this.redis as unknown as Record<string, (...a: string[]) => Promise<unknown>>)[cmd](...args);
   }
 
+  /** Called when this broker's lease had expired before its heartbeat renewed it (a stalled event loop or Redis). */
+  onLapse?: () => void;
+  private beats = 0;
+
   private async beat(): Promise<void> {
-    if (this.beating || this.entry === '') return;  // not started yet
+    if (this.beating || this.entry === '') return; // not started yet
     this.beating = true;
     try {
-      const m = this.redis.multi().set(this.brokerKeyPrefix + this.self, this.entry, 'PX', this.leaseMs);
+      const m = this.redis.multi().set(this.brokerKeyPrefix + this.self, this.entry, 'PX', this.leaseMs, 'GET');
       for (const key of this.owned) m.pexpire(key, this.seqLeaseMs());
-      await m.exec();
+      const res = await m.exec();
+      const before = res?.[0]?.[1];
+      if (this.beats++ > 0 && before === null) {
+        // Meanwhile other brokers may have taken this broker's copy places and answered its sequences as gone.
+        this.log.warn({ leaseMs: this.leaseMs }, 'this broker\'s lease had expired before its heartbeat: other brokers saw it gone meanwhile');
+        this.onLapse?.();
+      }
     } catch (err) {
       this.log.warn({ err }, 'broker heartbeat to Redis failed: other brokers see this broker gone once its lease expires');
     } finally {

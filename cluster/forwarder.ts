@@ -18,6 +18,8 @@ import { FRAMES_TYPE, frameBody, splitFrames } from './frames';
 export const FORWARD_PATH = '/internal/cluster/infer';
 export const FORWARDED_BY = 'x-tb-forwarded-by';
 export const CLUSTER_TOKEN = 'x-tb-cluster-token';
+/** A new connection to an owner that does not open this fast counts as the owner unreachable (a vanished pod sends no RST). */
+const CONNECT_MS = 2000;
 
 const CODES = new Set<string>(['INVALID_ARGUMENT', 'NOT_FOUND', 'RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED', 'CANCELLED',
   'PAYLOAD_TOO_LARGE', 'UNSUPPORTED_MEDIA_TYPE', 'UNAUTHENTICATED', 'PERMISSION_DENIED', 'UNIMPLEMENTED', 'INTERNAL']);
@@ -34,7 +36,7 @@ export interface HttpForwarderOptions {
 }
 
 export class HttpForwarder implements Forwarder {
-  private readonly agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+  private readonly agents = { http: new http.Agent({ keepAlive: true, noDelay: true }), https: new https.Agent({ keepAlive: true, noDelay: true }) };
 
   constructor(private readonly opts: HttpForwarderOptions) {}
 
@@ -61,12 +63,14 @@ export class HttpForwarder implements Forwarder {
     const url = new URL(FORWARD_PATH, target.url);
     const lib = url.protocol === 'https:' ? https : http;
     const who = `broker '${target.broker}' (${target.url})`;
+    const whom = req.sequence ? `the owner of sequence '${req.sequence.id}', ${who},` : who;
     return new Promise<InferResult>((resolve, reject) => {
       let settled = false;
       const done = (err: BrokerError | undefined, res?: InferResult) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        clearTimeout(connectTimer);
         req.signal?.removeEventListener('abort', onAbort);
         if (err) {
           out.destroy();
@@ -95,16 +99,22 @@ export class HttpForwarder implements Forwarder {
           }
         });
       });
+      let connectTimer: NodeJS.Timeout | undefined;
+      out.on('socket', (sock) => {
+        if (!sock.connecting) return;
+        connectTimer = setTimeout(() => done(new BrokerError('UNAVAILABLE', `${whom} cannot be reached: no connection within ${CONNECT_MS} ms`)), Math.min(CONNECT_MS, left));
+        sock.once('connect', () => clearTimeout(connectTimer));
+      });
       out.on('error', (e: NodeJS.ErrnoException) => done(new BrokerError('UNAVAILABLE',
-        `the owner of sequence '${req.sequence?.id}', ${who}, cannot be reached: ${e.code ?? e.message}`, { cause: e })));
+        `${whom} cannot be reached: ${e.code ?? e.message}`, { cause: e })));
       const timer = Number.isFinite(left)
         ? setTimeout(() => done(new BrokerError('DEADLINE_EXCEEDED', `deadline passed while request '${req.id}' was forwarded to ${who}`)), left)
         : undefined;
       const onAbort = () => done(new BrokerError('CANCELLED', 'the client cancelled the request'));
       req.signal?.addEventListener('abort', onAbort, { once: true });
       if (req.signal?.aborted) return onAbort();
-      for (const b of body) out.write(b);
-      out.end();
+      // One write: separate small writes of the length prefixes would each be a TCP segment.
+      out.end(Buffer.concat(body, length));
     });
   }
 

@@ -104,9 +104,10 @@ runMain(async (cleanups) => {
       }
     }
   }
+  const load = os.loadavg().map((l) => l.toFixed(1)).join(' / ');
   const md = markdown(points);
   process.stdout.write(`${md}\n`);
   const out = path.join(ROOT, 'bench', 'results');
-  await writeFile(path.join(out, 'forwarding.json'), JSON.stringify({ at: new Date().toISOString(), cpus: os.cpus().length, seconds: SECONDS, points }, null, 2));
-  await writeFile(path.join(out, 'forwarding.md'), `# Forwarded vs direct requests (bench/forwarding.ts)\n\nRun ${new Date().toISOString()} on ${os.cpus().length} CPUs, ${SECONDS} s per point, rounds alternating direct / forwarded in one run.\n\n${md}\n`);
+  await writeFile(path.join(out, 'forwarding.json'), JSON.stringify({ at: new Date().toISOString(), cpus: os.cpus().length, loadavg: os.loadavg(), seconds: SECONDS, points }, null, 2));
+  await writeFile(path.join(out, 'forwarding.md'), `# Forwarded vs direct requests (bench/forwarding.ts)\n\nRun ${new Date().toISOString()} on ${os.cpus().length} CPUs (load average at the end ${load}: other work on the machine moves latency and req/s far more than CPU time per request), ${SECONDS} s per point, rounds alternating direct / forwarded in one run. CPU ms per request are each broker process's user + system time over the point divided by the answers.\n\n${md}\n`);
 }, (m) => process.stderr.write(`${m}\n`));

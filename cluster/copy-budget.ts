@@ -4,7 +4,8 @@
  * `<prefix>cluster:copies:<model>` with one field per running copy,
  * "<broker>\t<incarnation>\t<copy id>". A claim (Lua, atomic) first drops the
  * places of brokers whose lease expired (or that restarted), then takes one if
- * fewer than max_replicas are held. So the copies of all brokers together stay
+ * fewer than max_replicas are held (always, for a copy within the claiming
+ * broker's min_replicas: each broker keeps its floor and is ready by itself). So the copies of all brokers together stay
  * within max_replicas, two brokers never start a copy for the same place, and
  * a dead broker's places come back once its lease expires.
  *
@@ -17,7 +18,7 @@ import type Redis from 'ioredis';
 import type { Logger } from 'pino';
 import type { BrokerDirectory, BrokerEntry } from './directory';
 
-// KEYS[1] budget hash; ARGV: field, max, broker key prefix
+// KEYS[1] budget hash; ARGV: field, max, broker key prefix, '1' for a copy within the broker's min_replicas floor
 const CLAIM = `
 local all = redis.call('HGETALL', KEYS[1])
 local n = 0
@@ -33,7 +34,7 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[1], f)
   end
 end
-if n < tonumber(ARGV[2]) then
+if n < tonumber(ARGV[2]) or ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], '1')
   return {1, n + 1, unpack(out)}
 end
@@ -65,9 +66,9 @@ export class RedisCopyBudget {
     redis.defineCommand('tbCopyHolders', { numberOfKeys: 1, lua: HOLDERS });
   }
 
-  async claim(model: string, copyId: string, max: number): Promise<boolean> {
+  async claim(model: string, copyId: string, max: number, floor: boolean): Promise<boolean> {
     const r = (await (this.redis as unknown as { tbCopyClaim(...a: string[]): Promise<unknown[]> })
-      .tbCopyClaim(this.key(model), this.field(copyId), String(max), this.directory.brokerKeyPrefix)) as [number, number, ...string[]];
+      .tbCopyClaim(this.key(model), this.field(copyId), String(max), this.directory.brokerKeyPrefix, floor ? '1' : '0')) as [number, number, ...string[]];
     const [ok, , ...entries] = r;
     this.remember(model, entries, ok !== 1);
     if (ok === 1) this.track(model, copyId);

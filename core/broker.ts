@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { ModelRegistry, ModelSpec, RegistryEvent, SavedMetadata } from './model-spec';
-import type { ClusterLink } from './cluster';
+import type { ClusterLink, SequencePlace } from './cluster';
 import { BrokerError } from './errors';
 import type { CopySource, ModelCopies } from './model-copies';
 import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
@@ -190,11 +190,13 @@ export class Broker implements BrokerApi {
     const { model } = req;
     const id = req.sequence!.id;
     const started = Date.now();
-    let place;
+    let place: SequencePlace;
     try {
       place = req.sequence!.start ? await cluster.sequences.claim(model, id) : await cluster.sequences.locate(model, id);
     } catch (err) {
-      throw new BrokerError('UNAVAILABLE', `cannot reach the sequence directory for sequence '${id}' of model '${model}': ${(err as Error).message}`, { cause: err });
+      // Redis cannot be asked: serve here (as one broker would); other brokers cannot find this sequence meanwhile.
+      this.log.warn({ model, sequence: id, err }, 'the sequence directory cannot be reached: serving the request here');
+      place = { kind: 'none' };
     }
     if (place.kind === 'remote') {
       if (req.forwardedBy !== undefined) {

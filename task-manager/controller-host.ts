@@ -33,8 +33,13 @@ export interface TaskEvents {
  * of all brokers together stay within max_replicas. Absent for one broker.
  */
 export interface CopyBudget {
-  /** Takes one place for copy `copyId` if fewer than `max` are held over all live brokers; rejects when the budget cannot be asked. */
-  claim(model: string, copyId: string, max: number): Promise<boolean>;
+  /**
+   * Takes one place for copy `copyId` if fewer than `max` are held over all live
+   * brokers, or whatever the count when `floor` (a copy within this broker's
+   * min_replicas: every broker keeps its floor, so each is ready by itself);
+   * rejects when the budget cannot be asked.
+   */
+  claim(model: string, copyId: string, max: number, floor: boolean): Promise<boolean>;
   /** An adopted copy keeps its place whatever the count. */
   hold(model: string, copyId: string): void;
   /** The copy stopped (or its grant went unused). */

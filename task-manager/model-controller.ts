@@ -388,9 +388,11 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
   private askBudget(budget: NonNullable<ControllerHost['budget']>, id: string): void {
     if (this.claiming || this.closing) return;
     this.claiming = true;
-    const rolling = [...this.copies.values()].filter((r) => isLive(r) && r.fingerprint !== this.fingerprint).length;
+    const live = [...this.copies.values()].filter(isLive);
+    const rolling = live.filter((r) => r.fingerprint !== this.fingerprint).length;
     const max = this.spec.max_replicas + rolling;
-    budget.claim(this.model, id, max).then(
+    const floor = live.length - rolling < this.spec.min_replicas;
+    budget.claim(this.model, id, max, floor).then(
       (ok) => this.budgetAnswer(ok, id, max),
       (err: unknown) => {
         this.log.warn({ err, copy: id }, 'cannot ask the shared copy budget: starting the copy anyway');

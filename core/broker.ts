@@ -123,6 +123,8 @@ const REFUSING = new Set(['failed', 'unloaded', 'draining']);
  */
 export class Broker implements BrokerApi {
   private readonly entries = new Map<string, ModelEntry>();
+  /** Several brokers: per model + sequence id, the last request still being routed (see inLane). */
+  private readonly lanes = new Map<string, Promise<void>>();
   private accepting = true;
   private readonly log: Logger;
   private readonly onChange = (e: RegistryEvent) => this.apply(e);
@@ -157,8 +159,9 @@ export class Broker implements BrokerApi {
     }
     const cluster = this.opts.cluster;
     if (cluster) {
-      if (req.sequence && entry.scheduler instanceof SequenceScheduler && !entry.scheduler.holds(req.sequence.id)) {
-        return this.routeSequence(cluster, entry, entry.scheduler, req);
+      if (req.sequence && entry.scheduler instanceof SequenceScheduler) {
+        const key = `${req.model}\0${req.sequence.id}`;
+        if (this.lanes.has(key) || !entry.scheduler.holds(req.sequence.id)) return this.inLane(key, cluster, entry, entry.scheduler, req);
       }
       // Stateless with no ready copy here: when the shared budget is taken, a broker holding a copy serves it.
       if (cluster.overflow && req.forwardedBy === undefined && entry.spec.stateless && entry.copies.available() === undefined && entry.copies.ready().length === 0) {
@@ -181,12 +184,43 @@ export class Broker implements BrokerApi {
   }
 
   /**
+   * Requests of one sequence that wait for the directory (or a forward) keep
+   * their arrival order: each is handed on (submitted here, or forwarded and
+   * answered) only after the one before it. Pipelined requests (a video upload,
+   * a gRPC stream) would otherwise overtake a START still asking Redis.
+   */
+  private inLane(key: string, cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest): Promise<InferResult> {
+    const prev = this.lanes.get(key);
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    this.lanes.set(key, gate);
+    // Handed on: the next request may go; with none behind, the lane closes (held requests take the direct path again).
+    const handedOn = () => {
+      open();
+      if (this.lanes.get(key) === gate) this.lanes.delete(key);
+    };
+    return (async () => {
+      try {
+        if (prev) await prev;
+        if (scheduler.holds(req.sequence!.id) && this.entries.get(req.model) === entry) {
+          const answer = scheduler.submit(req);
+          handedOn();
+          return await answer;
+        }
+        return await this.routeSequence(cluster, entry, scheduler, req, handedOn);
+      } finally {
+        handedOn();
+      }
+    })();
+  }
+
+  /**
    * A sequence request for a sequence this broker does not hold: a START claims
    * it in the shared directory (served here) unless a live broker owns it; a
    * later request goes to its owner. A forwarded request is served here in any
    * case (one hop at most): its START still claims, so the directory stays true.
    */
-  private async routeSequence(cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest): Promise<InferResult> {
+  private async routeSequence(cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest, handedOn: () => void): Promise<InferResult> {
     const { model } = req;
     const id = req.sequence!.id;
     const started = Date.now();
@@ -206,8 +240,14 @@ export class Broker implements BrokerApi {
       return cluster.forwarder.forward(place, req, this.deadlineOf(entry, req, started));
     }
     if (place.kind === 'ended' && !req.sequence!.start) throw sequenceNotActive(model, id, place.reason);
-    if (this.entries.get(model) !== entry) return this.infer(req); // the model changed while the directory answered
-    return scheduler.submit(req);
+    if (this.entries.get(model) !== entry) {
+      // The model changed while the directory answered: route it afresh (after opening this lane, or it would wait on itself).
+      handedOn();
+      return this.infer(req);
+    }
+    const answer = scheduler.submit(req);
+    handedOn();
+    return answer;
   }
 
   models(): { name: string; version: string }[] {

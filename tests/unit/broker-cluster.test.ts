@@ -148,3 +148,16 @@ test('stateless: forwarded to a holder only while overflow names one; a forwarde
   expect(queued('plain')).toBe(2);
   expect(calls).toEqual([]);
 });
+
+test('pipelined requests wait behind a START still asking the directory (arrival order kept)', async () => {
+  let answer!: (p: SequencePlace) => void;
+  const { broker, calls, queued } = setup(() => new Promise<SequencePlace>((r) => (answer = r)));
+  const sent = [0, 1, 2, 3].map((f) => broker.infer(frame('seq', { id: 'v', start: f === 0, end: false })).catch(() => undefined));
+  await new Promise((r) => setImmediate(r));
+  expect(queued('seq')).toBe(0); // nothing overtook the START
+  answer({ kind: 'mine' });
+  for (let i = 0; i < 10 && queued('seq') < 4; i++) await new Promise((r) => setImmediate(r));
+  expect(queued('seq')).toBe(4);
+  expect(calls).toEqual(['claim seq v']); // the later ones found the sequence held: no directory call
+  void sent;
+});

@@ -54,6 +54,9 @@ export const OPTIONS = {
   jobsWebhookHosts: ['--jobs-webhook-hosts <hosts>', 'TB_JOBS_WEBHOOK_HOSTS', [] as string[], parseList, 'hosts job webhooks may go to: names, IPs or CIDRs (none: webhook_url is refused)'],
   registryServer: ['--registry-server <host>', 'TB_REGISTRY_SERVER', '', String, 'the only Docker registry host that gets the credentials TB_REGISTRY_USERNAME / TB_REGISTRY_PASSWORD'],
   registryUsername: ['--registry-username <user>', 'TB_REGISTRY_USERNAME', '', String, 'Docker registry user for image pulls (the password: env TB_REGISTRY_PASSWORD only)'],
+  cluster: ['--cluster <bool>', 'TB_CLUSTER', true, parseBool, 'with a writable --redis-url: join the broker directory and share stateful sequences with the other brokers on that Redis (README "Several brokers")'],
+  advertiseUrl: ['--advertise-url <url>', 'TB_ADVERTISE_URL', '', String, 'URL of this broker\'s HTTP port as other brokers reach it, for forwarding (default http://<host>:<http port>; on Kubernetes the pod IP)'],
+  clusterLeaseMs: ['--cluster-lease-ms <ms>', 'TB_CLUSTER_LEASE_MS', 3000, parsePositive, 'a broker counts as gone this long after its last directory heartbeat (sent every third of it)'],
   tlsCert: ['--tls-cert <file>', 'TB_TLS_CERT', '', String, 'PEM certificate (chain): REST and gRPC serve TLS (with --tls-key)'],
   tlsKey: ['--tls-key <file>', 'TB_TLS_KEY', '', String, 'PEM private key of --tls-cert'],
   ...JOB_OPTIONS,
@@ -68,6 +71,8 @@ export const SECRETS = {
   redisSigningKey: 'TB_REDIS_SIGNING_KEY',
   registryPassword: 'TB_REGISTRY_PASSWORD',
   jobsWebhookSecret: 'TB_JOBS_WEBHOOK_SECRET',
+  /** Shared by the brokers of one Redis: requests forwarded between them carry it (default: TB_ADMIN_TOKEN). */
+  clusterToken: 'TB_CLUSTER_TOKEN',
 } as const;
 
 type Options = typeof OPTIONS;

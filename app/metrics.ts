@@ -96,6 +96,20 @@ export class Metrics implements SchedulerObserver {
     registers: [this.registry],
   });
 
+  /** Per-broker demand, for an HPA or KEDA scaling the broker replicas (README "Several brokers"). */
+  readonly demand = new Gauge({
+    name: 'tb_broker_demand',
+    help: 'Requests queued plus running on this broker, per model (forwarded-in requests included, forwarded-out ones not).',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+  readonly forwarded = new Counter({
+    name: 'tb_forwarded_total',
+    help: 'Requests this broker forwarded to another broker (a sequence\'s owner, or a broker holding copies), by outcome (ok, or the error code).',
+    labelNames: ['model', 'outcome'],
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'tb_process_' });
   }

@@ -43,6 +43,18 @@ import type { BrokerConfig } from './config';
 import { installErrorHandlers } from './http-errors';
 import { SharedMemoryRegistry } from '../bridges/shared/shm';
 import { Metrics } from './metrics';
+import { BrokerDirectory } from '../cluster/directory';
+import { HttpForwarder } from '../cluster/forwarder';
+import { forwardRoute } from '../cluster/forward-route';
+import { RedisCopyBudget } from '../cluster/copy-budget';
+
+/** Several brokers on one Redis: the directory, the forwarder, and the Redis connection they use. */
+export interface ClusterParts {
+  directory: BrokerDirectory;
+  forwarder: HttpForwarder;
+  budget: RedisCopyBudget;
+  close(): Promise<void>;
+}
 
 /** The package version, from the package.json above this file (source or dist). */
 export const VERSION: string = (() => {
@@ -129,6 +141,8 @@ export interface BuiltBroker {
   modelsDir: string;
   /** Reusable buffers for big REST infer bodies. */
   bodyPool: BodyPool;
+  /** Several brokers on one Redis (undefined with the embedded registry, --cluster false or a read-only Redis). */
+  cluster?: ClusterParts;
 }
 
 /**
@@ -172,7 +186,10 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   const store = config.redisUrl && !config.redisReadOnly
     ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
     : new MemoryPlacementStore();
+  const metrics = new Metrics();
+  const cluster = clusterParts(config, log, metrics);
   const tasks = new TaskManager({
+    budget: cluster?.budget,
     runtime,
     link,
     brokerId: config.brokerId,
@@ -184,7 +201,6 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
     autoscaleIntervalMs: config.autoscaleIntervalMs,
   });
-  const metrics = new Metrics();
   tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
   tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
   tasks.on('scale-refused', (model, cap) => metrics.scaleRefused.inc({ model, cap }));
@@ -195,6 +211,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     observer: metrics,
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
     admin: adminHooks(registry, config.adminToken),
+    cluster: cluster && { sequences: cluster.directory, forwarder: cluster.forwarder, overflow: (m, max) => cluster.budget.overflow(m, max) },
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();
@@ -224,6 +241,9 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   });
   await app.register(adminRoutes, { registry, tasks, token: config.adminToken, logger: log });
   await app.register(rootRoute, { version: VERSION });
+  if (cluster) {
+    await app.register(forwardRoute, { broker, bodyLimit: config.bodyLimit, maxFrames: config.maxTensors + 1, token: config.clusterToken ?? config.adminToken });
+  }
   // Jobs (opt-in: --jobs) live in the same Redis as the registry, and run through broker.infer() like a bridge's requests.
   const jc = config.jobs ?? {};
   const jobsOn = (jc.enabled ?? config.jobsEnabled) && config.redisUrl !== '';
@@ -241,12 +261,37 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
       timeouts: { idleMs: config.bodyIdleTimeoutMs, totalMs: config.bodyTimeoutMs }, sseHeartbeatMs: jc.sseHeartbeatMs });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }
-  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir, bodyPool };
+  return { config, logger: log, registry, watcher, runtime, tasks, broker, jobs, metrics, http: app, shm, access, tls, modelsDir: file.dir, bodyPool, cluster };
+}
+
+/** The broker directory and the forwarder when several brokers may share this Redis (README "Several brokers"). */
+function clusterParts(config: BrokerConfig, log: Logger, metrics: Metrics): ClusterParts | undefined {
+  if (!config.redisUrl || !config.cluster) return undefined;
+  if (config.redisReadOnly) {
+    log.warn({ component: 'cluster' }, 'a read-only Redis: this broker does not join the broker directory (its stateful sequences are not shared)');
+    return undefined;
+  }
+  const redis = createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 });
+  const directory = new BrokerDirectory({ redis, prefix: config.redisPrefix, self: { id: config.brokerId, url: config.advertiseUrl }, leaseMs: config.clusterLeaseMs, logger: log });
+  const forwarder = new HttpForwarder({ self: config.brokerId, token: config.clusterToken ?? config.adminToken, maxFrames: config.maxTensors + 1,
+    outcome: (model, outcome) => metrics.forwarded.inc({ model, outcome }) });
+  const budget = new RedisCopyBudget(redis, config.redisPrefix, directory, log);
+  directory.onLapse = () => budget.reassert();
+  return {
+    directory, forwarder, budget,
+    close: async () => {
+      await directory.stop();
+      forwarder.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
 }
 
 /** Starts the copies (adoption first) and binds every port; returns the running broker with its close(). */
 export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   const { config, logger: log, registry, watcher, tasks, broker, jobs, metrics, http: app, access, tls } = b;
+  // Several brokers: join the directory before any copy claims a place in the shared budget.
+  await b.cluster?.directory.start();
   // Copies start in the background: the HTTP side answers (and queues) meanwhile.
   const started = tasks.start(registry.list()).catch((err: unknown) => log.error({ component: 'task-manager', err }, 'starting model copies failed'));
 
@@ -261,11 +306,17 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   await app.listen({ host: config.host, port: config.httpPort });
   jobs?.start();
   const httpPort = (app.server.address() as { port: number }).port;
+  if (b.cluster) {
+    const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host.includes(':') ? `[${config.host}]` : config.host;
+    await b.cluster.directory.advertise(config.advertiseUrl || `${tls ? 'https' : 'http'}://${host}:${httpPort}`);
+  }
 
   const refreshCopies = () => {
     metrics.unavailable.reset();
     const unavailable = new Set(tasks.unavailableModels());
     for (const s of registry.list()) metrics.unavailable.set({ model: s.name }, unavailable.has(s.name) ? 1 : 0);
+    metrics.demand.reset();
+    for (const l of broker.load()) metrics.demand.set({ model: l.model }, l.queued + l.running);
     metrics.gpusInUse.reset();
     for (const g of tasks.gpuUsage()) if (g.model) metrics.gpusInUse.inc({ model: g.model });
     metrics.setCopies(tasks.copies().reduce<{ model: string; state: string; count: number }[]>((acc, c) => {
@@ -315,6 +366,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
       await started;
       await tasks.close(config.shutdownGraceMs);
       slog.info({ ms: Date.now() - t0 }, 'model copies stopped');
+      await b.cluster?.close(); // after the copies gave their budget places back
       await registry.close(); // tasks.close() closed the link, the runtime and the placement store
       slog.info('stopped');
     })());

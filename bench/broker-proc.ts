@@ -32,7 +32,9 @@ export interface BrokerStart {
   /** Models whose readiness to wait for. */
   waitFor: string[];
   readyTimeoutMs?: number;
-  /** More `serve` flags, e.g. ['--jobs', 'true']. */
+  /** Default bench-<pid>: two brokers of one run need two ids. */
+  brokerId?: string;
+  /** More `serve` flags. */
   extraArgs?: string[];
 }
 
@@ -74,7 +76,7 @@ export async function startBrokerProc(o: BrokerStart): Promise<BrokerProc> {
     '--metrics-port', String(metricsPort),
     '--grpc-port', String(grpcPort),
     '--zmq-port', String(zmqPort),
-    '--broker-id', `bench-${process.pid}`,
+    '--broker-id', o.brokerId ?? `bench-${process.pid}`,
     '--socket-dir', path.join(o.dir, 'sock'),
     '--shutdown-grace-ms', '3000',
     ...(o.extraArgs ?? []),

@@ -1,9 +1,10 @@
 import type { Logger } from 'pino';
 import type { ModelRegistry, ModelSpec, RegistryEvent, SavedMetadata } from './model-spec';
+import type { ClusterLink, SequencePlace } from './cluster';
 import { BrokerError } from './errors';
 import type { CopySource, ModelCopies } from './model-copies';
 import { ModelScheduler, type SchedulerObserver } from './model-scheduler';
-import { SequenceScheduler, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
+import { SequenceScheduler, sequenceNotActive, type SequenceConfig, type SequenceStatus } from './sequence-scheduler';
 import type { ModelStatistics } from './stats';
 import type { InferRequest, InferResult, ModelMetadata, ModelReadiness } from './types';
 import { stageTimer } from './stage-timings';
@@ -96,6 +97,12 @@ export interface BrokerOptions {
   limits?: RequestLimits;
   /** Registry writes for load-with-config; without it such loads are refused. */
   admin?: AdminHooks;
+  /**
+   * Several brokers on one Redis (core/cluster.ts): stateful sequences are
+   * owned by one broker, and their requests landing elsewhere are forwarded.
+   * Absent for a single broker: nothing of it runs.
+   */
+  cluster?: ClusterLink;
 }
 
 type Scheduler = ModelScheduler | SequenceScheduler;
@@ -121,6 +128,8 @@ const REFUSING = new Set(['failed', 'unloaded', 'draining']);
  */
 export class Broker implements BrokerApi {
   private readonly entries = new Map<string, ModelEntry>();
+  /** Several brokers: per model + sequence id, the last request still being routed (see inLane). */
+  private readonly lanes = new Map<string, Promise<void>>();
   private accepting = true;
   private readonly log: Logger;
   private readonly onChange = (e: RegistryEvent) => this.apply(e);
@@ -158,8 +167,98 @@ export class Broker implements BrokerApi {
       req.onSent?.();
       return Promise.reject(e);
     }
+    const cluster = this.opts.cluster;
+    if (cluster) {
+      if (req.sequence && entry.scheduler instanceof SequenceScheduler) {
+        const key = `${req.model}\0${req.sequence.id}`;
+        if (this.lanes.has(key) || !entry.scheduler.holds(req.sequence.id)) return this.inLane(key, cluster, entry, entry.scheduler, req);
+      }
+      // Stateless with no ready copy here: when the shared budget is taken, a broker holding a copy serves it.
+      if (cluster.overflow && req.forwardedBy === undefined && entry.spec.stateless && entry.copies.available() === undefined && entry.copies.ready().length === 0) {
+        return this.overflow(cluster, entry, req);
+      }
+    }
     const answer = entry.scheduler.submit(req);
     ADMIT.since(t0);
+    return answer;
+  }
+
+  private async overflow(cluster: ClusterLink, entry: ModelEntry, req: InferRequest): Promise<InferResult> {
+    const started = Date.now();
+    let target;
+    try {
+      target = await cluster.overflow!(req.model, entry.spec.max_replicas);
+    } catch (err) {
+      this.log.warn({ model: req.model, err }, 'cannot read the shared copy budget: serving here');
+    }
+    if (target) return cluster.forwarder.forward(target, req, this.deadlineOf(entry, req, started));
+    return entry.scheduler.submit(req);
+  }
+
+  /**
+   * Requests of one sequence that wait for the directory (or a forward) keep
+   * their arrival order: each is handed on (submitted here, or forwarded and
+   * answered) only after the one before it. Pipelined requests (a video upload,
+   * a gRPC stream) would otherwise overtake a START still asking Redis.
+   */
+  private inLane(key: string, cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest): Promise<InferResult> {
+    const prev = this.lanes.get(key);
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    this.lanes.set(key, gate);
+    // Handed on: the next request may go; with none behind, the lane closes (held requests take the direct path again).
+    const handedOn = () => {
+      open();
+      if (this.lanes.get(key) === gate) this.lanes.delete(key);
+    };
+    return (async () => {
+      try {
+        if (prev) await prev;
+        if (scheduler.holds(req.sequence!.id) && this.entries.get(req.model) === entry) {
+          const answer = scheduler.submit(req);
+          handedOn();
+          return await answer;
+        }
+        return await this.routeSequence(cluster, entry, scheduler, req, handedOn);
+      } finally {
+        handedOn();
+      }
+    })();
+  }
+
+  /**
+   * A sequence request for a sequence this broker does not hold: a START claims
+   * it in the shared directory (served here) unless a live broker owns it; a
+   * later request goes to its owner. A forwarded request is served here in any
+   * case (one hop at most): its START still claims, so the directory stays true.
+   */
+  private async routeSequence(cluster: ClusterLink, entry: ModelEntry, scheduler: SequenceScheduler, req: InferRequest, handedOn: () => void): Promise<InferResult> {
+    const { model } = req;
+    const id = req.sequence!.id;
+    const started = Date.now();
+    let place: SequencePlace;
+    try {
+      place = req.sequence!.start ? await cluster.sequences.claim(model, id) : await cluster.sequences.locate(model, id);
+    } catch (err) {
+      // Redis cannot be asked: serve here (as one broker would); other brokers cannot find this sequence meanwhile.
+      this.log.warn({ model, sequence: id, err }, 'the sequence directory cannot be reached: serving the request here');
+      place = { kind: 'none' };
+    }
+    if (place.kind === 'remote') {
+      if (req.forwardedBy !== undefined) {
+        // The sender thought this broker owns it; the directory says another does (it moved meanwhile): no second hop.
+        throw new BrokerError('UNAVAILABLE', `sequence '${id}' of model '${model}' is owned by broker '${place.broker}', not by this broker '${cluster.sequences.self}' (forwarded by '${req.forwardedBy}'); retry`);
+      }
+      return cluster.forwarder.forward(place, req, this.deadlineOf(entry, req, started));
+    }
+    if (place.kind === 'ended' && !req.sequence!.start) throw sequenceNotActive(model, id, place.reason);
+    if (this.entries.get(model) !== entry) {
+      // The model changed while the directory answered: route it afresh (after opening this lane, or it would wait on itself).
+      handedOn();
+      return this.infer(req);
+    }
+    const answer = scheduler.submit(req);
+    handedOn();
     return answer;
   }
 
@@ -302,6 +401,12 @@ export class Broker implements BrokerApi {
     return e;
   }
 
+  /** Epoch ms when a request admitted at `from` expires (its timeout, else the model's timeout_ms). */
+  private deadlineOf(e: ModelEntry, req: InferRequest, from: number): number {
+    const timeoutMs = req.timeoutMs ?? e.spec.timeout_ms;
+    return timeoutMs > 0 && Number.isFinite(timeoutMs) ? from + timeoutMs : Infinity;
+  }
+
   private readinessOf(e: ModelEntry): ModelReadiness {
     if (!this.accepting) return { ready: false, phase: 'draining', reason: 'the broker is shutting down' };
     return e.copies.readiness();
@@ -358,9 +463,11 @@ export class Broker implements BrokerApi {
   private scheduler(spec: ModelSpec, copies: ModelCopies): Scheduler {
     const log = this.opts.logger.child({ component: 'scheduler', model: spec.name });
     const config = schedulerConfig(spec);
-    return spec.stateless
-      ? new ModelScheduler(spec.name, config, copies, log, this.opts.observer)
-      : new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
+    if (spec.stateless) return new ModelScheduler(spec.name, config, copies, log, this.opts.observer);
+    const s = new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
+    const cluster = this.opts.cluster;
+    if (cluster) s.onRemoved = (id, why) => cluster.sequences.release(spec.name, id, why);
+    return s;
   }
 
   /** A copy reported READY metadata: kept in the registry so the model can be described while at zero. */

@@ -80,6 +80,13 @@ interface SeqExt {
 
 type Req = Pending<SeqExt>;
 
+/** Triton's not-active error (INVALID_ARG) for a request without START, with why the sequence is not active when known. */
+export function sequenceNotActive(model: string, id: string, why: string | undefined): BrokerError {
+  return new BrokerError('INVALID_ARGUMENT',
+    `inference request for sequence ${id} to model '${model}' must specify the START flag on the first request of the sequence ` +
+    `(sequence '${id}' is not active: ${why ?? 'ended, expired or never started'}; start it with sequence_start)`);
+}
+
 /** Ids of ended sequences kept to explain a late request. */
 const RECENT_LIMIT = 10_000;
 
@@ -95,6 +102,8 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
   protected override readonly retriesBatches = false;
   private capacityQueued = false;
   private readonly onCopyGone = (copyId: string, reason: string) => this.copyGone(copyId, reason);
+  /** Told each time a sequence is forgotten (ended, cancelled, expired, lost): the cluster's lease is dropped. */
+  onRemoved?: (id: string, why: string) => void;
 
   constructor(model: string, private cfg: SequenceConfig, copies: ModelCopies, log: Logger, observer?: SchedulerObserver) {
     super(model, cfg, copies, log, observer);
@@ -263,12 +272,14 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     return e.kind === 'copy-lost' ? new BrokerError('UNAVAILABLE', `${e.message}; sequence state lost`, { kind: 'sequence-lost', cause: e }) : e;
   }
 
+  /** Whether the sequence is active (or backlogged) here: its later requests are served here. */
+  holds(id: string): boolean {
+    return this.seqs.has(id);
+  }
+
   /** Triton's answer (INVALID_ARG) and wording, plus what the broker remembers of the id. */
   private notActive(id: string): BrokerError {
-    const why = this.recent.get(id);
-    return new BrokerError('INVALID_ARGUMENT',
-      `inference request for sequence ${id} to model '${this.model}' must specify the START flag on the first request of the sequence ` +
-      `(sequence '${id}' is not active: ${why ?? 'ended, expired or never started'}; start it with sequence_start)`);
+    return sequenceNotActive(this.model, id, this.recent.get(id));
   }
 
   // ---- slots ----
@@ -461,6 +472,7 @@ export class SequenceScheduler extends SchedulerBase<SeqExt> {
     if (this.seqs.get(seq.id) === seq) this.seqs.delete(seq.id);
     if (this.recent.size >= RECENT_LIMIT) this.recent.delete(this.recent.keys().next().value!);
     this.recent.set(seq.id, why);
+    this.onRemoved?.(seq.id, why);
     this.observe();
     this.schedulePump();
   }

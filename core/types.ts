@@ -45,6 +45,12 @@ export interface InferRequest {
    * retried batch is sent), so a bridge that lends pooled bytes guards it.
    */
   onSent?: () => void;
+  /**
+   * Set when another broker forwarded this request (core/cluster.ts): the id
+   * of that broker. A forwarded request is always served here, never forwarded
+   * again, so a request makes at most one hop.
+   */
+  forwardedBy?: string;
 }
 
 export interface InferResult {

@@ -27,7 +27,28 @@ export interface TaskEvents {
   'scale-refused': [model: string, cap: 'copies' | 'memory', reason: string];
 }
 
+/**
+ * A budget of copies per model shared by several brokers (cluster/copy-budget.ts
+ * on Redis): a copy is started only after its place was granted, so the copies
+ * of all brokers together stay within max_replicas. Absent for one broker.
+ */
+export interface CopyBudget {
+  /**
+   * Takes one place for copy `copyId` if fewer than `max` are held over all live
+   * brokers, or whatever the count when `floor` (a copy within this broker's
+   * min_replicas: every broker keeps its floor, so each is ready by itself);
+   * rejects when the budget cannot be asked.
+   */
+  claim(model: string, copyId: string, max: number, floor: boolean): Promise<boolean>;
+  /** An adopted copy keeps its place whatever the count. */
+  hold(model: string, copyId: string): void;
+  /** The copy stopped (or its grant went unused). */
+  release(model: string, copyId: string): void;
+}
+
 export interface ControllerHost {
+  /** Several brokers on one Redis: the shared copy budget (README "Several brokers"). */
+  readonly budget?: CopyBudget;
   readonly runtime: Runtime;
   readonly link: LinkServer;
   readonly store: PlacementStore;

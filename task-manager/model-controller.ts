@@ -50,6 +50,11 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
   jobBacklog = 0;
   private closing = false;
   private closed?: Promise<void>;
+  /** Copy budget (several brokers): a claim in flight, a granted id not launched yet, ids holding a place, the last refusal. */
+  private claiming = false;
+  private grant?: string;
+  private readonly budgeted = new Set<string>();
+  private budgetRefusal?: string;
   private phaseSeen?: string;
   private readonly log: Logger;
   readonly stopLater = (rec: CopyRecord, reason: string): void => void this.stopCopy(rec, this.host.stopGraceMs, reason);
@@ -191,6 +196,8 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
     this.closed ??= (async () => {
       this.closing = true;
       this.clearRestart();
+      if (this.grant) this.host.budget?.release(this.model, this.grant);
+      this.grant = undefined;
       this.log.info({ reason }, 'stopping the model\'s copies');
       const stops = [...this.copies.values()].map((r) => this.stopCopy(r, graceMs, reason));
       this.notePhase();
@@ -238,6 +245,10 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
       const live = currentCopies(this).filter(isLive);
       this.waiting = undefined;
       for (let i = live.length; i < this.desired; i++) if (!this.tryStart()) break;
+      if (this.grant && currentCopies(this).filter(isLive).length >= this.desired) {
+        this.host.budget?.release(this.model, this.grant);
+        this.grant = undefined;
+      }
       const extra = live.length - this.desired;
       if (extra > 0) {
         live
@@ -350,7 +361,16 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
 
   /** Places one new copy (global caps, GPUs, evicting an idle copy of another model); false = the model waits. */
   private tryStart(): boolean {
-    const id = randomBytes(6).toString('hex');
+    let id = randomBytes(6).toString('hex');
+    const budget = this.host.budget;
+    if (budget) {
+      if (!this.grant) {
+        this.askBudget(budget, id);
+        this.waiting = this.budgetRefusal ?? 'asking the shared copy budget (several brokers)';
+        return false;
+      }
+      id = this.grant;
+    }
     const room = this.host.placer.place(this, id);
     if ('never' in room) {
       this.markUnavailable(room.never);
@@ -360,8 +380,51 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
       this.waiting = room.wait;
       return false;
     }
+    if (this.grant === id) {
+      this.grant = undefined;
+      this.budgeted.add(id);
+    }
     this.launch(id, room.gpus);
     return true;
+  }
+
+  /**
+   * One claim at a time on the shared budget, for max_replicas over all brokers
+   * (plus this broker's old copies while it rolls, so a roll can surge). Granted:
+   * reconcile starts the copy. Refused: the model waits with the reason and asks
+   * again on the next reconcile (the autoscaler's tick). Redis unreachable: the
+   * copy starts (serving beats the cap while the budget cannot be asked).
+   */
+  private askBudget(budget: NonNullable<ControllerHost['budget']>, id: string): void {
+    if (this.claiming || this.closing) return;
+    this.claiming = true;
+    const live = [...this.copies.values()].filter(isLive);
+    const rolling = live.filter((r) => r.fingerprint !== this.fingerprint).length;
+    const max = this.spec.max_replicas + rolling;
+    const floor = live.length - rolling < this.spec.min_replicas;
+    budget.claim(this.model, id, max, floor).then(
+      (ok) => this.budgetAnswer(ok, id, max),
+      (err: unknown) => {
+        this.log.warn({ err, copy: id }, 'cannot ask the shared copy budget: starting the copy anyway');
+        this.budgetAnswer(true, id, max);
+      },
+    );
+  }
+
+  private budgetAnswer(ok: boolean, id: string, max: number): void {
+    this.claiming = false;
+    if (!ok) {
+      const why = `max_replicas (${max}) copies already run over all brokers sharing this Redis`;
+      if (this.budgetRefusal !== why) this.log.info({ max }, `copy start refused by the shared budget: ${why}`);
+      this.budgetRefusal = why;
+      this.waiting = why;
+      this.notePhase();
+      return;
+    }
+    this.budgetRefusal = undefined;
+    if (this.closing) return this.host.budget?.release(this.model, id);
+    this.grant = id;
+    this.reconcile();
   }
 
   private markUnavailable(why: string): void {
@@ -435,6 +498,10 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
     }, limit);
 
     if (adopt) {
+      if (host.budget) {
+        host.budget.hold(this.model, id);
+        this.budgeted.add(id);
+      }
       rec.handle = adopt.handle;
       host.runtime.adopt!(adopt.handle);
       void host.runtime.exited(adopt.handle).then((info) => this.onExit(rec, info));
@@ -511,6 +578,7 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
     this.gone(rec, message);
     host.link.unregister(rec.id);
     host.store.remove(rec.id).catch(() => undefined);
+    if (this.budgeted.delete(rec.id)) host.budget?.release(this.model, rec.id);
     if (this.copies.get(rec.id) === rec) this.copies.delete(rec.id);
     rec.markDone();
     if (rec.stopping || this.closing) {

@@ -14,7 +14,7 @@ import type { ModelSpec, RegistryEvent } from '../core/model-spec';
 import type { ModelMetadata, ModelReadiness } from '../core/types';
 import { clearLeftovers } from './adoption';
 import type { GlobalCaps } from './autoscaler';
-import type { ControllerHost, TaskEvents } from './controller-host';
+import type { ControllerHost, CopyBudget, TaskEvents } from './controller-host';
 import { GpuAllocator, type GpuUse } from './gpu-allocator';
 import type { LinkServer } from './link-server';
 import { ModelController } from './model-controller';
@@ -51,6 +51,8 @@ export interface TaskManagerOptions {
   caps?: GlobalCaps;
   /** Autoscaler period (default 1000 ms). */
   autoscaleIntervalMs?: number;
+  /** Several brokers on one Redis: copies start only within the shared per-model budget (max_replicas over all brokers). */
+  budget?: CopyBudget;
 }
 
 export class TaskManager extends EventEmitter<TaskEvents> implements CopySource {
@@ -74,6 +76,7 @@ export class TaskManager extends EventEmitter<TaskEvents> implements CopySource 
       refused: (model, cap, reason) => this.emit('scale-refused', model, cap, reason),
     });
     this.host = {
+      budget: opts.budget,
       runtime: opts.runtime,
       link: opts.link,
       store: this.store,

@@ -8,6 +8,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { SPEC_DEFAULTS } from '../../core/model-spec';
 import { parseModelsFile } from '../../model-manager/models-file';
+import { validateEntry } from '../../model-manager/schema';
 import { fingerprint } from '../../task-manager/model-state';
 import {
   buildModelDeployment, deploymentName, linkServiceName, selectorLabels, LABELS, type DeploymentInput, type KubeModelSpec,
@@ -369,5 +370,29 @@ describe('the per-model Kubernetes fields (task-manager/kubernetes/fields.ts)', 
     ['a pull Secret string instead of a list', { image_pull_secrets: 'regcred' }, /must be a list/],
   ])('%s is refused', (_n, entry, why) => {
     expect(kubernetesFieldProblems(entry).join('\n')).toMatch(why);
+  });
+
+  test('models.yaml (the registry schema) accepts the fields, and they reach the Deployment', () => {
+    const r = validateEntry('detector', { image: 'det:1', ...good }, { allowCommand: false });
+    expect(r.errors).toBeUndefined();
+    const d = buildModelDeployment(input(r.spec!));
+    const pod = d.spec.template.spec as Record<string, unknown>;
+    expect(pod.nodeSelector).toEqual(good.node_selector);
+    expect(pod.tolerations).toEqual(good.tolerations);
+    expect(pod.imagePullSecrets).toEqual([{ name: 'regcred' }, { name: 'ghcr.io-pull' }]);
+    // A placement change is a new copy: it rolls.
+    const plain = validateEntry('detector', { image: 'det:1' }, { allowCommand: false }).spec!;
+    expect(fingerprint(r.spec!)).not.toBe(fingerprint(plain));
+  });
+
+  test.each<[string, Record<string, unknown>, RegExp]>([
+    ['a wrong shape', { node_selector: 'gpu' }, /field "node_selector" must be a map of node label: value/],
+    ['a misspelt toleration field', { tolerations: [{ key: 'a', efect: 'NoSchedule' }] }, /field "tolerations" must be a list of tolerations/],
+    ['a bad label value', { node_selector: { pool: 'a b' } }, /model "detector": field node_selector.pool: 'a b' is not a valid label value/],
+    ['tolerationSeconds without NoExecute', { tolerations: [{ key: 'a', effect: 'NoSchedule', tolerationSeconds: 5 }] }, /tolerations\[0\].tolerationSeconds: only with effect NoExecute/],
+    ['an uppercase pull Secret', { image_pull_secrets: ['RegCred'] }, /image_pull_secrets\[0\]: 'RegCred' is not a valid Secret name/],
+  ])('models.yaml refuses %s, naming the model and field', (_n, entry, why) => {
+    const r = validateEntry('detector', { image: 'det:1', ...entry }, { allowCommand: false });
+    expect((r.errors ?? []).join('\n')).toMatch(why);
   });
 });

@@ -139,13 +139,16 @@ describe('deploy/kubernetes manifests', () => {
       (r.resources as string[]).map((res) => `${r.apiGroups[0] || 'core'} ${res}: ${[...r.verbs].sort().join(',')}`));
     expect(rules.sort()).toEqual([
       'apps deployments/scale: get,patch',
-      'apps deployments: create,delete,get,list,patch,watch',
-      'core pods/log: get',
-      'core pods: delete,get,list,watch',
+      'apps deployments: create,delete,get,list,update',
+      'core pods: delete,list,patch,watch',
+      'core secrets: create,delete,get',
     ]);
     expect(JSON.stringify(role.rules)).not.toContain('*');
+    // The README's table lists each rule with its verbs.
     const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-    for (const r of role.rules as KubeObject[]) for (const res of r.resources) expect(readme).toContain(`\`${res}\``);
+    for (const r of role.rules as KubeObject[]) {
+      for (const res of r.resources) expect(readme).toMatch(new RegExp(`\\| \`${res.replace('/', '\\/')}\` \\([^)]*\\) \\| ${[...r.verbs].join(', ')} \\|`));
+    }
     const [rb] = byKind(BASE, 'RoleBinding');
     expect(rb.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
     const [sa] = byKind(BASE, 'ServiceAccount');
@@ -162,17 +165,33 @@ describe('deploy/kubernetes manifests', () => {
     expect(readFileSync(path.join(ROOT, 'curve-secret.yaml'), 'utf8')).toContain('curveKeyPair');
   });
 
-  test('the GPU overlay: the broker lands on GPU nodes and asks for whole GPUs with requests equal to limits', () => {
-    const pod = byKind(GPU_OBJECTS, 'Deployment', 'tensorbroker')[0].spec.template.spec;
+  test('the GPU overlay: each GPU copy is a pod on the GPU pool asking for whole GPUs with requests equal to limits; the brokers stay on CPU nodes', () => {
+    const specs = parseModelsFile(byKind(GPU_OBJECTS, 'ConfigMap', 'tensorbroker-models')[0].data['models.yaml'], '/etc/tensorbroker/models.yaml').specs;
+    const gpu = specs.find((s) => s.run_on_gpu)!;
+    const d = buildModelDeployment(input(gpu));
+    expect(schemaErrors(d as unknown as KubeObject)).toBeUndefined();
+    expect(serverSideProblems(d)).toEqual([]);
+    const pod = d.spec.template.spec as KubeObject;
     expect(pod.nodeSelector).toEqual({ 'nvidia.com/gpu.present': 'true' });
     expect(pod.tolerations).toEqual([{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
-    const c = pod.containers[0];
-    expect(c.resources.limits['nvidia.com/gpu']).toBe('1');
-    expect(c.resources.requests['nvidia.com/gpu']).toBe('1');
-    // The patch merged into the base container instead of replacing it.
-    expect(c.env.map((e: KubeObject) => e.name)).toEqual(expect.arrayContaining(['TB_REDIS_URL', 'TB_GPUS']));
-    expect(c.securityContext.readOnlyRootFilesystem).toBe(true);
-    expect(byKind(BASE, 'Deployment', 'tensorbroker')[0].spec.template.spec.nodeSelector).toBeUndefined();
+    expect(pod.containers[0].resources.limits['nvidia.com/gpu']).toBe('1');
+    expect(pod.containers[0].resources.requests['nvidia.com/gpu']).toBe('1');
+    const broker = byKind(GPU_OBJECTS, 'Deployment', 'tensorbroker')[0].spec.template.spec;
+    expect(broker.nodeSelector).toBeUndefined();
+    expect(broker.containers[0].resources.limits['nvidia.com/gpu']).toBeUndefined();
+  });
+
+  test('the broker runs the kubernetes runtime: the link on the pod IP, the CURVE keys from the Secret', () => {
+    const c = byKind(BASE, 'Deployment', 'tensorbroker')[0].spec.template.spec.containers[0];
+    const env = c.env as KubeObject[];
+    const names = env.map((e) => e.name);
+    const value = (n: string) => env.find((e) => e.name === n)?.value;
+    expect(value('TB_RUNTIME')).toBe('kubernetes');
+    expect(value('TB_LINK_ADVERTISE')).toBe(`tcp://$(TB_POD_IP):${value('TB_LINK_PORT')}`);
+    // $(VAR) expands only variables defined earlier in the list.
+    expect(names.indexOf('TB_POD_IP')).toBeLessThan(names.indexOf('TB_LINK_ADVERTISE'));
+    expect(c.ports.find((p: KubeObject) => p.name === 'link').containerPort).toBe(Number(value('TB_LINK_PORT')));
+    for (const k of ['TB_CURVE_PUBLIC_KEY', 'TB_CURVE_SECRET_KEY']) expect(env.find((e) => e.name === k)!.valueFrom.secretKeyRef).toEqual({ name: 'tensorbroker-curve', key: k });
   });
 });
 

@@ -57,6 +57,14 @@ missing:
   image: registry.example/missing:1
 crashy:
   image: tensorbroker/crashy:dev
+sleepy:
+  image: tensorbroker/sleepy:dev
+  batch_size: 1
+  min_replicas: 1
+  max_replicas: 2
+  scale_up_queue_per_copy: 2
+  scale_up_cooldown_ms: 0
+  env: { SLEEPY_A_MS: "150", SLEEPY_MAX_BATCH: "1" }
 `;
 
 function body(first: number) {
@@ -88,7 +96,7 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
     api = new FakeKubeApi();
     await api.start();
     kubelet = new FakeKubelet(api, {
-      images: { 'tensorbroker/simple:dev': [process.execPath, SIMPLE], 'tensorbroker/crashy:dev': [process.execPath, '-e', 'console.error("model file not found"); process.exit(3)'] },
+      images: { 'tensorbroker/simple:dev': [process.execPath, SIMPLE], 'tensorbroker/sleepy:dev': [process.execPath, modelMain('sleepy')], 'tensorbroker/crashy:dev': [process.execPath, '-e', 'console.error("model file not found"); process.exit(3)'] },
       gpus: 1,
       baseEnv: { PATH: process.env.PATH ?? '' },
       backoffMs: 300,
@@ -175,6 +183,22 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
     await waitFor(() => api.deployment(NS, name)!.spec.replicas === 1 && api.pods(NS).filter((p) => p.metadata.labels[LABELS.model] === 'simple').length === 1, 20_000, 'one pod left');
     expect(api.requests.some((r) => r.startsWith(`PATCH /api/v1/namespaces/${NS}/pods/`))).toBe(true); // the chosen pods were marked (pod-deletion-cost)
     expect((await infer(broker.url, 'simple', 7)).status).toBe(200);
+  });
+
+  test('autoscaling on queue depth: a queue beyond scale_up_queue_per_copy raises the Deployment\'s replicas; every request is answered', async () => {
+    const name = deploymentName('sleepy', BROKER);
+    await waitFor(async () => (await readyReason(broker.url, 'sleepy')) === 'ready', 30_000, 'sleepy ready');
+    expect(api.deployment(NS, name)!.spec.replicas).toBe(1);
+    const post = () => fetch(`${broker.url}/v2/models/sleepy/infer`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ inputs: [{ name: 'INPUT0', datatype: 'FP32', shape: [1, 4], data: [1, 2, 3, 4] }] }),
+    }).then((r) => r.status);
+    // 24 requests of 150 ms each on one copy: the queue stays above 2 per copy for seconds.
+    const load = Promise.all(Array.from({ length: 24 }, post));
+    await waitFor(() => api.deployment(NS, name)!.spec.replicas === 2, 20_000, 'sleepy scaled to 2');
+    expect(await load).toEqual(Array(24).fill(200));
+    const up = broker.lines.find((l) => l.model === 'sleepy' && l.msg === 'scaling decision' && l.decision === 'up');
+    expect(String(up?.reason)).toMatch(/queue per copy .* > scale_up_queue_per_copy 2/);
   });
 
   test('scale to zero and back: the first request raises replicas from 0, idle_ttl_ms brings it back to 0', async () => {

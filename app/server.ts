@@ -165,6 +165,8 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
   const link = new LinkServer({
     socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log.child({ component: 'link' }),
     ...(tcp ? { transport: 'tcp' as const, tcpHost: config.linkHost, tcpPort: config.linkPort, ...(config.linkAdvertise ? { advertise: config.linkAdvertise } : {}) } : {}),
+    // A pod may connect before the pod informer reports it: its READY waits for it a while.
+    ...(kube ? { holdUnknownReadyMs: 30_000 } : {}),
     // Across nodes the link is always encrypted and authenticated.
     ...(tcp && (kube || config.linkCurve) ? { curve: linkCurveKeys(config.curvePublicKey, config.curveSecretKey, log) } : {}),
   });

@@ -73,6 +73,14 @@ export interface LinkServerOptions {
   curve?: { publicKey: string; secretKey: string };
   /** The endpoint copies dial when it differs from the bound one (a pod IP or a Service, e.g. tcp://10.0.3.7:7788). */
   advertise?: string;
+  /**
+   * Keep a READY from a routing id nobody registered for this long (and ignore
+   * its heartbeats meanwhile) instead of refusing it at once: a pod can connect
+   * before the broker's pod informer has reported the pod. Registering that
+   * routing id within the time delivers the READY; after it, the copy is told
+   * to shut down as usual. 0 (default) = refuse at once.
+   */
+  holdUnknownReadyMs?: number;
   logger?: Logger;
 }
 
@@ -152,7 +160,9 @@ export class LinkServer implements LinkSender {
   /** CURVE client keys allowed to connect (a key may be allowed more than once). */
   private readonly clientKeys = new Map<string, number>();
   private unzap?: () => void;
-  /** Handshake results (CURVE refusals among them). */
+  /** READYs from routing ids not registered yet (holdUnknownReadyMs). */
+  private readonly early = new Map<string, { frames: Buffer[]; at: number }>();
+  /** Handshake results with CURVE (refusals among them). */
   readonly security = new EventEmitter<LinkSecurityEvents>();
 
   constructor(private readonly opts: LinkServerOptions = {}) {
@@ -177,8 +187,11 @@ export class LinkServer implements LinkSender {
       ...(curve ? { curveServer: true, curvePublicKey: curve.publicKey, curveSecretKey: curve.secretKey, zapDomain: domain } : {}),
     });
     try {
-      if (curve) this.unzap = await zapDomain(domain, (key) => this.clientKeys.has(key));
-      this.watchHandshakes(router);
+      if (curve) {
+        this.unzap = await zapDomain(domain, (key) => this.clientKeys.has(key));
+        // Only with CURVE: a refused handshake is otherwise silent (the monitor costs a socket of its own).
+        this.watchHandshakes(router);
+      }
       if (this.transport === 'ipc') {
         await fs.mkdir(this.socketDir, { recursive: true, mode: 0o755 });
         // Copies running as another uid (containers) must be able to traverse the folder.
@@ -226,6 +239,11 @@ export class LinkServer implements LinkSender {
   /** The broker's CURVE public key copies must be given (undefined without CURVE). */
   get curveServerKey(): string | undefined {
     return this.opts.curve?.publicKey;
+  }
+
+  /** READYs held for routing ids not registered yet (holdUnknownReadyMs). */
+  get heldReadies(): number {
+    return this.early.size;
   }
 
   /** Lets CURVE clients with this public key (Z85) connect. Returns the function that withdraws it. */
@@ -277,6 +295,12 @@ export class LinkServer implements LinkSender {
       const r: Route = { routingId: route.routingId, secret: Buffer.from(route.secret, 'hex') };
       this.routes.set(copyId, r);
       this.byRoutingId.set(r.routingId, copyId);
+      const early = this.early.get(r.routingId);
+      if (early) {
+        this.early.delete(r.routingId);
+        // The READY that came before the broker knew the copy: handle it now.
+        queueMicrotask(() => this.dispatch(early.frames));
+      }
     } else if (this.key) this.attach(copyId);
   }
 
@@ -381,19 +405,25 @@ export class LinkServer implements LinkSender {
     this.byRoutingId.set(routingId, copyId);
   }
 
-  /** Reports handshake results from the socket's monitor (CURVE refusals are otherwise silent). */
+  /**
+   * Reports handshake results from the socket's monitor (CURVE refusals are
+   * otherwise silent). Read with receive(), not the Observer's `.on()`: that
+   * one patches the native class once with the first loader's `require`.
+   */
   private watchHandshakes(router: zmq.Router): void {
-    const events = router.events;
-    const on = (type: 'handshake' | 'handshake:error:auth' | 'handshake:error:protocol' | 'handshake:error:other', result: 'ok' | 'auth' | 'protocol' | 'other') =>
-      events.on(type, (e) => {
+    const results: Record<string, 'ok' | 'auth' | 'protocol' | 'other'> = {
+      handshake: 'ok', 'handshake:error:auth': 'auth', 'handshake:error:protocol': 'protocol', 'handshake:error:other': 'other',
+    };
+    const observer = router.events;
+    void (async () => {
+      for await (const e of observer) {
+        const result = results[e.type];
+        if (!result) continue;
         const address = 'address' in e ? String(e.address) : '';
         if (result !== 'ok') this.opts.logger?.warn({ address, result }, 'link: a peer failed the handshake (CURVE key missing or not allowed)');
         this.security.emit('handshake', result, address);
-      });
-    on('handshake', 'ok');
-    on('handshake:error:auth', 'auth');
-    on('handshake:error:protocol', 'protocol');
-    on('handshake:error:other', 'other');
+      }
+    })().catch(() => undefined); // ends with the socket
   }
 
   private sendTo(routingId: string, frames: Buffer[]): void {
@@ -404,6 +434,11 @@ export class LinkServer implements LinkSender {
 
   private tick(): void {
     const now = Date.now();
+    for (const [routingId, e] of this.early) {
+      if (now - e.at <= (this.opts.holdUnknownReadyMs ?? 0)) continue;
+      this.early.delete(routingId);
+      this.refuse(routingId, 'ready', 'unknown copy id', 'link: READY from a routing id that no copy was registered for in time; telling it to shut down');
+    }
     const hb = encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: BigInt(now) }) });
     for (const [id, peer] of this.peers) {
       if (peer.connected) this.send(id, hb);
@@ -475,6 +510,13 @@ export class LinkServer implements LinkSender {
     }
     const kind = msg.envelope.kind;
     if (!peer || copyId === undefined) {
+      if (this.opts.holdUnknownReadyMs) {
+        if (kind.case === 'ready' && (this.early.has(routingId) || this.early.size < 1000)) {
+          this.early.set(routingId, { frames, at: this.early.get(routingId)?.at ?? Date.now() });
+          return;
+        }
+        if (this.early.has(routingId)) return; // its heartbeats while it waits
+      }
       this.refuse(routingId, kind.case, 'unknown copy id', 'link: message from a routing id no copy was given (an SDK older than TB_ROUTING_ID, a leftover copy, or an impersonation attempt); telling it to shut down');
       return;
     }

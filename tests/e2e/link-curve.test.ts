@@ -12,7 +12,7 @@ import pino from 'pino';
 import * as zmq from 'zeromq';
 import { create } from '@bufbuild/protobuf';
 import { SPEC_DEFAULTS, type ModelSpec } from '../../core/model-spec';
-import { PROTOCOL_VERSION, ReadySchema, encodeFrames } from '../../proto/link';
+import { PROTOCOL_VERSION, ReadySchema, decodeFrames, encodeFrames } from '../../proto/link';
 import { LinkServer } from '../../task-manager/link-server';
 import { ProcessRuntime } from '../../task-manager/process-runtime';
 import { TaskManager } from '../../task-manager/task-manager';
@@ -73,6 +73,36 @@ describe('the link with CURVE over TCP', () => {
     })]);
     const [, meta] = await ready;
     expect(meta.inputs.length).toBeGreaterThan(0);
+  });
+
+  test('a READY that comes before its copy is registered waits for it (holdUnknownReadyMs: a pod faster than the pod informer)', async () => {
+    await tm.close(1000);
+    const pair = zmq.curveKeyPair();
+    const early = new LinkServer({ transport: 'tcp', heartbeatMs: 200, curve: zmq.curveKeyPair(), holdUnknownReadyMs: 20_000, logger });
+    await early.start();
+    try {
+      const release = early.allowClientKey(pair.publicKey);
+      const dealer = new zmq.Dealer({ routingId: 'tb-m-b-123-abcde', curveServerKey: early.curveServerKey!, curvePublicKey: pair.publicKey, curveSecretKey: pair.secretKey, linger: 0 });
+      dealer.connect(early.endpoint);
+      const told: string[] = [];
+      void (async () => {
+        for await (const frames of dealer) told.push(String(decodeFrames(frames).envelope.kind.case));
+      })().catch(() => undefined);
+      const secret = 'ab'.repeat(32);
+      await dealer.send(encodeFrames({ case: 'ready', value: create(ReadySchema, { protocolVersion: PROTOCOL_VERSION, model: 'm', maxBatch: 1, credits: 1, secret }) }));
+      // Held, not refused: without holdUnknownReadyMs this READY would be answered with SHUTDOWN.
+      for (const t0 = Date.now(); early.heldReadies === 0 && Date.now() - t0 < 20_000;) await new Promise((r) => setTimeout(r, 10));
+      expect(early.heldReadies).toBe(1);
+      const got: string[] = [];
+      const heard = new Promise<void>((resolve) => early.register('tb-m-b-123-abcde', { handle: (m) => { got.push(String(m.envelope.kind.case)); resolve(); }, tick: () => undefined, connected: false }, { routingId: 'tb-m-b-123-abcde', secret }));
+      await heard;
+      expect(got).toEqual(['ready']);
+      expect(told).not.toContain('shutdown');
+      dealer.close();
+      release();
+    } finally {
+      await early.close();
+    }
   });
 
   test('a peer whose key was not allowed, and a plain peer, fail the handshake and get nothing through', async () => {

@@ -156,7 +156,8 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
     if (serving > 0) return serving < this.desired && why ? out('degraded', `${serving} of ${this.desired} copies serve; ${why}`) : out('ready');
     if (this.desired === 0) return out('at-zero', 'scaled to zero (min_replicas 0): the next request starts a copy');
     // A copy Kubernetes cannot start without help (image, crash loop, OOM) fails the model at once; Unschedulable waits for room.
-    const stuck = [...this.copies.values()].filter((c) => c.stuck && c.problem && !/^Unschedulable/.test(c.problem));
+    // One OOM kill is a restart (the kubelet starts the container again at once); repeated ones are stuck.
+    const stuck = [...this.copies.values()].filter((c) => c.stuck && c.problem && !/^Unschedulable/.test(c.problem) && !(/^OOMKilled/.test(c.problem) && c.restarts < 2));
     if (stuck.length > 0 && stuck.length >= this.live().length) return out('failed', why);
     if (why) return out('starting', why);
     return out('starting', this.copies.size > 0 ? 'a copy is starting: waiting for its READY on the link' : 'waiting for the Deployment\'s pods');

@@ -57,6 +57,8 @@ missing:
   image: registry.example/missing:1
 crashy:
   image: tensorbroker/crashy:dev
+silent:
+  image: tensorbroker/silent:dev
 sleepy:
   image: tensorbroker/sleepy:dev
   batch_size: 1
@@ -96,7 +98,9 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
     api = new FakeKubeApi();
     await api.start();
     kubelet = new FakeKubelet(api, {
-      images: { 'tensorbroker/simple:dev': [process.execPath, SIMPLE], 'tensorbroker/sleepy:dev': [process.execPath, modelMain('sleepy')], 'tensorbroker/crashy:dev': [process.execPath, '-e', 'console.error("model file not found"); process.exit(3)'] },
+      images: { 'tensorbroker/simple:dev': [process.execPath, SIMPLE], 'tensorbroker/sleepy:dev': [process.execPath, modelMain('sleepy')], 'tensorbroker/crashy:dev': [process.execPath, '-e', 'console.error("model file not found"); process.exit(3)'],
+        // Runs and never connects: Kubernetes calls its pod Ready, the broker does not.
+        'tensorbroker/silent:dev': [process.execPath, '-e', 'setInterval(() => undefined, 1000)'] },
       gpus: 1,
       baseEnv: { PATH: process.env.PATH ?? '' },
       backoffMs: 300,
@@ -144,6 +148,11 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
     expect(r.sum).toEqual(Array.from({ length: 16 }, (_, i) => 2 * (i + 3)));
   });
 
+  test('a pod Kubernetes calls Ready is no copy until its READY on the link', async () => {
+    await waitFor(() => api.pods(NS).some((p) => p.metadata.labels[LABELS.model] === 'silent' && (p.status?.conditions ?? []).some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True')), 20_000, 'the silent pod Ready');
+    expect(await readyReason(broker.url, 'silent')).toMatch(/a copy is starting: waiting for its READY on the link/);
+  });
+
   test('Unschedulable, ImagePullBackOff and CrashLoopBackOff show in the readiness reason, in Kubernetes\' words', async () => {
     await waitFor(async () => /Unschedulable: 0\/3 nodes are available: 3 Insufficient nvidia.com\/gpu/.test(await readyReason(broker.url, 'gpu')), 20_000, 'gpu Unschedulable');
     await waitFor(async () => /ImagePullBackOff: Back-off pulling image \\?"registry.example\/missing:1/.test(await readyReason(broker.url, 'missing')), 20_000, 'missing ImagePullBackOff');
@@ -161,6 +170,8 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
     expect(pods).toHaveLength(1);
     kubelet.oomKill(pods[0]);
     await waitFor(() => broker.lines.some((l) => l.msg === 'copy container restarted in its pod' && /OOMKilled/.test(String(l.problem))), 20_000, 'the OOMKilled log line');
+    // The model's readiness said why while the container restarted (logged with the phase change).
+    await waitFor(() => broker.lines.some((l) => l.msg === 'model phase' && l.model === 'simple' && l.phase === 'starting' && /OOMKilled: the copy ran out of memory \(exit 137\)/.test(String(l.reason))), 20_000, 'the OOMKilled readiness reason');
     await waitFor(async () => (await readyReason(broker.url, 'simple')) === 'ready', 30_000, 'simple ready again');
     expect((await infer(broker.url, 'simple', 5)).status).toBe(200);
   });

@@ -70,6 +70,9 @@ interface Copy {
   stuck?: boolean;
   stopping?: boolean;
   gone?: boolean;
+  /** When its container was first seen running (startup_timeout_ms counts from here). */
+  runningSince?: number;
+  startupTimer?: NodeJS.Timeout;
 }
 
 export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelCopies {
@@ -311,8 +314,17 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
     return [...this.copies.values()].filter((c) => !c.stopping);
   }
 
-  private problems(): string[] {
-    return [...this.copies.values()].filter((c) => c.problem && !c.stopping).map((c) => `pod ${c.pod}: ${c.problem}`);
+  private problems(now = Date.now()): string[] {
+    const out: string[] = [];
+    for (const c of this.copies.values()) {
+      if (c.stopping) continue;
+      if (c.problem) out.push(`pod ${c.pod}: ${c.problem}`);
+      else if (c.conn.state === 'starting' && c.runningSince !== undefined && now - c.runningSince >= this.spec.startup_timeout_ms) {
+        // Kubernetes sees nothing wrong: the process runs but never reached the broker.
+        out.push(`pod ${c.pod}: running ${Math.round((now - c.runningSince) / 1000)} s without READY on the link (startup_timeout_ms ${this.spec.startup_timeout_ms}): check TB_ENDPOINT and the CURVE keys, or the model's load`);
+      }
+    }
+    return out;
   }
 
   private async doStart(): Promise<void> {
@@ -414,6 +426,12 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
     }
     c.problem = pod.problem?.message;
     c.stuck = pod.problem?.stuck;
+    if (pod.running && c.runningSince === undefined) {
+      c.runningSince = Date.now();
+      const copy = c;
+      copy.startupTimer = setTimeout(() => this.notePhase(), this.spec.startup_timeout_ms + 10);
+      copy.startupTimer.unref();
+    }
     if (pod.terminating) this.drain(c, 'pod terminating');
     this.notePhase();
   }
@@ -457,6 +475,7 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
 
   /** The copy is gone for good (pod deleted, container restarted, model removed). */
   private forget(c: Copy, reason: string): void {
+    clearTimeout(c.startupTimer);
     if (this.copies.get(c.pod) === c) this.copies.delete(c.pod);
     c.conn.ended(reason);
     this.gone(c, reason);

@@ -59,6 +59,7 @@ crashy:
   image: tensorbroker/crashy:dev
 silent:
   image: tensorbroker/silent:dev
+  startup_timeout_ms: 1500
 sleepy:
   image: tensorbroker/sleepy:dev
   batch_size: 1
@@ -150,7 +151,9 @@ suite('the kubernetes runtime against the FAKE API server (real model processes,
 
   test('a pod Kubernetes calls Ready is no copy until its READY on the link', async () => {
     await waitFor(() => api.pods(NS).some((p) => p.metadata.labels[LABELS.model] === 'silent' && (p.status?.conditions ?? []).some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True')), 20_000, 'the silent pod Ready');
-    expect(await readyReason(broker.url, 'silent')).toMatch(/a copy is starting: waiting for its READY on the link/);
+    expect(await readyReason(broker.url, 'silent')).toMatch(/a copy is starting: waiting for its READY on the link|without READY on the link/);
+    // Past startup_timeout_ms the reason says what Kubernetes cannot see.
+    await waitFor(async () => /running \d+ s without READY on the link \(startup_timeout_ms 1500\): check TB_ENDPOINT and the CURVE keys/.test(await readyReason(broker.url, 'silent')), 20_000, 'the startup reason');
   });
 
   test('Unschedulable, ImagePullBackOff and CrashLoopBackOff show in the readiness reason, in Kubernetes\' words', async () => {

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { JOB_OPTIONS } from './job-options';
 import type { WebhookOptions } from '../jobs/webhooks';
 
-export type RuntimeKind = 'docker' | 'process' | 'auto';
+export type RuntimeKind = 'docker' | 'process' | 'kubernetes' | 'auto';
 
 /**
  * Every option: flag, env variable, default, parser, help. `BrokerConfig` is
@@ -22,7 +22,15 @@ export const OPTIONS = {
   redisCaFile: ['--redis-ca-file <pem>', 'TB_REDIS_CA_FILE', '', String, 'CA certificate of a rediss:// server with a private CA'],
   redisReadOnly: ['--redis-read-only <bool>', 'TB_REDIS_READ_ONLY', false, parseBool, 'never write Redis: models.yaml gives commands only, the admin API cannot change models'],
   registryFile: ['--registry-file <file>', 'TB_REGISTRY_FILE', '', String, 'embedded registry only: persist it to this JSON file (admin API changes survive a restart)'],
-  runtime: ['--runtime <kind>', 'TB_RUNTIME', 'auto', parseRuntime, 'docker | process (auto: docker when the socket answers)'],
+  runtime: ['--runtime <kind>', 'TB_RUNTIME', 'auto', parseRuntime, 'docker | process | kubernetes (auto: docker when the socket answers)'],
+  linkTransport: ['--link-transport <t>', 'TB_LINK_TRANSPORT', 'ipc', parseTransport, 'model link: ipc (one box) or tcp (kubernetes always uses tcp)'],
+  linkHost: ['--link-host <addr>', 'TB_LINK_HOST', '127.0.0.1', String, 'tcp link: the address the link binds (0.0.0.0 in a pod)'],
+  linkPort: ['--link-port <port>', 'TB_LINK_PORT', 0, parsePort, 'tcp link: port (0 = any free port)'],
+  linkAdvertise: ['--link-advertise <endpoint>', 'TB_LINK_ADVERTISE', '', String, 'tcp link: the endpoint copies dial, e.g. tcp://$(POD_IP):7788 (default: the bound one)'],
+  linkCurve: ['--link-curve <bool>', 'TB_LINK_CURVE', false, parseBool, 'tcp link: ZeroMQ CURVE (always on with the kubernetes runtime); the key pair from TB_CURVE_PUBLIC_KEY / TB_CURVE_SECRET_KEY, else generated'],
+  k8sNamespace: ['--k8s-namespace <ns>', 'TB_K8S_NAMESPACE', '', String, 'kubernetes runtime: namespace of the model Deployments (default: the pod\'s own, else default)'],
+  k8sApiServer: ['--k8s-api-server <url>', 'TB_K8S_API_SERVER', '', String, 'kubernetes runtime: API server URL without a kubeconfig (default: in-cluster, else the kubeconfig)'],
+  k8sKubeconfig: ['--k8s-kubeconfig <file>', 'TB_K8S_KUBECONFIG', '', String, 'kubernetes runtime: a kubeconfig file'],
   host: ['--host <addr>', 'TB_HOST', '127.0.0.1', String, 'address the HTTP, gRPC, metrics and ZeroMQ ports bind'],
   httpPort: ['--http-port <port>', 'TB_HTTP_PORT', 8000, parsePort, 'KServe v2 REST + admin API'],
   grpcPort: ['--grpc-port <port>', 'TB_GRPC_PORT', 8001, parsePort, 'KServe v2 gRPC'],
@@ -73,6 +81,9 @@ export const SECRETS = {
   jobsWebhookSecret: 'TB_JOBS_WEBHOOK_SECRET',
   /** Shared by the brokers of one Redis: requests forwarded between them carry it (default: TB_ADMIN_TOKEN). */
   clusterToken: 'TB_CLUSTER_TOKEN',
+  /** The link's CURVE key pair (Z85): the public key goes to copies, the secret key never leaves the broker. */
+  curvePublicKey: 'TB_CURVE_PUBLIC_KEY',
+  curveSecretKey: 'TB_CURVE_SECRET_KEY',
 } as const;
 
 type Options = typeof OPTIONS;
@@ -115,7 +126,12 @@ function parseBool(v: string): boolean {
 }
 
 function parseRuntime(v: string): RuntimeKind {
-  if (v !== 'docker' && v !== 'process' && v !== 'auto') throw new Error(`runtime must be docker, process or auto (got '${v}')`);
+  if (v !== 'docker' && v !== 'process' && v !== 'kubernetes' && v !== 'auto') throw new Error(`runtime must be docker, process, kubernetes or auto (got '${v}')`);
+  return v;
+}
+
+function parseTransport(v: string): 'ipc' | 'tcp' {
+  if (v !== 'ipc' && v !== 'tcp') throw new Error(`link transport must be ipc or tcp (got '${v}')`);
   return v;
 }
 

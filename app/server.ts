@@ -39,6 +39,8 @@ import { LinkServer } from '../task-manager/link-server';
 import { ProcessRuntime } from '../task-manager/process-runtime';
 import type { Runtime } from '../task-manager/runtime';
 import { TaskManager } from '../task-manager/task-manager';
+import { KubeTaskManager } from '../task-manager/kubernetes/kube-task-manager';
+import { kubeNamespace, kubeRuntime, linkCurveKeys } from '../task-manager/kubernetes/kube-runtime';
 import type { BrokerConfig } from './config';
 import { installErrorHandlers } from './http-errors';
 import { SharedMemoryRegistry } from '../bridges/shared/shm';
@@ -71,7 +73,7 @@ export interface RunningBroker {
   registry: StoredRegistry;
   /** Watches models.yaml (undefined with --watch-models false). */
   watcher?: ModelsWatcher;
-  tasks: TaskManager;
+  tasks: Tasks;
   /** Asynchronous jobs (undefined when disabled). */
   jobs?: JobService;
   http: FastifyInstance;
@@ -83,6 +85,9 @@ export interface RunningBroker {
   /** Graceful stop: refuse new work, finish or fail in-flight requests, stop copies. */
   close(): Promise<void>;
 }
+
+/** One model owner per model: on Docker or processes (TaskManager), or as Deployments (KubeTaskManager). */
+export type Tasks = TaskManager | KubeTaskManager;
 
 /** Docker when its socket answers a ping, else local processes. */
 async function chooseRuntime(config: BrokerConfig, log: Logger): Promise<Runtime> {
@@ -131,8 +136,9 @@ export interface BuiltBroker {
   access: AccessControl;
   /** REST and gRPC serve TLS with these when set. */
   tls?: { cert: Buffer; key: Buffer };
-  runtime: Runtime;
-  tasks: TaskManager;
+  /** The per-copy runtime (undefined with the kubernetes runtime: Deployments own the copies). */
+  runtime?: Runtime;
+  tasks: Tasks;
   broker: Broker;
   jobs?: JobService;
   metrics: Metrics;
@@ -173,34 +179,54 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     ? watchModelsFile(config.modelsPath, (f) => registry.reload({ specs: f.specs, path: f.path, invalid: f.invalid }), log)
     : undefined;
 
-  const runtime = await chooseRuntime(config, log.child({ component: 'runtime' }));
-  const link = new LinkServer({ socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log.child({ component: 'link' }) });
+  const kube = config.runtime === 'kubernetes';
+  const runtime = kube ? undefined : await chooseRuntime(config, log.child({ component: 'runtime' }));
+  const tcp = kube || config.linkTransport === 'tcp';
+  const link = new LinkServer({
+    socketDir: config.socketDir, brokerId: config.brokerId, heartbeatMs: config.heartbeatMs, logger: log.child({ component: 'link' }),
+    ...(tcp ? { transport: 'tcp' as const, tcpHost: config.linkHost, tcpPort: config.linkPort, ...(config.linkAdvertise ? { advertise: config.linkAdvertise } : {}) } : {}),
+    // A pod may connect before the pod informer reports it: its READY waits for it a while.
+    ...(kube ? { holdUnknownReadyMs: 30_000 } : {}),
+    // Across nodes the link is always encrypted and authenticated.
+    ...(tcp && (kube || config.linkCurve) ? { curve: linkCurveKeys(config.curvePublicKey, config.curveSecretKey, log) } : {}),
+  });
   // Before anything else touches copies: refuses to start when a live broker holds this broker id's socket.
   await link.start().catch(async (err: Error) => {
     await registry.close();
     throw err;
   });
-  const inventory = await detectGpus(config.gpus);
-  if (inventory.gpus.length > 0) log.info({ component: 'task-manager', gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
-  // Placements go to Redis only when this broker may write it.
-  const store = config.redisUrl && !config.redisReadOnly
-    ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
-    : new MemoryPlacementStore();
   const metrics = new Metrics();
   const cluster = clusterParts(config, log, metrics);
-  const tasks = new TaskManager({
-    budget: cluster?.budget,
-    runtime,
-    link,
-    brokerId: config.brokerId,
-    logger: log,
-    heartbeatMs: config.heartbeatMs,
-    cwd: file.dir,
-    gpus: inventory.gpus,
-    store,
-    caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
-    autoscaleIntervalMs: config.autoscaleIntervalMs,
-  });
+  let tasks: Tasks;
+  if (kube) {
+    const namespace = kubeNamespace(config.k8sNamespace);
+    tasks = new KubeTaskManager({
+      kube: await kubeRuntime({ namespace, server: config.k8sApiServer || undefined, kubeconfig: config.k8sKubeconfig || undefined }),
+      link, brokerId: config.brokerId, namespace, logger: log, heartbeatMs: config.heartbeatMs, autoscaleIntervalMs: config.autoscaleIntervalMs,
+      // With several brokers on one Redis, the Deployments of a broker whose directory lease expired are removed.
+      ...(cluster ? { liveness: { isAlive: async (id: string) => (await cluster.directory.brokers()).some((b) => b.id === id) } } : {}),
+    });
+  } else {
+    const inventory = await detectGpus(config.gpus);
+    if (inventory.gpus.length > 0) log.info({ component: 'task-manager', gpus: inventory.gpus, source: inventory.source, mode: config.gpuMode }, 'GPU inventory');
+    // Placements go to Redis only when this broker may write it.
+    const store = config.redisUrl && !config.redisReadOnly
+      ? new RedisPlacementStore(createRedis({ url: config.redisUrl, caFile: config.redisCaFile || undefined }, { maxRetriesPerRequest: 2 }), config.redisPrefix, config.brokerId, true)
+      : new MemoryPlacementStore();
+    tasks = new TaskManager({
+      budget: cluster?.budget,
+      runtime: runtime!,
+      link,
+      brokerId: config.brokerId,
+      logger: log,
+      heartbeatMs: config.heartbeatMs,
+      cwd: file.dir,
+      gpus: inventory.gpus,
+      store,
+      caps: { maxCopies: config.maxCopies || undefined, maxMemoryMb: config.maxMemoryMb || undefined },
+      autoscaleIntervalMs: config.autoscaleIntervalMs,
+    });
+  }
   tasks.on('copy-failure', (model, kind) => metrics.copyFailures.inc({ model, kind }));
   tasks.on('scale', (model, direction) => direction !== 'none' && metrics.scaleEvents.inc({ model, direction }));
   tasks.on('scale-refused', (model, cap) => metrics.scaleRefused.inc({ model, cap }));
@@ -344,7 +370,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
     broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access,
     closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }), jobs,
   });
-  log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime.kind, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
+  log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime?.kind ?? config.runtime, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 
   let closing: Promise<void> | undefined;
   /** Reverse creation order: requests, bridges, metrics, copies (with link, runtime, store), registry. */

@@ -107,6 +107,21 @@ export const SPEC_FIELDS = {
   tmpfs_mb: int(0, 64),
   pids_limit: int(1, 512),
 
+  // Kubernetes runtime only (ignored by Docker and process); checked further by
+  // task-manager/kubernetes/fields.ts (label syntax, toleration rules, Secret names).
+  /** Node labels a copy's pod must match (a GPU pool, a GPU type). */
+  node_selector: opt(Type.Record(Type.String(), Type.String(), { description: 'a map of node label: value' })),
+  /** Taints a copy's pod tolerates (GPU pools are usually tainted). */
+  tolerations: opt(Type.Array(Type.Object({
+    key: opt(Type.String()),
+    operator: opt(Type.Union([Type.Literal('Exists'), Type.Literal('Equal')])),
+    value: opt(Type.String()),
+    effect: opt(Type.Union([Type.Literal('NoSchedule'), Type.Literal('PreferNoSchedule'), Type.Literal('NoExecute')])),
+    tolerationSeconds: opt(Type.Integer()),
+  }, { additionalProperties: false }), { description: 'a list of tolerations {key, operator: Exists|Equal, value, effect: NoSchedule|PreferNoSchedule|NoExecute, tolerationSeconds}' })),
+  /** docker-registry Secrets in the broker's namespace, for private images. */
+  image_pull_secrets: opt(Type.Array(Type.String({ minLength: 1 }), { description: 'a list of Secret names' })),
+
   /** Where the entry came from; entries from the API survive a restart (see README, precedence). */
   source: Type.Union([Type.Literal('file'), Type.Literal('api')], { default: 'file', description: 'file or api' }),
 };

@@ -14,6 +14,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { LABEL_LIST, ModelSpecSchema, SPEC_FIELDS, type ModelSpec } from '../core/model-spec';
 import { readLabelFile } from './label-file';
+import { kubernetesFieldProblems } from '../task-manager/kubernetes/fields';
 
 /** Model names: no ':' (the Redis key separator), no leading punctuation, at most 128 chars. */
 export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -179,6 +180,8 @@ export function validateEntry(name: string, raw: unknown, opts: ValidateOptions)
       }
     }
   }
+  // The Kubernetes fields' finer rules (label syntax, toleration combinations, Secret names), when their shape is right.
+  if (fieldErrors(ENTRY_FIELDS, entry).length === 0) errors.push(...kubernetesFieldProblems(entry).map((e) => `${label}: field ${e}`));
   if (typeof entry.image === 'string' && typeof entry.address === 'string' && entry.image !== entry.address) {
     errors.push(
       `${label}: fields "image" (${show(entry.image)}) and "address" (${show(entry.address)}) differ; ` +

@@ -17,6 +17,7 @@
  * connectable refuses to start (another live broker has the same id/folder).
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import * as fss from 'node:fs';
 import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
@@ -27,6 +28,7 @@ import { create } from '@bufbuild/protobuf';
 import { HeartbeatSchema, ShutdownSchema, decodeFrames, encodeFrames, LinkDecodeError, type DecodedMessage } from '../proto/link';
 import { stageTimer } from '../core/stage-timings';
 import type { LinkInfo } from './runtime';
+import { zapDomain } from './zap';
 
 const LINK_SEND = stageTimer('link', 'link_send');
 
@@ -73,7 +75,30 @@ export interface LinkServerOptions {
   tcpPort?: number;
   /** Broker heartbeat interval (default 1000 ms). */
   heartbeatMs?: number;
+  /**
+   * tcp only: ZeroMQ CURVE (encrypted, authenticated). The broker's key pair
+   * (Z85); copies get its public key. Only clients whose public key was allowed
+   * (each process copy gets its own pair; see allowClientKey) complete the
+   * handshake; others never get a message through.
+   */
+  curve?: { publicKey: string; secretKey: string };
+  /** The endpoint copies dial when it differs from the bound one (a pod IP or a Service, e.g. tcp://10.0.3.7:7788). */
+  advertise?: string;
+  /**
+   * Keep a READY from a routing id nobody registered for this long (and ignore
+   * its heartbeats meanwhile) instead of refusing it at once: a pod can connect
+   * before the broker's pod informer has reported the pod. Registering that
+   * routing id within the time delivers the READY; after it, the copy is told
+   * to shut down as usual. 0 (default) = refuse at once.
+   */
+  holdUnknownReadyMs?: number;
   logger?: Logger;
+}
+
+/** Handshake outcomes of the link's socket (ZeroMQ monitor events), for operators and tests. */
+export interface LinkSecurityEvents {
+  /** 'ok', or why a peer's handshake failed: 'auth' (CURVE key not allowed), 'protocol' (e.g. a plain client on a CURVE link), 'other'. */
+  handshake: [result: 'ok' | 'auth' | 'protocol' | 'other', address: string];
 }
 
 /** Longest unix socket path (sun_path is 108 bytes with its NUL). */
@@ -112,6 +137,8 @@ export class SocketInUseError extends Error {}
 interface Route {
   routingId: string;
   secret: Buffer;
+  /** CURVE: the copy's own key pair (process copies), allowed while the copy is registered. */
+  curve?: { publicKey: string; secretKey: string };
   /** ipc only: the copy's folder and endpoint. */
   dir?: string;
   endpoint?: string;
@@ -141,6 +168,13 @@ export class LinkServer implements LinkSender {
   private key?: Buffer;
   /** bind/unbind calls, one at a time (zeromq refuses concurrent ones). */
   private binds: Promise<unknown> = Promise.resolve();
+  /** CURVE client keys allowed to connect (a key may be allowed more than once). */
+  private readonly clientKeys = new Map<string, number>();
+  private unzap?: () => void;
+  /** READYs from routing ids not registered yet (holdUnknownReadyMs). */
+  private readonly early = new Map<string, { frames: Buffer[]; at: number }>();
+  /** Handshake results with CURVE (refusals among them). */
+  readonly security = new EventEmitter<LinkSecurityEvents>();
 
   constructor(private readonly opts: LinkServerOptions = {}) {
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
@@ -156,8 +190,19 @@ export class LinkServer implements LinkSender {
    */
   async start(): Promise<void> {
     if (this.router) return;
-    const router = new zmq.Router({ mandatory: true, linger: 0, sendTimeout: 0, sendHighWaterMark: 10_000 });
+    const curve = this.opts.curve;
+    if (curve && this.transport !== 'tcp') throw new Error('CURVE needs the tcp link transport');
+    const domain = `tb-link-${randomBytes(6).toString('hex')}`;
+    const router = new zmq.Router({
+      mandatory: true, linger: 0, sendTimeout: 0, sendHighWaterMark: 10_000,
+      ...(curve ? { curveServer: true, curvePublicKey: curve.publicKey, curveSecretKey: curve.secretKey, zapDomain: domain } : {}),
+    });
     try {
+      if (curve) {
+        this.unzap = await zapDomain(domain, (key) => this.clientKeys.has(key));
+        // Only with CURVE: a refused handshake is otherwise silent (the monitor costs a socket of its own).
+        this.watchHandshakes(router);
+      }
       if (this.transport === 'ipc') {
         await fs.mkdir(this.socketDir, { recursive: true, mode: 0o755 });
         // Copies running as another uid (containers) must be able to traverse the folder.
@@ -186,6 +231,7 @@ export class LinkServer implements LinkSender {
       }
     } catch (err) {
       router.close();
+      this.unzap?.();
       throw err;
     }
     this.router = router;
@@ -198,7 +244,30 @@ export class LinkServer implements LinkSender {
 
   get endpoint(): string {
     if (!this.boundEndpoint) throw new Error('link server not started');
-    return this.boundEndpoint;
+    return this.opts.advertise ?? this.boundEndpoint;
+  }
+
+  /** The broker's CURVE public key copies must be given (undefined without CURVE). */
+  get curveServerKey(): string | undefined {
+    return this.opts.curve?.publicKey;
+  }
+
+  /** READYs held for routing ids not registered yet (holdUnknownReadyMs). */
+  get heldReadies(): number {
+    return this.early.size;
+  }
+
+  /** Lets CURVE clients with this public key (Z85) connect. Returns the function that withdraws it. */
+  allowClientKey(publicKey: string): () => void {
+    this.clientKeys.set(publicKey, (this.clientKeys.get(publicKey) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.clientKeys.get(publicKey) ?? 1) - 1;
+      if (n <= 0) this.clientKeys.delete(publicKey);
+      else this.clientKeys.set(publicKey, n);
+    };
   }
 
   /**
@@ -210,6 +279,7 @@ export class LinkServer implements LinkSender {
       endpoint: this.endpoint,
       heartbeatMs: this.heartbeatMs,
       ...(this.transport === 'ipc' ? { socketDir: this.socketDir, socketName: this.socketName } : {}),
+      ...(this.opts.curve ? { curveServerKey: this.opts.curve.publicKey } : {}),
     };
     if (copyId === undefined) return base;
     const r = this.routes.get(copyId);
@@ -219,13 +289,30 @@ export class LinkServer implements LinkSender {
       ...(r.endpoint ? { endpoint: r.endpoint, socketDir: r.dir, copyDir: path.relative(this.socketDir, r.dir!) } : {}),
       routingId: r.routingId,
       secret: r.secret.toString('hex'),
+      ...(r.curve ? { curvePublicKey: r.curve.publicKey, curveSecretKey: r.curve.secretKey } : {}),
     };
   }
 
-  register(copyId: string, peer: LinkPeer): void {
+  /**
+   * Routes a copy's messages to `peer`. Without `route` the routing id and
+   * secret are derived here (and given to the copy in its env through info());
+   * with it they come from elsewhere: a Kubernetes Deployment's pods share one
+   * secret from a Secret and use their pod name as routing id.
+   */
+  register(copyId: string, peer: LinkPeer, route?: { routingId: string; secret: string }): void {
     if (!COPY_ID.test(copyId)) throw new Error(`bad copy id '${copyId}' (1-64 of A-Z a-z 0-9 _ -)`);
     this.peers.set(copyId, peer);
-    if (this.key) this.attach(copyId);
+    if (route) {
+      const r: Route = { routingId: route.routingId, secret: Buffer.from(route.secret, 'hex') };
+      this.routes.set(copyId, r);
+      this.byRoutingId.set(r.routingId, copyId);
+      const early = this.early.get(r.routingId);
+      if (early) {
+        this.early.delete(r.routingId);
+        // The READY that came before the broker knew the copy: handle it now.
+        queueMicrotask(() => this.dispatch(early.frames));
+      }
+    } else if (this.key) this.attach(copyId);
   }
 
   unregister(copyId: string): void {
@@ -235,6 +322,7 @@ export class LinkServer implements LinkSender {
     if (!r) return;
     this.routes.delete(copyId);
     this.byRoutingId.delete(r.routingId);
+    if (r.curve) this.clientKeys.delete(r.curve.publicKey);
     if (r.endpoint && this.router) {
       const router = this.router;
       const endpoint = r.endpoint;
@@ -264,6 +352,7 @@ export class LinkServer implements LinkSender {
     this.wake?.();
     await this.binds.catch(() => undefined);
     this.router?.close();
+    this.unzap?.();
     await Promise.allSettled(this.loops);
     if (this.transport === 'ipc' && this.router) {
       // Only the socket this broker bound (it was checked not live before binding).
@@ -302,6 +391,11 @@ export class LinkServer implements LinkSender {
     if (this.routes.has(copyId)) return;
     const routingId = `${copyId}.${this.derive('route', copyId).subarray(0, 16).toString('hex')}`;
     const route: Route = { routingId, secret: this.derive('secret', copyId) };
+    if (this.opts.curve) {
+      // Each process copy its own key pair: a copy's key lets only that copy's process connect.
+      route.curve = zmq.curveKeyPair();
+      this.allowClientKey(route.curve.publicKey);
+    }
     if (this.transport === 'ipc') {
       const dir = path.join(this.socketDir, 'copies', copyId);
       const file = this.socketPath(dir);
@@ -323,6 +417,27 @@ export class LinkServer implements LinkSender {
     this.byRoutingId.set(routingId, copyId);
   }
 
+  /**
+   * Reports handshake results from the socket's monitor (CURVE refusals are
+   * otherwise silent). Read with receive(), not the Observer's `.on()`: that
+   * one patches the native class once with the first loader's `require`.
+   */
+  private watchHandshakes(router: zmq.Router): void {
+    const results: Record<string, 'ok' | 'auth' | 'protocol' | 'other'> = {
+      handshake: 'ok', 'handshake:error:auth': 'auth', 'handshake:error:protocol': 'protocol', 'handshake:error:other': 'other',
+    };
+    const observer = router.events;
+    void (async () => {
+      for await (const e of observer) {
+        const result = results[e.type];
+        if (!result) continue;
+        const address = 'address' in e ? String(e.address) : '';
+        if (result !== 'ok') this.opts.logger?.warn({ address, result }, 'link: a peer failed the handshake (CURVE key missing or not allowed)');
+        this.security.emit('handshake', result, address);
+      }
+    })().catch(() => undefined); // ends with the socket
+  }
+
   private sendTo(routingId: string, frames: Buffer[], sent?: () => void): void {
     if (this.closed) return sent?.();
     this.queue.push({ msg: [Buffer.from(routingId), ...frames], at: performance.now(), sent });
@@ -331,6 +446,11 @@ export class LinkServer implements LinkSender {
 
   private tick(): void {
     const now = Date.now();
+    for (const [routingId, e] of this.early) {
+      if (now - e.at <= (this.opts.holdUnknownReadyMs ?? 0)) continue;
+      this.early.delete(routingId);
+      this.refuse(routingId, 'ready', 'unknown copy id', 'link: READY from a routing id that no copy was registered for in time; telling it to shut down');
+    }
     const hb = encodeFrames({ case: 'heartbeat', value: create(HeartbeatSchema, { timeMs: BigInt(now) }) });
     for (const [id, peer] of this.peers) {
       if (peer.connected) this.send(id, hb);
@@ -406,6 +526,13 @@ export class LinkServer implements LinkSender {
     }
     const kind = msg.envelope.kind;
     if (!peer || copyId === undefined) {
+      if (this.opts.holdUnknownReadyMs) {
+        if (kind.case === 'ready' && (this.early.has(routingId) || this.early.size < 1000)) {
+          this.early.set(routingId, { frames, at: this.early.get(routingId)?.at ?? Date.now() });
+          return;
+        }
+        if (this.early.has(routingId)) return; // its heartbeats while it waits
+      }
       this.refuse(routingId, kind.case, 'unknown copy id', 'link: message from a routing id no copy was given (an SDK older than TB_ROUTING_ID, a leftover copy, or an impersonation attempt); telling it to shut down');
       return;
     }

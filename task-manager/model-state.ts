@@ -64,6 +64,8 @@ export function fingerprint(s: ModelSpec): string {
     s.image ?? null, s.command ?? null, s.env, s.version, s.run_on_gpu, s.gpus_per_copy, s.gpus ?? null,
     s.memory_mb ?? null, s.cpus ?? null, s.read_only_root, s.tmpfs_mb, s.pids_limit,
   ];
+  // Only when set, so the fingerprints of existing copies (adoption) stay as they were.
+  if (s.node_selector || s.tolerations || s.image_pull_secrets) what.push(JSON.stringify([s.node_selector ?? null, s.tolerations ?? null, s.image_pull_secrets ?? null]));
   return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
 }
 

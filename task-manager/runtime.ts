@@ -18,6 +18,10 @@ export interface LinkInfo {
   routingId?: string;
   /** The copy's secret (TB_COPY_SECRET), sent back in READY. Never listed or logged. */
   secret?: string;
+  /** CURVE: the broker's public key (TB_CURVE_SERVER_KEY) and the copy's key pair (never listed or logged). */
+  curveServerKey?: string;
+  curvePublicKey?: string;
+  curveSecretKey?: string;
 }
 
 export interface CopyLaunch {
@@ -153,6 +157,11 @@ export function linkEnv(launch: CopyLaunch, endpoint: string): Record<string, st
   };
   if (launch.link.routingId) env.TB_ROUTING_ID = launch.link.routingId;
   if (launch.link.secret) env.TB_COPY_SECRET = launch.link.secret;
+  if (launch.link.curveServerKey) {
+    env.TB_CURVE_SERVER_KEY = launch.link.curveServerKey;
+    if (launch.link.curvePublicKey) env.TB_CURVE_PUBLIC_KEY = launch.link.curvePublicKey;
+    if (launch.link.curveSecretKey) env.TB_CURVE_SECRET_KEY = launch.link.curveSecretKey;
+  }
   if (launch.batchSize !== undefined) env.TB_BATCH_SIZE = String(launch.batchSize);
   if (launch.gpus && launch.gpus.length > 0) {
     env.NVIDIA_VISIBLE_DEVICES = launch.gpus.join(',');

@@ -1,7 +1,7 @@
 /** Runs a Model as a model copy: connects to the broker and answers batches (see proto/README.md). */
 import { create } from '@bufbuild/protobuf';
 import pino, { type Logger } from 'pino';
-import { Dealer } from 'zeromq';
+import { Dealer, curveKeyPair } from 'zeromq';
 import { checkTensorData, sliceRows, type Tensor, type TensorSpec } from '../../proto/tensor';
 import {
   EndSequence_Reason, HeartbeatSchema, ItemStatusSchema, LinkDecodeError, PROTOCOL_VERSION,
@@ -30,6 +30,13 @@ export interface ServeOptions {
    * Default env TB_BROKER_TIMEOUT_MS, then max(30 s, 10 heartbeats); 0 = never.
    */
   brokerTimeoutMs?: number;
+  /**
+   * ZeroMQ CURVE on a tcp link: the broker's public key and this copy's key pair
+   * (Z85). Default env TB_CURVE_SERVER_KEY, TB_CURVE_PUBLIC_KEY, TB_CURVE_SECRET_KEY
+   * (the secret key is removed from process.env once read). Without a server key the
+   * link is plain (ipc on one box).
+   */
+  curve?: { serverKey: string; publicKey?: string; secretKey?: string };
   logger?: Logger;
   /** Called when serving ends (default process.exit). */
   exit?: (code: number) => void;
@@ -44,6 +51,18 @@ const REASONS: Record<EndSequence_Reason, EndSequenceReason> = {
 
 function specToProto(s: TensorSpec) {
   return create(TensorSpecSchema, { name: s.name, datatype: s.datatype, shape: s.shape.map(BigInt), optional: s.optional ?? false, labels: s.labels ?? [] });
+}
+
+/** The DEALER's CURVE options, from `given` or the env; none when no server key is set. */
+function curveOptions(given: ServeOptions['curve']): { curveServerKey?: string; curvePublicKey?: string; curveSecretKey?: string } {
+  const serverKey = given?.serverKey ?? process.env.TB_CURVE_SERVER_KEY;
+  const publicKey = given?.publicKey ?? process.env.TB_CURVE_PUBLIC_KEY;
+  const secretKey = given?.secretKey ?? process.env.TB_CURVE_SECRET_KEY;
+  delete process.env.TB_CURVE_SECRET_KEY;
+  if (!serverKey) return {};
+  // Without its own pair the copy makes one: the link is encrypted, but a broker that allows only known keys refuses it.
+  const pair = publicKey && secretKey ? { publicKey, secretKey } : curveKeyPair();
+  return { curveServerKey: serverKey, curvePublicKey: pair.publicKey, curveSecretKey: pair.secretKey };
 }
 
 function errorText(e: unknown): string {
@@ -65,9 +84,10 @@ export async function serve(model: Model, opts: ServeOptions = {}): Promise<void
   const exit = opts.exit ?? ((code: number) => process.exit(code));
   if (!endpoint) throw new Error('TB_ENDPOINT is not set');
 
-  const sock = new Dealer({ routingId, linger: 200 });
+  const curve = curveOptions(opts.curve);
+  const sock = new Dealer({ routingId, linger: 200, ...curve });
   sock.connect(endpoint);
-  log.info({ endpoint }, 'connected');
+  log.info({ endpoint, curve: curve.curveServerKey !== undefined }, 'connected');
 
   // zeromq allows one pending send per socket: chain sends.
   let sendChain: Promise<void> = Promise.resolve();

@@ -1,9 +1,10 @@
 /**
- * The Kubernetes API calls of the (future) Kubernetes runtime, through the
- * official @kubernetes/client-node: one model's Deployment created or updated,
- * scaled through /scale, its pods listed with their problem in Kubernetes'
- * words and followed by an informer (list + watch, re-list on 410 Gone),
- * removed. A skeleton: no copy bookkeeping, no link.
+ * The Kubernetes API calls of the Kubernetes runtime (kube-model.ts), through
+ * the official @kubernetes/client-node: one model's Deployment created or
+ * updated, scaled through /scale, its pods listed with their problem in
+ * Kubernetes' words and followed by an informer (list + watch, re-list on 410
+ * Gone), one pod marked as the next to go on a scale-down, the copies' link
+ * Secret, removed. No copy bookkeeping here.
  *
  * @kubernetes/client-node 2 is ESM and needs Node ≥ 22.19; it is loaded on
  * first use only, so nothing else in the broker depends on it.
@@ -25,6 +26,14 @@ export interface KubeConnectOptions {
 
 export interface CopyPod {
   name: string;
+  /** The pod's labels (the fingerprint label tells a roll's old pods from new ones). */
+  labels: Record<string, string>;
+  /** Container restarts (kubelet restarts a copy in place: a new process, a new READY). */
+  restarts: number;
+  /** The container runs now. */
+  running: boolean;
+  /** Being deleted (deletionTimestamp set). */
+  terminating: boolean;
   /** The pod's Ready condition: never enough for a copy to serve (READY on the link is). */
   podReady: boolean;
   ip?: string;
@@ -143,6 +152,62 @@ export class KubeDeployments {
     return () => informer.stop();
   }
 
+  /** The Deployments with these labels (a dead broker's, for garbage collection). */
+  async deployments(matchLabels: Record<string, string>): Promise<{ name: string; labels: Record<string, string>; annotations: Record<string, string> }[]> {
+    const list = await this.call(() => this.apps.listNamespacedDeployment({ namespace: this.namespace, labelSelector: selectorString(matchLabels) }));
+    return list.items.map((d) => ({ name: d.metadata?.name ?? '', labels: d.metadata?.labels ?? {}, annotations: d.metadata?.annotations ?? {} }));
+  }
+
+  /**
+   * Makes this pod the one a scale-down removes (the ReplicaSet removes pods
+   * with the lowest `controller.kubernetes.io/pod-deletion-cost` first).
+   */
+  async markForRemoval(pod: string): Promise<void> {
+    const options = this.k8s.setHeaderOptions('Content-Type', this.k8s.PatchStrategy.MergePatch);
+    await this.call(() =>
+      this.core.patchNamespacedPod({ name: pod, namespace: this.namespace, body: { metadata: { annotations: { 'controller.kubernetes.io/pod-deletion-cost': '-1000' } } } }, options),
+    );
+  }
+
+  /** Deletes one pod (a hung copy): its ReplicaSet starts a replacement. False when it was already gone. */
+  async deletePod(pod: string): Promise<boolean> {
+    try {
+      await this.call(() => this.core.deleteNamespacedPod({ name: pod, namespace: this.namespace }));
+      return true;
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 404) return false;
+      throw err;
+    }
+  }
+
+  /** The Secret's string data, or undefined when it does not exist. */
+  async readSecret(name: string): Promise<Record<string, string> | undefined> {
+    try {
+      const s = await this.call(() => this.core.readNamespacedSecret({ name, namespace: this.namespace }));
+      return Object.fromEntries(Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]));
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 404) return undefined;
+      throw err;
+    }
+  }
+
+  async createSecret(name: string, data: Record<string, string>, labels: Record<string, string>): Promise<void> {
+    await this.call(() =>
+      this.core.createNamespacedSecret({ namespace: this.namespace, body: { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name, labels }, stringData: data } }),
+    );
+  }
+
+  /** False when it was already gone. */
+  async removeSecret(name: string): Promise<boolean> {
+    try {
+      await this.call(() => this.core.deleteNamespacedSecret({ name, namespace: this.namespace }));
+      return true;
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 404) return false;
+      throw err;
+    }
+  }
+
   /** Removes the Deployment (and so its pods). False when it was already gone. */
   async remove(name: string): Promise<boolean> {
     try {
@@ -174,8 +239,13 @@ function selectorString(matchLabels: Record<string, string>): string {
 
 function copyPod(p: V1Pod): CopyPod {
   const problem = podProblem(p as unknown as PodStatusLike);
+  const cs = p.status?.containerStatuses?.[0];
   return {
     name: p.metadata?.name ?? '',
+    labels: p.metadata?.labels ?? {},
+    restarts: cs?.restartCount ?? 0,
+    running: !!cs?.state?.running,
+    terminating: !!p.metadata?.deletionTimestamp,
     podReady: (p.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
     ...(p.status?.podIP ? { ip: p.status.podIP } : {}),
     ...(problem ? { problem } : {}),

@@ -45,6 +45,12 @@ export interface DeploymentInput {
   linkEndpoint: string;
   /** The broker's CURVE public key (Z85), given to the copies. */
   curvePublicKey: string;
+  /**
+   * The Secret holding the copies' link credentials (keys `copy-secret`,
+   * `curve-public-key`, `curve-secret-key`): given to the copies as env from the
+   * Secret, so they never appear in the Deployment itself.
+   */
+  linkSecret?: string;
   heartbeatMs: number;
   replicas: number;
   namespace?: string;
@@ -60,7 +66,13 @@ export interface KubeObjectMeta {
   annotations?: Record<string, string>;
 }
 
-export type EnvVar = { name: string; value: string } | { name: string; valueFrom: { fieldRef: { fieldPath: string } } };
+export type EnvVar =
+  | { name: string; value: string }
+  | { name: string; valueFrom: { fieldRef: { fieldPath: string } } }
+  | { name: string; valueFrom: { secretKeyRef: { name: string; key: string } } };
+
+/** The keys of the copies' link Secret, and the env variable each becomes. */
+export const LINK_SECRET_KEYS = { 'copy-secret': 'TB_COPY_SECRET', 'curve-public-key': 'TB_CURVE_PUBLIC_KEY', 'curve-secret-key': 'TB_CURVE_SECRET_KEY' } as const;
 
 export interface KubeDeployment {
   apiVersion: 'apps/v1';
@@ -222,10 +234,14 @@ function copyEnv(input: DeploymentInput): EnvVar[] {
     TB_BATCH_SIZE: String(spec.batch_size),
     TB_CURVE_SERVER_KEY: input.curvePublicKey,
   };
+  const fromSecret = Object.values(LINK_SECRET_KEYS) as string[];
   const env: EnvVar[] = Object.entries(spec.env)
-    .filter(([name]) => !(name in link) && name !== 'TB_COPY_ID')
+    .filter(([name]) => !(name in link) && name !== 'TB_COPY_ID' && !fromSecret.includes(name))
     .map(([name, value]) => ({ name, value }));
   for (const [name, value] of Object.entries(link)) env.push({ name, value });
   env.push({ name: 'TB_COPY_ID', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } });
+  if (input.linkSecret) {
+    for (const [key, name] of Object.entries(LINK_SECRET_KEYS)) env.push({ name, valueFrom: { secretKeyRef: { name: input.linkSecret, key } } });
+  }
   return env;
 }

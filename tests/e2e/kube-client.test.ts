@@ -11,7 +11,7 @@ import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:chil
 import path from 'node:path';
 import readline from 'node:readline';
 import { SPEC_DEFAULTS } from '../../core/model-spec';
-import { buildModelDeployment, type KubeModelSpec } from '../../task-manager/kubernetes/manifests';
+import { buildModelDeployment, LABELS, type KubeModelSpec } from '../../task-manager/kubernetes/manifests';
 import { FakeKubeApi } from '../helpers/fake-kube-api';
 
 const NODE = process.env.TB_NODE24 || process.execPath;
@@ -132,11 +132,12 @@ suite(SUPPORTED ? 'KubeDeployments with @kubernetes/client-node against the fake
     api.setPodState(NS, b.metadata.name, 'Ready');
     const { result } = await kube.call('pods', d.spec.selector.matchLabels);
     const byName = new Map((result as { name: string }[]).map((p) => [p.name, p]));
-    expect(byName.get(a.metadata.name)).toEqual({
-      name: a.metadata.name, podReady: false,
+    expect(byName.get(a.metadata.name)).toMatchObject({
+      name: a.metadata.name, podReady: false, running: false, restarts: 0, terminating: false,
       problem: { reason: 'Unschedulable', message: 'Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.', stuck: true },
     });
-    expect(byName.get(b.metadata.name)).toEqual({ name: b.metadata.name, podReady: true, ip: '10.0.0.9' });
+    expect(byName.get(b.metadata.name)).toMatchObject({ name: b.metadata.name, podReady: true, running: true, ip: '10.0.0.9', labels: { [LABELS.model]: 'detector' } });
+    expect(byName.get(b.metadata.name)).not.toHaveProperty('problem');
   });
 
   test('errors carry the Status: 422 for an invalid Deployment, 404 on a missing one; remove is idempotent', async () => {

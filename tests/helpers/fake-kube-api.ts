@@ -11,13 +11,14 @@
  * CrashLoopBackOff and OOMKilled with setPodState().
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { selectorChangeProblem, serverSideProblems } from '../../task-manager/kubernetes/rules';
 import { strategicMerge, type KubeObject } from './kustomize-lite';
 
 export type PodState = 'Pending' | 'Running' | 'Ready' | 'Unschedulable' | 'ImagePullBackOff' | 'CrashLoopBackOff' | 'OOMKilled';
-type Kind = 'deployments' | 'pods';
+type Kind = 'deployments' | 'pods' | 'secrets';
 type Reply = { code: number; body?: unknown; text?: string };
 type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; object: KubeObject; rv: number };
 
@@ -55,13 +56,21 @@ function schemaError(o: KubeObject): string | undefined {
   }
 }
 
-export class FakeKubeApi {
+/** What the fake's pod "runner" (tests/helpers/fake-kubelet.ts) hears: a pod to run, a pod gone. */
+export interface FakeKubeEvents {
+  'pod-added': [pod: KubeObject];
+  'pod-deleted': [pod: KubeObject];
+}
+
+const DELETION_COST = 'controller.kubernetes.io/pod-deletion-cost';
+
+export class FakeKubeApi extends EventEmitter<FakeKubeEvents> {
   private server?: http.Server;
   private rv = 1;
-  private readonly store: Record<Kind, Map<string, KubeObject>> = { deployments: new Map(), pods: new Map() };
-  private readonly history: Record<Kind, WatchEvent[]> = { deployments: [], pods: [] };
+  private readonly store: Record<Kind, Map<string, KubeObject>> = { deployments: new Map(), pods: new Map(), secrets: new Map() };
+  private readonly history: Record<Kind, WatchEvent[]> = { deployments: [], pods: [], secrets: [] };
   /** Watches from a resourceVersion below this get 410 Gone. */
-  private compactedBefore: Record<Kind, number> = { deployments: 0, pods: 0 };
+  private compactedBefore: Record<Kind, number> = { deployments: 0, pods: 0, secrets: 0 };
   private readonly watchers = new Set<{ kind: Kind; ns: string; selector?: string; res: http.ServerResponse }>();
   /** Watches answered 410 Gone. */
   goneSent = 0;
@@ -85,7 +94,7 @@ export class FakeKubeApi {
 
   /** Forgets the watch history: a watch from an older resourceVersion now gets 410 Gone. */
   compact(): void {
-    for (const kind of ['deployments', 'pods'] as Kind[]) {
+    for (const kind of ['deployments', 'pods', 'secrets'] as Kind[]) {
       this.compactedBefore[kind] = this.rv;
       this.history[kind] = [];
     }
@@ -103,6 +112,27 @@ export class FakeKubeApi {
 
   deployment(ns: string, name: string): KubeObject | undefined {
     return this.store.deployments.get(`${ns}/${name}`);
+  }
+
+  deployments(ns: string): KubeObject[] {
+    return [...this.store.deployments.values()].filter((d) => d.metadata.namespace === ns);
+  }
+
+  pod(ns: string, name: string): KubeObject | undefined {
+    return this.store.pods.get(`${ns}/${name}`);
+  }
+
+  /** A Secret's data, decoded (stringData is folded into data on write, as the API server does). */
+  secret(ns: string, name: string): Record<string, string> | undefined {
+    const s = this.store.secrets.get(`${ns}/${name}`);
+    if (!s) return undefined;
+    return Object.fromEntries(Object.entries((s.data ?? {}) as Record<string, string>).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]));
+  }
+
+  /** Stores a pod's status as given (the fake kubelet reports a process it runs). */
+  setPodStatus(ns: string, name: string, status: KubeObject): void {
+    const pod = this.store.pods.get(`${ns}/${name}`);
+    if (pod) this.put('pods', { ...pod, status }, 'MODIFIED');
   }
 
   /** Moves a pod to a state, with the status fields and reasons a kubelet would report. */
@@ -150,7 +180,7 @@ export class FakeKubeApi {
     const rv = ++this.rv;
     const obj = { ...o, metadata: { ...o.metadata, resourceVersion: String(rv) } };
     this.store[kind].set(`${obj.metadata.namespace}/${obj.metadata.name}`, obj);
-    this.emit(kind, { type, object: obj, rv });
+    this.broadcast(kind, { type, object: obj, rv });
     return obj;
   }
 
@@ -160,11 +190,11 @@ export class FakeKubeApi {
     this.store[kind].delete(`${ns}/${name}`);
     const rv = ++this.rv;
     const obj = { ...o, metadata: { ...o.metadata, resourceVersion: String(rv) } };
-    this.emit(kind, { type: 'DELETED', object: obj, rv });
+    this.broadcast(kind, { type: 'DELETED', object: obj, rv });
     return obj;
   }
 
-  private emit(kind: Kind, e: WatchEvent): void {
+  private broadcast(kind: Kind, e: WatchEvent): void {
     this.history[kind].push(e);
     for (const w of this.watchers) {
       if (w.kind === kind && w.ns === e.object.metadata.namespace && matchesSelector(e.object.metadata.labels, w.selector)) {
@@ -179,10 +209,12 @@ export class FakeKubeApi {
     const sel = Object.entries(d.spec.selector.matchLabels as Record<string, string>).map(([k, v]) => `${k}=${v}`).join(',');
     const hash = createHash('sha256').update(JSON.stringify(d.spec.template)).digest('hex').slice(0, 10);
     const pods = this.pods(ns, sel);
-    for (const p of pods) if (p.metadata.labels['pod-template-hash'] !== hash) this.remove('pods', ns, p.metadata.name);
-    const current = this.pods(ns, sel);
+    for (const p of pods) if (p.metadata.labels['pod-template-hash'] !== hash) this.removePod(ns, p.metadata.name);
+    // As a ReplicaSet does on a scale-down: the lowest pod-deletion-cost goes first, then the newest.
+    const cost = (p: KubeObject) => Number(p.metadata.annotations?.[DELETION_COST] ?? 0);
+    const current = this.pods(ns, sel).sort((a, b) => cost(b) - cost(a));
     const want = (d.spec.replicas as number | undefined) ?? 1;
-    for (const p of current.slice(want)) this.remove('pods', ns, p.metadata.name);
+    for (const p of current.slice(want)) this.removePod(ns, p.metadata.name);
     for (let i = current.length; i < want; i++) {
       const name = `${d.metadata.name}-${hash}-${randomBytes(3).toString('hex').slice(0, 5)}`;
       this.put('pods', {
@@ -196,7 +228,14 @@ export class FakeKubeApi {
         spec: d.spec.template.spec,
         status: { phase: 'Pending', conditions: [] },
       }, 'ADDED');
+      this.emit('pod-added', this.store.pods.get(`${ns}/${name}`)!);
     }
+  }
+
+  private removePod(ns: string, name: string): KubeObject | undefined {
+    const gone = this.remove('pods', ns, name);
+    if (gone) this.emit('pod-deleted', gone);
+    return gone;
   }
 
   // --- HTTP ---
@@ -208,7 +247,8 @@ export class FakeKubeApi {
       const body = await readJson(req);
       const m =
         url.pathname.match(/^\/apis\/apps\/v1\/namespaces\/([^/]+)\/(deployments)(?:\/([^/]+)(?:\/(scale))?)?$/) ??
-        url.pathname.match(/^\/api\/v1\/namespaces\/([^/]+)\/(pods)(?:\/([^/]+)(?:\/(log))?)?$/);
+        url.pathname.match(/^\/api\/v1\/namespaces\/([^/]+)\/(pods)(?:\/([^/]+)(?:\/(log))?)?$/) ??
+        url.pathname.match(/^\/api\/v1\/namespaces\/([^/]+)\/(secrets)(?:\/([^/]+))?$/);
       if (!m) throw new HttpStatus(404, 'NotFound', `the server could not find the requested resource (fake: ${url.pathname})`);
       const [, ns, kindStr, name, sub] = m;
       const kind = kindStr as Kind;
@@ -229,8 +269,8 @@ export class FakeKubeApi {
       const watch = url.searchParams.get('watch');
       if (watch === 'true' || watch === '1') return this.watch(res, kind, ns, selector, url.searchParams.get('resourceVersion'));
       const items = [...this.store[kind].values()].filter((o) => o.metadata.namespace === ns && matchesSelector(o.metadata.labels, selector));
-      const listKind = kind === 'pods' ? 'PodList' : 'DeploymentList';
-      return { code: 200, body: { apiVersion: kind === 'pods' ? 'v1' : 'apps/v1', kind: listKind, metadata: { resourceVersion: String(this.rv) }, items } };
+      const listKind = kind === 'pods' ? 'PodList' : kind === 'secrets' ? 'SecretList' : 'DeploymentList';
+      return { code: 200, body: { apiVersion: kind === 'deployments' ? 'apps/v1' : 'v1', kind: listKind, metadata: { resourceVersion: String(this.rv) }, items } };
     }
     if (req.method === 'POST' && kind === 'deployments') {
       if (!body) throw new HttpStatus(400, 'BadRequest', 'fake: a JSON body is required');
@@ -243,13 +283,24 @@ export class FakeKubeApi {
       this.reconcilePods(saved);
       return { code: 201, body: saved };
     }
+    if (req.method === 'POST' && kind === 'secrets') {
+      if (!body?.metadata?.name) throw new HttpStatus(422, 'Invalid', 'Secret "" is invalid: metadata.name: Required value');
+      if (this.store.secrets.has(`${ns}/${body.metadata.name}`)) {
+        throw new HttpStatus(409, 'AlreadyExists', `secrets "${body.metadata.name}" already exists`, { name: body.metadata.name, kind: 'secrets' });
+      }
+      const data: Record<string, string> = { ...(body.data ?? {}) };
+      for (const [k, v] of Object.entries((body.stringData ?? {}) as Record<string, string>)) data[k] = Buffer.from(v).toString('base64');
+      const { stringData: _sd, ...rest } = body;
+      const saved = this.put('secrets', { ...rest, data, metadata: { ...body.metadata, namespace: ns, uid: randomBytes(8).toString('hex') } }, 'ADDED');
+      return { code: 201, body: saved };
+    }
     throw new HttpStatus(405, 'MethodNotAllowed', `fake: ${req.method} is not supported on ${kind}`);
   }
 
   private item(method: string, kind: Kind, ns: string, name: string, sub: string | undefined, body: KubeObject | undefined, type?: string): Reply {
     const cur = this.store[kind].get(`${ns}/${name}`);
     const notFound = () =>
-      new HttpStatus(404, 'NotFound', `${kind === 'pods' ? 'pods' : 'deployments.apps'} "${name}" not found`, { name, ...(kind === 'pods' ? {} : { group: 'apps' }), kind });
+      new HttpStatus(404, 'NotFound', `${kind === 'deployments' ? 'deployments.apps' : kind} "${name}" not found`, { name, ...(kind === 'deployments' ? { group: 'apps' } : {}), kind });
     if (!cur) throw notFound();
     if (sub === 'log') {
       if (method !== 'GET') throw new HttpStatus(405, 'MethodNotAllowed', 'fake: logs are read-only');
@@ -274,9 +325,20 @@ export class FakeKubeApi {
       };
     }
     if (method === 'GET') return { code: 200, body: cur };
+    if (method === 'PATCH' && kind === 'pods') {
+      // Metadata only (labels, annotations), as the runtime uses it.
+      if (!/merge-patch|strategic-merge-patch/.test(type ?? '')) throw new HttpStatus(415, 'UnsupportedMediaType', `fake: patch type ${type} is not supported`);
+      const meta = body?.metadata ?? {};
+      const saved = this.put('pods', {
+        ...cur,
+        metadata: { ...cur.metadata, labels: { ...cur.metadata.labels, ...(meta.labels ?? {}) }, annotations: { ...(cur.metadata.annotations ?? {}), ...(meta.annotations ?? {}) } },
+      }, 'MODIFIED');
+      return { code: 200, body: saved };
+    }
     if (method === 'DELETE') {
-      const gone = this.remove(kind, ns, name)!;
+      const gone = kind === 'pods' ? this.removePod(ns, name)! : this.remove(kind, ns, name)!;
       if (kind === 'deployments') this.reconcilePods({ ...gone, spec: { ...gone.spec, replicas: 0 } });
+      else if (kind === 'secrets') return { code: 200, body: statusBody(200, '', '', { name, kind }) };
       else {
         // A deleted pod of a Deployment is replaced, as a ReplicaSet would.
         const owner = [...this.store.deployments.values()].find((d) => d.metadata.namespace === ns && matchesSelector(gone.metadata.labels, Object.entries(d.spec.selector.matchLabels).map(([k, v]) => `${k}=${v}`).join(',')));

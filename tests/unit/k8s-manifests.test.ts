@@ -8,6 +8,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { SPEC_DEFAULTS } from '../../core/model-spec';
 import { parseModelsFile } from '../../model-manager/models-file';
+import { validateEntry } from '../../model-manager/schema';
 import { fingerprint } from '../../task-manager/model-state';
 import {
   buildModelDeployment, deploymentName, linkServiceName, selectorLabels, LABELS, type DeploymentInput, type KubeModelSpec,
@@ -138,13 +139,16 @@ describe('deploy/kubernetes manifests', () => {
       (r.resources as string[]).map((res) => `${r.apiGroups[0] || 'core'} ${res}: ${[...r.verbs].sort().join(',')}`));
     expect(rules.sort()).toEqual([
       'apps deployments/scale: get,patch',
-      'apps deployments: create,delete,get,list,patch,watch',
-      'core pods/log: get',
-      'core pods: delete,get,list,watch',
+      'apps deployments: create,delete,get,list,update',
+      'core pods: delete,list,patch,watch',
+      'core secrets: create,delete,get',
     ]);
     expect(JSON.stringify(role.rules)).not.toContain('*');
+    // The README's table lists each rule with its verbs.
     const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-    for (const r of role.rules as KubeObject[]) for (const res of r.resources) expect(readme).toContain(`\`${res}\``);
+    for (const r of role.rules as KubeObject[]) {
+      for (const res of r.resources) expect(readme).toMatch(new RegExp(`\\| \`${res.replace('/', '\\/')}\` \\([^)]*\\) \\| ${[...r.verbs].join(', ')} \\|`));
+    }
     const [rb] = byKind(BASE, 'RoleBinding');
     expect(rb.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
     const [sa] = byKind(BASE, 'ServiceAccount');
@@ -161,17 +165,33 @@ describe('deploy/kubernetes manifests', () => {
     expect(readFileSync(path.join(ROOT, 'curve-secret.yaml'), 'utf8')).toContain('curveKeyPair');
   });
 
-  test('the GPU overlay: the broker lands on GPU nodes and asks for whole GPUs with requests equal to limits', () => {
-    const pod = byKind(GPU_OBJECTS, 'Deployment', 'tensorbroker')[0].spec.template.spec;
+  test('the GPU overlay: each GPU copy is a pod on the GPU pool asking for whole GPUs with requests equal to limits; the brokers stay on CPU nodes', () => {
+    const specs = parseModelsFile(byKind(GPU_OBJECTS, 'ConfigMap', 'tensorbroker-models')[0].data['models.yaml'], '/etc/tensorbroker/models.yaml').specs;
+    const gpu = specs.find((s) => s.run_on_gpu)!;
+    const d = buildModelDeployment(input(gpu));
+    expect(schemaErrors(d as unknown as KubeObject)).toBeUndefined();
+    expect(serverSideProblems(d)).toEqual([]);
+    const pod = d.spec.template.spec as KubeObject;
     expect(pod.nodeSelector).toEqual({ 'nvidia.com/gpu.present': 'true' });
     expect(pod.tolerations).toEqual([{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
-    const c = pod.containers[0];
-    expect(c.resources.limits['nvidia.com/gpu']).toBe('1');
-    expect(c.resources.requests['nvidia.com/gpu']).toBe('1');
-    // The patch merged into the base container instead of replacing it.
-    expect(c.env.map((e: KubeObject) => e.name)).toEqual(expect.arrayContaining(['TB_REDIS_URL', 'TB_GPUS']));
-    expect(c.securityContext.readOnlyRootFilesystem).toBe(true);
-    expect(byKind(BASE, 'Deployment', 'tensorbroker')[0].spec.template.spec.nodeSelector).toBeUndefined();
+    expect(pod.containers[0].resources.limits['nvidia.com/gpu']).toBe('1');
+    expect(pod.containers[0].resources.requests['nvidia.com/gpu']).toBe('1');
+    const broker = byKind(GPU_OBJECTS, 'Deployment', 'tensorbroker')[0].spec.template.spec;
+    expect(broker.nodeSelector).toBeUndefined();
+    expect(broker.containers[0].resources.limits['nvidia.com/gpu']).toBeUndefined();
+  });
+
+  test('the broker runs the kubernetes runtime: the link on the pod IP, the CURVE keys from the Secret', () => {
+    const c = byKind(BASE, 'Deployment', 'tensorbroker')[0].spec.template.spec.containers[0];
+    const env = c.env as KubeObject[];
+    const names = env.map((e) => e.name);
+    const value = (n: string) => env.find((e) => e.name === n)?.value;
+    expect(value('TB_RUNTIME')).toBe('kubernetes');
+    expect(value('TB_LINK_ADVERTISE')).toBe(`tcp://$(TB_POD_IP):${value('TB_LINK_PORT')}`);
+    // $(VAR) expands only variables defined earlier in the list.
+    expect(names.indexOf('TB_POD_IP')).toBeLessThan(names.indexOf('TB_LINK_ADVERTISE'));
+    expect(c.ports.find((p: KubeObject) => p.name === 'link').containerPort).toBe(Number(value('TB_LINK_PORT')));
+    for (const k of ['TB_CURVE_PUBLIC_KEY', 'TB_CURVE_SECRET_KEY']) expect(env.find((e) => e.name === k)!.valueFrom.secretKeyRef).toEqual({ name: 'tensorbroker-curve', key: k });
   });
 });
 
@@ -369,5 +389,29 @@ describe('the per-model Kubernetes fields (task-manager/kubernetes/fields.ts)', 
     ['a pull Secret string instead of a list', { image_pull_secrets: 'regcred' }, /must be a list/],
   ])('%s is refused', (_n, entry, why) => {
     expect(kubernetesFieldProblems(entry).join('\n')).toMatch(why);
+  });
+
+  test('models.yaml (the registry schema) accepts the fields, and they reach the Deployment', () => {
+    const r = validateEntry('detector', { image: 'det:1', ...good }, { allowCommand: false });
+    expect(r.errors).toBeUndefined();
+    const d = buildModelDeployment(input(r.spec!));
+    const pod = d.spec.template.spec as Record<string, unknown>;
+    expect(pod.nodeSelector).toEqual(good.node_selector);
+    expect(pod.tolerations).toEqual(good.tolerations);
+    expect(pod.imagePullSecrets).toEqual([{ name: 'regcred' }, { name: 'ghcr.io-pull' }]);
+    // A placement change is a new copy: it rolls.
+    const plain = validateEntry('detector', { image: 'det:1' }, { allowCommand: false }).spec!;
+    expect(fingerprint(r.spec!)).not.toBe(fingerprint(plain));
+  });
+
+  test.each<[string, Record<string, unknown>, RegExp]>([
+    ['a wrong shape', { node_selector: 'gpu' }, /field "node_selector" must be a map of node label: value/],
+    ['a misspelt toleration field', { tolerations: [{ key: 'a', efect: 'NoSchedule' }] }, /field "tolerations" must be a list of tolerations/],
+    ['a bad label value', { node_selector: { pool: 'a b' } }, /model "detector": field node_selector.pool: 'a b' is not a valid label value/],
+    ['tolerationSeconds without NoExecute', { tolerations: [{ key: 'a', effect: 'NoSchedule', tolerationSeconds: 5 }] }, /tolerations\[0\].tolerationSeconds: only with effect NoExecute/],
+    ['an uppercase pull Secret', { image_pull_secrets: ['RegCred'] }, /image_pull_secrets\[0\]: 'RegCred' is not a valid Secret name/],
+  ])('models.yaml refuses %s, naming the model and field', (_n, entry, why) => {
+    const r = validateEntry('detector', { image: 'det:1', ...entry }, { allowCommand: false });
+    expect((r.errors ?? []).join('\n')).toMatch(why);
   });
 });

@@ -101,7 +101,8 @@ def _fail(batch_id: int, error: str) -> _Reply:
 class _Copy:
     def __init__(self, model: Model, endpoint: str, copy_id: str, model_name: str, heartbeat_ms: int,
                  context: Optional[zmq.Context], log: logging.Logger, signals: bool,
-                 routing_id: Optional[str] = None, secret: str = "", broker_timeout_ms: int = 0):
+                 routing_id: Optional[str] = None, secret: str = "", broker_timeout_ms: int = 0,
+                 curve: Optional[tuple] = None):
         self.model = model
         self.endpoint = endpoint
         self.copy_id = copy_id
@@ -113,6 +114,12 @@ class _Copy:
         self.ctx = context or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, (routing_id or copy_id).encode())
+        if curve:
+            # CURVE on a tcp link: the broker's public key and this copy's pair (Z85), set before connect.
+            server_key, public_key, secret_key = curve
+            self.sock.curve_serverkey = server_key.encode()
+            self.sock.curve_publickey = public_key.encode()
+            self.sock.curve_secretkey = secret_key.encode()
         self.secret = secret
         self.broker_timeout_s = broker_timeout_ms / 1000.0
         self.sock.setsockopt(zmq.LINGER, 200)
@@ -482,10 +489,12 @@ def serve(model: Model, endpoint: Optional[str] = None, copy_id: Optional[str] =
             broker_timeout_ms = int(os.environ.get("TB_BROKER_TIMEOUT_MS", "") or max(30000, 10 * heartbeat_ms))
         except ValueError:
             broker_timeout_ms = max(30000, 10 * heartbeat_ms)
+    curve = _curve_from_env()
     log = _make_logger(copy_id, model_name)
     signals = threading.current_thread() is threading.main_thread()
     copy = _Copy(model, endpoint, copy_id, model_name, max(10, heartbeat_ms), context, log, signals,
-                 routing_id=routing_id, secret=secret, broker_timeout_ms=max(0, broker_timeout_ms))
+                 routing_id=routing_id, secret=secret, broker_timeout_ms=max(0, broker_timeout_ms),
+                 curve=curve)
     code = copy.run()
     if not exit:
         return code
@@ -493,6 +502,21 @@ def serve(model: Model, endpoint: Optional[str] = None, copy_id: Optional[str] =
     if copy.in_flight > 0:
         os._exit(code)  # a batch still running past the grace period must not hold the process
     sys.exit(code)
+
+
+def _curve_from_env() -> Optional[tuple]:
+    """(server key, public key, secret key) from TB_CURVE_SERVER_KEY, TB_CURVE_PUBLIC_KEY and
+    TB_CURVE_SECRET_KEY (removed from os.environ once read), or None for a plain link. Without its
+    own pair the copy makes one: encrypted, but refused by a broker that allows known keys only."""
+    server_key = os.environ.get("TB_CURVE_SERVER_KEY")
+    public_key = os.environ.get("TB_CURVE_PUBLIC_KEY")
+    secret_key = os.environ.pop("TB_CURVE_SECRET_KEY", None)
+    if not server_key:
+        return None
+    if not (public_key and secret_key):
+        pub, sec = zmq.curve_keypair()
+        public_key, secret_key = pub.decode(), sec.decode()
+    return (server_key, public_key, secret_key)
 
 
 __all__ = ["serve", "PROTOCOL_VERSION"]

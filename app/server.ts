@@ -204,6 +204,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
       kube: await kubeRuntime({ namespace, server: config.k8sApiServer || undefined, kubeconfig: config.k8sKubeconfig || undefined }),
       link, brokerId: config.brokerId, namespace, logger: log, heartbeatMs: config.heartbeatMs, autoscaleIntervalMs: config.autoscaleIntervalMs,
       // With several brokers on one Redis, the Deployments of a broker whose directory lease expired are removed.
+      budget: cluster?.budget,
       ...(cluster ? { liveness: { isAlive: async (id: string) => (await cluster.directory.brokers()).some((b) => b.id === id) } } : {}),
     });
   } else {

@@ -21,7 +21,7 @@ import type { ModelCopies, ModelCopiesEvents, ModelCopy } from '../../core/model
 import type { ModelSpec } from '../../core/model-spec';
 import type { ModelMetadata, ModelPhase, ModelReadiness } from '../../core/types';
 import { decideScale, type ScaleInput } from '../autoscaler';
-import type { TaskEvents } from '../controller-host';
+import type { CopyBudget, TaskEvents } from '../controller-host';
 import { CopyConnection } from '../copy-connection';
 import { batchTimeoutMs } from '../health';
 import type { LinkServer } from '../link-server';
@@ -54,6 +54,8 @@ export interface KubeModelHost {
   readonly stopGraceMs: number;
   readonly events: EventEmitter<TaskEvents>;
   readonly log: Logger;
+  /** Several brokers on one Redis: the shared copy budget (README "Several brokers"); one place per replica. */
+  readonly budget?: CopyBudget;
   /** False until the link is bound. */
   canStart(): boolean;
   closed(model: string): void;
@@ -85,6 +87,7 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
   private readonly copies = new Map<string, Copy>();
   private fp: string;
   private lastDemand = { queued: 0, running: 0 };
+  private claiming = false;
   /** Jobs waiting for this model (jobs/backlog.ts): counted by the autoscaler like queued requests. */
   private jobBacklog = 0;
   private lastScaleUpAt = 0;
@@ -219,6 +222,7 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
       await this.host.kube.remove(this.name).catch((err: unknown) => this.log.warn({ err }, 'cannot remove the Deployment'));
       await this.host.kube.removeSecret(this.name).catch((err: unknown) => this.log.warn({ err }, 'cannot remove the link Secret'));
       for (const c of [...this.copies.values()]) this.forget(c, reason);
+      if (this.host.budget) for (let i = 0; i < this.desired; i++) this.host.budget.release(this.model, `${this.name}#${i}`);
       this.withdrawKey?.();
       this.host.closed(this.model);
     })();
@@ -393,6 +397,46 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
   private setReplicas(to: number, direction: 'up' | 'down' | 'none', reason: string, inputs?: object): void {
     const target = Math.max(0, Math.min(this.spec.max_replicas, to));
     if (target === this.desired && direction !== 'none') return;
+    const budget = this.host.budget;
+    if (budget && target > this.desired) {
+      void this.growWithin(budget, target, direction, reason, inputs);
+      return;
+    }
+    this.applyReplicas(target, direction, reason, inputs);
+  }
+
+  /**
+   * Scale-up with several brokers: one budget place per replica (`<deployment>#<i>`),
+   * claimed before the replicas grow, so the brokers' Deployments together stay within
+   * max_replicas (each broker's min_replicas always granted, as on one box). One claim
+   * round at a time; the next autoscaler period asks again for what was refused.
+   */
+  private async growWithin(budget: CopyBudget, target: number, direction: 'up' | 'down' | 'none', reason: string, inputs?: object): Promise<void> {
+    if (this.claiming) return;
+    this.claiming = true;
+    let granted = this.desired;
+    try {
+      for (let i = this.desired; i < target; i++) {
+        if (!(await budget.claim(this.model, `${this.name}#${i}`, this.spec.max_replicas, i < this.spec.min_replicas))) break;
+        granted = i + 1;
+      }
+    } catch (err) {
+      // Redis cannot be asked: grow as one broker would (logged), as the one-box controller does.
+      this.log.warn({ err }, 'cannot ask the shared copy budget: scaling without it');
+      granted = target;
+    } finally {
+      this.claiming = false;
+    }
+    if (this.closing || this.unloaded) {
+      for (let i = this.desired; i < granted; i++) budget.release(this.model, `${this.name}#${i}`);
+      return;
+    }
+    if (granted < target) this.log.info({ wanted: target, granted, max_replicas: this.spec.max_replicas }, 'the shared copy budget (several brokers) is taken: scaling up less');
+    if (granted > this.desired) this.applyReplicas(granted, direction, reason, inputs);
+  }
+
+  private applyReplicas(target: number, direction: 'up' | 'down' | 'none', reason: string, inputs?: object): void {
+    if (this.host.budget) for (let i = target; i < this.desired; i++) this.host.budget.release(this.model, `${this.name}#${i}`);
     this.log.info({ decision: direction, from: this.desired, to: target, reason, ...(inputs ? { inputs } : this.lastDemand) }, 'scaling decision');
     if (target > this.desired) this.lastScaleUpAt = Date.now();
     if (target < this.desired) this.lastScaleDownAt = Date.now();

@@ -14,7 +14,7 @@ import { BrokerError } from '../../core/errors';
 import type { CopySource } from '../../core/model-copies';
 import type { ModelSpec } from '../../core/model-spec';
 import type { ModelMetadata, ModelReadiness } from '../../core/types';
-import type { TaskEvents } from '../controller-host';
+import type { CopyBudget, TaskEvents } from '../controller-host';
 import type { GpuUse } from '../gpu-allocator';
 import type { LinkServer } from '../link-server';
 import type { CopyInfo, ModelStats, ModelStatus } from '../views';
@@ -45,6 +45,8 @@ export interface KubeTaskManagerOptions {
   /** When set, Deployments of brokers it says are dead are removed (every gcIntervalMs). */
   liveness?: BrokerLiveness;
   gcIntervalMs?: number;
+  /** Several brokers on one Redis: max_replicas counts over all of them. */
+  budget?: CopyBudget;
 }
 
 export class KubeTaskManager extends EventEmitter<TaskEvents> implements CopySource {
@@ -63,7 +65,7 @@ export class KubeTaskManager extends EventEmitter<TaskEvents> implements CopySou
     this.host = {
       kube: opts.kube, link: opts.link, brokerId: opts.brokerId, namespace: opts.namespace,
       heartbeatMs: opts.heartbeatMs ?? opts.link.heartbeatMs, stopGraceMs: opts.stopGraceMs ?? 10_000,
-      events: this, log: this.log, canStart: () => this.started && !this.closing,
+      events: this, log: this.log, budget: opts.budget, canStart: () => this.started && !this.closing,
       closed: (model) => {
         const m = this.models.get(model);
         if (m && m.readiness().phase === 'draining') this.models.delete(model);

@@ -11,8 +11,17 @@ import { toBrokerError } from '../../core/errors';
 import type { JobsApi, JobView } from '../../jobs/types';
 
 export function jobEventsRoute(app: FastifyInstance, jobs: JobsApi, heartbeatMs: number): void {
+  // Open streams end when the server closes: an event stream may wait for hours, and
+  // fastify's close() waits for every response in flight.
+  const open = new Set<AbortController>();
+  app.addHook('preClose', (done) => {
+    for (const s of open) s.abort();
+    done();
+  });
   app.get('/v2/jobs/:id/events', async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
     const stop = new AbortController();
+    open.add(stop);
+    stop.signal.addEventListener('abort', () => open.delete(stop), { once: true });
     const events = jobs.watch(req.params.id, stop.signal)[Symbol.asyncIterator]();
     let first: IteratorResult<JobView>;
     try {
@@ -35,6 +44,7 @@ export function jobEventsRoute(app: FastifyInstance, jobs: JobsApi, heartbeatMs:
         if (!stop.signal.aborted) out.write(`event: error\ndata: ${JSON.stringify({ error: err.message, code: err.code })}\n\n`);
       } finally {
         clearInterval(beat);
+        open.delete(stop);
         out.end();
       }
     })();

@@ -34,6 +34,7 @@ COPY sdk/node sdk/node
 COPY examples examples
 COPY bench bench
 COPY jobs jobs
+COPY cluster cluster
 COPY tests tests
 # The broker needs neither dev dependencies nor the text detector's onnxruntime.
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund --loglevel=error && \

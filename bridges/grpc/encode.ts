@@ -13,6 +13,7 @@
 import { create, toBinary } from '@bufbuild/protobuf';
 import type { InferResult } from '../../core/types';
 import { ModelInferResponseSchema } from '../../proto/gen/grpc_service_pb';
+import { toInferResponse } from './convert';
 
 const varintSize = (n: number) => (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : n < 2 ** 35 ? 5 : n < 2 ** 42 ? 6 : n < 2 ** 49 ? 7 : n < 2 ** 56 ? 8 : 9);
 
@@ -116,14 +117,7 @@ export function encodeInferResponse(result: InferResult, clientId: string, final
 }
 
 function slowEncode(result: InferResult, clientId: string, final: boolean | undefined, headroom: number): Buffer {
-  const b = toBinary(ModelInferResponseSchema, create(ModelInferResponseSchema, {
-    ...(final === undefined ? {} : { parameters: { triton_final_response: { parameterChoice: { case: 'boolParam' as const, value: final } } } }),
-    modelName: result.model,
-    modelVersion: result.version,
-    id: clientId,
-    outputs: result.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape.map((d) => BigInt(d)) })),
-    rawOutputContents: result.outputs.map((t) => t.data),
-  }));
+  const b = toBinary(ModelInferResponseSchema, toInferResponse(result, clientId, final));
   const buf = Buffer.allocUnsafe(headroom + b.byteLength);
   buf.set(b, headroom);
   return buf;

@@ -16,7 +16,7 @@ import {
   type Job, type JobId, type JobResult, type ListJobsRequest, type ListJobsResponse, type SubmitJobRequest,
 } from '../../proto/gen/jobs_pb';
 import type { AccessControl, CallClass } from '../shared/access';
-import { checkJobInputs, jobModel, requireJobListing } from '../shared/job-check';
+import { checkJobInputs, jobModel, requireJobListing, metadataOf } from '../shared/job-check';
 import { callerOf } from './caller';
 import { decoded } from './context';
 import { parseInferRequest, toInferResponse } from './convert';
@@ -41,18 +41,6 @@ function jobMessage(v: JobView, replayed = false): Job {
     webhook: v.webhook ? { state: v.webhook.state, attempts: v.webhook.attempts, lastStatus: v.webhook.last_status ?? '' } : undefined,
     replayed,
   });
-}
-
-function metadataOf(json: string): Record<string, unknown> | undefined {
-  if (json === '') return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(json);
-  } catch {
-    throw invalid('metadata_json is not valid JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('metadata_json must be a JSON object');
-  return v as Record<string, unknown>;
 }
 
 let ids = 0;

@@ -33,3 +33,16 @@ export function requireJobListing(access: Pick<AccessControl, 'adminConfigured' 
   if (!access.adminConfigured) throw new BrokerError('PERMISSION_DENIED', 'listing jobs needs the admin token, and none is configured (TB_ADMIN_TOKEN)');
   if (!access.isAdmin(credential)) throw new BrokerError('UNAUTHENTICATED', 'listing jobs needs the admin token');
 }
+
+/** A job's `metadata_json` (gRPC and ZeroMQ carry it as text): empty, or a JSON object. */
+export function metadataOf(json: string): Record<string, unknown> | undefined {
+  if (json === '') return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(json);
+  } catch {
+    throw invalid('metadata_json is not valid JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('metadata_json must be a JSON object');
+  return v as Record<string, unknown>;
+}

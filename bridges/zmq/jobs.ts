@@ -13,7 +13,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { JobInfoSchema } from '../../proto/gen/client_pb';
 import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobStatus, type JobsApi, type JobView } from '../../jobs/types';
 import type { AccessControl } from '../shared/access';
-import { checkJobInputs, jobModel, requireJobListing } from '../shared/job-check';
+import { checkJobInputs, jobModel, requireJobListing, metadataOf } from '../shared/job-check';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -36,18 +36,6 @@ function info(v: JobView, extra: Partial<Omit<JobInfo, '$typeName' | '$unknown'>
     webhookState: v.webhook?.state ?? '', webhookAttempts: v.webhook?.attempts ?? 0, webhookLastStatus: v.webhook?.last_status ?? '',
     ...extra,
   };
-}
-
-function metadataOf(json: string): Record<string, unknown> | undefined {
-  if (json === '') return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(json);
-  } catch {
-    throw invalid('metadata_json is not valid JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('metadata_json must be a JSON object');
-  return v as Record<string, unknown>;
 }
 
 export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: AccessControl }, h: InferRequest, frames: Buffer[], credential: string | undefined): Promise<JobCallReply> {

@@ -6,6 +6,7 @@
  * gone, a spec change, a tick, demand from the core, an operator action.
  * What it shares with other models comes from its ControllerHost.
  */
+import { chooseCopy } from './copy-choice';
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -72,15 +73,7 @@ export class ModelController extends EventEmitter<ModelCopiesEvents> implements 
   // ---- ModelCopies (the core's view) ----
 
   available(): ModelCopy | undefined {
-    let best: CopyRecord | undefined;
-    for (const r of this.copies.values()) {
-      if (r.stopping || !r.conn.hasCapacity()) continue;
-      // New copies of a roll first, then the least loaded.
-      const better = !best || (r.fingerprint === this.fingerprint && best.fingerprint !== this.fingerprint) ||
-        (r.fingerprint === best.fingerprint && r.conn.inFlight < best.conn.inFlight);
-      if (better) best = r;
-    }
-    return best?.conn;
+    return chooseCopy(this.copies.values(), this.fingerprint);
   }
 
   ready(): ModelCopy[] {

@@ -12,6 +12,7 @@
  * a copy is not there: Unschedulable, ImagePullBackOff, CrashLoopBackOff and
  * OOMKilled show in the model's readiness reason in Kubernetes' words.
  */
+import { chooseCopy } from '../copy-choice';
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
@@ -119,14 +120,7 @@ export class KubeModel extends EventEmitter<ModelCopiesEvents> implements ModelC
   // ---- ModelCopies ----
 
   available(): ModelCopy | undefined {
-    let best: Copy | undefined;
-    for (const c of this.copies.values()) {
-      if (c.stopping || !c.conn.hasCapacity()) continue;
-      const better = !best || (c.fingerprint === this.fp && best.fingerprint !== this.fp) ||
-        (c.fingerprint === best.fingerprint && c.conn.inFlight < best.conn.inFlight);
-      if (better) best = c;
-    }
-    return best?.conn;
+    return chooseCopy(this.copies.values(), this.fp);
   }
 
   ready(): ModelCopy[] {

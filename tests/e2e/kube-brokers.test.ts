@@ -11,15 +11,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { modelMain, waitFor } from '../helpers/broker';
 import { exited, startCliBroker, type CliBroker } from '../helpers/cli-broker';
-import { FakeKubeApi } from '../helpers/fake-kube-api';
+import { FakeKubeApi, kubeRuntimeSuite } from '../helpers/fake-kube-api';
 import { FakeKubelet } from '../helpers/fake-kubelet';
 import { startRedis, type RedisHandle } from '../helpers/redis';
 import { deploymentName } from '../../task-manager/kubernetes/manifests';
 
-const [major, minor] = process.versions.node.split('.').map(Number);
-const SUPPORTED = major > 22 || (major === 22 && minor >= 19);
-if (!SUPPORTED) console.warn(`the kubernetes runtime suite needs Node >= 22.19 (@kubernetes/client-node 2); this is ${process.version}`);
-const suite = SUPPORTED ? describe : describe.skip;
+const suite = kubeRuntimeSuite();
 
 const NS = 'models';
 const TOKEN = 'k8s-brokers-token';

@@ -417,3 +417,11 @@ async function readJson(req: http.IncomingMessage): Promise<KubeObject | undefin
     throw new HttpStatus(400, 'BadRequest', 'fake: the body is not JSON');
   }
 }
+
+/** @kubernetes/client-node 2 needs Node >= 22.19: the suites that load it run as `describe` there, else say why and skip. */
+export function kubeRuntimeSuite(): jest.Describe {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  const supported = major > 22 || (major === 22 && minor >= 19);
+  if (!supported) console.warn(`the kubernetes runtime suite needs Node >= 22.19 (@kubernetes/client-node 2); this is ${process.version}`);
+  return supported ? describe : describe.skip;
+}

@@ -17,6 +17,35 @@ import { checkJobInputs, jobModel, requireJobListing, metadataOf } from '../shar
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
+/** WATCH's wait when the call names none, and its bound (a reply must come well inside a client's timeout). */
+export const WATCH_DEFAULT_MS = 25_000;
+export const WATCH_MAX_MS = 60_000;
+
+/**
+ * The job once its status or attempts differ from what the client saw, or
+ * unchanged after `waitMs`: the long poll that makes a watch over a protocol
+ * with one reply per request (the events themselves come from JobsApi.watch).
+ */
+async function watchOnce(jobs: JobsApi, id: string, seenStatus: string, seenAttempts: number, waitMs: number, signal?: AbortSignal): Promise<JobView> {
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  signal?.addEventListener('abort', onAbort);
+  const timer = setTimeout(() => stop.abort(), waitMs);
+  let last: JobView | undefined;
+  try {
+    for await (const v of jobs.watch(id, stop.signal)) {
+      last = v;
+      if (seenStatus === '' || v.status !== seenStatus || v.attempts !== seenAttempts) return v;
+    }
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+    stop.abort(); // ends the watch's subscription when we returned early
+  }
+  // Ended without a change: the wait ran out, the client went away, or the broker is stopping.
+  return last ?? (await jobs.get(id));
+}
+
 export interface JobCallReply {
   job?: MessageInitShape<typeof JobInfoSchema>;
   jobs?: MessageInitShape<typeof JobInfoSchema>[];
@@ -38,7 +67,7 @@ function info(v: JobView, extra: Partial<Omit<JobInfo, '$typeName' | '$unknown'>
   };
 }
 
-export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: AccessControl }, h: InferRequest, frames: Buffer[], credential: string | undefined): Promise<JobCallReply> {
+export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: AccessControl }, h: InferRequest, frames: Buffer[], credential: string | undefined, signal?: AbortSignal): Promise<JobCallReply> {
   const { jobs } = o;
   if (!jobs) throw new BrokerError('UNAVAILABLE', 'asynchronous jobs are off on this broker (--jobs, with --redis-url)');
   const c = h.job!;
@@ -69,6 +98,11 @@ export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: Ac
       return { job: info(await jobs.get(c.jobId)) };
     case JobCall_Op.CANCEL:
       return { job: info(await jobs.cancel(c.jobId)) };
+    case JobCall_Op.WATCH: {
+      if (c.seenStatus !== '' && !JOB_STATUSES.includes(c.seenStatus as JobStatus)) throw invalid(`seen_status must be empty or one of ${JOB_STATUSES.join(', ')}`);
+      const waitMs = c.waitMs === 0 ? WATCH_DEFAULT_MS : Math.min(c.waitMs, WATCH_MAX_MS);
+      return { job: info(await watchOnce(jobs, c.jobId, c.seenStatus, c.seenAttempts, waitMs, signal)) };
+    }
     case JobCall_Op.RESULT: {
       const r = await jobs.result(c.jobId);
       switch (r.state) {
@@ -90,5 +124,5 @@ export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: Ac
       return { jobs: page.jobs.map((j) => info(j)), nextCursor: page.next_cursor ?? '' };
     }
   }
-  throw invalid(`unknown job operation ${String(c.op)}: SUBMIT, GET, RESULT, CANCEL or LIST`);
+  throw invalid(`unknown job operation ${String(c.op)}: SUBMIT, GET, RESULT, CANCEL, LIST or WATCH`);
 }

@@ -437,8 +437,13 @@ class ZmqBridgeServer implements ZmqBridge {
 
   /** A job operation: one reply with the job (and a succeeded result's outputs as frames). */
   private runJob(prefix: Buffer[], peer: string, h: InferRequest, frames: Buffer[], credential: string | undefined, ctx: { id: string; model: string; version: string }): void {
+    // Registered like an inference: a WATCH waiting for a change ends when the client is gone or the bridge closes.
+    const ac = new AbortController();
+    let set = this.pending.get(peer);
+    if (!set) this.pending.set(peer, (set = new Set()));
+    set.add(ac);
     this.inFlight++;
-    jobCall({ broker: this.opts.broker, jobs: this.opts.jobs, access: this.access }, h, frames, credential).then((r) => {
+    jobCall({ broker: this.opts.broker, jobs: this.opts.jobs, access: this.access }, h, frames, credential, ac.signal).then((r) => {
       const outputs = r.outputs ?? [];
       const header = create(InferReplySchema, {
         id: ctx.id, model: r.model ?? ctx.model, version: r.version ?? ctx.version,
@@ -449,6 +454,8 @@ class ZmqBridgeServer implements ZmqBridge {
       this.push({ frames: reply, peer, bytes: reply.reduce((n, f) => n + f.length, 0) });
     }, (err: unknown) => this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err)))
       .finally(() => {
+        set.delete(ac);
+        if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
         if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
       });
   }

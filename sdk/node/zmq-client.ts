@@ -34,6 +34,8 @@ export interface ZmqClientOptions {
   apiKey?: string;
 }
 
+const FINAL_JOB_STATUSES = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
+
 /** Options of submitJob (proto/client.proto JobCall). */
 export interface ZmqJobOptions {
   priority?: 'high' | 'normal' | 'low';
@@ -169,6 +171,34 @@ export class ZmqClient {
   async jobResult(id: string): Promise<{ job: JobInfo; outputs: Tensor[] }> {
     const r = await this.request('', [], {}, { op: JobCall_Op.RESULT, jobId: id });
     return { job: r.job!, outputs: r.outputs };
+  }
+
+  /**
+   * The job now, then again each time its status or attempts change, until a
+   * final status (succeeded, failed, cancelled, expired). Each step is one
+   * WATCH call that the broker holds until a change or `waitMs` (default 25 s):
+   * a long poll, so it needs no connection of its own.
+   */
+  async *watchJob(id: string, opts: { waitMs?: number; signal?: AbortSignal } = {}): AsyncGenerator<JobInfo> {
+    const waitMs = opts.waitMs ?? 25_000;
+    let seenStatus = '';
+    let seenAttempts = 0;
+    while (!opts.signal?.aborted) {
+      const job = await this.watchJobOnce(id, { status: seenStatus, attempts: seenAttempts }, waitMs);
+      if (job.status !== seenStatus || job.attempts !== seenAttempts) {
+        seenStatus = job.status;
+        seenAttempts = job.attempts;
+        yield job;
+      }
+      if (FINAL_JOB_STATUSES.has(job.status)) return;
+    }
+  }
+
+  /** One WATCH: the job once it differs from `seen` (at once for an empty status), or unchanged after `waitMs`. */
+  async watchJobOnce(id: string, seen: { status: string; attempts: number }, waitMs = 25_000): Promise<JobInfo> {
+    // The request's own timeout covers the broker's wait plus a margin.
+    const job = { op: JobCall_Op.WATCH, jobId: id, seenStatus: seen.status, seenAttempts: seen.attempts, waitMs };
+    return (await this.request('', [], { timeoutMs: waitMs + 10_000 }, job)).job!;
   }
 
   /** Every job, newest first (needs the admin token as apiKey). */

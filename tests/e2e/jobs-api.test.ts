@@ -472,6 +472,41 @@ describe('ZeroMQ: job operations in the client protocol (JobCall), through the N
     }
   });
 
+  test('watchJob: queued, running, succeeded as they happen (WATCH long polls); an unchanged wait; a cancel ends it', async () => {
+    const c = new ZmqClient(b.zmqEndpoint, { timeoutMs: 30_000 });
+    try {
+      const input = [{ name: 'INPUT0', datatype: 'FP32' as const, shape: [1, 2], data: Buffer.from(new Float32Array([1, 2]).buffer) }];
+      const first = await occupySlow();
+      const j = await c.submitJob('slow', input);
+      const seen: string[] = [];
+      for await (const v of c.watchJob(j.id, { waitMs: 500 })) seen.push(`${v.status}/${v.attempts}`);
+      // It waited behind the first job (seconds) with 500 ms polls, yet each status was seen once.
+      expect(seen).toEqual(['queued/0', 'running/1', 'succeeded/1']);
+      expect((await job(first)).status).toBe('succeeded');
+
+      // A WATCH whose seen state is still current answers after its wait, unchanged.
+      await occupySlow();
+      const q = await c.submitJob('slow', input);
+      const t0 = Date.now();
+      const same = await c.watchJobOnce(q.id, { status: 'queued', attempts: 0 }, 300);
+      expect(same.status).toBe('queued');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+      // A cancel while watching: the watch ends with it.
+      const watching = (async () => {
+        const all: string[] = [];
+        for await (const v of c.watchJob(q.id)) all.push(v.status);
+        return all;
+      })();
+      await waitFor(async () => (await job(q.id)).status === 'queued', 10_000, 'still queued');
+      await fetch(`${b.url}/v2/jobs/${q.id}`, { method: 'DELETE' });
+      expect(await watching).toEqual(['queued', 'cancelled']);
+      await expect(c.watchJob('AAAAAAAAAAAAAAAAAAAAAA').next()).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      await expect(c.watchJobOnce(q.id, { status: 'sleeping', attempts: 0 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    } finally {
+      await c.close();
+    }
+  });
+
   test('errors come back as the reply status', async () => {
     const c = new ZmqClient(b.zmqEndpoint, { timeoutMs: 30_000 });
     try {
@@ -516,12 +551,17 @@ try:
     unknown = "found"
 except TensorBrokerError as e:
     unknown = e.code
-print(json.dumps({"job": j, "state": r["job"]["result_state"], "same": same, "listing": listing, "listed": listed, "unknown": unknown}))
+watched = [x["status"] for x in c.watch_job(c.submit_job("simple", {"INPUT0": a, "INPUT1": a})["id"], wait_ms=500)]
+print(json.dumps({"job": j, "state": r["job"]["result_state"], "same": same, "listing": listing, "listed": listed, "unknown": unknown, "watched": watched}))
 `;
     const { stdout } = await promisify(execFile)('/usr/bin/python3', ['-c', script, b.zmqEndpoint, ADMIN], { timeout: 60_000 });
     const out = JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
     expect(out).toMatchObject({ state: 'succeeded', same: true, listing: 'UNAUTHENTICATED', listed: true, unknown: 'NOT_FOUND' });
     expect(out.job).toMatchObject({ model: 'simple', priority: 'high', metadata_json: '{"via":"python"}' });
+    // watch_job: each status once, ending with the final one (a fast job may be seen first as running or done).
+    const watched = out.watched as string[];
+    expect(watched[watched.length - 1]).toBe('succeeded');
+    expect(['queued', 'running', 'succeeded'].filter((x) => watched.includes(x))).toEqual(watched);
   });
 });
 

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import zmq
@@ -209,6 +209,19 @@ class Client:
     def job_result(self, job_id: str) -> Dict[str, Any]:
         """``{"job": ..., "outputs": {name: array}}``; outputs only when job["result_state"] == "succeeded"."""
         return self._job_call(pb.JobCall(op=pb.JobCall.RESULT, job_id=job_id))
+
+    def watch_job(self, job_id: str, wait_ms: int = 25_000) -> Iterator[Dict[str, Any]]:
+        """Yields the job now, then each time its status or attempts change, until a final status.
+        Each step is one WATCH call the broker holds until a change or ``wait_ms`` (a long poll)."""
+        seen_status, seen_attempts = "", 0
+        while True:
+            job = self._job_call(pb.JobCall(op=pb.JobCall.WATCH, job_id=job_id, seen_status=seen_status,
+                                            seen_attempts=seen_attempts, wait_ms=wait_ms))["job"]
+            if job["status"] != seen_status or job["attempts"] != seen_attempts:
+                seen_status, seen_attempts = job["status"], job["attempts"]
+                yield job
+            if job["status"] in ("succeeded", "failed", "cancelled", "expired"):
+                return
 
     def list_jobs(self, model: str = "", status: str = "", cursor: str = "", limit: int = 0) -> Dict[str, Any]:
         """``{"jobs": [...], "next_cursor": "..."}``, newest first (needs the admin token as api_key)."""

@@ -239,6 +239,7 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     limits: { maxTensors: config.maxTensors, maxElements: config.maxElements, maxStringBytes: config.maxStringBytes },
     admin: adminHooks(registry, config.adminToken),
     cluster: cluster && { sequences: cluster.directory, forwarder: cluster.forwarder, overflow: (m, max) => cluster.budget.overflow(m, max) },
+    backgroundIdleMs: config.jobsLiveIdleMs,
   });
   // Models at zero are described from the metadata kept from their last READY: read it before serving.
   await broker.warm();

@@ -103,6 +103,8 @@ export interface BrokerOptions {
    * Absent for a single broker: nothing of it runs.
    */
   cluster?: ClusterLink;
+  /** Background requests (jobs) go out alone only after this long without live arrivals (SchedulerConfig). Default 100 ms. */
+  backgroundIdleMs?: number;
 }
 
 type Scheduler = ModelScheduler | SequenceScheduler;
@@ -430,7 +432,7 @@ export class Broker implements BrokerApi {
     if (e.type === 'delete') return this.remove(e.name);
     const existing = this.entries.get(e.name);
     const copies = this.opts.copies.forModel(e.spec);
-    const config = schedulerConfig(e.spec);
+    const config = schedulerConfig(e.spec, this.opts.backgroundIdleMs);
     if (existing) {
       const kindChanged = (existing.scheduler instanceof SequenceScheduler) === e.spec.stateless;
       existing.spec = e.spec;
@@ -462,7 +464,7 @@ export class Broker implements BrokerApi {
 
   private scheduler(spec: ModelSpec, copies: ModelCopies): Scheduler {
     const log = this.opts.logger.child({ component: 'scheduler', model: spec.name });
-    const config = schedulerConfig(spec);
+    const config = schedulerConfig(spec, this.opts.backgroundIdleMs);
     if (spec.stateless) return new ModelScheduler(spec.name, config, copies, log, this.opts.observer);
     const s = new SequenceScheduler(spec.name, config, copies, log, this.opts.observer);
     const cluster = this.opts.cluster;
@@ -488,9 +490,10 @@ export class Broker implements BrokerApi {
   }
 }
 
-function schedulerConfig(spec: ModelSpec): SequenceConfig {
+function schedulerConfig(spec: ModelSpec, backgroundIdleMs: number | undefined): SequenceConfig {
   return {
     version: spec.version,
+    backgroundIdleMs,
     batchSize: spec.batch_size,
     maxWaitMs: spec.max_wait_ms,
     queueCapacity: spec.queue_capacity,

@@ -28,6 +28,11 @@ export interface SchedulerConfig {
   maxWaitMs: number;
   queueCapacity: number;
   timeoutMs: number;
+  /**
+   * Background requests (InferRequest.background) make a batch of their own only after this long
+   * without a live arrival, and only on a copy that is not running a batch. Default 100 ms.
+   */
+  backgroundIdleMs?: number;
 }
 
 export type Outcome = 'success' | 'error' | 'rejected' | 'timeout' | 'cancelled';
@@ -69,6 +74,8 @@ export abstract class SchedulerBase<X = undefined> {
   /** Requests accepted and not yet dispatched. */
   protected queued = 0;
   protected queuedRows = 0;
+  /** Queued rows of live (not background) requests: only these make a busy copy's batch "full". */
+  protected queuedLiveRows = 0;
   protected readonly running = new Set<Pending<X>>();
   protected closed?: BrokerError;
   /** Whether a batch the task manager flags retryable goes back in the queue (never for sequences: their state died). */
@@ -193,7 +200,7 @@ export abstract class SchedulerBase<X = undefined> {
         req.signal.addEventListener('abort', p.onAbort, { once: true });
       }
       this.queued++;
-      this.queuedRows += p.rows;
+      this.countQueued(p, 1);
       this.observer?.queueDepth(this.model, this.queued);
       this.enqueue(p);
       this.pump();
@@ -228,6 +235,11 @@ export abstract class SchedulerBase<X = undefined> {
    * Sends `batch` to `copy`. `control` gives each request's sequence control
    * data; `after` runs once the copy answered or failed (after every request settled).
    */
+  private countQueued(p: Pending<X>, sign: 1 | -1): void {
+    this.queuedRows += sign * p.rows;
+    if (!p.req.background) this.queuedLiveRows += sign * p.rows;
+  }
+
   protected dispatch(copy: ModelCopy, batch: Pending<X>[], control?: (p: Pending<X>) => SequenceControl | undefined, after?: () => void): void {
     const t0 = performance.now();
     const now = process.hrtime.bigint();
@@ -237,10 +249,10 @@ export abstract class SchedulerBase<X = undefined> {
       p.startedNs = now;
       QUEUE.observeMs(Number(now - p.enqueuedNs) / 1e6);
       rows += p.rows;
+      this.countQueued(p, -1);
       this.running.add(p);
     }
     this.queued -= batch.length;
-    this.queuedRows -= rows;
     this.observer?.queueDepth(this.model, this.queued);
     this.reportDemand();
 
@@ -285,7 +297,7 @@ export abstract class SchedulerBase<X = undefined> {
             p.state = 'queued';
             this.running.delete(p);
             this.queued++;
-            this.queuedRows += p.rows;
+            this.countQueued(p, 1);
             this.enqueue(p);
           } else this.settle(p, e);
         }
@@ -416,7 +428,7 @@ export abstract class SchedulerBase<X = undefined> {
     this.running.delete(p);
     if (wasQueued) {
       this.queued--;
-      this.queuedRows -= p.rows;
+      this.countQueued(p, -1);
       this.observer?.queueDepth(this.model, this.queued);
       p.req.onSent?.(); // never sent: the bridge may reuse its bytes
     }

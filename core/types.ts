@@ -26,6 +26,12 @@ export interface InferRequest {
   outputs?: string[];
   /** 0 = default, 1 = highest; larger numbers are lower priority (KServe/Triton). */
   priority?: number;
+  /**
+   * Background work (an asynchronous job), set by the broker's own job workers, never by a client:
+   * it fills free rows of live batches, and goes out in a batch of its own only on an idle copy
+   * after live traffic has paused (SchedulerConfig.backgroundIdleMs).
+   */
+  background?: boolean;
   /** Overrides the model's timeout_ms for this request. */
   timeoutMs?: number;
   sequence?: SequenceRef;

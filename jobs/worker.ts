@@ -263,6 +263,7 @@ export class ModelWorker {
         id: `job-${e.jobId}-${attempt}`, model: this.model, version: version || undefined, inputs: decodeTensors(input),
         outputs: outputs ? (JSON.parse(outputs) as string[]) : undefined, timeoutMs: timeoutMs ? Number(timeoutMs) : undefined,
         priority: JOB_BATCH_PRIORITY + Math.max(0, this.streams.indexOf(e.stream)),
+        background: true, // fills live batches; alone only once live traffic paused (core/model-scheduler.ts)
         signal: abort.signal,
       });
     } catch (err) {

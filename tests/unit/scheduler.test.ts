@@ -398,3 +398,82 @@ describe('ModelScheduler: non-batching and decoupled models', () => {
     expect(copy.inFlight).toBe(0);
   });
 });
+
+describe('ModelScheduler: background requests (jobs) behind live traffic', () => {
+  function gated() {
+    const waiting: { b: BatchRequest; answer: () => void }[] = [];
+    const handler: Handler = (b) => new Promise((resolve) => {
+      waiting.push({ b, answer: () => resolve(echo(b)) });
+    });
+    return { waiting, handler };
+  }
+  const tick = () => new Promise((r) => setImmediate(r));
+  const bg = (v: number, extra: Partial<InferRequest> = {}) => req([[v]], { background: true, priority: 1_000_000, ...extra });
+
+  test('live requests go first and background ones fill the free rows, whatever the live priority number', async () => {
+    const { pool, s } = setup({ batchSize: 8, backgroundIdleMs: 50 });
+    const answers = [bg(1), bg(2), bg(3), bg(4, { priority: 1 }), bg(5), bg(6), bg(7)].map((r) => s.submit(r));
+    answers.push(s.submit(req([[100]], { priority: 5_000_000 })), s.submit(req([[101]])));
+    const copy = pool.add(new FakeCopy('c1', META, pool));
+    await Promise.all(answers);
+    // Live first (by their priority: 5,000,000 ranks above the default 0), then background by its own priority, then arrival.
+    expect(values(copy.batches[0].tensors[0])).toEqual([100, 101, 4, 1, 2, 3, 5, 6]);
+    expect(copy.batches.map((b) => b.items.length)).toEqual([8, 1]);
+  });
+
+  test('background work alone waits until no live request arrived for backgroundIdleMs', async () => {
+    const idleMs = 60;
+    const { pool, s } = setup({ batchSize: 8, backgroundIdleMs: idleMs });
+    const g = gated();
+    const copy = pool.add(new FakeCopy('c1', META, pool, g.handler));
+    const live = s.submit(req([[1]]));
+    const liveAt = process.hrtime.bigint();
+    await tick();
+    g.waiting[0].answer();
+    await live;
+    const job = s.submit(bg(2));
+    await tick();
+    expect(copy.batches).toHaveLength(1); // the copy is idle, but live traffic was just here
+    // Waits for the dispatch itself (an event), then checks when it happened.
+    while (g.waiting.length < 2) await new Promise((r) => setTimeout(r, 5));
+    expect(Number(process.hrtime.bigint() - liveAt) / 1e6).toBeGreaterThanOrEqual(idleMs);
+    g.waiting[1].answer();
+    expect(values((await job).outputs[0])).toEqual([2]);
+  });
+
+  test('a live arrival while background work waits takes it along in its batch at once', async () => {
+    const { pool, s } = setup({ batchSize: 8, backgroundIdleMs: 10_000 });
+    const copy = pool.add(new FakeCopy('c1', META, pool));
+    await s.submit(req([[1]]));
+    const jobs = [bg(2), bg(3), bg(4)].map((r) => s.submit(r));
+    await tick();
+    expect(copy.batches).toHaveLength(1);
+    const live = s.submit(req([[5]]));
+    await Promise.all([live, ...jobs]);
+    expect(values(copy.batches[1].tensors[0])).toEqual([5, 2, 3, 4]);
+  });
+
+  test('background work never takes a running copy\'s second credit, even as a full batch', async () => {
+    const { pool, s } = setup({ batchSize: 4, backgroundIdleMs: 0 });
+    const g = gated();
+    const copy = pool.add(new FakeCopy('c1', META, pool, g.handler, 2));
+    const live = s.submit(req([[1]]));
+    await tick();
+    expect(copy.batches).toHaveLength(1);
+    const jobs = [2, 3, 4, 5].map((v) => s.submit(bg(v)));
+    await tick();
+    expect(copy.batches).toHaveLength(1); // four rows are a full batch, but the copy is busy
+    // A full live batch does take the second credit (and nothing of the background rides along: it is full).
+    const lives = [6, 7, 8, 9].map((v) => s.submit(req([[v]])));
+    await tick();
+    expect(copy.batches.map((b) => values(b.tensors[0]))).toEqual([[1], [6, 7, 8, 9]]);
+    g.waiting[0].answer();
+    await tick();
+    expect(copy.batches).toHaveLength(2); // one batch still runs: the copy is busy
+    g.waiting[1].answer();
+    await tick();
+    expect(copy.batches.map((b) => values(b.tensors[0]))).toEqual([[1], [6, 7, 8, 9], [2, 3, 4, 5]]);
+    g.waiting[2].answer();
+    await Promise.all([live, ...jobs, ...lives]);
+  });
+});

@@ -75,8 +75,11 @@ export class ModelScheduler extends SchedulerBase<undefined> {
           return;
         }
       }
+      // A live head waits max_wait_ms for live peers as if no job were queued (background rows
+      // would make every batch "full" at once and send the live requests out one by one).
+      const rows = head.req.background ? this.queuedRows : this.queuedLiveRows;
       const waitedMs = Number(process.hrtime.bigint() - head.enqueuedNs) / 1e6;
-      if (this.queuedRows < maxRows && waitedMs < this.config.maxWaitMs) {
+      if (rows < maxRows && waitedMs < this.config.maxWaitMs) {
         this.waitTimer = setTimeout(() => this.pump(), Math.max(1, Math.ceil(this.config.maxWaitMs - waitedMs)));
         return;
       }

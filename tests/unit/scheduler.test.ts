@@ -453,6 +453,29 @@ describe('ModelScheduler: background requests (jobs) behind live traffic', () =>
     expect(values(copy.batches[1].tensors[0])).toEqual([5, 2, 3, 4]);
   });
 
+  test('a live request waits max_wait_ms for live peers even when queued background rows could fill its batch', async () => {
+    const { pool, s } = setup({ batchSize: 4, maxWaitMs: 10_000, backgroundIdleMs: 50 });
+    const g = gated();
+    const copy = pool.add(new FakeCopy('c1', META, pool, g.handler));
+    const first = [1, 2, 3, 4].map((v) => s.submit(req([[v]])));
+    await tick();
+    const jobs = [10, 11, 12, 13].map((v) => s.submit(bg(v)));
+    g.waiting[0].answer();
+    await Promise.all(first);
+    const live = [s.submit(req([[5]]))];
+    await tick();
+    expect(copy.batches).toHaveLength(1); // not [5, 10, 11, 12]: live peers may still come
+    live.push(...[6, 7, 8].map((v) => s.submit(req([[v]]))));
+    await tick();
+    expect(values(copy.batches[1].tensors[0])).toEqual([5, 6, 7, 8]);
+    g.waiting[1].answer();
+    await Promise.all(live);
+    while (g.waiting.length < 3) await new Promise((r) => setTimeout(r, 5)); // the jobs, once live traffic paused
+    expect(values(copy.batches[2].tensors[0])).toEqual([10, 11, 12, 13]);
+    g.waiting[2].answer();
+    await Promise.all(jobs);
+  });
+
   test('background work never takes a running copy\'s second credit, even as a full batch', async () => {
     const { pool, s } = setup({ batchSize: 4, backgroundIdleMs: 0 });
     const g = gated();

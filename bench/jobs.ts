@@ -8,7 +8,7 @@
  *  2. Live latency under a deep backlog on `work` (sleepy, 20 ms per batch of
  *     up to 8): live p50/p99 of a closed loop with no job waiting, then the
  *     same load while BACKLOG jobs wait (jobs use what live traffic leaves
- *     idle, at a batcher priority below it). Depth at the start and end of the
+ *     idle, as background requests in the batcher). Depth at the start and end of the
  *     window and jobs finished during it are reported with the figures.
  *
  *   npm run build && npm run bench:jobs

@@ -59,6 +59,7 @@ export const forwardRoute: FastifyPluginAsync<ForwardRouteOptions> = async (app:
         sequence: h.sourceId !== '' ? { id: h.sourceId, start: h.start, end: h.end } : undefined,
         signal: aborted.signal, forwardedBy: from,
       };
+      if (h.parameters.background?.parameterChoice.case === 'boolParam' && h.parameters.background.parameterChoice.value) req.background = true;
     } catch (e) {
       if (e instanceof ClientDecodeError) return reply.code(400).send({ error: e.message });
       throw e;

@@ -54,6 +54,7 @@ export class HttpForwarder implements Forwarder {
     const params: Record<string, ParameterValue> = {};
     if (Number.isFinite(left)) params.timeout_ms = Math.max(1, Math.ceil(left));
     if (req.priority !== undefined) params.priority = req.priority;
+    if (req.background) params.background = true; // a job stays behind live traffic on the owner too
     const header = create(InferRequestSchema, {
       id: req.id, model: req.model, version: req.version ?? '', inputs: req.inputs.map(toMeta), outputs: req.outputs ?? [],
       parameters: parametersToProto(params), sourceId: req.sequence?.id ?? '', start: req.sequence?.start ?? false, end: req.sequence?.end ?? false,

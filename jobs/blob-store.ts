@@ -48,18 +48,25 @@ export class FolderBlobStore implements BlobStore {
   }
 
   async putStream(name: string, data: Readable): Promise<number> {
-    const file = this.file(name);
-    await mkdir(this.dir, { recursive: true });
-    const tmp = path.join(this.dir, `.tmp-${randomBytes(6).toString('hex')}`);
-    const out = createWriteStream(tmp);
+    // An error before the pipeline below is attached is kept in the stream's state (the pipeline throws it), not unhandled.
+    const ignore = () => undefined;
+    data.on('error', ignore);
     try {
-      await pipeline(data, out);
-      await rename(tmp, file);
-    } catch (e) {
-      await rm(tmp, { force: true });
-      throw e;
+      const file = this.file(name);
+      await mkdir(this.dir, { recursive: true });
+      const tmp = path.join(this.dir, `.tmp-${randomBytes(6).toString('hex')}`);
+      const out = createWriteStream(tmp);
+      try {
+        await pipeline(data, out);
+        await rename(tmp, file);
+      } catch (e) {
+        await rm(tmp, { force: true });
+        throw e;
+      }
+      return out.bytesWritten;
+    } finally {
+      data.off('error', ignore);
     }
-    return out.bytesWritten;
   }
 
   async getStream(name: string): Promise<Readable | undefined> {

@@ -17,7 +17,7 @@
  *   GET    /v2/jobs/{id}/events                 Server-Sent Events of status changes (job-events.ts)
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BrokerApi, ModelDescription } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
@@ -86,13 +86,15 @@ function videoJobOptions(query: Record<string, unknown>, desc: ModelDescription)
  * of /infer's 413), CANCELLED when the client goes away before its end, so
  * the blob store's write always ends.
  */
-function boundedUpload(body: Readable, max: number): Readable {
+function boundedUpload(body: Readable, max: number): Transform {
   const out = limiter(max);
   const early = (why: string) => out.destroy(new BrokerError('CANCELLED', `the upload ended early: ${why}`));
   body.on('error', (e) => early(e.message));
   body.on('close', () => {
     if (!body.readableEnded) early('the connection closed');
   });
+  // Its error may come before the blob store reads it (a submit checks its options first): kept in its state, not unhandled.
+  out.on('error', () => undefined);
   body.pipe(out);
   return out;
 }
@@ -166,15 +168,22 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
   const submitVideo = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply, desc: ModelDescription,
     body: Readable, contentType: string, query: Record<string, unknown>) => {
     const { model, version } = req.params;
+    let upload: Transform | undefined;
     try {
       requireStateful(broker, model, version); // a multipart video part is known only now
       const options = videoJobOptions(query, desc);
+      const jobOpts = jobOptions(query, {});
+      upload = boundedUpload(body, maxVideoBytes);
       return accepted(reply, await jobs.submit({
-        model, version, inputs: [], video: { stream: boundedUpload(body, maxVideoBytes), contentType, options },
-        ...jobOptions(query, {}), idempotencyKey: idempotencyKey(req),
+        model, version, inputs: [], video: { stream: upload, contentType, options }, ...jobOpts, idempotencyKey: idempotencyKey(req),
       }));
     } catch (e) {
-      body.resume(); // refused: drain what is left, so the connection can carry the error
+      // Refused (too large, a bad option, a full queue): drain what is left, so the connection can carry the error.
+      if (upload) {
+        body.unpipe(upload);
+        upload.destroy();
+      }
+      body.resume();
       throw e;
     }
   };

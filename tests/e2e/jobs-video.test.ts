@@ -211,8 +211,9 @@ describe('what a video job refuses, as /infer does', () => {
     const tensors = await postJson(`${b.url}/v2/models/motion/jobs`, { inputs: [{ name: 'FRAME', datatype: 'UINT8', shape: [1, 1, 1, 3], data: [1, 2, 3] }] });
     expect(tensors.status).toBe(400);
     expect(tensors.json.error).toMatch(/stateful: a job on it is a video upload/);
-    for (const [query, why] of [['?fps=0', /fps/], ['?width=x', /width/], ['?input=NOPE', /no input named/], ['?sequence_id=7', /sequence of its own/]] as const) {
-      const r = await submit('motion', video('test.webm'), 'video/webm', query);
+    for (const [query, why] of [['?fps=0', /fps/], ['?width=x', /width/], ['?input=NOPE', /no input named/], ['?sequence_id=7', /sequence of its own/],
+      ['?ttl_seconds=0', /ttl_seconds/], ['?webhook_url=http://127.0.0.1:9/x', /signing secret/]] as const) {
+      const r = await submit('motion', video('mid.webm'), 'video/webm', query); // larger than the upload's buffers: refused ones are drained
       expect({ query, status: r.status }).toEqual({ query, status: 400 });
       expect(((await r.json()) as { error: string }).error).toMatch(why);
     }

@@ -73,7 +73,8 @@ const BLOCK_MS = 1000;
 export const JOB_BATCH_PRIORITY = 1_000_000;
 
 /**
- * A failure worth another attempt: the copy died under the batch, the
+ * A failure worth another attempt: the copy died under the batch (with a
+ * video job's sequence: it starts again on a new one), the
  * attempt timed out, or the broker was overloaded or stopping. Never a model's
  * own error on this input, nor a bad input.
  */

@@ -16,6 +16,7 @@ import { registerJobMetrics } from '../jobs/metrics';
 import { JobService } from '../jobs/service';
 import { jobServiceOptions } from './job-config';
 import { jobsRoutes } from '../bridges/rest/jobs-routes';
+import { videoJobRunner } from '../bridges/rest/video-jobs';
 import { restRoutes } from '../bridges/rest/routes';
 import { BodyPool } from '../bridges/rest/body-pool';
 import { rootRoute } from '../bridges/rest/root';
@@ -283,9 +284,11 @@ export async function buildBroker(config: BrokerConfig, logger?: Logger): Promis
     // The autoscaler counts each model's job backlog as well as its live queue (scale from zero included).
     onBacklog: (model, waiting) => tasks.setBacklog(model, waiting),
     webhooks: { ...jc.webhooks, allowHosts: jc.webhooks?.allowHosts ?? config.jobsWebhookHosts, secret: jc.webhooks?.secret ?? config.jobsWebhookSecret },
+    // Video jobs decode with the REST bridge's ffmpeg code, as /infer does: injected here, so jobs/ imports no bridge.
+    video: videoJobRunner({ broker, maxVideoBytes: config.maxVideoBytes, maxElements: config.maxElements, ffmpeg: config.ffmpeg }),
   });
   if (jobs) {
-    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken, bodyLimit: config.bodyLimit, maxElements: config.maxElements,
+    await app.register(jobsRoutes, { broker, jobs, adminToken: config.adminToken, bodyLimit: config.bodyLimit, maxElements: config.maxElements, maxVideoBytes: config.maxVideoBytes,
       timeouts: { idleMs: config.bodyIdleTimeoutMs, totalMs: config.bodyTimeoutMs }, sseHeartbeatMs: jc.sseHeartbeatMs });
     registerJobMetrics(metrics.registry, jobs, () => broker.models().map((m) => m.name));
   }

@@ -88,7 +88,8 @@ return {'run', tostring(attempts)}
 /**
  * A worker's verdict on its attempt. KEYS: job, result, stream, dead.
  * ARGV: attempt, status (succeeded|failed|queued), now, error, errorCode,
- *       resultPx (when the job has no result_ttl_ms), result ('' = none), resultBlob ('' = none), tombstonePx (the record outlives the result by it), deadReason ('' = none), model, id, resultVersion, deadMaxLen.
+ *       resultPx (when the job has no result_ttl_ms), result ('' = none), resultBlob ('' = none), tombstonePx (the record outlives the result by it), deadReason ('' = none), model, id, resultVersion, deadMaxLen,
+ *       resultType ('' = encoded tensors; application/x-ndjson for a video job's lines).
  * Returns 0 when the attempt no longer owns the job (cancelled, or taken over), else 1
  * (for 'queued': the new stream entry id).
  */
@@ -107,6 +108,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', now, 'result_expir
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[4], 'error_code', ARGV[5]) end
 redis.call('HDEL', KEYS[1], 'input')
 if ARGV[2] == 'succeeded' then
+  if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'result_type', ARGV[15]) end
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'result_blob', ARGV[8])
   else redis.call('SET', KEYS[2], ARGV[7], 'PX', ttl) end
 end

@@ -16,8 +16,8 @@ import { decodeTensors, encodeTensors } from './codec';
 import { GROUP, JobKeys } from './keys';
 import { CANCEL, EXPIRE, SUBMIT } from './scripts';
 import {
-  FINAL_STATUSES, JOB_PRIORITIES, type JobBroker, type JobPriority, type JobResult, type JobsApi, type JobStatus,
-  type JobPage, type JobView, type ListQuery, type QueueInfo, type SubmitJob, JOB_STATUSES,
+  FINAL_STATUSES, JOB_PRIORITIES, NDJSON, type JobBroker, type JobPriority, type JobResult, type JobsApi, type JobStatus,
+  type JobPage, type JobView, type ListQuery, type QueueInfo, type SubmitJob, type VideoJobRunner, JOB_STATUSES,
 } from './types';
 import { ModelWorker, type WorkerContext } from './worker';
 import { JobEvents } from './events';
@@ -59,6 +59,8 @@ export interface JobServiceOptions {
   workers?: boolean;
   /** Webhooks of finished jobs (allow-list, secrets, retries): jobs/webhooks.ts. */
   webhooks?: WebhookOptions;
+  /** Runs video jobs (a bridge's decoder, injected by the app); without one a video job fails (UNIMPLEMENTED). */
+  video?: VideoJobRunner;
 }
 
 const MAX_TTL_S = 30 * 24 * 3600;
@@ -68,7 +70,7 @@ const MAX_METADATA_BYTES = 4096;
 const TOMBSTONE_MS = 24 * 3600 * 1000;
 const VIEW_FIELDS = ['id', 'status', 'model', 'version', 'priority', 'attempts', 'max_attempts', 'created_at', 'expires_at', 'started_at',
   'finished_at', 'result_expires_at', 'last_error', 'error_code', 'metadata', 'reply', 'result_blob', 'result_version', 'result_ttl_ms',
-  'webhook_url', 'webhook_state', 'webhook_attempts', 'webhook_last_status'] as const;
+  'webhook_url', 'webhook_state', 'webhook_attempts', 'webhook_last_status', 'video', 'result_type'] as const;
 const ID = /^[A-Za-z0-9_-]{22}$/;
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
@@ -120,6 +122,7 @@ export class JobService implements JobsApi {
       liveIdleMs: opts.liveIdleMs ?? 100,
       inlineMaxBytes: this.inlineMaxBytes,
       deadMaxLen: opts.deadMaxLen ?? 10_000,
+      video: opts.video,
     };
     this.events = new JobEvents(opts.redisUrl, `${this.keys.base}events`, this.log);
     this.webhooks = new WebhookDispatcher({ redis: this.redis, dueKey: `${this.keys.base}webhooks`, jobKey: (id) => this.keys.job(id), log: this.log.child({ part: 'webhooks' }) }, opts.webhooks ?? {});
@@ -197,11 +200,16 @@ export class JobService implements JobsApi {
       webhook = (await this.webhooks.policy.check(job.webhookUrl)).href;
     }
 
+    const video = job.video;
+    if (video && job.inputs.length > 0) throw invalid('a job takes tensors or a video, not both');
+
     const id = randomBytes(16).toString('base64url'); // 128 random bits
     const now = Date.now();
-    const input = encodeTensors(job.inputs);
-    const blob = input.length > this.inlineMaxBytes ? `${id}.input` : '';
-    if (blob) await this.opts.blobs.put(blob, input);
+    // A video goes to the blob store as it arrives (its size bounded by the bridge); tensors inline when small.
+    const input = video ? Buffer.alloc(0) : encodeTensors(job.inputs);
+    const blob = video || input.length > this.inlineMaxBytes ? `${id}.input` : '';
+    if (video) await this.opts.blobs.putStream(blob, video.stream);
+    else if (blob) await this.opts.blobs.put(blob, input);
     const fields: (string | Buffer)[] = [
       'id', id, 'model', job.model, 'version', job.version ?? '', 'status', 'queued', 'priority', priority,
       'created_at', String(now), 'expires_at', String(now + ttlS * 1000), 'max_attempts', String(maxAttempts), 'attempts', '0',
@@ -209,13 +217,20 @@ export class JobService implements JobsApi {
       'result_ttl_ms', String(this.resultTtlMs),
       'reply', job.reply ? JSON.stringify(job.reply) : '', 'outputs', job.outputs ? JSON.stringify(job.outputs) : '',
       ...(blob ? ['input_blob', blob] : ['input', input]),
+      ...(video ? ['video', JSON.stringify({ content_type: video.contentType, options: video.options })] : []),
       ...(webhook ? ['webhook_url', webhook, 'webhook_state', 'pending', 'webhook_attempts', '0'] : []),
     ];
     const ttlMs = ttlS * 1000;
-    const r = (await this.redis.eval(SUBMIT, 4,
-      this.keys.idem(job.model, idem ?? ''), this.keys.job(id), this.keys.stream(job.model, priority), this.keys.index,
-      idem ? '1' : '0', String(ttlMs + this.resultTtlMs), String(this.maxQueued), id, this.keys.jobPrefix,
-      String(ttlMs + this.resultTtlMs + TOMBSTONE_MS), String(now), ...fields)) as string[];
+    let r: string[];
+    try {
+      r = (await this.redis.eval(SUBMIT, 4,
+        this.keys.idem(job.model, idem ?? ''), this.keys.job(id), this.keys.stream(job.model, priority), this.keys.index,
+        idem ? '1' : '0', String(ttlMs + this.resultTtlMs), String(this.maxQueued), id, this.keys.jobPrefix,
+        String(ttlMs + this.resultTtlMs + TOMBSTONE_MS), String(now), ...fields)) as string[];
+    } catch (e) {
+      if (blob) await this.opts.blobs.delete(blob); // not queued: nothing of it is kept
+      throw e;
+    }
     if (r[0] !== 'new' && blob) await this.opts.blobs.delete(blob);
     if (r[0] === 'full') {
       throw new BrokerError('RESOURCE_EXHAUSTED', `the ${priority} job queue of model '${job.model}' is full (${this.maxQueued} jobs)`, { retryAfterMs: 5000, kind: 'overloaded' });
@@ -249,6 +264,7 @@ export class JobService implements JobsApi {
         if (Date.now() > Number(f.result_expires_at)) return expired;
         const data = f.result_blob ? await this.opts.blobs.get(f.result_blob) : await this.redis.getBuffer(this.keys.result(id));
         if (!data) return expired;
+        if (f.result_type === NDJSON) return { state: 'succeeded', job, ndjson: data };
         const reply = f.reply ? (JSON.parse(f.reply) as Record<string, unknown>) : undefined;
         return { state: 'succeeded', job, result: { id, model: f.model, version: f.result_version || f.version, outputs: decodeTensors(data) }, reply };
       }
@@ -363,6 +379,7 @@ function view(f: Record<string, string>): JobView {
   if (f.result_expires_at && FINAL_STATUSES.has(v.status)) v.result_expires_at = iso(f.result_expires_at);
   if (f.last_error) v.last_error = f.last_error;
   if (f.metadata) v.metadata = JSON.parse(f.metadata) as Record<string, unknown>;
+  if (f.video) v.video = JSON.parse(f.video) as NonNullable<JobView['video']>;
   if (f.webhook_url) {
     v.webhook = { state: (f.webhook_state || 'pending') as NonNullable<JobView['webhook']>['state'], attempts: Number(f.webhook_attempts || 0) };
     if (f.webhook_last_status) v.webhook.last_status = f.webhook_last_status;

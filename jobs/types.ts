@@ -1,8 +1,10 @@
 /**
  * The job service's vocabulary: what a bridge hands in (SubmitJob), what it
- * reads back (JobView, JobResult), and the slice of the broker the runner
- * depends on (JobBroker: infer plus a read-only queue depth, nothing else).
+ * reads back (JobView, JobResult), the slice of the broker the runner
+ * depends on (JobBroker: infer plus a read-only queue depth, nothing else),
+ * and the runner of video jobs a bridge provides (VideoJobRunner).
  */
+import type { Readable } from 'node:stream';
 import type { BrokerApi } from '../core/broker';
 import type { Tensor } from '../proto/tensor';
 import type { InferResult } from '../core/types';
@@ -28,12 +30,61 @@ export interface JobBroker {
   describe: BrokerApi['describe'];
   /** copies: ready copies (absent: counted as one). */
   load(): { model: string; queued: number; running: number; copies?: number }[];
+  /** A stateful model's sequence slots (a video job takes one); absent: one video job at a time. */
+  sequences?(model: string): { slots: number; active: number; backlog: number };
+}
+
+/** The content type of a video job's result: one JSON line per frame, then a closing line. */
+export const NDJSON = 'application/x-ndjson';
+
+/** A video upload as a job's input (REST): kept in the blob store, run as one sequence on a stateful model. */
+export interface VideoJobInput {
+  /** The upload, streamed into the blob store as it arrives (the bridge bounds its size). */
+  stream: Readable;
+  /** video/mp4, video/webm, video/quicktime or video/x-matroska. */
+  contentType: string;
+  /** The decode and request options /infer takes for a video (fps, width, height, input, timeout), as given. */
+  options: Record<string, string>;
+}
+
+/** One attempt of a video job, as the worker hands it to the runner. */
+export interface VideoJobRun {
+  jobId: string;
+  attempt: number;
+  model: string;
+  version?: string;
+  /** The stored upload (the runner reads it once; the worker closes it after the run). */
+  video: Readable;
+  contentType: string;
+  options: Record<string, string>;
+  /** A fresh id per attempt: a retry never continues the sequence of a lost one. */
+  sequenceId: string;
+  /** Batcher priority of the frames (below every live request). */
+  priority: number;
+  /** Aborted on cancel, timeout or shutdown: the decode stops and the model is told the sequence ended (cancelled). */
+  signal: AbortSignal;
+}
+
+/**
+ * Runs a video job: decodes the video and sends its frames in order through
+ * the broker as one sequence (start on the first frame, end on the last).
+ * Resolves with the NDJSON lines /infer would have streamed for the same
+ * upload; rejects with a BrokerError whose code and kind tell the worker
+ * whether to retry (a lost copy: kind copy-lost or sequence-lost) or fail
+ * (a bad video, the model's own error). The REST bridge implements it with
+ * its ffmpeg decode (bridges/rest/video-jobs.ts); app/server.ts injects it.
+ */
+export interface VideoJobRunner {
+  run(job: VideoJobRun): Promise<Buffer>;
 }
 
 export interface SubmitJob {
   model: string;
   version?: string;
+  /** Tensors of a tensor job (stateless model); empty for a video job. */
   inputs: Tensor[];
+  /** A video job (stateful model): the upload instead of tensors. */
+  video?: VideoJobInput;
   /** Outputs wanted; undefined = all. */
   outputs?: string[];
   priority?: JobPriority;
@@ -64,13 +115,17 @@ export interface JobView {
   result_expires_at?: string;
   last_error?: string;
   metadata?: Record<string, unknown>;
+  /** A video job: the upload's content type and its options; its result is NDJSON. */
+  video?: { content_type: string; options: Record<string, string> };
   /** The webhook's outcome so far (jobs with a webhook_url). */
   webhook?: { state: 'pending' | 'retrying' | 'delivered' | 'failed'; attempts: number; last_status?: string };
 }
 
 export type JobResult =
   | { state: 'pending'; job: JobView }
-  | { state: 'succeeded'; job: JobView; result: InferResult; reply?: Record<string, unknown> }
+  | { state: 'succeeded'; job: JobView; result: InferResult; reply?: Record<string, unknown>; ndjson?: undefined }
+  /** A succeeded video job: the NDJSON lines (content type NDJSON), not tensors. */
+  | { state: 'succeeded'; job: JobView; ndjson: Buffer; result?: undefined; reply?: undefined }
   /** Failed: the error code (core ErrorCode) and message of the last attempt. */
   | { state: 'failed'; job: JobView; code: string; message: string }
   /** Cancelled, expired in the queue, or the result is past result_ttl. */

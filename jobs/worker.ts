@@ -8,6 +8,7 @@
  * with XCLAIM heartbeats; entries of dead workers are taken over with
  * XAUTOCLAIM once their lease ran out.
  */
+import type { Readable } from 'node:stream';
 import Redis from 'ioredis';
 import type { Logger } from 'pino';
 import { BrokerError, toBrokerError } from '../core/errors';
@@ -17,7 +18,7 @@ import { decodeTensors, encodeTensors } from './codec';
 import { GROUP, type JobKeys } from './keys';
 import { FINISH, START } from './scripts';
 import { jobSlots, reserveFor, type LiveReserve } from './capacity';
-import { JOB_PRIORITIES, type JobBroker } from './types';
+import { JOB_PRIORITIES, NDJSON, type JobBroker, type VideoJobRunner } from './types';
 
 export interface WorkerContext {
   redis: Redis;
@@ -39,9 +40,28 @@ export interface WorkerContext {
   inlineMaxBytes: number;
   /** Entries kept in a model's dead-letter stream (MAXLEN ~). */
   deadMaxLen: number;
+  /** Runs video jobs (stateful models); none: they fail with UNIMPLEMENTED. */
+  video?: VideoJobRunner;
 }
 
+/** What an attempt produced: tensors, a video's NDJSON lines, or an error. */
+interface Outcome { result?: InferResult; ndjson?: Buffer; error?: BrokerError }
+
 interface Entry { stream: string; entryId: string; jobId: string }
+
+/** One attempt of a job, as handle() read it. */
+interface Run {
+  jobId: string;
+  attempt: number;
+  version?: string;
+  timeoutMs?: number;
+  inputBlob?: string;
+  priority: number;
+  signal: AbortSignal;
+}
+
+/** The `video` field of a job hash. */
+interface StoredVideo { content_type: string; options: Record<string, string> }
 
 /** How long to wait before looking at the live queue again while it is busy. */
 const BUSY_POLL_MS = 10;
@@ -53,12 +73,14 @@ const BLOCK_MS = 1000;
 export const JOB_BATCH_PRIORITY = 1_000_000;
 
 /**
- * A failure worth another attempt: the copy died under the batch, the
+ * A failure worth another attempt: the copy died under the batch (with a
+ * video job's sequence: it starts again on a new one), the
  * attempt timed out, or the broker was overloaded or stopping. Never a model's
  * own error on this input, nor a bad input.
  */
 export function retryable(err: BrokerError): boolean {
-  return err.retryable || err.kind === 'copy-lost' || err.kind === 'overloaded' || err.kind === 'shutting-down' || err.code === 'DEADLINE_EXCEEDED';
+  return err.retryable || err.kind === 'copy-lost' || err.kind === 'sequence-lost' || err.kind === 'overloaded' || err.kind === 'shutting-down' ||
+    err.code === 'DEADLINE_EXCEEDED';
 }
 
 export class ModelWorker {
@@ -148,10 +170,12 @@ export class ModelWorker {
     if (live > 0) this.liveSeenAt = now;
     let batchSize = 1;
     let phase = 'ready';
+    let stateless = true;
     try {
       const d = this.ctx.broker.describe(this.model);
       batchSize = d.batchSize;
       phase = d.readiness.phase;
+      stateless = d.stateless;
     } catch {
       // the model is going away: one at a time until the worker stops
     }
@@ -159,11 +183,31 @@ export class ModelWorker {
     // No ready copy and not at zero (starting, restarting after a failure, failed): an attempt now would
     // only burn one of the job's attempts. Wait for a copy (the backlog asks the autoscaler for one).
     if (copies === 0 && phase !== 'at-zero') return 0;
+    if (!stateless && copies > 0) return this.sequenceSlots();
     return jobSlots({
       copies, batchSize, inScheduler: l ? l.queued + l.running : 0, jobsInFlight: this.inFlight,
       liveReserve: reserveFor(this.ctx.liveReserve, this.model), maxInFlight: this.ctx.maxInFlight,
       liveRecently: now - this.liveSeenAt < this.ctx.liveIdleMs,
     });
+  }
+
+  /**
+   * A stateful model runs video jobs, each holding a sequence slot for its
+   * whole video: one starts only while a slot is free (live sequences and
+   * those waiting for a slot first), within (1 - live reserve) of the slots.
+   * Our own jobs count until their sequence holds a slot.
+   */
+  private sequenceSlots(): number {
+    const cap = this.ctx.maxInFlight > 0 ? this.ctx.maxInFlight : Infinity;
+    let s: { slots: number; active: number; backlog: number };
+    try {
+      s = this.ctx.broker.sequences ? this.ctx.broker.sequences(this.model) : { slots: 1, active: this.inFlight, backlog: 0 };
+    } catch {
+      return 0;
+    }
+    const jobsMax = Math.max(1, Math.floor((1 - reserveFor(this.ctx.liveReserve, this.model)) * s.slots));
+    const taken = Math.max(s.active + s.backlog, this.inFlight);
+    return Math.max(0, Math.min(cap - this.inFlight, jobsMax - this.inFlight, s.slots - taken));
   }
 
   private pause(ms: number): Promise<void> {
@@ -252,29 +296,23 @@ export class ModelWorker {
       return this.ack(e);
     }
 
-    const [version, outputs, timeoutMs, inputBlob, maxAttempts] = await redis.hmget(jobKey, 'version', 'outputs', 'timeout_ms', 'input_blob', 'max_attempts');
-    const input = inputBlob ? await this.ctx.blobs.get(inputBlob) : await redis.hgetBuffer(jobKey, 'input');
-    let result: InferResult | undefined;
-    let error: BrokerError | undefined;
+    const [version, outputs, timeoutMs, inputBlob, maxAttempts, video] = await redis.hmget(jobKey, 'version', 'outputs', 'timeout_ms', 'input_blob', 'max_attempts', 'video');
+    const run: Run = {
+      jobId: e.jobId, attempt, version: version || undefined, timeoutMs: timeoutMs ? Number(timeoutMs) : undefined, inputBlob: inputBlob || undefined,
+      priority: JOB_BATCH_PRIORITY + Math.max(0, this.streams.indexOf(e.stream)), signal: abort.signal,
+    };
     const heartbeat = setInterval(() => void this.heartbeat(e, attempt, abort), Math.max(20, Math.floor(this.ctx.leaseMs / 3)));
+    let outcome: Outcome;
     try {
-      if (!input) throw new BrokerError('INTERNAL', 'the job\'s input is missing from the store');
-      result = await this.ctx.broker.infer({
-        id: `job-${e.jobId}-${attempt}`, model: this.model, version: version || undefined, inputs: decodeTensors(input),
-        outputs: outputs ? (JSON.parse(outputs) as string[]) : undefined, timeoutMs: timeoutMs ? Number(timeoutMs) : undefined,
-        priority: JOB_BATCH_PRIORITY + Math.max(0, this.streams.indexOf(e.stream)),
-        background: true, // fills live batches; alone only once live traffic paused (core/model-scheduler.ts)
-        signal: abort.signal,
-      });
-    } catch (err) {
-      error = toBrokerError(err);
+      outcome = video ? await this.runVideo(run, JSON.parse(video) as StoredVideo) : await this.runTensors(run, jobKey, outputs);
     } finally {
       clearInterval(heartbeat);
     }
+    const { result, ndjson, error } = outcome;
     // Stopping: no verdict and no ack; the entry stays pending and is reclaimed after its lease.
     if (this.stopped) return;
-    if (result) {
-      await this.finish(e, attempt, 'succeeded', undefined, result);
+    if (result || ndjson) {
+      await this.finish(e, attempt, 'succeeded', undefined, result, undefined, ndjson);
     } else if (error && retryable(error) && attempt < Number(maxAttempts)) {
       this.log.info({ job: e.jobId, attempt, err: error }, 'job attempt failed; queued again');
       await this.finish(e, attempt, 'queued', error);
@@ -285,6 +323,60 @@ export class ModelWorker {
     const status = await redis.hget(jobKey, 'status');
     if (status !== 'queued' && status !== 'running') await this.dropInput(jobKey);
     await this.ack(e);
+  }
+
+  /** A tensor job: its stored inputs through broker.infer(), with the job's timeout. */
+  private async runTensors(r: Run, jobKey: string, outputs: string | null): Promise<Outcome> {
+    try {
+      const input = r.inputBlob ? await this.ctx.blobs.get(r.inputBlob) : await this.ctx.redis.hgetBuffer(jobKey, 'input');
+      if (!input) throw new BrokerError('INTERNAL', 'the job\'s input is missing from the store');
+      return {
+        result: await this.ctx.broker.infer({
+          id: `job-${r.jobId}-${r.attempt}`, model: this.model, version: r.version, inputs: decodeTensors(input),
+          outputs: outputs ? (JSON.parse(outputs) as string[]) : undefined, timeoutMs: r.timeoutMs,
+          priority: r.priority, signal: r.signal,
+          background: true, // fills live batches; alone only once live traffic paused (core/model-scheduler.ts)
+        }),
+      };
+    } catch (err) {
+      return { error: toBrokerError(err) };
+    }
+  }
+
+  /**
+   * A video job: the stored upload through the video runner as one sequence
+   * (a new sequence id per attempt). The job's timeout is for the whole video.
+   */
+  private async runVideo(r: Run, v: StoredVideo): Promise<Outcome> {
+    const runner = this.ctx.video;
+    if (!runner) return { error: new BrokerError('UNIMPLEMENTED', 'this broker runs no video jobs (it was built without a video runner)') };
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    r.signal.addEventListener('abort', onAbort, { once: true });
+    if (r.signal.aborted) stop.abort();
+    let timedOut = false;
+    const timer = r.timeoutMs === undefined ? undefined : setTimeout(() => {
+      timedOut = true;
+      stop.abort();
+    }, r.timeoutMs);
+    let stream: Readable | undefined;
+    try {
+      stream = r.inputBlob ? await this.ctx.blobs.getStream(r.inputBlob) : undefined;
+      if (!stream) throw new BrokerError('INTERNAL', 'the job\'s video is missing from the store');
+      const ndjson = await runner.run({
+        jobId: r.jobId, attempt: r.attempt, model: this.model, version: r.version, video: stream,
+        contentType: v.content_type, options: v.options, sequenceId: `job-${r.jobId}-${r.attempt}`,
+        priority: r.priority, signal: stop.signal,
+      });
+      return { ndjson };
+    } catch (err) {
+      if (timedOut) return { error: new BrokerError('DEADLINE_EXCEEDED', `the video job did not finish within its timeout_seconds (${r.timeoutMs! / 1000} s)`) };
+      return { error: toBrokerError(err) };
+    } finally {
+      clearTimeout(timer);
+      r.signal.removeEventListener('abort', onAbort);
+      stream?.destroy(); // ffmpeg may have stopped reading it
+    }
   }
 
   /** Keeps the entry leased; aborts the attempt when the job was cancelled or taken over. */
@@ -298,12 +390,12 @@ export class ModelWorker {
     }
   }
 
-  private async finish(e: Entry, attempt: number, status: 'succeeded' | 'failed' | 'queued', error?: BrokerError, result?: InferResult, dead?: string): Promise<void> {
+  private async finish(e: Entry, attempt: number, status: 'succeeded' | 'failed' | 'queued', error?: BrokerError, result?: InferResult, dead?: string, ndjson?: Buffer): Promise<void> {
     const { keys } = this.ctx;
     let data: Buffer | string = '';
     let blob = '';
-    if (result) {
-      data = encodeTensors(result.outputs);
+    if (result || ndjson) {
+      data = ndjson ?? encodeTensors(result!.outputs);
       if (data.length > this.ctx.inlineMaxBytes) {
         blob = `${e.jobId}.result`;
         await this.ctx.blobs.put(blob, data);
@@ -313,7 +405,7 @@ export class ModelWorker {
     const stream = e.stream;
     const owned = await this.ctx.redis.eval(FINISH, 4, keys.job(e.jobId), keys.result(e.jobId), stream, keys.dead(this.model),
       String(attempt), status, String(Date.now()), error?.message ?? '', error?.code ?? '', String(this.ctx.resultTtlMs), data, blob,
-      String(this.ctx.tombstoneMs), dead ?? '', this.model, e.jobId, result?.version ?? '', String(this.ctx.deadMaxLen));
+      String(this.ctx.tombstoneMs), dead ?? '', this.model, e.jobId, result?.version ?? '', String(this.ctx.deadMaxLen), ndjson ? NDJSON : '');
     if (owned === 0) {
       // Cancelled meanwhile, or another worker took the job over: this attempt's result is dropped.
       if (blob) await this.ctx.blobs.delete(blob);

@@ -16,7 +16,7 @@ import {
   type Job, type JobId, type JobResult, type ListJobsRequest, type ListJobsResponse, type SubmitJobRequest,
 } from '../../proto/gen/jobs_pb';
 import type { AccessControl, CallClass } from '../shared/access';
-import { checkJobInputs, jobModel, requireJobListing, metadataOf } from '../shared/job-check';
+import { checkJobInputs, jobModel, requireJobListing, metadataOf, videoResultElsewhere } from '../shared/job-check';
 import { callerOf } from './caller';
 import { decoded } from './context';
 import { parseInferRequest, toInferResponse } from './convert';
@@ -101,6 +101,7 @@ export function addJobService(server: grpc.Server, o: JobServiceOptions): void {
         case 'gone': return create(JobResultSchema, { job, state: 'gone', error: r.reason });
         case 'failed': return create(JobResultSchema, { job, state: 'failed', errorCode: r.code, error: r.message });
         case 'succeeded': {
+          if (r.ndjson) throw videoResultElsewhere(m.id);
           const clientId = typeof r.reply?.clientId === 'string' ? r.reply.clientId : '';
           return create(JobResultSchema, { job, state: 'succeeded', response: toInferResponse(r.result, clientId) });
         }

@@ -43,8 +43,8 @@ export interface DecodedVideo {
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
-/** Counts bytes through the pipe; fails beyond `max`. */
-function limiter(max: number): Transform {
+/** Counts bytes through the pipe; fails beyond `max` (PAYLOAD_TOO_LARGE, the words of a 413). */
+export function limiter(max: number): Transform {
   let total = 0;
   return new Transform({
     transform(chunk: Buffer, _enc, done) {

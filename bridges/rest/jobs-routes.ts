@@ -2,30 +2,37 @@
  * Asynchronous jobs over REST (issue 15): submit, follow, fetch, cancel, and a
  * model's job queue. It knows the broker's BrokerApi (for 404s) and the job
  * service's JobsApi only. Bodies take every form /infer takes (KServe JSON,
- * the binary extension, a raw input, images), read by the infer route's own
- * reader with the same parsers (routes.ts bodyParsers, in this plugin's context).
+ * the binary extension, a raw input, images, a video), read by the infer
+ * route's own reader with the same parsers (routes.ts bodyParsers, in this
+ * plugin's context). A video (stateful models only, as on /infer) is
+ * streamed into the blob store, bounded by /infer's video limit; its job runs
+ * as one sequence (video-jobs.ts) and its result is /infer's NDJSON lines.
  *
  *   POST   /v2/models/{m}[/versions/{v}]/jobs   202 {id, status, created_at, expires_at} + Location
  *   GET    /v2/jobs/{id}                        the job (status, attempts, timestamps, last error)
- *   GET    /v2/jobs/{id}/result                 200 as /infer | 202 + Retry-After | 410 | the job's error
+ *   GET    /v2/jobs/{id}/result                 200 as /infer (a video job: its NDJSON lines) | 202 + Retry-After | 410 | the job's error
  *   DELETE /v2/jobs/{id}                        cancel (a running job's result is dropped)
  *   GET    /v2/models/{m}/jobs/queue            depth per priority, running, oldest age, dead-lettered
  *   GET    /v2/jobs?model=&status=&cursor=&limit=   every job, newest first (admin bearer token)
  *   GET    /v2/jobs/{id}/events                 Server-Sent Events of status changes (job-events.ts)
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Readable, Transform } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { BrokerApi } from '../../core/broker';
+import type { BrokerApi, ModelDescription } from '../../core/broker';
 import { BrokerError, HTTP_STATUS, type ErrorCode } from '../../core/errors';
-import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
+import { JOB_PRIORITIES, JOB_STATUSES, NDJSON, type JobPriority, type JobsApi, type JobStatus } from '../../jobs/types';
 import { checkJobInputs, jobModel } from '../shared/job-check';
 import { encodeInferResult } from './infer-body';
 import { inferBodyReader } from './infer-route';
 import { bodyParsers } from './routes';
 import { DEFAULT_BODY_TIMEOUTS, type BodyTimeouts } from './body-timeout';
 import { DEFAULT_LIMITS } from '../../core/validate';
-import { UnsupportedMediaType } from './media';
+import { mediaType } from './media';
 import { jobEventsRoute } from './job-events';
+import { limiter } from './ffmpeg';
+import { imageInput } from './images';
+import { requireStateful, VIDEO_TYPES, videoOptions } from './video';
 
 export interface JobRoutesOptions {
   broker: BrokerApi;
@@ -35,6 +42,8 @@ export interface JobRoutesOptions {
   /** The infer route's body limits (the same as /infer's). */
   bodyLimit: number;
   maxElements?: number;
+  /** The largest video upload (as /infer's, --max-video-bytes; 413 beyond). Default 1 GiB. */
+  maxVideoBytes?: number;
   timeouts?: BodyTimeouts;
   /** Comment lines on an idle event stream, so proxies keep it open. Default 15 s. */
   sseHeartbeatMs?: number;
@@ -47,6 +56,48 @@ const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
 /** Job options (query string, or top-level fields of a JSON body). */
 const JOB_KEYS = new Set(['priority', 'ttl_seconds', 'timeout_seconds', 'max_attempts', 'webhook_url']);
+
+/** The query options of /infer's video route a video job keeps (decode options and the per-frame timeout). */
+const VIDEO_KEYS = ['fps', 'width', 'height', 'input', 'timeout'];
+
+/**
+ * A video job's options, checked now as /infer would check them (400), kept
+ * as strings with the job. A job's sequence is its own (a new id per
+ * attempt): the sequence parameters are refused.
+ */
+function videoJobOptions(query: Record<string, unknown>, desc: ModelDescription): Record<string, string> {
+  for (const k of ['sequence_id', 'sequence_start', 'sequence_end']) {
+    if (query[k] !== undefined) throw invalid(`a video job runs as a sequence of its own (a new one per attempt): '${k}' is not taken`);
+  }
+  const options: Record<string, string> = {};
+  for (const k of VIDEO_KEYS) {
+    const v = query[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'string') throw invalid(`query '${k}' must be given once`);
+    options[k] = v;
+  }
+  const checked = videoOptions(options);
+  if (desc.metadata) imageInput(desc.metadata, checked.image.input);
+  return options;
+}
+
+/**
+ * The upload through a byte counter: PAYLOAD_TOO_LARGE past `max` (the words
+ * of /infer's 413), CANCELLED when the client goes away before its end, so
+ * the blob store's write always ends.
+ */
+function boundedUpload(body: Readable, max: number): Transform {
+  const out = limiter(max);
+  const early = (why: string) => out.destroy(new BrokerError('CANCELLED', `the upload ended early: ${why}`));
+  body.on('error', (e) => early(e.message));
+  body.on('close', () => {
+    if (!body.readableEnded) early('the connection closed');
+  });
+  // Its error may come before the blob store reads it (a submit checks its options first): kept in its state, not unhandled.
+  out.on('error', () => undefined);
+  body.pipe(out);
+  return out;
+}
 
 /** A positive number from the body (number) or the query string (string). */
 function positive(key: string, v: unknown): number | undefined {
@@ -102,33 +153,64 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
   const timeouts = opts.timeouts ?? DEFAULT_BODY_TIMEOUTS;
   await bodyParsers(app, opts.bodyLimit, timeouts);
   const read = inferBodyReader({ broker, bodyLimit: opts.bodyLimit, maxElements: opts.maxElements ?? DEFAULT_LIMITS.maxElements, timeouts });
+  const maxVideoBytes = opts.maxVideoBytes ?? 1024 * 1024 * 1024;
+  const idempotencyKey = (req: FastifyRequest) => {
+    const raw = req.headers['idempotency-key'];
+    return Array.isArray(raw) ? raw[0] : raw;
+  };
+  const accepted = (reply: FastifyReply, r: Awaited<ReturnType<JobsApi['submit']>>) => {
+    if (r.replayed) reply.header('Idempotent-Replayed', 'true');
+    return reply.code(202).header('Location', `/v2/jobs/${r.job.id}`)
+      .send({ id: r.job.id, status: r.job.status, created_at: r.job.created_at, expires_at: r.job.expires_at });
+  };
+
+  /** A video job: the upload streamed into the blob store (bounded), its options checked now. */
+  const submitVideo = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply, desc: ModelDescription,
+    body: Readable, contentType: string, query: Record<string, unknown>) => {
+    const { model, version } = req.params;
+    let upload: Transform | undefined;
+    try {
+      requireStateful(broker, model, version); // a multipart video part is known only now
+      const options = videoJobOptions(query, desc);
+      const jobOpts = jobOptions(query, {});
+      upload = boundedUpload(body, maxVideoBytes);
+      return accepted(reply, await jobs.submit({
+        model, version, inputs: [], video: { stream: upload, contentType, options }, ...jobOpts, idempotencyKey: idempotencyKey(req),
+      }));
+    } catch (e) {
+      // Refused (too large, a bad option, a full queue): drain what is left, so the connection can carry the error.
+      if (upload) {
+        body.unpipe(upload);
+        upload.destroy();
+      }
+      body.resume();
+      throw e;
+    }
+  };
 
   const submit = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { model, version } = req.params;
-    const desc = jobModel(broker, model, version); // 404 (or stateful: 400) before looking at the body
+    const desc = broker.describe(model, version); // 404 before looking at the body
+    // As on /infer: a video needs a stateful model (400 before reading the upload).
+    if (VIDEO_TYPES.has(mediaType(req.headers['content-type']))) requireStateful(broker, model, version);
     // The job's own options are not the request's (priority=high is a job priority, not the live one).
     const query = (req.query ?? {}) as Record<string, unknown>;
     const decoded = await read(req, Object.fromEntries(Object.entries(query).filter(([k]) => !JOB_KEYS.has(k))));
-    if ('video' in decoded) {
-      decoded.video.resume();
-      throw new UnsupportedMediaType('a video upload cannot be a job: a video runs as a sequence on a stateful model, and jobs run on stateless models; send its frames as images (multipart) instead');
-    }
+    if ('video' in decoded) return submitVideo(req, reply, desc, decoded.video, decoded.type, query);
+    // A body /infer takes (else its 400 or 415 came first), but a job on a stateful model is a video: 400.
+    jobModel(broker, model, version);
     const parsed = decoded.parsed;
     if (parsed.shmInputs || parsed.shmOutputs) throw invalid('a job cannot use shared memory regions: its input is stored with the job, and its result is fetched later');
     if (parsed.classification) throw invalid('a job cannot ask for classification outputs: fetch the tensors and rank them');
     const body = jsonHeader(req.body, req.headers['inference-header-content-length']);
     // Checked now, as /infer would, so a bad input is a 400 here rather than a failed job later.
     checkJobInputs(desc, { ...parsed.request, model });
-    const rawKey = req.headers['idempotency-key'];
-    const { job, replayed } = await jobs.submit({
+    return accepted(reply, await jobs.submit({
       model, version, inputs: parsed.request.inputs, outputs: parsed.request.outputs,
       ...jobOptions(query, body),
-      idempotencyKey: Array.isArray(rawKey) ? rawKey[0] : rawKey,
+      idempotencyKey: idempotencyKey(req),
       reply: { clientId: parsed.clientId, binaryOutputs: [...parsed.binaryOutputs] },
-    });
-    if (replayed) reply.header('Idempotent-Replayed', 'true');
-    return reply.code(202).header('Location', `/v2/jobs/${job.id}`)
-      .send({ id: job.id, status: job.status, created_at: job.created_at, expires_at: job.expires_at });
+    }));
   };
   app.post('/v2/models/:model/jobs', submit);
   app.post('/v2/models/:model/versions/:version/jobs', submit);
@@ -166,6 +248,8 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
       case 'failed':
         return reply.code(HTTP_STATUS[r.code as ErrorCode] ?? 500).send({ error: r.message, job: r.job });
       case 'succeeded': {
+        // A video job: the NDJSON lines /infer would have streamed.
+        if (r.ndjson) return reply.header('Content-Type', NDJSON).header('Cache-Control', 'no-store').send(r.ndjson);
         const hints = (r.reply ?? {}) as { clientId?: string; binaryOutputs?: string[] };
         const enc = encodeInferResult(r.result, hints.clientId, new Set(hints.binaryOutputs ?? []));
         if (enc.binary.length === 0) return reply.send(enc.json);

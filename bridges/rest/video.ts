@@ -39,12 +39,30 @@ export interface VideoRequest {
   maxBytes: number;
   maxElements: number;
   ffmpeg?: string;
+  /** The sequence's id (a job's, fresh per attempt); default: the query's sequence_id, else a random one. */
+  sequenceId?: string;
+  /** Batcher priority of the frames (a job's, below live traffic); default: the query's priority. */
+  priority?: number;
 }
 
 export interface VideoResponse {
   /** NDJSON lines; ends after the closing line (or an error line). */
   stream: Readable;
   sequenceId: string;
+  /** Settles once the stream has ended: the error an error line reported (its code and kind kept), else undefined. */
+  failure: Promise<BrokerError | undefined>;
+}
+
+/** /infer's answer to a video for a stateless model (POST …/jobs gives the same). */
+export function requireStateful(broker: Pick<BrokerApi, 'describe'>, model: string, version?: string): void {
+  if (broker.describe(model, version).stateless) {
+    throw invalid(`model '${model}' is stateless: a video upload is a sequence and needs a stateful model (stateless: false); send frames as images instead`);
+  }
+}
+
+/** The query options of a video upload, checked (400 for a bad one): decode options (fps, width, height, input) and request options. */
+export function videoOptions(query: Record<string, unknown>) {
+  return { image: imageOptions({ ...query, fit: undefined }), fps: fpsOption(query.fps), ...requestOptions(query) };
 }
 
 function fpsOption(v: unknown): number | undefined {
@@ -73,18 +91,15 @@ function frameLine(frame: number, r: InferResult): string {
  */
 export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
   const { broker, model, version, query } = v;
-  if (broker.describe(model, version).stateless) {
-    throw invalid(`model '${model}' is stateless: a video upload is a sequence and needs a stateful model (stateless: false); send frames as images instead`);
-  }
+  requireStateful(broker, model, version);
   const meta = await broker.awaitMetadata(model, version, v.signal);
-  const img = imageOptions({ ...query, fit: undefined });
+  const { image: img, fps, timeoutMs, priority: queryPriority, sequence } = videoOptions(query);
   const spec = imageInput(meta, img.input);
   // A model with a fixed frame size gets frames of that size unless the query says otherwise.
   const width = img.width ?? (spec.shape[2] > 0 ? spec.shape[2] : undefined);
   const height = img.height ?? (spec.shape[1] > 0 ? spec.shape[1] : undefined);
-  const fps = fpsOption(query.fps);
-  const { timeoutMs, priority, sequence } = requestOptions(query);
-  const sequenceId = sequence?.id ?? `video-${randomBytes(8).toString('hex')}`;
+  const priority = v.priority ?? queryPriority;
+  const sequenceId = v.sequenceId ?? sequence?.id ?? `video-${randomBytes(8).toString('hex')}`;
 
   const stop = new AbortController(); // ours: ends decoding and cancels the sequence
   const abort = () => stop.abort();
@@ -104,10 +119,12 @@ export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
   });
   let answered = 0;
   let failed = false;
+  let failure: BrokerError | undefined;
   /** The first failure: before any line it is the HTTP error, after it an error line; either way the sequence is cancelled. */
   const fail = (e: BrokerError, frame?: number) => {
     if (failed) return;
     failed = true;
+    failure = e;
     stop.abort();
     if (first) {
       first(false, e);
@@ -146,7 +163,7 @@ export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
     inFlight.push(done);
   };
 
-  void (async () => {
+  const finished = (async () => {
     let held: Buffer | undefined; // the last frame read: only the next one (or the end) says whether it is the last
     let frame = 0;
     try {
@@ -169,5 +186,5 @@ export async function inferVideo(v: VideoRequest): Promise<VideoResponse> {
   })();
 
   await started;
-  return { stream: out, sequenceId };
+  return { stream: out, sequenceId, failure: finished.then(() => failure) };
 }

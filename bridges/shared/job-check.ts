@@ -1,7 +1,8 @@
 /**
  * What every bridge checks before queuing a job, so a bad input is refused
  * at submit (as /infer would refuse it) rather than failing later: the model
- * exists and is stateless, and the inputs match its metadata and batch size.
+ * exists and is stateless (a stateful model's jobs are REST video uploads),
+ * and the inputs match its metadata and batch size.
  * Also the admin check of listing jobs, the same on every bridge.
  */
 import type { BrokerApi } from '../../core/broker';
@@ -12,10 +13,17 @@ import type { AccessControl } from './access';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
-/** Throws NOT_FOUND for an unknown model, INVALID_ARGUMENT for a stateful one (call before reading the body). */
+/**
+ * A tensor job's model: NOT_FOUND for an unknown model, INVALID_ARGUMENT for
+ * a stateful one, whose jobs are video uploads over REST (one sequence per
+ * job; call before reading the body).
+ */
 export function jobModel(broker: BrokerApi, model: string, version?: string): ReturnType<BrokerApi['describe']> {
   const desc = broker.describe(model, version);
-  if (!desc.stateless) throw invalid(`model '${model}' is stateful: jobs run on stateless models only (a job has no sequence)`);
+  if (!desc.stateless) {
+    throw invalid(`model '${model}' is stateful: a job on it is a video upload (POST /v2/models/${model}/jobs over REST with a video body, ` +
+      'run as one sequence); tensor jobs run on stateless models only');
+  }
   return desc;
 }
 
@@ -45,4 +53,9 @@ export function metadataOf(json: string): Record<string, unknown> | undefined {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid('metadata_json must be a JSON object');
   return v as Record<string, unknown>;
+}
+
+/** Where a video job's result is fetched: it is NDJSON lines, not tensors, so only REST serves it. */
+export function videoResultElsewhere(id: string): BrokerError {
+  return invalid(`job '${id}' ran a video: its result is NDJSON lines (application/x-ndjson), not tensors; fetch it over REST: GET /v2/jobs/${id}/result`);
 }

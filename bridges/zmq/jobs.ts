@@ -13,7 +13,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { JobInfoSchema } from '../../proto/gen/client_pb';
 import { JOB_PRIORITIES, JOB_STATUSES, type JobPriority, type JobStatus, type JobsApi, type JobView } from '../../jobs/types';
 import type { AccessControl } from '../shared/access';
-import { checkJobInputs, jobModel, requireJobListing, metadataOf } from '../shared/job-check';
+import { checkJobInputs, jobModel, requireJobListing, metadataOf, videoResultElsewhere } from '../shared/job-check';
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
 
@@ -107,6 +107,7 @@ export async function jobCall(o: { broker: BrokerApi; jobs?: JobsApi; access: Ac
       const r = await jobs.result(c.jobId);
       switch (r.state) {
         case 'succeeded':
+          if (r.ndjson) throw videoResultElsewhere(c.jobId);
           return { job: info(r.job, { resultState: 'succeeded' }), outputs: r.result.outputs, model: r.result.model, version: r.result.version };
         case 'failed':
           return { job: info(r.job, { resultState: 'failed', lastError: r.message }) };

@@ -161,12 +161,13 @@ describe('body forms of POST …/jobs are those of /infer', () => {
   });
 
   test('what a job cannot take gets a clear error', async () => {
-    // A video is a sequence on a stateful model; jobs run on stateless models.
+    // A video is a sequence on a stateful model (as on /infer); a stateful model's jobs are videos (jobs-video.test.ts).
     const video = await fetch(`${b.url}/v2/models/simple/jobs`, { method: 'POST', headers: { 'content-type': 'video/mp4' }, body: Buffer.alloc(64) });
-    expect(video.status).toBe(415);
-    expect(((await video.json()) as { error: string }).error).toMatch(/video upload cannot be a job/);
-    const stateful = await fetch(`${b.url}/v2/models/motion/jobs`, { method: 'POST', headers: { 'content-type': 'video/mp4' }, body: Buffer.alloc(64) });
+    expect(video.status).toBe(400);
+    expect(((await video.json()) as { error: string }).error).toMatch(/stateless: a video upload is a sequence and needs a stateful model/);
+    const stateful = await postJson(`${b.url}/v2/models/motion/jobs`, { inputs: [{ name: 'FRAME', datatype: 'UINT8', shape: [1, 1, 1, 3], data: [1, 2, 3] }] });
     expect(stateful.status).toBe(400);
+    expect(stateful.json.error).toMatch(/stateful: a job on it is a video upload/);
     const text = await fetch(`${b.url}/v2/models/simple/jobs`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hi' });
     expect(text.status).toBe(415);
     const badHeader = await fetch(`${b.url}/v2/models/simple/jobs`, { method: 'POST', headers: { 'inference-header-content-length': '999' }, body: '{}' });

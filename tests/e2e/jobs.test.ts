@@ -320,7 +320,7 @@ describe('the job runner stopped mid-job', () => {
     expect(j.attempts).toBe(2);
     const r = await bSvc.result(submitted.id);
     expect(r.state).toBe('succeeded');
-    if (r.state === 'succeeded') expect(new Float32Array(new Uint8Array(r.result.outputs[0].data).buffer)[0]).toBe(7);
+    if (r.state === 'succeeded' && r.result) expect(new Float32Array(new Uint8Array(r.result.outputs[0].data).buffer)[0]).toBe(7);
     expect((await bSvc.queue('sleepy')).dead_lettered).toBe(0);
   });
 

@@ -1,5 +1,6 @@
-/** The job service's storage pieces: the tensor codec and the folder blob store (a real temp folder). */
-import { mkdtemp, rm, utimes } from 'node:fs/promises';
+/** The job service's storage pieces: the tensor codec and the folder blob store, buffers and streams (a real temp folder). */
+import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import os from 'node:os';
 import path from 'node:path';
 import { FolderBlobStore } from '../../jobs/blob-store';
@@ -34,6 +35,23 @@ describe('FolderBlobStore', () => {
     await store.delete('x.result');
     expect(await store.get('x.result')).toBeUndefined();
     await store.delete('x.result'); // deleting twice is fine
+  });
+
+  test('a streamed put is read back as a stream; a stream that fails leaves nothing behind', async () => {
+    const store = new FolderBlobStore(dir);
+    const chunks = Array.from({ length: 50 }, (_, i) => Buffer.alloc(1000, i));
+    expect(await store.putStream('v.input', Readable.from(chunks))).toBe(50_000);
+    const back: Buffer[] = [];
+    for await (const c of (await store.getStream('v.input'))!) back.push(c as Buffer);
+    expect(Buffer.concat(back)).toEqual(Buffer.concat(chunks));
+    expect(await store.getStream('missing.input')).toBeUndefined();
+
+    const failing = new Readable({ read() {} });
+    const put = store.putStream('w.input', failing);
+    failing.push(Buffer.alloc(10));
+    failing.destroy(new Error('the upload ended early'));
+    await expect(put).rejects.toThrow(/ended early/);
+    expect(await readdir(dir)).toEqual(['v.input']); // no temporary file, no blob
   });
 
   test('names cannot leave the folder', async () => {

@@ -15,7 +15,9 @@
  *
  * Env: MOTION_A_MS + MOTION_B_MS × rows = extra time per batch (a timer;
  * default 0), MOTION_MAX_BATCH (8), MOTION_MAX_SEQUENCES (0 = the registry's),
- * MOTION_CREDITS (1 or 2 batches in flight, run one after the other; default 1).
+ * MOTION_CREDITS (1 or 2 batches in flight, run one after the other; default 1),
+ * MOTION_FAIL_AT (a sequence's frame of this index fails as the model's own
+ * error, for tests; default -1 = never).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { bytesTensor, serve, tensorFrom, type BatchContext, type EndSequenceReason, type Model, type Tensor } from '../../../sdk/node';
@@ -26,6 +28,7 @@ const num = (name: string, dflt: number): number => {
 };
 const A_MS = num('MOTION_A_MS', 0);
 const B_MS = num('MOTION_B_MS', 0);
+const FAIL_AT = num('MOTION_FAIL_AT', -1);
 const COPY = process.env.TB_COPY_ID ?? `pid-${process.pid}`;
 
 interface MotionState {
@@ -82,6 +85,10 @@ export const motion: Model = {
         return;
       }
       const state = ctx.state<MotionState>(i);
+      if (FAIL_AT >= 0 && state.index <= FAIL_AT && FAIL_AT < state.index + item.rows) {
+        ctx.failItem(i, `MOTION_FAIL_AT: frame ${FAIL_AT} fails`);
+        return;
+      }
       for (let r = item.offset; r < item.offset + item.rows; r++) {
         const cur = bytes.subarray(r * frameBytes, (r + 1) * frameBytes);
         // A frame of another size than the previous one starts the comparison afresh.

@@ -18,8 +18,9 @@ const FLAG_LONG = 0x02;
 const FLAG_COMMAND = 0x04;
 /** Commands (READY, PING, ...) are small; a bigger one is a protocol error, refused before allocation. */
 export const MAX_COMMAND_BYTES = 64 * 1024;
-/** Leading frames of a refused message kept for the reply (REQ delimiter, key frame, header). */
+/** Leading frames of a refused message kept for the reply (REQ delimiter, key frame, header), if small. */
 const KEPT_FRAMES = 3;
+const KEPT_FRAME_BYTES = 64 * 1024;
 /** Peer socket types a ROUTER talks to (RFC 28). */
 export const ROUTER_PEERS = new Set(['DEALER', 'REQ', 'ROUTER']);
 
@@ -192,7 +193,11 @@ export class ZmtpDecoder {
   private msgFrames = 0;
   private discarding = false;
 
-  constructor(private readonly limits: DecoderLimits, private readonly events: DecoderEvents) {}
+  /**
+   * `reusedChunks`: the caller reuses the chunk's memory after feed() returns (a
+   * socket reading into one buffer), so every frame is copied out, never a view.
+   */
+  constructor(private readonly limits: DecoderLimits, private readonly events: DecoderEvents, private readonly reusedChunks = false) {}
 
   /** True between frames of a message (used by tests and by close handling). */
   get inMessage(): boolean {
@@ -211,7 +216,7 @@ export class ZmtpDecoder {
           pos += take;
           // Refuse a non-ZMTP peer at its first byte, before waiting for 64.
           if (this.head[0] !== 0xff) throw new ZmtpError('not a ZMTP 3 peer (bad signature)');
-          if (this.have > 10 && this.head[10] < 3) throw new ZmtpError(`ZMTP ${this.head[10]}.x is not supported (3.0 or later)`);
+          if (this.have > 10 && this.head[10] < 3) throw new ZmtpError(`ZMTP revision ${this.head[10]} is older than 3.0: not supported`);
           if (this.have === GREETING_BYTES) {
             this.state = State.Flags;
             this.have = 0;
@@ -252,7 +257,7 @@ export class ZmtpDecoder {
           }
           const size = this.size;
           if (this.body === undefined) {
-            if (n - pos >= size && size * 8 >= n) {
+            if (!this.reusedChunks && n - pos >= size && size * 8 >= n) {
               // Whole in this chunk and a good part of it: a view, no copy.
               const view = chunk.subarray(pos, pos + size);
               pos += size;
@@ -291,7 +296,9 @@ export class ZmtpDecoder {
       if (!this.discarding && (this.msgBytes > this.limits.maxMessageBytes || this.msgFrames > this.limits.maxFrames)) {
         // Over the allowance: this frame is never allocated; the rest of the message is skipped.
         this.discarding = true;
-        this.frames.length = Math.min(this.frames.length, KEPT_FRAMES);
+        let keep = 0;
+        while (keep < Math.min(this.frames.length, KEPT_FRAMES) && this.frames[keep].length <= KEPT_FRAME_BYTES) keep++;
+        this.frames.length = keep;
       }
       this.skipping = this.discarding;
     }
@@ -306,7 +313,7 @@ export class ZmtpDecoder {
       this.events.command(c.name, c.data);
       return;
     }
-    if (body !== undefined && (!this.discarding || this.frames.length < KEPT_FRAMES)) this.frames.push(body);
+    if (body !== undefined) this.frames.push(body);
     if (flags & FLAG_MORE) return;
     const frames = this.frames;
     const count = this.msgFrames;
@@ -343,7 +350,7 @@ export class ZmtpServerSession {
   private done = false;
   private minor = 0;
 
-  constructor(limits: DecoderLimits, private readonly io: SessionIo) {
+  constructor(limits: DecoderLimits, private readonly io: SessionIo, reusedChunks = false) {
     this.decoder = new ZmtpDecoder(limits, {
       greeting: (g) => this.onGreeting(g),
       command: (name, data) => this.onCommand(name, data),
@@ -355,7 +362,7 @@ export class ZmtpServerSession {
         if (!this.handshaken) throw new ZmtpError('a message before the handshake');
         io.oversized(leading, frames, bytes);
       },
-    });
+    }, reusedChunks);
   }
 
   /** Bytes to send as soon as the connection exists (the peer waits for our signature). */

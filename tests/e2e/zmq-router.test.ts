@@ -12,7 +12,7 @@ import { Request, Router } from 'zeromq';
 import { startZmqBridge, type ZmqBridge } from '../../bridges/zmq/server';
 import { ZmtpDecoder, command, encodeMessage, pong, ready, type DecoderEvents } from '../../bridges/zmq/zmtp';
 import { InferReplySchema, InferRequestSchema, decodeHeader, toMeta } from '../../proto/client';
-import { row, simpleModel, sleepyModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
+import { modelMain, row, simpleModel, sleepyModel, startTestBroker, waitFor, waitReady, type TestBroker } from '../helpers/broker';
 
 const HEARTBEAT_MS = 100;
 const TIMEOUT_MS = 600;
@@ -92,8 +92,8 @@ describe('ZeroMQ bridge: its ZMTP ROUTER', () => {
   const logLines: string[] = [];
 
   beforeAll(async () => {
-    b = await startTestBroker({ models: { simple: simpleModel(), sleepy: sleepyModel(1000) } });
-    await Promise.all(['simple', 'sleepy'].map((m) => waitReady(b, m)));
+    b = await startTestBroker({ models: { simple: simpleModel(), sleepy: sleepyModel(1000), identity: { command: ['node', modelMain('identity')], batch_size: 1 } } });
+    await Promise.all(['simple', 'sleepy', 'identity'].map((m) => waitReady(b, m)));
     const logger = pino({ level: 'debug' }, { write: (line: string) => void logLines.push(line) });
     bridge = await startZmqBridge({
       broker: b.running.broker, host: '127.0.0.1', port: 0, maxMessageBytes: 1 << 20, logger,
@@ -174,6 +174,37 @@ describe('ZeroMQ bridge: its ZMTP ROUTER', () => {
     c.socket.write(Buffer.from([0x06, 0, 0, 0, 0, 0, 0x02, 0, 0])); // a command of 128 KiB announced
     await waitFor(() => c.closed, 5000, 'closed');
     expect(c.commands.at(-1)).toBe('ERROR');
+  });
+
+  test('a client that does not read: past clientQueueBytes its connection is not read; once it reads, every request is answered', async () => {
+    const BUDGET = 256 * 1024;
+    const small = await startZmqBridge({
+      broker: b.running.broker, host: '127.0.0.1', port: 0, maxMessageBytes: 16 << 20, clientQueueBytes: BUDGET,
+      logger: pino({ level: 'debug' }, { write: (line: string) => void logLines.push(line) }),
+    });
+    try {
+      const c = await connected(small.port);
+      c.socket.pause(); // reads nothing from here on
+      const big = Buffer.alloc(8 << 20, 1);
+      const h = Buffer.from(toBinary(InferRequestSchema, create(InferRequestSchema, {
+        id: 'big', model: 'identity', outputs: ['OUT_UINT8'], inputs: [toMeta({ name: 'IN_UINT8', datatype: 'UINT8', shape: [1, big.length], data: Buffer.alloc(0) })],
+      })));
+      c.send([h, big]);
+      // The 8 MiB reply is more than the kernel's buffers take while nobody reads.
+      await waitFor(() => small.backlogBytes() > BUDGET, 20_000, 'replies waiting past the budget');
+      await waitFor(() => logLines.some((l) => l.includes('not read until its replies drain')), 5000, 'reading paused');
+      for (const id of ['p-1', 'p-2', 'p-3']) c.send(simpleRequest(id));
+      c.socket.resume();
+      await waitFor(() => c.messages.length === 4, 20_000, 'four replies');
+      const replies = c.messages.map(replyOf);
+      expect(replies.map((r) => r.id)).toEqual(['big', 'p-1', 'p-2', 'p-3']);
+      expect(replies.every((r) => r.status!.code === 'OK' || r.status!.code === 'RESOURCE_EXHAUSTED')).toBe(true);
+      expect(c.messages[0][1].equals(big)).toBe(true);
+      expect(logLines.some((l) => l.includes('client read again'))).toBe(true);
+      c.socket.destroy();
+    } finally {
+      await small.close();
+    }
   });
 
   test('libzmq REQ and ROUTER clients are served', async () => {

@@ -199,11 +199,6 @@ export class ZmtpDecoder {
    */
   constructor(private readonly limits: DecoderLimits, private readonly events: DecoderEvents, private readonly reusedChunks = false) {}
 
-  /** True between frames of a message (used by tests and by close handling). */
-  get inMessage(): boolean {
-    return this.msgFrames > 0;
-  }
-
   feed(chunk: Buffer): void {
     let pos = 0;
     const n = chunk.length;

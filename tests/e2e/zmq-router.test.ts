@@ -157,6 +157,29 @@ describe('ZeroMQ bridge: its ZMTP ROUTER', () => {
     c.socket.destroy();
   });
 
+  test('a connection that never finishes its handshake is closed after the timeout', async () => {
+    let closed = false;
+    let got = 0;
+    const connect = () => {
+      const s = net.connect(bridge.port, '127.0.0.1');
+      s.on('error', () => undefined);
+      s.on('data', (d) => (got += d.length));
+      s.on('close', () => (closed = true));
+      s.write(Buffer.from([0xff, 0, 0])); // the start of a greeting, then nothing
+      return s;
+    };
+    let s = connect();
+    await waitFor(() => {
+      if (closed && got === 0) { // refused at maxConnections: again
+        closed = false;
+        s = connect();
+      }
+      return closed;
+    }, 10_000, 'the half-greeted connection closed');
+    expect(got).toBeGreaterThanOrEqual(64); // our greeting came at once
+    expect(logLines.some((l) => l.includes('handshake not done in time'))).toBe(true);
+  });
+
   test('a PUB peer is refused with ERROR and closed', async () => {
     let c = new RawClient(bridge.port, 'PUB');
     await waitFor(() => {

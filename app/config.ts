@@ -52,6 +52,7 @@ export const OPTIONS = {
   heartbeatMs: ['--heartbeat-ms <ms>', 'TB_HEARTBEAT_MS', 1000, parsePositive, 'link heartbeat interval'],
   shutdownGraceMs: ['--shutdown-grace-ms <ms>', 'TB_SHUTDOWN_GRACE_MS', 10_000, parsePositive, 'time in-flight requests get on SIGTERM'],
   zmqCloseGraceMs: ['--zmq-close-grace-ms <ms>', 'TB_ZMQ_CLOSE_GRACE_MS', 5000, parsePositive, 'time the ZeroMQ bridge gives its answers in flight on shutdown'],
+  zmqMaxConnections: ['--zmq-max-connections <n>', 'TB_ZMQ_MAX_CONNECTIONS', 1024, parsePositive, 'ZeroMQ client bridge: connections at once (more are closed at accept)'],
   logLevel: ['--log-level <level>', 'TB_LOG_LEVEL', 'info', String, 'pino log level'],
   gpus: ['--gpus <ids>', 'TB_GPUS', [] as string[], parseList, 'GPU ids when nvidia-smi is absent, e.g. 0,1,2,3'],
   gpuMode: ['--gpu-mode <mode>', 'TB_GPU_MODE', 'nvidia', parseGpuMode, 'nvidia | fake (record GPU requests without sending them: tests only)'],

@@ -373,7 +373,7 @@ export async function startBuilt(b: BuiltBroker): Promise<RunningBroker> {
   });
   const zmq = await startZmqBridge({
     broker, host: config.host, port: config.zmqPort, maxMessageBytes: config.bodyLimit, maxFrames: config.maxTensors + 2, access,
-    closeGraceMs: config.zmqCloseGraceMs, logger: log.child({ component: 'zmq' }), jobs,
+    closeGraceMs: config.zmqCloseGraceMs, maxConnections: Math.floor(config.zmqMaxConnections), logger: log.child({ component: 'zmq' }), jobs,
   });
   log.info({ component: 'server', http: httpPort, grpc: grpc.port, metrics: metricsPort, zmq: zmq.port, runtime: b.runtime?.kind ?? config.runtime, models: registry.list().map((s) => s.name) }, 'tensorbroker serving');
 

@@ -12,9 +12,11 @@
  *   BENCH_AB_AFTER=/path/to/new/tree                               default: this tree
  *   BENCH_AB_POINTS=json1,zmq1,bin150,json64  BENCH_AB_ROUNDS=5  BENCH_SECONDS=3
  *
- * Points: json1 / json64 = REST JSON `simple` at concurrency 1 / 64; zmq1 =
- * ZmqClient at 1; bin150 = a 150 KB binary-extension body to `identity`
- * (batch_size 1, binary output back) at 1. Prints markdown to stdout.
+ * Points: json1 / json64 = REST JSON `simple` at concurrency 1 / 64; zmq1 /
+ * zmq64 = ZmqClient to `simple` at 1 / 64 (window 64); zmq1m = 1 MiB to
+ * `identity` and back over ZmqClient at 4 (window 4); bin150 = a 150 KB
+ * binary-extension body to `identity` (batch_size 1, binary output back) at
+ * 1. Prints markdown to stdout.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -83,12 +85,20 @@ async function main(cleanups: Cleanups): Promise<void> {
             url: `${b.url}/v2/models/identity/infer`, body: bigBody, connections: 1, seconds: s,
             headers: { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(head.length) },
           });
-        } else if (point === 'zmq1') {
-          const client = new ZmqClient(b.zmqEndpoint, { window: 1, timeoutMs: 5000 });
+        } else if (point === 'zmq1' || point === 'zmq64') {
+          const c = point === 'zmq1' ? 1 : 64;
+          const client = new ZmqClient(b.zmqEndpoint, { window: c, timeoutMs: 10_000 });
           zc = client;
           await client.infer('simple', tensors);
-          run = (s) => closedLoop(() => client.infer('simple', tensors), 1, s);
-        } else throw new Error(`unknown point '${point}' (json1, json64, zmq1, bin150)`);
+          run = (s) => closedLoop(() => client.infer('simple', tensors), c, s);
+        } else if (point === 'zmq1m') {
+          const client = new ZmqClient(b.zmqEndpoint, { window: 4, timeoutMs: 10_000 });
+          zc = client;
+          const mib: Tensor[] = [{ name: 'IN_UINT8', datatype: 'UINT8', shape: [1, 1 << 20], data: randomBytes(1 << 20) }];
+          const opts = { outputs: ['OUT_UINT8'] };
+          await client.infer('identity', mib, opts);
+          run = (s) => closedLoop(() => client.infer('identity', mib, opts), 4, s);
+        } else throw new Error(`unknown point '${point}' (json1, json64, zmq1, zmq64, zmq1m, bin150)`);
         try {
           await run(1);
           const c0 = cpuMs(b.pid);

@@ -1,15 +1,15 @@
 /**
- * The ZeroMQ client bridge: one ROUTER socket for requests and replies
- * (clients connect a DEALER), protocol in proto/client.proto and
+ * The ZeroMQ client bridge: a ROUTER for requests and replies (clients
+ * connect a DEALER or REQ), protocol in proto/client.proto and
  * proto/README.md. It knows the broker's BrokerApi only.
  *
- * zeromq.js allows one pending send and one pending receive per socket, so
- * the bridge runs one receive loop and one send loop fed by a queue. Requests
+ * The ROUTER is ours (zmtp-router.ts, ZMTP 3.x over node:net), not libzmq's:
+ * a message is bounded as a whole before it is received, a client's TCP close
+ * is seen at once, and replies are written to its socket directly. Requests
  * are handed to the broker as they arrive (many per client, pipelined);
- * replies are queued as they complete.
+ * replies go out as they complete.
  */
 import type { Logger } from 'pino';
-import { Router } from 'zeromq';
 import type { BrokerApi } from '../../core/broker';
 import { BrokerError, toBrokerError } from '../../core/errors';
 import type { InferRequest as CoreRequest, InferResult } from '../../core/types';
@@ -24,6 +24,7 @@ import { requestOptions } from '../shared/parameters';
 import { SequenceOrder } from '../shared/sequence-order';
 import type { JobsApi } from '../../jobs/types';
 import { jobCall } from './jobs';
+import { ZmtpRouter, type ZmtpConnection } from './zmtp-router';
 import { stageTimer } from '../../core/stage-timings';
 
 const PARSE = stageTimer('zmq', 'parse');
@@ -36,20 +37,27 @@ export interface ZmqBridgeOptions {
   host: string;
   /** TCP port; 0 = a free port chosen by the OS. */
   port: number;
-  /** Largest request accepted, all frames together, in bytes. Also the socket's ZMQ_MAXMSGSIZE (per frame). */
+  /** Largest request accepted, all frames together, in bytes: a message over it is skipped as it arrives (never stored) and answered INVALID_ARGUMENT. */
   maxMessageBytes: number;
   /** Most frames in one request (routing id and delimiter not counted): header + tensors (+ key frame). Default 66. */
   maxFrames?: number;
   /** Who may call what (bridges/shared/access.ts): API keys for inference. Default: open. */
   access?: AccessControl;
   /**
-   * Bytes of replies the bridge keeps for one client that does not read (beyond the
-   * `sendHighWaterMark` replies libzmq holds): past it, new requests from that client are
-   * refused RESOURCE_EXHAUSTED and replies that still do not fit are dropped (logged). Default 64 MiB.
+   * Bytes of replies the bridge keeps for one client that does not read (its socket's
+   * write buffer, beyond what the kernel holds): replies that do not fit are dropped
+   * (logged); past it, new requests from that client are refused RESOURCE_EXHAUSTED and
+   * its connection is not read until it drains. Default 64 MiB.
    */
   clientQueueBytes?: number;
-  /** ZMQ_SNDHWM: replies libzmq holds per client beyond the kernel's socket buffer. Default 16. */
+  /** @deprecated Ignored: was libzmq's ZMQ_SNDHWM. Replies are bounded in bytes (clientQueueBytes). */
   sendHighWaterMark?: number;
+  /** Connections at once; more are refused at accept. Default 1024. */
+  maxConnections?: number;
+  /** ZMTP 3.1 heartbeats: a PING to a client silent this long (default 5000 ms)... */
+  heartbeatIntervalMs?: number;
+  /** ...and the connection dropped (the client gone) after this long without traffic (default 15000 ms). */
+  heartbeatTimeoutMs?: number;
   logger: Logger;
   /** On close: how long requests in flight get to finish before they are cancelled (default 5000 ms). */
   closeGraceMs?: number;
@@ -61,43 +69,29 @@ export interface ZmqBridge {
   port: number;
   /** The bound endpoint, e.g. tcp://127.0.0.1:7787. */
   endpoint: string;
-  /** Bytes of replies waiting in the bridge for clients (send queue and held back for clients that do not read). */
+  /** Bytes of replies waiting in the bridge for clients (written, not yet taken by the kernel). */
   backlogBytes(): number;
   /** Answers what is in flight (within closeGraceMs), then closes the socket. */
   close(): Promise<void>;
 }
 
-/** `at`: performance.now() when an answer was queued (the write stage). */
-type Reply = { frames: Buffer[]; peer: string; bytes: number; at?: number };
-type Outgoing = Reply | { flushed: () => void } | { retry: string };
-
-/** Replies held back for one client whose libzmq queue is full (EAGAIN), oldest first. */
-interface Held {
-  items: Reply[];
-  bytes: number;
-  delayMs: number;
-  timer?: NodeJS.Timeout;
-  dropped: number;
-}
-
 /** The optional first frame of a request that carries an API key: `tb-api-key:<key>` (a protobuf header never starts with 't'). */
 export const KEY_FRAME_PREFIX = Buffer.from('tb-api-key:');
-/** Messages libzmq queues per client before the bridge reads them: with ZMQ_MAXMSGSIZE, bounds what a fast sender can park in memory. */
-const RECEIVE_HWM = 16;
-
 
 const EMPTY = Buffer.alloc(0);
-/** Replies libzmq queues per client before a send fails with EAGAIN (the bridge then holds them, bounded in bytes). */
-const SEND_HWM = 16;
-const RETRY_MAX_MS = 100;
-/** Client ids remembered as gone (their remaining replies are dropped quietly). */
-const GONE_LIMIT = 10_000;
+/** Replies this small (error replies) may use ERROR_ROOM beyond clientQueueBytes; reading stops past the budget, so few do. */
+const SMALL_REPLY = 4096;
+const ERROR_ROOM = 1 << 20;
+/** How long close() lets the sockets flush what is queued (libzmq's linger before). */
+const LINGER_MS = 500;
 
 const invalid = (msg: string) => new BrokerError('INVALID_ARGUMENT', msg);
+const isKeyFrame = (f: Buffer | undefined) =>
+  f !== undefined && f.length >= KEY_FRAME_PREFIX.length && f.subarray(0, KEY_FRAME_PREFIX.length).equals(KEY_FRAME_PREFIX);
 
-function bindAddress(host: string, port: number): string {
+function endpointOf(host: string, port: number): string {
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
-  return `tcp://${h}:${port === 0 ? '*' : port}`;
+  return `tcp://${h}:${port}`;
 }
 
 export async function startZmqBridge(opts: ZmqBridgeOptions): Promise<ZmqBridge> {
@@ -106,30 +100,25 @@ export async function startZmqBridge(opts: ZmqBridgeOptions): Promise<ZmqBridge>
   return bridge;
 }
 
+type Client = ZmtpConnection;
+
 class ZmqBridgeServer implements ZmqBridge {
   port = 0;
   endpoint = '';
-  private readonly router: Router;
+  private readonly router: ZmtpRouter;
   private readonly log: Logger;
-  private readonly queue: Outgoing[] = [];
-  private wake?: () => void;
-  /** Requests handed to the broker, per client (routing id, hex): cancelled when the client is found gone. */
+  /** Requests handed to the broker, per client (routing id): cancelled when the client is gone. */
   private readonly pending = new Map<string, Set<AbortController>>();
-  private readonly gone = new Set<string>();
-  /** Per client: aborted when it is found gone, which cancels its sequences. */
+  /** Per client: aborted when it is gone, which cancels its sequences. */
   private readonly owners = new Map<string, AbortController>();
+  /** Replies dropped per client since it last had room (one error log per episode). */
+  private readonly dropped = new Map<string, number>();
   private readonly order = new SequenceOrder();
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private seq = 0;
   private closing = false;
-  private closed = false;
   private closePromise?: Promise<void>;
-  private loops: Promise<void>[] = [];
-  /** Bytes of replies waiting in `queue`, per client. */
-  private readonly queuedBytes = new Map<string, number>();
-  /** Per client that does not read: replies waiting for room in libzmq, bounded by clientQueueBytes. */
-  private readonly held = new Map<string, Held>();
   private readonly access: AccessControl;
   private readonly maxFrames: number;
   private readonly clientQueueBytes: number;
@@ -139,35 +128,28 @@ class ZmqBridgeServer implements ZmqBridge {
     this.access = opts.access ?? new AccessControl();
     this.maxFrames = opts.maxFrames ?? 66;
     this.clientQueueBytes = opts.clientQueueBytes ?? 64 * 1024 * 1024;
-    this.router = new Router({
-      mandatory: true, // unroutable replies fail with EHOSTUNREACH instead of vanishing
-      sendTimeout: 0, // never block the send loop on one slow client: EAGAIN instead
-      sendHighWaterMark: opts.sendHighWaterMark ?? SEND_HWM,
-      receiveHighWaterMark: RECEIVE_HWM,
-      // libzmq checks this per frame, as it decodes each one (a bigger frame drops the connection).
-      maxMessageSize: opts.maxMessageBytes,
-      linger: 500,
-      // ZMTP heartbeats: half-open connections are dropped, so replies to dead clients fail fast.
-      heartbeatInterval: 5000,
-      heartbeatTimeout: 15_000,
-      ipv6: opts.host.includes(':'),
+    this.router = new ZmtpRouter({
+      host: opts.host, port: opts.port, logger: this.log,
+      // One more frame than maxFrames: a REQ client's empty delimiter (handle() counts without it).
+      limits: { maxMessageBytes: opts.maxMessageBytes, maxFrames: this.maxFrames + 1 },
+      maxConnections: opts.maxConnections,
+      pauseAboveBytes: this.clientQueueBytes,
+      heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 5000,
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? 15_000,
+      onMessage: (c, frames) => this.handle(c, frames),
+      onOversized: (c, leading, frames, bytes) => this.oversized(c, leading, frames, bytes),
+      onGone: (c, reason) => this.gone(c, reason),
     });
   }
 
   async start(): Promise<void> {
-    await this.router.bind(bindAddress(this.opts.host, this.opts.port));
-    this.endpoint = this.router.lastEndpoint ?? bindAddress(this.opts.host, this.opts.port);
-    const m = /:(\d+)$/.exec(this.endpoint);
-    this.port = m ? Number(m[1]) : this.opts.port;
-    this.loops = [this.receiveLoop(), this.sendLoop()];
+    this.port = await this.router.listen();
+    this.endpoint = endpointOf(this.opts.host, this.port);
     this.log.info({ endpoint: this.endpoint, maxMessageBytes: this.opts.maxMessageBytes }, 'zmq bridge bound');
   }
 
   backlogBytes(): number {
-    let n = 0;
-    for (const b of this.queuedBytes.values()) n += b;
-    for (const h of this.held.values()) n += h.bytes;
-    return n;
+    return this.router.pendingBytes();
   }
 
   close(): Promise<void> {
@@ -190,194 +172,110 @@ class ZmqBridgeServer implements ZmqBridge {
         for (const set of this.pending.values()) for (const ac of set) ac.abort();
       }
     }
-    // Let the replies queued so far reach the socket, then close it (linger flushes them to the wire).
-    await new Promise<void>((flushed) => this.push({ flushed }));
-    this.closed = true;
-    for (const h of this.held.values()) clearTimeout(h.timer);
-    this.held.clear();
-    this.wake?.();
-    this.router.close();
-    await Promise.allSettled(this.loops);
+    // The replies written so far are flushed (up to LINGER_MS), then the connections close.
+    await this.router.close(LINGER_MS);
     this.log.info('zmq bridge closed');
   }
 
-  private push(item: Outgoing): void {
-    if ('peer' in item) this.queuedBytes.set(item.peer, (this.queuedBytes.get(item.peer) ?? 0) + item.bytes);
-    this.queue.push(item);
-    this.wake?.();
-  }
-
-  private dequeued(peer: string, bytes: number): void {
-    const left = (this.queuedBytes.get(peer) ?? 0) - bytes;
-    if (left > 0) this.queuedBytes.set(peer, left);
-    else this.queuedBytes.delete(peer);
-  }
-
-  private async sendLoop(): Promise<void> {
-    while (!this.closed) {
-      const item = this.queue.shift();
-      if (!item) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = undefined;
-        continue;
-      }
-      if ('flushed' in item) {
-        item.flushed();
-        continue;
-      }
-      if ('retry' in item) {
-        await this.sendHeld(item.retry);
-        continue;
-      }
-      this.dequeued(item.peer, item.bytes);
-      if (this.gone.has(item.peer)) {
-        this.log.debug({ client: item.peer }, 'zmq: reply to a client that is gone dropped');
-        continue;
-      }
-      const held = this.held.get(item.peer);
-      if (held) {
-        this.hold(held, item); // keep the client's order: behind what is already waiting
-        continue;
-      }
-      try {
-        await this.router.send(item.frames);
-        if (item.at !== undefined) WRITE.since(item.at);
-      } catch (err) {
-        if (this.closed) return;
-        if ((err as { code?: string }).code === 'EAGAIN') {
-          const h: Held = { items: [], bytes: 0, delayMs: 1, dropped: 0 };
-          this.held.set(item.peer, h);
-          this.hold(h, item);
-          this.retryLater(item.peer, h);
-        } else this.undelivered(item.peer, err);
-      }
+  /** Sends a reply unless the client is gone or it would take the client's unread replies over clientQueueBytes. */
+  private deliver(c: Client, frames: Buffer[], at?: number): void {
+    if (c.closed) {
+      this.log.debug({ client: c.id }, 'zmq: reply to a client that is gone dropped');
+      return;
     }
-  }
-
-  /** Bytes waiting for one client, in the send queue and held back. */
-  private backlog(peer: string): number {
-    return (this.queuedBytes.get(peer) ?? 0) + (this.held.get(peer)?.bytes ?? 0);
-  }
-
-  private hold(h: Held, item: Reply): void {
-    if (h.bytes + item.bytes > this.clientQueueBytes) {
-      if (h.dropped++ === 0) {
-        this.log.error({ client: item.peer, heldBytes: h.bytes, limit: this.clientQueueBytes }, 'zmq: client does not read its replies: over its byte budget, replies dropped');
+    let bytes = 0;
+    for (const f of frames) bytes += f.length;
+    const waiting = c.pendingBytes();
+    // Error replies (no tensors) get some room past the budget, so a refusal still reaches the client.
+    const room = bytes <= SMALL_REPLY ? this.clientQueueBytes + ERROR_ROOM : this.clientQueueBytes;
+    if (waiting > 0 && waiting + bytes > room) {
+      const n = (this.dropped.get(c.id) ?? 0) + 1;
+      this.dropped.set(c.id, n);
+      if (n === 1) {
+        this.log.error({ client: c.id, heldBytes: waiting, limit: this.clientQueueBytes }, 'zmq: client does not read its replies: over its byte budget, replies dropped');
       }
       return;
     }
-    h.items.push(item);
-    h.bytes += item.bytes;
-  }
-
-  private retryLater(peer: string, h: Held): void {
-    h.timer = setTimeout(() => this.push({ retry: peer }), h.delayMs);
-    h.delayMs = Math.min(RETRY_MAX_MS, h.delayMs * 2);
-  }
-
-  /** Sends what is held for `peer` until libzmq is full again (then retries later) or nothing is left. */
-  private async sendHeld(peer: string): Promise<void> {
-    const h = this.held.get(peer);
-    if (!h) return;
-    while (h.items.length > 0) {
-      try {
-        await this.router.send(h.items[0].frames);
-      } catch (err) {
-        if (this.closed) return;
-        if ((err as { code?: string }).code === 'EAGAIN') return this.retryLater(peer, h);
-        this.held.delete(peer);
-        return this.undelivered(peer, err);
-      }
-      h.bytes -= h.items.shift()!.bytes;
-      h.delayMs = 1;
+    const dropped = this.dropped.get(c.id);
+    if (dropped !== undefined && waiting === 0) {
+      this.dropped.delete(c.id);
+      this.log.warn({ client: c.id, dropped }, 'zmq: client reads again');
     }
-    this.held.delete(peer);
-    if (h.dropped > 0) this.log.warn({ client: peer, dropped: h.dropped }, 'zmq: client reads again');
+    c.send(frames);
+    if (at !== undefined) WRITE.since(at);
   }
 
-  /** A reply could not be sent: the client disconnected (EHOSTUNREACH) or stopped reading (EAGAIN). */
-  private undelivered(peer: string, err: unknown): void {
-    const code = (err as { code?: string }).code;
-    if (code === 'EHOSTUNREACH') {
-      const set = this.pending.get(peer);
-      this.log.warn({ client: peer, cancelled: set?.size ?? 0 }, 'zmq: client disconnected; reply dropped, its queued requests cancelled');
-      if (this.gone.size >= GONE_LIMIT) this.gone.clear();
-      this.gone.add(peer);
-      if (set) for (const ac of set) ac.abort();
-      this.owners.get(peer)?.abort();
-      this.owners.delete(peer);
-    } else {
-      this.log.error({ client: peer, err }, 'zmq: reply not sent');
+  /** The client's connection ended: nothing can reach it any more, so its requests and sequences are cancelled. */
+  private gone(c: Client, reason: string): void {
+    const set = this.pending.get(c.id);
+    const owner = this.owners.get(c.id);
+    if (set && set.size > 0) this.log.warn({ client: c.id, reason, cancelled: set.size }, 'zmq: client disconnected; its requests and sequences cancelled');
+    else if (owner) this.log.info({ client: c.id, reason }, 'zmq: client gone; its sequences cancelled');
+    if (set) for (const ac of set) ac.abort();
+    owner?.abort();
+    this.owners.delete(c.id);
+    this.dropped.delete(c.id);
+  }
+
+  /** A message over maxMessageBytes or maxFrames, skipped as it arrived: answered from its first frames. */
+  private oversized(c: Client, leading: Buffer[], count: number, bytes: number): void {
+    let head = leading;
+    let prefix: Buffer[] = [];
+    if (count >= 2 && head.length > 0 && head[0].length === 0) {
+      prefix = [EMPTY]; // a REQ client's delimiter
+      head = head.slice(1);
+      count--;
     }
+    if (isKeyFrame(head[0])) head = head.slice(1);
+    const what = bytes > this.opts.maxMessageBytes ? `${bytes} bytes; the limit is ${this.opts.maxMessageBytes}` : `${count} frames; the limit is ${this.maxFrames}`;
+    this.log.warn({ client: c.id, bytes, frames: count }, 'zmq: oversized message refused');
+    this.fail(prefix, c, { id: peekId(head[0]) }, invalid(`the message has ${what}`));
   }
 
-  private async receiveLoop(): Promise<void> {
-    while (!this.closed) {
-      let frames: Buffer[];
-      try {
-        frames = await this.router.receive();
-      } catch (err) {
-        if (this.closed) return;
-        this.log.error({ err }, 'zmq: receive failed');
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
-      }
-      try {
-        this.handle(frames);
-      } catch (err) {
-        // handle() answers every error it expects; this is a last line against a crash.
-        this.log.error({ err }, 'zmq: unexpected error handling a message');
-      }
-    }
-  }
-
-  private handle(frames: Buffer[]): void {
+  private handle(c: Client, frames: Buffer[]): void {
     const t0 = performance.now();
-    const rid = frames[0];
-    const peer = rid.toString('hex');
-    this.gone.delete(peer);
-    let body = frames.slice(1);
+    let body = frames;
     // A REQ client puts an empty delimiter frame first; echo it so the reply reaches it.
-    const prefix = body.length >= 2 && body[0].length === 0 ? [rid, EMPTY] : [rid];
-    if (prefix.length === 2) body = body.slice(1);
+    const prefix = body.length >= 2 && body[0].length === 0 ? [EMPTY] : [];
+    if (prefix.length === 1) body = body.slice(1);
 
     let total = 0;
     for (const f of body) total += f.length;
     if (total > this.opts.maxMessageBytes || body.length > this.maxFrames) {
-      // libzmq has already assembled it (ZMQ_MAXMSGSIZE bounds frames, not messages; RECEIVE_HWM bounds how many wait).
+      // Only one frame over maxFrames gets here (the router's limit leaves room for a REQ delimiter); bigger ones are oversized().
       const what = total > this.opts.maxMessageBytes ? `${total} bytes; the limit is ${this.opts.maxMessageBytes}` : `${body.length} frames; the limit is ${this.maxFrames}`;
-      this.log.warn({ client: peer, bytes: total, frames: body.length }, 'zmq: oversized message refused');
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(`the message has ${what}`));
+      this.log.warn({ client: c.id, bytes: total, frames: body.length }, 'zmq: oversized message refused');
+      return this.fail(prefix, c, { id: peekId(isKeyFrame(body[0]) ? body[1] : body[0]) }, invalid(`the message has ${what}`));
     }
     // Optional API key frame before the header.
     let credential: string | undefined;
-    if (body.length > 0 && body[0].length >= KEY_FRAME_PREFIX.length && body[0].subarray(0, KEY_FRAME_PREFIX.length).equals(KEY_FRAME_PREFIX)) {
+    if (isKeyFrame(body[0])) {
       credential = body[0].subarray(KEY_FRAME_PREFIX.length).toString('utf8');
       body = body.slice(1);
     }
     const refused = this.access.check('infer', { credential });
-    if (refused) return this.fail(prefix, peer, { id: peekId(body[0]) }, refused);
-    if (this.backlog(peer) > this.clientQueueBytes) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, new BrokerError('RESOURCE_EXHAUSTED', 'this client has too many unread replies: read them first', 100));
+    if (refused) return this.fail(prefix, c, { id: peekId(body[0]) }, refused);
+    if (c.pendingBytes() > this.clientQueueBytes) {
+      return this.fail(prefix, c, { id: peekId(body[0]) }, new BrokerError('RESOURCE_EXHAUSTED', 'this client has too many unread replies: read them first', 100));
     }
     let header: InferRequest;
     try {
       header = decodeHeader(InferRequestSchema, body[0]);
     } catch (err) {
-      return this.fail(prefix, peer, { id: peekId(body[0]) }, invalid(bounded((err as Error).message)));
+      return this.fail(prefix, c, { id: peekId(body[0]) }, invalid(bounded((err as Error).message)));
     }
     const id = header.id !== '' ? header.id : `zmq-${++this.seq}`;
     const ctx = { id, model: header.model, version: header.version };
-    if (this.closing) return this.fail(prefix, peer, ctx, new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
-    if (header.job) return this.runJob(prefix, peer, header, body.slice(1), credential, ctx);
+    if (this.closing) return this.fail(prefix, c, ctx, new BrokerError('UNAVAILABLE', 'the broker is shutting down'));
+    if (header.job) return this.runJob(prefix, c, header, body.slice(1), credential, ctx);
     let req: CoreRequest;
     try {
-      req = this.toRequest(header, id, body.slice(1), peer);
+      req = this.toRequest(header, id, body.slice(1), c.id);
     } catch (err) {
-      return this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err));
+      return this.fail(prefix, c, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err));
     }
     PARSE.since(t0);
-    this.run(prefix, peer, req);
+    this.run(prefix, c, req);
   }
 
   private toRequest(h: InferRequest, id: string, frames: Buffer[], peer: string): CoreRequest {
@@ -404,17 +302,15 @@ class ZmqBridgeServer implements ZmqBridge {
     };
   }
 
-  /** Aborted when the client is found gone: cancels the sequences it fed. */
+  /** Aborted when the client is gone: cancels the sequences it fed. */
   private owner(peer: string): AbortController {
     let ac = this.owners.get(peer);
-    if (!ac) {
-      if (this.owners.size >= GONE_LIMIT) this.owners.clear();
-      this.owners.set(peer, (ac = new AbortController()));
-    }
+    if (!ac) this.owners.set(peer, (ac = new AbortController()));
     return ac;
   }
 
-  private run(prefix: Buffer[], peer: string, req: CoreRequest): void {
+  private run(prefix: Buffer[], c: Client, req: CoreRequest): void {
+    const peer = c.id;
     const ac = new AbortController();
     let set = this.pending.get(peer);
     if (!set) this.pending.set(peer, (set = new Set()));
@@ -423,11 +319,11 @@ class ZmqBridgeServer implements ZmqBridge {
     // Replies go out as they complete; those of one sequence in arrival order.
     const key = req.sequence ? `${peer}\0${req.model}\0${req.sequence.id}` : undefined;
     this.order.run(key, this.opts.broker.infer({ ...req, signal: ac.signal }), (result, err) => {
-      if (result) this.succeed(prefix, peer, result);
-      else this.fail(prefix, peer, req, toBrokerError(err));
+      if (result) this.succeed(prefix, c, result);
+      else this.fail(prefix, c, req, toBrokerError(err));
     }).catch((err: unknown) => {
       this.log.error({ err, client: peer, id: req.id }, 'zmq: reply could not be encoded');
-      this.fail(prefix, peer, req, new BrokerError('INTERNAL', 'the reply could not be encoded'));
+      this.fail(prefix, c, req, new BrokerError('INTERNAL', 'the reply could not be encoded'));
     }).finally(() => {
       set.delete(ac);
       if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
@@ -436,8 +332,9 @@ class ZmqBridgeServer implements ZmqBridge {
   }
 
   /** A job operation: one reply with the job (and a succeeded result's outputs as frames). */
-  private runJob(prefix: Buffer[], peer: string, h: InferRequest, frames: Buffer[], credential: string | undefined, ctx: { id: string; model: string; version: string }): void {
+  private runJob(prefix: Buffer[], c: Client, h: InferRequest, frames: Buffer[], credential: string | undefined, ctx: { id: string; model: string; version: string }): void {
     // Registered like an inference: a WATCH waiting for a change ends when the client is gone or the bridge closes.
+    const peer = c.id;
     const ac = new AbortController();
     let set = this.pending.get(peer);
     if (!set) this.pending.set(peer, (set = new Set()));
@@ -450,9 +347,8 @@ class ZmqBridgeServer implements ZmqBridge {
         status: create(StatusSchema, { code: 'OK' }), outputs: outputs.map(toMeta),
         job: r.job, jobs: r.jobs ?? [], nextCursor: r.nextCursor ?? '',
       });
-      const reply = [...prefix, ...encodeFrames(InferReplySchema, header, outputs)];
-      this.push({ frames: reply, peer, bytes: reply.reduce((n, f) => n + f.length, 0) });
-    }, (err: unknown) => this.fail(prefix, peer, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err)))
+      this.deliver(c, [...prefix, ...encodeFrames(InferReplySchema, header, outputs)]);
+    }, (err: unknown) => this.fail(prefix, c, ctx, err instanceof ClientDecodeError ? invalid(bounded(err.message)) : toBrokerError(err)))
       .finally(() => {
         set.delete(ac);
         if (set.size === 0 && this.pending.get(peer) === set) this.pending.delete(peer);
@@ -460,7 +356,7 @@ class ZmqBridgeServer implements ZmqBridge {
       });
   }
 
-  private succeed(prefix: Buffer[], peer: string, r: InferResult): void {
+  private succeed(prefix: Buffer[], c: Client, r: InferResult): void {
     const t0 = performance.now();
     const header = create(InferReplySchema, {
       id: r.id, model: r.model, version: r.version,
@@ -469,13 +365,12 @@ class ZmqBridgeServer implements ZmqBridge {
     });
     // Output frames are the broker's buffers (views of the model's reply): no copy.
     const frames = [...prefix, ...encodeFrames(InferReplySchema, header, r.outputs)];
-    const at = ENCODE.since(t0);
-    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0), at });
+    this.deliver(c, frames, ENCODE.since(t0));
   }
 
-  private fail(prefix: Buffer[], peer: string, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {
+  private fail(prefix: Buffer[], c: Client, ctx: { id: string; model?: string; version?: string }, err: BrokerError): void {
     if (err.code === 'INVALID_ARGUMENT' || err.code === 'NOT_FOUND') {
-      this.log.debug({ client: peer, id: bounded(ctx.id, 256), model: bounded(ctx.model ?? '', 256), code: err.code, err: { message: bounded(err.message) } }, 'zmq: request refused');
+      this.log.debug({ client: c.id, id: bounded(ctx.id, 256), model: bounded(ctx.model ?? '', 256), code: err.code, err: { message: bounded(err.message) } }, 'zmq: request refused');
     }
     const header = create(InferReplySchema, {
       id: ctx.id, model: ctx.model ?? '', version: ctx.version ?? '',
@@ -485,7 +380,6 @@ class ZmqBridgeServer implements ZmqBridge {
         retryAfterMs: err.retryAfterMs !== undefined ? Math.max(0, Math.ceil(err.retryAfterMs)) : 0,
       }),
     });
-    const frames = [...prefix, ...encodeFrames(InferReplySchema, header)];
-    this.push({ frames, peer, bytes: frames.reduce((n, f) => n + f.length, 0) });
+    this.deliver(c, [...prefix, ...encodeFrames(InferReplySchema, header)]);
   }
 }

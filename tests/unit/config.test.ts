@@ -9,6 +9,7 @@ describe('resolveConfig', () => {
     expect(c.redisReadOnly).toBe(false);
     expect(c.maxVideoBytes).toBe(1024 * 1024 * 1024);
     expect(c.zmqCloseGraceMs).toBe(5000);
+    expect(c.zmqMaxConnections).toBe(1024);
     expect(c.ffmpeg).toBe('ffmpeg');
     expect(c.adminToken).toBeUndefined();
   });

@@ -108,6 +108,8 @@ export interface JobsConfig {
   webhooks?: WebhookOptions;
   /** SSE heartbeat of GET /v2/jobs/{id}/events. Default 15 s. */
   sseHeartbeatMs?: number;
+  /** Idle consumers (no entry held) are removed from the job streams' groups after this. Default 1 h. */
+  consumerIdleMs?: number;
 }
 
 export type BrokerConfig = { -readonly [K in keyof Options]: ReturnType<Options[K][3]> } & {

@@ -18,5 +18,6 @@ export function jobServiceOptions(config: BrokerConfig): Partial<JobServiceOptio
     inlineMaxBytes: jc.inlineMaxBytes ?? config.jobsInlineMaxBytes,
     workers: config.jobsWorkers,
     backlogIntervalMs: jc.backlogIntervalMs ?? config.autoscaleIntervalMs,
+    consumerIdleMs: jc.consumerIdleMs,
   };
 }

@@ -17,7 +17,7 @@ export class JobEvents {
   private sub?: Redis;
   private ready?: Promise<void>;
   private closed = false;
-  private readonly listeners = new Map<string, Set<() => void>>();
+  private readonly listeners = new Map<string, Set<(status: string) => void>>();
 
   constructor(
     private readonly redisUrl: string,
@@ -31,8 +31,10 @@ export class JobEvents {
     const sub = (this.sub = new Redis(this.redisUrl, { maxRetriesPerRequest: null }));
     sub.on('error', (err) => this.log.warn({ err }, 'job events: redis connection error'));
     sub.on('message', (_ch: string, msg: string) => {
-      const id = msg.slice(0, msg.indexOf(' '));
-      for (const wake of this.listeners.get(id) ?? []) wake();
+      const sp = msg.indexOf(' ');
+      const id = msg.slice(0, sp);
+      const status = msg.slice(sp + 1);
+      for (const wake of this.listeners.get(id) ?? []) wake(status);
     });
     // After a reconnect ioredis subscribes again; the watchers re-read on their own timer.
     this.ready = sub.subscribe(this.channel).then(() => undefined);
@@ -88,6 +90,23 @@ export class JobEvents {
     }
   }
 
+  /**
+   * Calls `fn` with the new status each time the job's status changes, until
+   * the returned function is called. Best effort (nothing is re-read): for a
+   * worker, which also checks on its heartbeat, to hear of a cancel at once.
+   */
+  on(id: string, fn: (status: string) => void): () => void {
+    if (this.closed) return () => undefined;
+    void this.connect().catch(() => undefined); // reported by connect()
+    const set = this.listeners.get(id) ?? new Set();
+    this.listeners.set(id, set);
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0 && this.listeners.get(id) === set) this.listeners.delete(id);
+    };
+  }
+
   /** The subscription, or UNAVAILABLE when Redis does not confirm it in time (a watch must answer). */
   private async subscribed(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
@@ -103,7 +122,7 @@ export class JobEvents {
   /** Ends every watch (their streams close without a final status: the broker is stopping). */
   close(): void {
     this.closed = true;
-    for (const set of this.listeners.values()) for (const wake of set) wake();
+    for (const set of this.listeners.values()) for (const wake of set) wake('');
     this.sub?.disconnect();
   }
 }

@@ -135,3 +135,23 @@ if s == 'queued' or s == 'running' then
 end
 return s
 `;
+
+/**
+ * Removes a stream group's consumers that hold no entry and read nothing for
+ * a while: every broker process joins with a new name, and the group would
+ * otherwise list every process that ever ran. Atomic, so an entry read
+ * between the check and the removal is never dropped from the pending list.
+ * KEYS: stream. ARGV: group, idleMs, name ('' = any consumer). Returns how many went.
+ */
+export const DROP_IDLE_CONSUMERS = `
+local gone = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) and (ARGV[3] == '' or f['name'] == ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone = gone + 1
+  end
+end
+return gone
+`;

@@ -61,6 +61,12 @@ export interface JobServiceOptions {
   webhooks?: WebhookOptions;
   /** Runs video jobs (a bridge's decoder, injected by the app); without one a video job fails (UNIMPLEMENTED). */
   video?: VideoJobRunner;
+  /**
+   * Consumers of a model's group that hold no entry and read nothing for this
+   * long are removed: processes that are gone (each joins with a new name).
+   * Default 1 h, at least 10 leases.
+   */
+  consumerIdleMs?: number;
 }
 
 const MAX_TTL_S = 30 * 24 * 3600;
@@ -106,8 +112,10 @@ export class JobService implements JobsApi {
     this.defaultMaxAttempts = opts.defaultMaxAttempts ?? 3;
     this.maxQueued = opts.maxQueued ?? 100_000;
     this.inlineMaxBytes = opts.inlineMaxBytes ?? 256 * 1024;
+    this.events = new JobEvents(opts.redisUrl, `${this.keys.base}events`, this.log);
     this.ctx = {
       redis: this.redis,
+      events: this.events,
       redisUrl: opts.redisUrl,
       keys: this.keys,
       broker: opts.broker,
@@ -123,8 +131,8 @@ export class JobService implements JobsApi {
       inlineMaxBytes: this.inlineMaxBytes,
       deadMaxLen: opts.deadMaxLen ?? 10_000,
       video: opts.video,
+      consumerIdleMs: opts.consumerIdleMs ?? Math.max(3600_000, 10 * this.leaseMs),
     };
-    this.events = new JobEvents(opts.redisUrl, `${this.keys.base}events`, this.log);
     this.webhooks = new WebhookDispatcher({ redis: this.redis, dueKey: `${this.keys.base}webhooks`, jobKey: (id) => this.keys.job(id), log: this.log.child({ part: 'webhooks' }) }, opts.webhooks ?? {});
   }
 
@@ -203,6 +211,12 @@ export class JobService implements JobsApi {
     const video = job.video;
     if (video && job.inputs.length > 0) throw invalid('a job takes tensors or a video, not both');
 
+    // A video is stored before the submit script runs: answer what it would answer without storing it first.
+    if (video) {
+      const early = await this.answerBeforeUpload(job.model, priority, idem);
+      if (early) return early;
+    }
+
     const id = randomBytes(16).toString('base64url'); // 128 random bits
     const now = Date.now();
     // A video goes to the blob store as it arrives (its size bounded by the bridge); tensors inline when small.
@@ -233,12 +247,32 @@ export class JobService implements JobsApi {
     }
     if (r[0] !== 'new' && blob) await this.opts.blobs.delete(blob);
     if (r[0] === 'full') {
-      throw new BrokerError('RESOURCE_EXHAUSTED', `the ${priority} job queue of model '${job.model}' is full (${this.maxQueued} jobs)`, { retryAfterMs: 5000, kind: 'overloaded' });
+      throw this.queueFull(job.model, priority);
     }
     if (r[0] === 'existing') return { job: await this.get(r[1]), replayed: true };
     this.log.debug({ job: id, model: job.model, priority }, 'job queued');
     this.workers.get(job.model)?.wake();
     return { job: await this.get(id), replayed: false };
+  }
+
+  /**
+   * A replayed Idempotency-Key, or a full queue, known before an upload is
+   * read. The submit script checks both again, atomically, after the upload
+   * (two submits racing with one key still make one job).
+   */
+  private async answerBeforeUpload(model: string, priority: JobPriority, idem: string | undefined): Promise<{ job: JobView; replayed: true } | undefined> {
+    if (idem) {
+      const existing = await this.redis.get(this.keys.idem(model, idem));
+      if (existing && (await this.redis.exists(this.keys.job(existing))) === 1) return { job: await this.get(existing), replayed: true };
+    }
+    if ((await this.redis.xlen(this.keys.stream(model, priority))) >= this.maxQueued) {
+      throw this.queueFull(model, priority);
+    }
+    return undefined;
+  }
+
+  private queueFull(model: string, priority: JobPriority): BrokerError {
+    return new BrokerError('RESOURCE_EXHAUSTED', `the ${priority} job queue of model '${model}' is full (${this.maxQueued} jobs)`, { retryAfterMs: 5000, kind: 'overloaded' });
   }
 
   async get(id: string): Promise<JobView> {

@@ -39,7 +39,11 @@ export const NDJSON = 'application/x-ndjson';
 
 /** A video upload as a job's input (REST): kept in the blob store, run as one sequence on a stateful model. */
 export interface VideoJobInput {
-  /** The upload, streamed into the blob store as it arrives (the bridge bounds its size). */
+  /**
+   * The upload, streamed into the blob store as it arrives (the bridge bounds
+   * its size). Not read at all when the submit is answered before storing it
+   * (a replayed Idempotency-Key, a full queue): the caller then drains it.
+   */
   stream: Readable;
   /** video/mp4, video/webm, video/quicktime or video/x-matroska. */
   contentType: string;

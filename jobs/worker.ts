@@ -14,15 +14,18 @@ import type { Logger } from 'pino';
 import { BrokerError, toBrokerError } from '../core/errors';
 import type { InferResult } from '../core/types';
 import type { BlobStore } from './blob-store';
+import type { JobEvents } from './events';
 import { decodeTensors, encodeTensors } from './codec';
 import { GROUP, type JobKeys } from './keys';
-import { FINISH, START } from './scripts';
+import { DROP_IDLE_CONSUMERS, FINISH, START } from './scripts';
 import { jobSlots, reserveFor, type LiveReserve } from './capacity';
 import { JOB_PRIORITIES, NDJSON, type JobBroker, type VideoJobRunner } from './types';
 
 export interface WorkerContext {
   redis: Redis;
   redisUrl: string;
+  /** Status changes as they happen: a running attempt hears of its job's cancel at once. */
+  events?: Pick<JobEvents, 'on'>;
   keys: JobKeys;
   broker: JobBroker;
   blobs: BlobStore;
@@ -42,6 +45,8 @@ export interface WorkerContext {
   deadMaxLen: number;
   /** Runs video jobs (stateful models); none: they fail with UNIMPLEMENTED. */
   video?: VideoJobRunner;
+  /** Consumers of the group holding no entry and idle this long are removed (other brokers' old processes). */
+  consumerIdleMs: number;
 }
 
 /** What an attempt produced: tensors, a video's NDJSON lines, or an error. */
@@ -97,6 +102,7 @@ export class ModelWorker {
   private liveSeenAt = 0;
   private loop?: Promise<void>;
   private reclaimTimer?: NodeJS.Timeout;
+  private consumersTimer?: NodeJS.Timeout;
 
   constructor(private readonly ctx: WorkerContext, readonly model: string) {
     this.streams = JOB_PRIORITIES.map((p) => ctx.keys.stream(model, p));
@@ -106,16 +112,34 @@ export class ModelWorker {
   start(): void {
     this.loop = this.run();
     this.reclaimTimer = setInterval(() => void this.reclaim(), Math.max(50, Math.floor(this.ctx.leaseMs / 2)));
+    this.consumersTimer = setInterval(() => void this.dropIdleConsumers(this.ctx.consumerIdleMs, ''),
+      Math.max(100, Math.min(60_000, Math.floor(this.ctx.consumerIdleMs / 2))));
+    this.consumersTimer.unref();
   }
 
   /** Ends the loop; running attempts are aborted and left without a verdict (reclaimed after the lease). */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.reclaimTimer);
+    clearInterval(this.consumersTimer);
     this.blocking?.disconnect();
     this.wake();
     for (const r of this.running.values()) r.abort.abort();
     await Promise.all([this.loop, ...[...this.running.values()].map((r) => r.done)]);
+    // Leaving: out of the group at once, unless attempts of ours are pending (another worker reclaims them).
+    await this.dropIdleConsumers(0, this.ctx.consumer);
+  }
+
+  /** Removes consumers of our streams that hold no entry and were idle at least idleMs (only `name`, if given). */
+  private async dropIdleConsumers(idleMs: number, name: string): Promise<void> {
+    try {
+      let gone = 0;
+      for (const s of this.streams) gone += Number(await this.ctx.redis.eval(DROP_IDLE_CONSUMERS, 1, s, GROUP, String(idleMs), name));
+      if (gone > 0 && name === '') this.log.info({ consumers: gone, idleMs }, 'removed idle job consumers (processes gone) from the consumer group');
+    } catch (err) {
+      // NOGROUP before the groups exist, or Redis away: the next round tries again.
+      if (!String(err).includes('NOGROUP')) this.log.debug({ err }, 'removing idle job consumers failed');
+    }
   }
 
   /** Something changed (a job was submitted here, an attempt ended): look again now. */
@@ -302,11 +326,16 @@ export class ModelWorker {
       priority: JOB_BATCH_PRIORITY + Math.max(0, this.streams.indexOf(e.stream)), signal: abort.signal,
     };
     const heartbeat = setInterval(() => void this.heartbeat(e, attempt, abort), Math.max(20, Math.floor(this.ctx.leaseMs / 3)));
+    // A cancel (or a take-over) is published: check then rather than at the next heartbeat.
+    const unwatch = this.ctx.events?.on(e.jobId, (status) => {
+      if (status !== 'running' && !abort.signal.aborted) void this.heartbeat(e, attempt, abort);
+    });
     let outcome: Outcome;
     try {
       outcome = video ? await this.runVideo(run, JSON.parse(video) as StoredVideo) : await this.runTensors(run, jobKey, outputs);
     } finally {
       clearInterval(heartbeat);
+      unwatch?.();
     }
     const { result, ndjson, error } = outcome;
     // Stopping: no verdict and no ack; the entry stays pending and is reclaimed after its lease.

@@ -169,21 +169,26 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobRoutesOptions): 
     body: Readable, contentType: string, query: Record<string, unknown>) => {
     const { model, version } = req.params;
     let upload: Transform | undefined;
-    try {
-      requireStateful(broker, model, version); // a multipart video part is known only now
-      const options = videoJobOptions(query, desc);
-      const jobOpts = jobOptions(query, {});
-      upload = boundedUpload(body, maxVideoBytes);
-      return accepted(reply, await jobs.submit({
-        model, version, inputs: [], video: { stream: upload, contentType, options }, ...jobOpts, idempotencyKey: idempotencyKey(req),
-      }));
-    } catch (e) {
-      // Refused (too large, a bad option, a full queue): drain what is left, so the connection can carry the error.
+    // Not stored (refused, or a replay answered before reading it): drain what is left, so the connection carries the answer.
+    const discard = () => {
       if (upload) {
         body.unpipe(upload);
         upload.destroy();
       }
       body.resume();
+    };
+    try {
+      requireStateful(broker, model, version); // a multipart video part is known only now
+      const options = videoJobOptions(query, desc);
+      const jobOpts = jobOptions(query, {});
+      upload = boundedUpload(body, maxVideoBytes);
+      const r = await jobs.submit({
+        model, version, inputs: [], video: { stream: upload, contentType, options }, ...jobOpts, idempotencyKey: idempotencyKey(req),
+      });
+      if (r.replayed) discard();
+      return accepted(reply, r);
+    } catch (e) {
+      discard();
       throw e;
     }
   };
